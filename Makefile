@@ -1,0 +1,41 @@
+# The README's commands. Each target creates .venv and installs the project when it is
+# missing or older than pyproject.toml, so a fresh clone needs only Python 3.11+.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv test demo train serve mlflow-ui bench reliability clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project
+
+test: $(STAMP) ## run the test suite (what CI runs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) ## the whole flow end to end: train, publish, activate, serve, predict
+	@echo "make demo: not implemented yet (see issue 6)"
+
+train: $(STAMP) ## run the Optuna study tracked in MLflow
+	$(PY) -m pipelines.train $(TRAIN_ARGS)
+
+serve: $(STAMP) ## serve the active model under gunicorn
+	$(PY) -m api $(SERVE_ARGS)
+
+mlflow-ui: $(STAMP) ## open the MLflow UI on http://127.0.0.1:5000
+	$(PY) -m pipelines.mlflow_ui
+
+bench: $(STAMP) ## benchmarks against mlflow models serve / predict
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean: ## remove the venv, the embedded database, MLflow runs and outputs
+	-$(VENV)/bin/bridge db stop 2>/dev/null
+	rm -rf $(VENV) .registry mlruns/mlflow.db mlruns/artifacts outputs reports

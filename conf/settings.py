@@ -1,0 +1,316 @@
+"""The project's settings: ``conf/default.yaml`` overridden by environment variables.
+
+Every module reads its knobs from :func:`load_settings`, so a value has one source
+of truth. A bad value fails here, at start-up, with a one-line
+:class:`SettingsError` that names the key (``API_PORT``, ``api.port``...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+CONFIG_ENV = "VERTEBRAL_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    host: str = "127.0.0.1"
+    port: int = 27018
+    data_dir: Path = Path(".registry")
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    mongodb_uri: str | None = None
+    database: str = "model_registry"
+    bucket: str = "models"
+    timeout_ms: int = 3000
+    embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: Path = Path("mlruns/artifacts")
+    experiment: str = "vertebral-column"
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    path: Path | None = None
+    cache_dir: Path = Path("data")
+    url: str = "https://archive.ics.uci.edu/static/public/212/vertebral+column.zip"
+    variant: str = "3C"
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    trials: int = 40
+    timeout: float | None = None
+    seed: int = 42
+    test_size: float = 0.2
+    cv_folds: int = 5
+    objective: str = "f1_macro"
+    families: tuple[str, ...] = (
+        "logistic_regression", "svc", "knn", "random_forest", "gradient_boosting",
+    )
+    reports_dir: Path = Path("reports/training")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    model_name: str = "vertebral-column"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    admin_token: str | None = None
+    max_records: int = 10000
+    max_upload_mb: int = 512
+    batch_chunk_rows: int = 50000
+    output_dir: Path = Path("outputs")
+
+
+@dataclass(frozen=True)
+class Settings:
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    config_file: Path = DEFAULT_CONFIG
+
+
+# --- value parsers: each raises ValueError with what was expected -------------------
+
+def _text(value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or str(value).strip() == "":
+        raise ValueError("expected a non-empty text")
+    return str(value).strip()
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value in (None, "") else _text(value)
+
+
+def _int(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        try:
+            number = int(str(value).strip())
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a whole number, got {value!r}") from None
+        if number < low or (high is not None and number > high):
+            bounds = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ValueError(f"expected a number in {bounds}, got {number}")
+        return number
+    return parse
+
+
+def _port(value: Any) -> int:
+    try:
+        return _int(1, 65535)(value)
+    except ValueError:
+        raise ValueError(f"expected a port number 1..65535, got {value!r}") from None
+
+
+def _fraction(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number between 0 and 1, got {value!r}") from None
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"expected a number between 0 and 1, got {value!r}")
+    return number
+
+
+def _optional_seconds(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected seconds as a number, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+def _path(value: Any) -> Path:
+    return Path(_text(value)).expanduser()
+
+
+def _existing_file(value: Any) -> Path | None:
+    if value in (None, ""):
+        return None
+    path = _path(value)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value)
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+    return parse
+
+
+def _families(value: Any) -> tuple[str, ...]:
+    known = TrainingSettings().families
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("expected a non-empty list of model families")
+    unknown = [name for name in value if name not in known]
+    if unknown:
+        raise ValueError(f"unknown model families {unknown}; known: {', '.join(known)}")
+    return tuple(value)
+
+
+# (section, key) -> parser; "embedded.x" keys live under registry.embedded.
+_SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("registry", "mongodb_uri"): _optional_text,
+    ("registry", "database"): _text,
+    ("registry", "bucket"): _text,
+    ("registry", "timeout_ms"): _int(100),
+    ("registry.embedded", "host"): _text,
+    ("registry.embedded", "port"): _port,
+    ("registry.embedded", "data_dir"): _path,
+    ("mlflow", "tracking_uri"): _text,
+    ("mlflow", "artifact_root"): _path,
+    ("mlflow", "experiment"): _text,
+    ("data", "path"): _existing_file,
+    ("data", "cache_dir"): _path,
+    ("data", "url"): _text,
+    ("data", "variant"): _choice("3C", "2C"),
+    ("training", "trials"): _int(1),
+    ("training", "timeout"): _optional_seconds,
+    ("training", "seed"): _int(0),
+    ("training", "test_size"): _fraction,
+    ("training", "cv_folds"): _int(2, 20),
+    ("training", "objective"): _choice("f1_macro", "balanced_accuracy", "accuracy", "roc_auc_ovr"),
+    ("training", "families"): _families,
+    ("training", "reports_dir"): _path,
+    ("api", "model_name"): _text,
+    ("api", "host"): _text,
+    ("api", "port"): _port,
+    ("api", "workers"): _int(1, 64),
+    ("api", "admin_token"): _optional_text,
+    ("api", "max_records"): _int(1),
+    ("api", "max_upload_mb"): _int(1),
+    ("api", "batch_chunk_rows"): _int(1),
+    ("api", "output_dir"): _path,
+}
+
+# The environment variables of DESIGN.md and the key each overrides.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "MONGODB_URI": ("registry", "mongodb_uri"),
+    "REGISTRY_DB": ("registry", "database"),
+    "MLFLOW_TRACKING_URI": ("mlflow", "tracking_uri"),
+    "VERTEBRAL_DATA": ("data", "path"),
+    "MODEL_NAME": ("api", "model_name"),
+    "API_HOST": ("api", "host"),
+    "API_PORT": ("api", "port"),
+    "API_WORKERS": ("api", "workers"),
+    "API_ADMIN_TOKEN": ("api", "admin_token"),
+    "OUTPUT_DIR": ("api", "output_dir"),
+}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SettingsError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of sections")
+    return loaded
+
+
+def _flatten(tree: Mapping[str, Any], path: Path) -> dict[tuple[str, str], Any]:
+    """Turn the YAML tree into (section, key) pairs, rejecting unknown keys."""
+    flat: dict[tuple[str, str], Any] = {}
+
+    def walk(prefix: str, node: Mapping[str, Any]) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                walk(dotted, value)
+                continue
+            section, _, leaf = dotted.rpartition(".")
+            if (section, leaf) not in _SCHEMA:
+                raise SettingsError(f"{dotted}: unknown setting in {path}")
+            flat[(section, leaf)] = value
+
+    walk("", tree)
+    return flat
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the config file, apply environment overrides, validate every value.
+
+    Args:
+        config: YAML file; default ``$VERTEBRAL_CONFIG`` or ``conf/default.yaml``.
+        env: environment to read (default ``os.environ``); tests pass their own.
+        overrides: ``{"section.key": value}`` from a CLI's options (highest
+            precedence; ``None`` values are ignored).
+
+    Raises:
+        SettingsError: a value is invalid; the message starts with the key.
+    """
+    env = os.environ if env is None else env
+    config_path = Path(config or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    values: dict[tuple[str, str], tuple[str, Any]] = {}
+    defaults = _read_yaml(DEFAULT_CONFIG) if config_path != DEFAULT_CONFIG else {}
+    for source, tree in ((DEFAULT_CONFIG, defaults), (config_path, _read_yaml(config_path))):
+        for key, value in _flatten(tree, source).items():
+            values[key] = (f"{key[0]}.{key[1]}", value)
+    for var, key in ENV_OVERRIDES.items():
+        if var in env:
+            values[key] = (var, env[var])
+    for dotted, value in (overrides or {}).items():
+        section, _, leaf = dotted.rpartition(".")
+        if (section, leaf) not in _SCHEMA:
+            raise SettingsError(f"{section}.{leaf}: unknown setting")
+        if value is not None:
+            values[(section, leaf)] = (f"{section}.{leaf}", value)
+
+    parsed: dict[tuple[str, str], Any] = {}
+    for key, (label, raw) in values.items():
+        try:
+            parsed[key] = _SCHEMA[key](raw)
+        except ValueError as exc:
+            raise SettingsError(f"{label}: {exc}") from None
+
+    def section(name: str, cls: type) -> Any:
+        return cls(**{leaf: v for (sec, leaf), v in parsed.items() if sec == name})
+
+    registry = replace(
+        section("registry", RegistrySettings),
+        embedded=section("registry.embedded", EmbeddedSettings),
+    )
+    return Settings(
+        registry=registry,
+        mlflow=section("mlflow", MlflowSettings),
+        data=section("data", DataSettings),
+        training=section("training", TrainingSettings),
+        api=section("api", ApiSettings),
+        config_file=config_path,
+    )

@@ -1,0 +1,170 @@
+"""Connect to the registry database: ``MONGODB_URI`` when set, else the embedded server.
+
+The embedded server (nx-27017, MongoDB wire protocol over SQLite) is started on
+demand as a daemon on ``registry.embedded.host:port`` with its files under
+``registry.embedded.data_dir``, so the CLI, the API and the demo share one database.
+Connection failures become one ``RegistryError("REGISTRY_UNAVAILABLE", ...)`` naming
+the URI with its password masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from conf.settings import EmbeddedSettings, RegistrySettings
+from registry_bridge.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 15.0
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with any password replaced by ``***`` (safe for logs and messages)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def embedded_uri(settings: EmbeddedSettings) -> str:
+    return f"mongodb://{settings.host}:{settings.port}/"
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def _paths(settings: EmbeddedSettings) -> tuple[Path, Path, Path]:
+    data_dir = settings.data_dir.resolve()
+    return data_dir, data_dir / "nx-27017.pid", data_dir / "nx-27017.log"
+
+
+def _server_command() -> list[str]:
+    exe = Path(sys.executable).with_name("nx-27017")
+    return [str(exe)] if exe.exists() else [shutil.which("nx-27017") or "nx-27017"]
+
+
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    running: bool
+    uri: str
+    pid: int | None
+    data_dir: Path
+
+    def describe(self) -> str:
+        state = f"running (pid {self.pid})" if self.running and self.pid else (
+            "running" if self.running else "stopped")
+        return f"embedded registry database at {self.uri}: {state}; data in {self.data_dir}"
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def embedded_status(settings: EmbeddedSettings) -> EmbeddedStatus:
+    data_dir, pid_file, _ = _paths(settings)
+    return EmbeddedStatus(_listening(settings.host, settings.port), embedded_uri(settings),
+                          _read_pid(pid_file), data_dir)
+
+
+def start_embedded(settings: EmbeddedSettings) -> EmbeddedStatus:
+    """Start the embedded server unless something already listens on its port.
+
+    Raises:
+        RegistryError: REGISTRY_UNAVAILABLE when it does not come up in time.
+    """
+    if _listening(settings.host, settings.port):
+        return embedded_status(settings)
+    data_dir, pid_file, log_file = _paths(settings)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [*_server_command(), "--daemon", "--data-dir", str(data_dir),
+               "--host", settings.host, "--port", str(settings.port),
+               "--pid-file", str(pid_file), "--log-file", str(log_file)]
+    log.info("starting embedded registry database: %s", " ".join(command))
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=START_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RegistryError("REGISTRY_UNAVAILABLE",
+                            f"could not start the embedded registry database "
+                            f"({embedded_uri(settings)}): {exc}") from None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _listening(settings.host, settings.port):
+            return embedded_status(settings)
+        time.sleep(0.1)
+    raise RegistryError("REGISTRY_UNAVAILABLE",
+                        f"the embedded registry database did not start on "
+                        f"{embedded_uri(settings)} within {START_TIMEOUT_S:.0f}s; see {log_file}")
+
+
+def stop_embedded(settings: EmbeddedSettings) -> bool:
+    """Stop the embedded server this project started; True when one was stopped."""
+    _, pid_file, _ = _paths(settings)
+    pid = _read_pid(pid_file)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _read_pid(pid_file) is not None:
+        time.sleep(0.1)
+    if _read_pid(pid_file) is not None:
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def resolve_uri(settings: RegistrySettings, start: bool = True) -> str:
+    """The URI to use: MONGODB_URI, or the embedded server (started when ``start``)."""
+    if settings.mongodb_uri:
+        return settings.mongodb_uri
+    if start:
+        start_embedded(settings.embedded)
+    return embedded_uri(settings.embedded)
+
+
+def connect(settings: RegistrySettings, start: bool = True) -> MongoClient:
+    """A checked client for the registry database (one per process: it pools).
+
+    Raises:
+        RegistryError: REGISTRY_UNAVAILABLE naming the masked URI.
+    """
+    uri = resolve_uri(settings, start=start)
+    try:
+        client: MongoClient = MongoClient(
+            uri, serverSelectionTimeoutMS=settings.timeout_ms,
+            connectTimeoutMS=settings.timeout_ms, tz_aware=True)
+        client.admin.command("ping")
+    except (PyMongoError, ValueError) as exc:
+        # pymongo appends timeouts and a topology dump: keep the first, useful part.
+        reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
+        raise RegistryError("REGISTRY_UNAVAILABLE",
+                            f"cannot reach the registry database at {mask_uri(uri)}: {reason}"
+                            ) from None
+    return client
