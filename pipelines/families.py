@@ -1,0 +1,169 @@
+"""The model families the study searches: each a scikit-learn Pipeline and a search space.
+
+Hyperparameter names carry a family prefix (``svc_C``, ``rf_max_depth``) because the
+study's space is conditional on ``model_family`` and the same name with two ranges
+would confuse both the sampler and the side-by-side view in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from sklearn.base import ClassifierMixin
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+# scikit-learn 1.9 deprecates SVC(probability=True) in favour of CalibratedClassifierCV,
+# which skl2onnx does not convert the same way; the issue asks for SVC with probabilities.
+warnings.filterwarnings("ignore", category=FutureWarning, message=r".*probab.*deprecated")
+warnings.filterwarnings("ignore", category=FutureWarning,
+                        message=r"Attribute `prob[AB]_` was deprecated")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: an Optuna distribution and the value used when none is searched."""
+
+    name: str
+    kind: str  # "float", "int" or "categorical"
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial, prefix: str) -> Any:
+        """Ask the trial for a value of this parameter."""
+        key = f"{prefix}_{self.name}"
+        if self.kind == "float":
+            return trial.suggest_float(key, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(key, int(self.low), int(self.high), step=self.step or 1)
+        return trial.suggest_categorical(key, list(self.choices))
+
+    def describe(self) -> str:
+        """A one-line human description of the range (for the study's search space)."""
+        if self.kind == "categorical":
+            return f"one of {list(self.choices)}"
+        scale = ", log" if self.log else (f", step {self.step}" if self.step else "")
+        return f"{self.kind} in [{self.low}, {self.high}{scale}]"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its estimator, whether it needs scaling, and its search space."""
+
+    name: str
+    prefix: str
+    estimator: Callable[[dict[str, Any], int], ClassifierMixin]
+    scaled: bool
+    params: tuple[Param, ...] = field(default_factory=tuple)
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's hyperparameters for this family, keyed by their prefixed names."""
+        return {f"{self.prefix}_{p.name}": p.suggest(trial, self.prefix) for p in self.params}
+
+    def defaults(self) -> dict[str, Any]:
+        """Reasonable hyperparameters without a search (quick runs, fixtures)."""
+        return {f"{self.prefix}_{p.name}": p.default for p in self.params}
+
+    def build(self, params: dict[str, Any], seed: int) -> Pipeline:
+        """An unfitted Pipeline with the given (prefixed) hyperparameters."""
+        values = {p.name: params.get(f"{self.prefix}_{p.name}", p.default) for p in self.params}
+        steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if self.scaled else []
+        steps.append(("model", self.estimator(values, seed)))
+        return Pipeline(steps)
+
+
+def _logistic_regression(v: dict[str, Any], seed: int) -> ClassifierMixin:
+    return LogisticRegression(C=v["C"], class_weight=v["class_weight"], max_iter=2000,
+                              random_state=seed)
+
+
+def _svc(v: dict[str, Any], seed: int) -> ClassifierMixin:
+    return SVC(C=v["C"], gamma=v["gamma"], class_weight=v["class_weight"], kernel="rbf",
+               probability=True, random_state=seed)
+
+
+def _knn(v: dict[str, Any], seed: int) -> ClassifierMixin:
+    # kd_tree pinned so the pickled-by-skops types do not depend on the data size.
+    return KNeighborsClassifier(n_neighbors=v["n_neighbors"], weights=v["weights"], p=v["p"],
+                                algorithm="kd_tree")
+
+
+def _random_forest(v: dict[str, Any], seed: int) -> ClassifierMixin:
+    # One job: the study already keeps both cores busy with CV, and n_jobs=1 is reproducible.
+    return RandomForestClassifier(n_estimators=v["n_estimators"], max_depth=v["max_depth"],
+                                  min_samples_leaf=v["min_samples_leaf"],
+                                  max_features=v["max_features"],
+                                  class_weight=v["class_weight"], n_jobs=1, random_state=seed)
+
+
+def _gradient_boosting(v: dict[str, Any], seed: int) -> ClassifierMixin:
+    return GradientBoostingClassifier(n_estimators=v["n_estimators"],
+                                      learning_rate=v["learning_rate"],
+                                      max_depth=v["max_depth"], subsample=v["subsample"],
+                                      random_state=seed)
+
+
+_BALANCE = ("class_weight", (None, "balanced"))
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("logistic_regression", "lr", _logistic_regression, scaled=True, params=(
+        Param("C", "float", 1.0, 1e-3, 1e2, log=True),
+        Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
+    )),
+    Family("svc", "svc", _svc, scaled=True, params=(
+        Param("C", "float", 1.0, 1e-2, 1e2, log=True),
+        Param("gamma", "float", 0.1, 1e-3, 1.0, log=True),
+        Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
+    )),
+    Family("knn", "knn", _knn, scaled=True, params=(
+        Param("n_neighbors", "int", 7, 3, 31),
+        Param("weights", "categorical", "uniform", choices=("uniform", "distance")),
+        Param("p", "categorical", 2, choices=(1, 2)),
+    )),
+    Family("random_forest", "rf", _random_forest, scaled=False, params=(
+        Param("n_estimators", "int", 100, 50, 200, step=25),
+        Param("max_depth", "int", 6, 2, 12),
+        Param("min_samples_leaf", "int", 1, 1, 8),
+        Param("max_features", "float", 0.5, 0.3, 1.0),
+        Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
+    )),
+    Family("gradient_boosting", "gb", _gradient_boosting, scaled=False, params=(
+        Param("n_estimators", "int", 100, 50, 200, step=25),
+        Param("learning_rate", "float", 0.1, 0.01, 0.3, log=True),
+        Param("max_depth", "int", 2, 1, 4),
+        Param("subsample", "float", 1.0, 0.6, 1.0),
+    )),
+)}
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``; ValueError listing the known ones otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def build_pipeline(family: str, params: dict[str, Any], seed: int) -> Pipeline:
+    """An unfitted Pipeline of ``family`` with the trial's (prefixed) hyperparameters."""
+    return get_family(family).build(params, seed)
+
+
+def search_space(families: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The study's search space as plain data, for the parent run."""
+    return {
+        "model_family": list(families),
+        **{name: {f"{get_family(name).prefix}_{p.name}": p.describe()
+                  for p in get_family(name).params} for name in families},
+    }

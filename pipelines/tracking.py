@@ -1,0 +1,60 @@
+"""Point MLflow at the configured tracking store and experiment.
+
+The tracking URI comes from the settings (not only from ``MLFLOW_TRACKING_URI``), and
+experiments are created with an absolute artifact location under
+``settings.mlflow.artifact_root`` so artifacts never land wherever the shell happens
+to be.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from conf.settings import MlflowSettings
+
+log = logging.getLogger(__name__)
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None."""
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+
+
+def artifact_location(settings: MlflowSettings, experiment: str) -> str:
+    """The absolute file URI where a new experiment keeps its artifacts."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", experiment).strip("-") or "experiment"
+    return (settings.artifact_root / slug).resolve().as_uri()
+
+
+def use_tracking_store(settings: MlflowSettings) -> MlflowClient:
+    """Set MLflow's tracking URI from the settings and return a client on it."""
+    database = sqlite_path(settings.tracking_uri)
+    if database is not None:
+        # SQLite creates the file but not its directory.
+        database.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def ensure_experiment(settings: MlflowSettings, name: str | None = None) -> str:
+    """Create (or reuse) the experiment, make it the active one, return its id."""
+    client = use_tracking_store(settings)
+    name = name or settings.experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = artifact_location(settings, name)
+        experiment_id = client.create_experiment(name, artifact_location=location)
+        log.info("created MLflow experiment %r (artifacts in %s)", name, location)
+    elif experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
