@@ -1,0 +1,113 @@
+"""Run ONNX bytes with onnxruntime, from memory, and compare them with recorded predictions.
+
+Used by publishing (parity with the sklearn pipeline on the run's evaluation data) and
+by activation and ``verify`` (re-scoring a version's input example). The bytes are only
+ever parsed by onnxruntime: nothing read from MLflow or the database is unpickled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from registry_bridge.errors import RegistryError
+
+PARITY_TOLERANCE = 1e-5
+EXAMPLE_ROWS = 5
+DEFAULT_IO = {"input_name": "input", "input_type": "float32",
+              "label_output": "label", "probabilities_output": "probabilities"}
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the model said for each row: a label and one probability per class."""
+
+    labels: list[str]
+    probabilities: np.ndarray
+
+
+def load_session(artifact: bytes, what: str) -> Any:
+    """An onnxruntime session over ``artifact`` (bytes in memory, CPU only).
+
+    Raises:
+        RegistryError: CONFLICT naming ``what`` when onnxruntime cannot load the bytes.
+    """
+    import onnxruntime as ort  # heavy import, only where a model is actually run
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime warns on stderr otherwise; errors still raise
+    try:
+        return ort.InferenceSession(artifact, sess_options=options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors on a bad graph
+        raise RegistryError("CONFLICT", f"{what}: the ONNX model does not load in onnxruntime: "
+                            f"{str(exc).splitlines()[0]}") from None
+
+
+def score(session: Any, inputs: Sequence[Sequence[float]], onnx_io: Mapping[str, str],
+          what: str) -> Scores:
+    """Run ``inputs`` (rows of features) through the session.
+
+    Raises:
+        RegistryError: CONFLICT naming ``what`` when the graph refuses the input or lacks an output.
+    """
+    io = {**DEFAULT_IO, **onnx_io}
+    try:
+        batch = np.asarray(inputs, dtype=np.dtype(io["input_type"]))
+        labels, probabilities = session.run(
+            [io["label_output"], io["probabilities_output"]], {io["input_name"]: batch})
+    except Exception as exc:  # onnxruntime's InvalidArgument/Fail have no common public base
+        raise RegistryError("CONFLICT", f"{what}: the ONNX model cannot score its input example: "
+                            f"{str(exc).splitlines()[0]}") from None
+    return Scores([str(label) for label in np.asarray(labels).ravel()],
+                  np.asarray(probabilities, dtype=np.float64))
+
+
+def compare(expected: Mapping[str, Any], actual: Scores, classes: Sequence[str], what: str,
+            tolerance: float = PARITY_TOLERANCE) -> float:
+    """Check ``actual`` against recorded labels and probabilities; the largest |Δp| on success.
+
+    Raises:
+        RegistryError: CONFLICT naming ``what``, the first row that differs and by how much.
+    """
+    labels = [str(label) for label in expected.get("labels", [])]
+    wanted = np.asarray(expected.get("probabilities", []), dtype=np.float64)
+    if actual.probabilities.shape != (len(labels), len(classes)) or wanted.shape != actual.probabilities.shape:
+        raise RegistryError(
+            "CONFLICT", f"{what}: expected probabilities of shape ({len(labels)}, {len(classes)}) "
+            f"for classes {list(classes)}, the ONNX model gave {actual.probabilities.shape}")
+    for row, (want, got) in enumerate(zip(labels, actual.labels)):
+        if want != got:
+            raise RegistryError("CONFLICT", f"{what}: row {row} of the evaluation data is labelled "
+                                f"{got!r} by the ONNX model but {want!r} by the recorded model")
+    differences = np.abs(wanted - actual.probabilities)
+    worst = float(differences.max()) if differences.size else 0.0
+    if worst > tolerance:
+        row, column = np.unravel_index(int(differences.argmax()), differences.shape)
+        raise RegistryError(
+            "CONFLICT", f"{what}: probability of {classes[column]!r} on row {row} differs by "
+            f"{worst:.3g} from the recorded model (tolerance {tolerance:g})")
+    return worst
+
+
+def check_predictions(artifact: bytes, expected: Mapping[str, Any], onnx_io: Mapping[str, str],
+                      classes: Sequence[str], what: str,
+                      tolerance: float = PARITY_TOLERANCE) -> float:
+    """Load ``artifact``, score ``expected["inputs"]`` and compare; the largest |Δp| on success.
+
+    Raises:
+        RegistryError: CONFLICT naming ``what`` and the problem (no rows, load, score, mismatch).
+    """
+    inputs = expected.get("inputs") or []
+    if not inputs:
+        raise RegistryError("CONFLICT", f"{what}: no input example to score")
+    session = load_session(artifact, what)
+    return compare(expected, score(session, inputs, onnx_io, what), classes, what, tolerance)
+
+
+def input_example(evaluation: Mapping[str, Any], rows: int = EXAMPLE_ROWS) -> dict[str, Any]:
+    """The first ``rows`` rows of an evaluation block: what activation and verify re-score."""
+    return {key: list(evaluation.get(key, []))[:rows]
+            for key in ("inputs", "labels", "probabilities")}
