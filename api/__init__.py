@@ -1,0 +1,125 @@
+"""The inference API: ``create_app`` builds the Flask app serving the active model version.
+
+One ``MongoClient`` per process (it pools and is thread-safe) is opened here and kept
+on the app with the store and the active-version resolver; gunicorn workers each call
+``create_app`` after forking, so no client crosses a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from flask import Flask, current_app, g, request
+from pymongo import MongoClient
+
+from conf.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("api.access")
+
+EXTENSION = "vertebral"
+
+
+@dataclass
+class Registry:
+    """What the app shares between requests: the client, the store and the resolver."""
+
+    client: MongoClient
+    store: Any  # registry_bridge.store.ModelStore
+    active: Any  # api.active.ActiveModel
+    settings: Settings
+
+
+def registry() -> Registry:
+    """The current app's registry handle."""
+    return current_app.extensions[EXTENSION]
+
+
+def _open_client(settings: Settings) -> MongoClient:
+    """The process's client; an unreachable database at start-up is not fatal (/ready says 503)."""
+    from registry_bridge import database
+    from registry_bridge.errors import RegistryError
+
+    try:
+        return database.connect(settings.registry)
+    except RegistryError as exc:
+        log.warning("starting without the registry database: %s", exc)
+        return MongoClient(database.resolve_uri(settings.registry, start=False),
+                           serverSelectionTimeoutMS=settings.registry.timeout_ms,
+                           connectTimeoutMS=settings.registry.timeout_ms, tz_aware=True)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app.
+
+    Args:
+        test_config: Flask config overrides; ``SETTINGS`` (a :class:`Settings`) replaces
+            ``load_settings()``, ``MONGO_CLIENT`` an existing client to share.
+    """
+    from api import errors, models, ops, predict
+    from api.active import ActiveModel
+    from registry_bridge.store import ModelStore
+
+    app = Flask(__name__)
+    test_config = dict(test_config or {})
+    settings: Settings = test_config.pop("SETTINGS", None) or load_settings()
+    client: MongoClient | None = test_config.pop("MONGO_CLIENT", None)
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=settings.api.max_upload_mb * 1024 * 1024,
+        # The form-memory limit only applies to non-file multipart fields.
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
+    )
+    app.config.update(test_config)
+    app.json.sort_keys = False  # keep class and field order as the model gives them
+
+    client = client or _open_client(settings)
+    store = ModelStore(client, settings, ensure_indexes=False)
+    active = ActiveModel(store, settings.api.model_name)
+    app.extensions[EXTENSION] = Registry(client, store, active, settings)
+
+    errors.init_app(app)
+    app.register_blueprint(predict.bp)
+    app.register_blueprint(models.bp)
+    app.register_blueprint(ops.bp)
+    _init_request_hooks(app)
+    return app
+
+
+def _init_request_hooks(app: Flask) -> None:
+    from api.metrics import LATENCY, REQUESTS, STALE_RESPONSES
+
+    pid = str(os.getpid())
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Any) -> Any:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        status = str(response.status_code)
+        REQUESTS.labels(rule, request.method, status).inc()
+        LATENCY.labels(rule, status).observe(elapsed)
+        response.headers["X-Worker-Pid"] = pid
+        served = g.get("served")
+        version = None
+        if served is not None:
+            version = served.model.version
+            response.headers["X-Model-Name"] = served.model.name
+            response.headers["X-Model-Version"] = str(version)
+            if served.stale:
+                response.headers["X-Model-Stale"] = "true"
+                STALE_RESPONSES.inc()
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "method": request.method, "path": request.path, "status": response.status_code,
+                "ms": round(elapsed * 1000, 2), "model_version": version,
+                "stale": bool(served and served.stale), "pid": int(pid),
+                "remote": request.remote_addr}))
+        return response

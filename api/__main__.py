@@ -1,0 +1,125 @@
+"""``python -m api`` / ``make serve``: run the API under gunicorn.
+
+Binds ``API_HOST:API_PORT`` with ``API_WORKERS`` workers. A non-loopback bind
+without ``API_ADMIN_TOKEN`` is refused (anyone who can reach the port could switch
+the served model) unless ``--insecure`` is given. Errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from typing import Any
+
+from conf.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("api")
+
+# Threads per worker: enough to overlap registry reads and client I/O on 2 cores.
+THREADS_PER_WORKER = 4
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and names resolving only to loopback addresses."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if host == "localhost":
+        return True
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback
+                                   for a in addresses)
+
+
+def check_bind(settings: Settings, insecure: bool) -> None:
+    """Refuse an exposed bind without an admin token (unless insecure)."""
+    host = settings.api.host
+    if is_loopback(host) or settings.api.admin_token or insecure:
+        return
+    raise SettingsError(f"API_HOST={host} is reachable from other machines but API_ADMIN_TOKEN "
+                        "is unset: anyone could activate models. Set API_ADMIN_TOKEN, bind "
+                        "127.0.0.1, or pass --insecure")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m api", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML settings file (default conf/default.yaml)")
+    parser.add_argument("--host", help="bind address (API_HOST)")
+    parser.add_argument("--port", help="bind port (API_PORT)")
+    parser.add_argument("--workers", help="gunicorn worker processes (API_WORKERS)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback bind without API_ADMIN_TOKEN")
+    return parser.parse_args(argv)
+
+
+def _gunicorn_app(settings: Settings) -> Any:
+    from gunicorn.app.base import BaseApplication
+
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+    def child_exit(server: Any, worker: Any) -> None:
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(worker.pid)
+
+    class ApiServer(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{settings.api.host}:{settings.api.port}",
+                "workers": settings.api.workers,
+                "worker_class": "gthread",
+                "threads": THREADS_PER_WORKER,
+                # Workers build the app after forking: one MongoClient per process.
+                "preload_app": False,
+                "child_exit": child_exit,
+                "accesslog": None,  # api.access logs one structured line per request
+                "errorlog": "-",
+                "loglevel": "info",
+                "graceful_timeout": 10,
+                "timeout": 120,  # a large /batch-predict holds its worker for a while
+                "worker_tmp_dir": metrics_dir,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from api import create_app
+            return create_app({"SETTINGS": settings})
+
+    return ApiServer()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the API; a bad setting or bind exits 2 with one line on stderr."""
+    args = _parse(argv)
+    try:
+        settings = load_settings(args.config, overrides={
+            "api.host": args.host, "api.port": args.port, "api.workers": args.workers})
+        check_bind(settings, args.insecure)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not is_loopback(settings.api.host) and not settings.api.admin_token:
+        log.warning("serving on %s without API_ADMIN_TOKEN (--insecure)", settings.api.host)
+    # Must be set before any worker imports prometheus_client (values pick their backend then).
+    metrics_dir = tempfile.mkdtemp(prefix="api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _gunicorn_app(settings).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Always serve the active version: one cheap registry read per request, stale on outage.
+
+Every request reads ``registry_state`` for the model name (one ``find_one`` by ``_id``
+through ``ModelStore.get_active_version``) and serves the version it names, loading
+it on first use. Because the pointer is read when the request starts, a request that
+starts after ``POST /models/activate`` (or ``bridge activate``) returned is served by
+the new version on every worker and every API instance, and no request fails during
+the switch: until the new session is loaded the request that loads it simply waits.
+
+When the database does not answer within ``CHECK_TIMEOUT_S`` the loaded version keeps
+serving, marked stale, and the database is not asked again for ``BACKOFF_S`` so an
+outage does not add a timeout to every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pymongo
+from pymongo.errors import PyMongoError
+
+from api.runtime import LoadedModel, SessionCache, load_model
+from registry_bridge.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_S = 0.25
+BACKOFF_S = 1.0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The version serving this request, and whether the registry could confirm it."""
+
+    model: LoadedModel
+    stale: bool
+
+
+class ActiveModel:
+    """Resolves the active version of one model name for each request (thread-safe)."""
+
+    def __init__(self, store: Any, name: str, cache: SessionCache | None = None,
+                 check_timeout_s: float = CHECK_TIMEOUT_S, backoff_s: float = BACKOFF_S):
+        self.store = store
+        self.name = name
+        self.cache = cache or SessionCache()
+        self.check_timeout_s = check_timeout_s
+        self.backoff_s = backoff_s
+        self._current: LoadedModel | None = None
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+        self.registry_reachable = True
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The version last served (None before the first successful load)."""
+        return self._current
+
+    def _outage(self, exc: BaseException) -> RegistryError:
+        with self._lock:
+            if self.registry_reachable:
+                log.warning("registry database unreachable, serving %s stale: %s",
+                            self._current and f"{self.name} v{self._current.version}",
+                            str(exc).splitlines()[0][:200])
+            self.registry_reachable = False
+            self._retry_at = time.monotonic() + self.backoff_s
+        if isinstance(exc, RegistryError) and exc.code == "REGISTRY_UNAVAILABLE":
+            return exc
+        return RegistryError("REGISTRY_UNAVAILABLE",
+                             f"the registry database is unreachable and no version of "
+                             f"{self.name!r} is loaded")
+
+    def active_version(self) -> int | None:
+        """The registry's active version number (one read, short timeout).
+
+        Raises:
+            RegistryError: REGISTRY_UNAVAILABLE (also raised without I/O during back-off).
+        """
+        if time.monotonic() < self._retry_at:
+            raise RegistryError("REGISTRY_UNAVAILABLE",
+                                "the registry database was unreachable moments ago")
+        try:
+            with pymongo.timeout(self.check_timeout_s):
+                state = self.store.get_active_version(self.name)
+        except (PyMongoError, RegistryError) as exc:
+            if isinstance(exc, RegistryError) and exc.code != "REGISTRY_UNAVAILABLE":
+                raise
+            raise self._outage(exc) from None
+        if not self.registry_reachable:
+            log.info("registry database reachable again")
+            self.registry_reachable = True
+        return None if state is None else state.active_version
+
+    def resolve(self) -> Resolved:
+        """The version to serve now.
+
+        Raises:
+            RegistryError: NO_ACTIVE_MODEL when no version is active, REGISTRY_UNAVAILABLE
+                when the database is down and nothing is loaded.
+        """
+        current = self._current
+        try:
+            version = self.active_version()
+        except RegistryError:
+            if current is None:
+                raise RegistryError("REGISTRY_UNAVAILABLE",
+                                    f"the registry database is unreachable and no version "
+                                    f"of {self.name!r} is loaded") from None
+            return Resolved(current, stale=True)
+        if version is None:
+            raise RegistryError("NO_ACTIVE_MODEL",
+                                f"no version of {self.name!r} is active: activate one with "
+                                f"POST /models/activate or `bridge activate`")
+        model = self.cache.peek(self.name, version)
+        if model is None:
+            try:
+                model = self.cache.get_or_load(self.name, version,
+                                               lambda: self._load(version))
+            except (PyMongoError, RegistryError) as exc:
+                if isinstance(exc, PyMongoError) or exc.code == "REGISTRY_UNAVAILABLE":
+                    exc = self._outage(exc)
+                if current is None:
+                    raise exc from None
+                # Keep answering with the version we have rather than failing the switch.
+                log.error("cannot load %s v%s, still serving v%s: %s",
+                          self.name, version, current.version, exc)
+                return Resolved(current, stale=True)
+        self._current = model
+        return Resolved(model, stale=False)
+
+    def _load(self, version: int) -> LoadedModel:
+        meta = self.store.get_model_version(self.name, version)
+        data = self.store.read_artifact(meta)  # sha256-checked by the store
+        return load_model(meta.name, meta.version, meta.run_id, meta.classes,
+                          meta.input_schema, data, meta.sha256, onnx_io=meta.onnx_io)
+
+    def load_version(self, version: int) -> LoadedModel:
+        """Load (or reuse) one version, e.g. to warm it before it is activated."""
+        return self.cache.get_or_load(self.name, version, lambda: self._load(version))

@@ -1,0 +1,72 @@
+"""JSON errors everywhere: RegistryError, HTTP errors raised by Flask, and the unexpected.
+
+Every error body is ``{"error": {"code", "message", "details"?}}``. A client's mistake
+never becomes a 500: malformed JSON, wrong method, too large a body and unknown paths
+each get their own status; only a real bug answers 500, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from registry_bridge.errors import STATUS_BY_CODE, RegistryError
+
+log = logging.getLogger(__name__)
+
+# HTTP statuses that have a code in the shared table; others get a code from their name.
+_CODE_BY_STATUS = {status: code for code, status in STATUS_BY_CODE.items()
+                   if code not in ("NO_ACTIVE_MODEL",)}
+
+
+def error_response(code: str, message: str, status: int,
+                   details: list | None = None) -> Response:
+    """A JSON error response with the project's body shape."""
+    body: dict = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    response = jsonify({"error": body})
+    response.status_code = status
+    return response
+
+
+def _registry_error(exc: RegistryError) -> Response:
+    response = jsonify(exc.to_dict())
+    response.status_code = exc.status
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code = _CODE_BY_STATUS.get(status) or re.sub(r"\W+", "_", (exc.name or "error")).upper()
+    message = exc.description or exc.name
+    if status == 404:
+        message = f"no endpoint at {request.path}; see /openapi.json"
+    elif status == 405:
+        allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None
+        message = (f"{request.method} is not allowed on {request.path}"
+                   + (f"; use {', '.join(sorted(allowed))}" if allowed else ""))
+    elif status == 413:
+        limit = request.max_content_length
+        message = ("the request body is larger than the limit"
+                   + (f" of {limit // (1024 * 1024)} MB" if limit else ""))
+    response = error_response(code, message, status)
+    if status == 405 and getattr(exc, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return error_response("INTERNAL_ERROR",
+                          "internal error; the server log has the details", 500)
+
+
+def init_app(app: Flask) -> None:
+    """Register the JSON error handlers."""
+    app.register_error_handler(RegistryError, _registry_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

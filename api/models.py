@@ -1,0 +1,158 @@
+"""Model management: list and show versions, download artifacts, activate and roll back."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from typing import Any, Callable
+
+from flask import Blueprint, Response, jsonify, request
+
+from api import registry
+from api.validation import invalid
+from registry_bridge.errors import RegistryError
+
+bp = Blueprint("models", __name__, url_prefix="/models")
+
+
+def admin_required(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Require ``Authorization: Bearer <API_ADMIN_TOKEN>`` when a token is configured."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Response:
+        token = registry().settings.api.admin_token
+        if token:
+            header = request.headers.get("Authorization", "")
+            scheme, _, given = header.partition(" ")
+            if scheme.lower() != "bearer" or not given.strip():
+                error = RegistryError("UNAUTHORIZED", "this endpoint needs the header "
+                                      "'Authorization: Bearer <API_ADMIN_TOKEN>'")
+                response = jsonify(error.to_dict())
+                response.status_code = error.status
+                response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
+                return response
+            # Constant-time comparison: the token must not leak through timing.
+            if not hmac.compare_digest(given.strip().encode(), token.encode()):
+                raise RegistryError("FORBIDDEN", "the bearer token is not the admin token")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _actor() -> str:
+    return f"api:{request.remote_addr or 'unknown'}"
+
+
+def _json_object() -> dict[str, Any]:
+    if not request.is_json:
+        raise RegistryError("UNSUPPORTED_MEDIA_TYPE",
+                            f"Content-Type {request.mimetype or 'none'} is not accepted here; "
+                            "send application/json")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object")
+    return body
+
+
+def _text_field(body: dict[str, Any], key: str, required: bool = True) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(f"'{key}' must be a non-empty text",
+                      [{"field": key, "problem": "missing" if value is None else "not a text"}])
+    return value.strip()
+
+
+def _version_field(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise invalid(f"'version' must be a positive whole number, got {value!r}",
+                      [{"field": "version", "problem": "missing" if value is None
+                        else "not a whole number"}])
+    try:
+        number = int(str(value).strip().lstrip("vV"))
+    except ValueError:
+        raise invalid(f"'version' must be a positive whole number, got {value!r}",
+                      [{"field": "version", "problem": "not a whole number"}]) from None
+    if number < 1:
+        raise invalid(f"'version' must be a positive whole number, got {number}",
+                      [{"field": "version", "problem": "not positive"}])
+    return number
+
+
+def _state(state: Any) -> dict[str, Any]:
+    return {"name": state.name, "active_version": state.active_version,
+            "previous_version": state.previous_version, **{
+                k: v for k, v in state.to_dict().items()
+                if k in ("activated_at", "activated_by", "reason")}}
+
+
+@bp.get("")
+def list_models() -> Response:
+    """Every ready version with its metadata and whether it is active (``?name=`` filters)."""
+    store = registry().store
+    name = request.args.get("name") or None
+    active = store.list_active_states()
+    versions = []
+    for version in store.search_model_versions(name=name):
+        state = active.get(version.name)
+        versions.append({**version.to_dict(),
+                         "active": state is not None and state.active_version == version.version})
+    return jsonify({"models": versions, "count": len(versions)})
+
+
+@bp.get("/<name>/versions/<version>")
+def show_version(name: str, version: str) -> Response:
+    """One version's metadata and whether it is active."""
+    store = registry().store
+    found = store.get_model_version(name, _version_field(version))
+    state = store.get_active_version(name)
+    return jsonify({**found.to_dict(),
+                    "active": state is not None and state.active_version == found.version})
+
+
+@bp.get("/<name>/versions/<version>/artifact")
+def download_artifact(name: str, version: str) -> Response:
+    """The ONNX bytes, checked against their sha256 before they are sent."""
+    store = registry().store
+    found = store.get_model_version(name, _version_field(version))
+    data = store.read_artifact(found)
+    response = Response(data, mimetype="application/octet-stream")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{found.filename or f"{name}-v{found.version}.onnx"}"')
+    response.headers["X-Checksum-Sha256"] = found.sha256
+    return response
+
+
+@bp.post("/activate")
+@admin_required
+def activate() -> Response:
+    """Make a version the one served; answers once every new request will use it."""
+    body = _json_object()
+    name = _text_field(body, "name")
+    version = _version_field(body.get("version"))
+    reason = _text_field(body, "reason", required=False)
+    handle = registry()
+    if name == handle.active.name:
+        # Load it here first: a version this API cannot run is refused before it serves.
+        handle.active.load_version(version)
+    state = handle.store.set_active_version(name, version, by=_actor(), reason=reason)
+    return jsonify(_state(state))
+
+
+@bp.post("/rollback")
+@admin_required
+def rollback() -> Response:
+    """Return to the previously active version."""
+    body = _json_object()
+    name = _text_field(body, "name")
+    reason = _text_field(body, "reason", required=False)
+    state = registry().store.rollback(name, by=_actor(), reason=reason)
+    return jsonify(_state(state))
+
+
+@bp.get("/<name>/history")
+def history(name: str) -> Response:
+    """Every activation and rollback of ``name``, oldest first."""
+    events = registry().store.list_activation_log(name)
+    return jsonify({"name": name, "events": [e.to_dict() for e in events]})

@@ -1,0 +1,121 @@
+"""Predictions: ``/predict``, ``/invocations`` (MLflow scoring drop-in) and ``/batch-predict``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request, send_file
+
+from api import registry
+from api.active import Resolved
+from api.batch import run_batch
+from api.metrics import BATCH_ROWS, PREDICTIONS
+from api.validation import (check_count, csv_records, extract_records, invalid,
+                            validate_records)
+from registry_bridge.errors import RegistryError
+
+bp = Blueprint("predict", __name__)
+
+JSON_TYPES = "application/json"
+CSV_TYPE = "text/csv"
+
+
+def serving() -> Resolved:
+    """The active version for this request (remembered for the response headers)."""
+    resolved = registry().active.resolve()
+    g.served = resolved
+    return resolved
+
+
+def _json_body() -> Any:
+    try:
+        return json.loads(request.get_data(cache=False))
+    except UnicodeDecodeError:
+        raise invalid("the body is not UTF-8 text") from None
+    except ValueError as exc:
+        raise invalid(f"malformed JSON: {exc}") from None
+
+
+def _unsupported(allowed: str) -> RegistryError:
+    given = request.mimetype or "none"
+    return RegistryError("UNSUPPORTED_MEDIA_TYPE",
+                         f"Content-Type {given} is not accepted here; send {allowed}")
+
+
+def _predict(accept_csv: bool) -> Response:
+    if request.is_json:
+        records, from_text = extract_records(_json_body()), False
+    elif accept_csv and request.mimetype == CSV_TYPE:
+        try:
+            text = request.get_data(cache=False).decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid("the CSV body is not UTF-8 text") from None
+        records, from_text = csv_records(text), True
+    else:
+        raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
+    check_count(records, registry().settings.api.max_records)
+    model = serving().model
+    checked = validate_records(records, model.schema, from_text=from_text)
+    scored = model.predict(checked.matrix)
+    classes = model.classes
+    column_of = model.column_of
+    predictions = []
+    for label, row, flags in zip(scored.labels, scored.probabilities.tolist(),
+                                 checked.out_of_range):
+        predictions.append({"label": label, "probability": row[column_of[label]],
+                            "probabilities": dict(zip(classes, row)),
+                            "out_of_range": flags})
+    PREDICTIONS.labels(model.name, str(model.version)).inc(len(predictions))
+    return jsonify({"model": model.identity(), "predictions": predictions})
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    """Score one record or a list of records with the active version."""
+    return _predict(accept_csv=False)
+
+
+@bp.post("/invocations")
+def invocations() -> Response:
+    """MLflow scoring-server drop-in: the same JSON shapes, plus a CSV body."""
+    return _predict(accept_csv=True)
+
+
+@bp.post("/batch-predict")
+def batch_predict() -> Response:
+    """Score a CSV upload in chunks; answer the CSV, or a JSON summary with ?format=json."""
+    answer = request.args.get("format", "csv")
+    on_error = request.args.get("on_error", "fail")
+    if answer not in ("csv", "json"):
+        raise invalid(f"format must be csv or json, got {answer!r}",
+                      [{"field": "format", "problem": "unknown value"}])
+    if on_error not in ("fail", "skip"):
+        raise invalid(f"on_error must be fail or skip, got {on_error!r}",
+                      [{"field": "on_error", "problem": "unknown value"}])
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise invalid("multipart upload without a 'file' field",
+                          [{"field": "file", "problem": "missing"}])
+        stream = upload.stream
+    elif request.mimetype == CSV_TYPE:
+        stream = request.stream
+    else:
+        raise _unsupported(f"multipart/form-data with a 'file' field, or {CSV_TYPE}")
+    model = serving().model
+    settings = registry().settings.api
+    result = run_batch(stream, model, settings.output_dir, settings.batch_chunk_rows, on_error)
+    version = str(model.version)
+    BATCH_ROWS.labels(model.name, version, "predicted").inc(result.predicted)
+    if result.errors:
+        BATCH_ROWS.labels(model.name, version, "error").inc(result.errors)
+    PREDICTIONS.labels(model.name, version).inc(result.predicted)
+    if answer == "json":
+        response = jsonify(result.summary())
+    else:
+        response = send_file(result.job_path, mimetype=CSV_TYPE, as_attachment=True,
+                             download_name=result.job_path.name, max_age=0)
+    response.headers["X-Job-Id"] = result.job_id
+    response.headers["X-Saved-Path"] = str(result.latest_path)
+    return response
