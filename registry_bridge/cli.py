@@ -8,13 +8,16 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from conf.settings import Settings, SettingsError, load_settings
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
+
+if TYPE_CHECKING:
+    from registry_bridge.store import ModelStore
 
 
 class Context:
@@ -101,6 +104,236 @@ def db_status(ctx: Context) -> None:
     if not status.running:
         sys.exit(1)
 
+
+
+# --- registry commands ------------------------------------------------------------------
+
+def open_store(ctx: Context) -> "ModelStore":
+    """The command's model store, connected once (starts the embedded server if needed)."""
+    from registry_bridge.store import ModelStore
+
+    store = getattr(ctx, "_store", None)
+    if store is None:
+        store = ModelStore.from_settings(ctx.settings)
+        ctx._store = store  # type: ignore[attr-defined]
+    return store
+
+
+@main.command("runs")
+@click.option("--experiment", help="MLflow experiment (default mlflow.experiment).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_context
+@fail_cleanly
+def runs_command(ctx: Context, experiment: str | None, as_json: bool) -> None:
+    """List candidate MLflow runs, best first, with their metrics and published versions."""
+    from registry_bridge import publish, render
+
+    runs = publish.list_candidate_runs(ctx.settings, open_store(ctx), experiment)
+    if as_json:
+        click.echo(render.as_json(runs))
+    elif not runs:
+        click.echo(f"no candidate runs in experiment "
+                   f"{experiment or ctx.settings.mlflow.experiment!r}")
+    else:
+        click.echo(render.runs_table(runs, f"cv_{ctx.settings.training.objective}_mean"))
+
+
+@main.command("publish")
+@click.option("--run-id", help="MLflow run to publish (see `bridge runs`).")
+@click.option("--best", is_flag=True, help="Publish the best candidate run of the experiment.")
+@click.option("--experiment", help="Experiment searched by --best (default mlflow.experiment).")
+@click.option("--name", help="Registered model name (default MODEL_NAME).")
+@click.option("--activate", is_flag=True, help="Activate the version once published.")
+@click.option("--new-version", is_flag=True,
+              help="Publish again even if this run already has a version.")
+@click.option("--reason", help="Reason recorded in the activation log (with --activate).")
+@click.option("--json", "as_json", is_flag=True, help="Print the version as JSON.")
+@pass_context
+@fail_cleanly
+def publish_command(ctx: Context, run_id: str | None, best: bool, experiment: str | None,
+                    name: str | None, activate: bool, new_version: bool, reason: str | None,
+                    as_json: bool) -> None:
+    """Publish an MLflow run's ONNX model as the next version in GridFS (verified by sha256)."""
+    from registry_bridge import publish, render
+
+    if bool(run_id) == best:
+        raise RegistryError("INVALID_INPUT", "give exactly one of --run-id ID or --best")
+    if experiment and not best:
+        raise RegistryError("INVALID_INPUT", "--experiment only applies with --best")
+    store = open_store(ctx)
+    chosen = run_id or publish.best_candidate_run_id(ctx.settings, experiment)
+    result = publish.publish_run(store, ctx.settings, chosen, name, new_version=new_version)
+    version = result.version
+    state = None
+    if activate:
+        state = store.set_active_version(version.name, version.version,
+                                         reason=reason or f"published from run {chosen}")
+    if as_json:
+        click.echo(render.as_json(result))
+        return
+    if result.created:
+        click.echo(f"published {version.label} from run {chosen} "
+                   f"(file {version.artifact_file_id}, sha256 {version.sha256[:12]}…, "
+                   f"{version.size_bytes} bytes)")
+    else:
+        click.echo(f"run {chosen} is already published as {version.label}; nothing uploaded "
+                   "(use --new-version to publish it again)")
+    if state is not None:
+        click.echo(f"activated {version.label} (previous: "
+                   f"{'v' + str(state.previous_version) if state.previous_version else 'none'})")
+
+
+@main.command("list")
+@click.option("--name", help="Only this registered model name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table.")
+@click.option("--all", "include_deleted", is_flag=True, help="Include deleted versions.")
+@pass_context
+@fail_cleanly
+def list_command(ctx: Context, name: str | None, as_json: bool, include_deleted: bool) -> None:
+    """List published versions: version, family, test macro F1, created, run id, active marker."""
+    from registry_bridge import render
+
+    store = open_store(ctx)
+    versions = store.search_model_versions(name, include_deleted=include_deleted)
+    active = store.list_active_states()
+    if as_json:
+        click.echo(render.as_json([
+            {**v.to_dict(), "active": v.name in active and active[v.name].active_version == v.version}
+            for v in versions]))
+    elif not versions:
+        click.echo(f"no published versions{f' of {name!r}' if name else ''}")
+    else:
+        click.echo(render.versions_table(versions, active))
+
+
+@main.command("show")
+@click.argument("name")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of key/value lines.")
+@pass_context
+@fail_cleanly
+def show_command(ctx: Context, name: str, version: str, as_json: bool) -> None:
+    """Show every metadata field of one version."""
+    from registry_bridge import render
+
+    store = open_store(ctx)
+    found = store.get_model_version(name, version)
+    state = store.get_active_version(name)
+    if as_json:
+        is_active = bool(state and state.active_version == found.version)
+        click.echo(render.as_json({**found.to_dict(), "active": is_active}))
+    else:
+        click.echo(render.version_details(found, state))
+
+
+@main.command("activate")
+@click.argument("name")
+@click.argument("version")
+@click.option("--reason", help="Why, recorded in the activation log.")
+@pass_context
+@fail_cleanly
+def activate_command(ctx: Context, name: str, version: str, reason: str | None) -> None:
+    """Make a version the one served, after checking its sha256 and re-scoring its example."""
+    store = open_store(ctx)
+    before = store.get_active_version(name)
+    state = store.set_active_version(name, version, reason=reason)
+    if before is not None and before.active_version == state.active_version:
+        click.echo(f"{name} v{state.active_version} is already active; nothing changed")
+    else:
+        click.echo(f"activated {name} v{state.active_version} (previous: "
+                   f"{'v' + str(state.previous_version) if state.previous_version else 'none'})")
+
+
+@main.command("rollback")
+@click.argument("name")
+@click.option("--reason", help="Why, recorded in the activation log.")
+@pass_context
+@fail_cleanly
+def rollback_command(ctx: Context, name: str, reason: str | None) -> None:
+    """Return to the version active before the current one (checked like activate)."""
+    state = open_store(ctx).rollback(name, reason=reason)
+    click.echo(f"rolled back {name} to v{state.active_version} (from v{state.previous_version})")
+
+
+@main.command("history")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_context
+@fail_cleanly
+def history_command(ctx: Context, name: str, as_json: bool) -> None:
+    """Print the activation log of a model name, oldest first."""
+    from registry_bridge import render
+
+    events = open_store(ctx).list_activation_log(name)
+    if as_json:
+        click.echo(render.as_json(events))
+    elif not events:
+        click.echo(f"no activation of {name!r} recorded")
+    else:
+        click.echo(render.history_table(events))
+
+
+@main.command("download")
+@click.argument("name")
+@click.argument("version")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Where to write the ONNX file (default <name>-v<version>.onnx here).")
+@pass_context
+@fail_cleanly
+def download_command(ctx: Context, name: str, version: str, output: str | None) -> None:
+    """Write a version's ONNX file, verifying its sha256 while writing."""
+    from pathlib import Path
+
+    from registry_bridge.store import artifact_filename
+
+    store = open_store(ctx)
+    found = store.get_model_version(name, version)
+    path = store.download_artifact(found, Path(output or artifact_filename(found.name, found.version)))
+    click.echo(f"wrote {path} ({found.size_bytes} bytes, sha256 {found.sha256})")
+
+
+@main.command("verify")
+@click.argument("name")
+@click.argument("version")
+@pass_context
+@fail_cleanly
+def verify_command(ctx: Context, name: str, version: str) -> None:
+    """Check a version's sha256 and re-score its input example (exit 1 on any mismatch)."""
+    report = open_store(ctx).verify_model_version(name, version)
+    click.echo(f"{name} v{report.version}: sha256 {report.sha256} matches ({report.size_bytes} "
+               f"bytes); {report.rows_scored} example rows re-scored, max |Δp| "
+               f"{report.max_probability_difference:.2e}")
+
+
+@main.command("delete")
+@click.argument("name")
+@click.argument("version")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+@fail_cleanly
+def delete_command(ctx: Context, name: str, version: str, yes: bool) -> None:
+    """Delete a version's file and hide its metadata (the active version is refused)."""
+    store = open_store(ctx)
+    found = store.get_model_version(name, version)
+    if not yes:
+        click.confirm(f"delete {found.label} (run {found.run_id}) and its ONNX file?", abort=True)
+    store.delete_model_version(name, found.version)
+    click.echo(f"deleted {found.label}")
+
+
+@main.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list the orphan files.")
+@click.option("--min-age", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="Spare files younger than this many seconds (a publish may be running).")
+@pass_context
+@fail_cleanly
+def gc_command(ctx: Context, dry_run: bool, min_age: float) -> None:
+    """Remove GridFS files no version points to (left by a crashed publish or delete)."""
+    orphans = open_store(ctx).collect_orphan_files(dry_run=dry_run, min_age_s=min_age)
+    verb = "would remove" if dry_run else "removed"
+    for orphan in orphans:
+        click.echo(f"{verb} {orphan['file_id']} {orphan['filename']} ({orphan['length']} bytes)")
+    click.echo(f"{verb} {len(orphans)} orphan file(s)")
 
 if __name__ == "__main__":
     main()

@@ -483,6 +483,18 @@ class ModelStore:
         log.info("deleted %s (file %s)", target.label, target.artifact_file_id)
         return ModelVersion.from_document(changed)
 
+    @_translated
+    def unpublish_model_version(self, name: str, version: int) -> None:
+        """Remove a version completely (document and file): undoes a publish whose follow-up failed.
+
+        Unlike :meth:`delete_model_version` no tombstone is kept. Refuses the active version.
+        """
+        target = self.get_model_version(name, version)
+        self._refuse_if_active(target)
+        self.versions.delete_one({"name": name, "version": target.version})
+        self._delete_file(ObjectId(target.artifact_file_id), target.label)
+        log.info("unpublished %s", target.label)
+
     def _refuse_if_active(self, version: ModelVersion) -> None:
         state = self.get_active_version(version.name)
         if state is not None and state.active_version == version.version:

@@ -1,0 +1,296 @@
+"""The MLflow side of the bridge: list candidate runs, publish one into the model store.
+
+A candidate run (docs/run-contract.md) carries the tag ``onnx_model_uri`` and the
+artifact ``registry/model_card.json``. Publishing downloads both, re-runs the ONNX
+bytes in onnxruntime on the card's evaluation data (parity with the recorded sklearn
+predictions), hands bytes and metadata to :class:`ModelStore`, then writes the
+registry version and file id back onto the run as tags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conf.settings import Settings
+from registry_bridge import onnx_check
+from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishResult, current_user
+from registry_bridge.errors import RegistryError
+from registry_bridge.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+MODEL_CARD = "registry/model_card.json"
+CANDIDATE_FILTER = "tags.candidate = 'true'"
+# Tags written back onto a published run.
+TAG_NAME, TAG_VERSION, TAG_FILE_ID = "registry_name", "registry_version", "registry_file_id"
+# Distribution names whose versions a version document records.
+LIBRARIES = {"onnxruntime": "onnxruntime", "onnx": "onnx", "skl2onnx": "skl2onnx",
+             "scikit-learn": "scikit-learn", "mlflow": "mlflow", "numpy": "numpy"}
+_CARD_KEYS = ("classes", "input_schema", "onnx", "evaluation")
+
+
+def _client(settings: Settings) -> Any:
+    from pipelines.tracking import use_tracking_store  # imports mlflow: only when needed
+
+    return use_tracking_store(settings.mlflow)
+
+
+def _mlflow_error(exc: Exception, settings: Settings, what: str) -> RegistryError:
+    """One RegistryError for an MLflow failure: NOT_FOUND for a missing resource."""
+    code = getattr(exc, "error_code", "")
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if code == "RESOURCE_DOES_NOT_EXIST" or "not found" in first.lower():
+        return RegistryError("NOT_FOUND", f"{what} not found in the MLflow tracking store "
+                             f"{settings.mlflow.tracking_uri}")
+    return RegistryError("REGISTRY_UNAVAILABLE", f"MLflow tracking store "
+                         f"{settings.mlflow.tracking_uri} failed on {what}: {first}")
+
+
+def _objective_key(settings: Settings) -> str:
+    return f"cv_{settings.training.objective}_mean"
+
+
+def list_candidate_runs(settings: Settings, store: ModelStore | None = None,
+                        experiment: str | None = None) -> list[CandidateRun]:
+    """Candidate runs of the experiment, best first by the study's objective (CV mean).
+
+    Raises:
+        RegistryError: NOT_FOUND for an unknown experiment; REGISTRY_UNAVAILABLE when
+            MLflow or the registry database fails.
+    """
+    from mlflow.exceptions import MlflowException
+
+    name = experiment or settings.mlflow.experiment
+    client = _client(settings)
+    try:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise RegistryError("NOT_FOUND", f"MLflow experiment {name!r} not found in the "
+                                f"tracking store {settings.mlflow.tracking_uri}")
+        runs = client.search_runs([found.experiment_id], filter_string=CANDIDATE_FILTER,
+                                  max_results=5000)
+    except MlflowException as exc:
+        raise _mlflow_error(exc, settings, f"experiment {name!r}") from None
+    objective, tie_break = _objective_key(settings), f"test_{settings.training.objective}"
+
+    def rank(run: Any) -> tuple[float, float]:
+        metrics = run.data.metrics
+        return (-metrics.get(objective, float("-inf")), -metrics.get(tie_break, float("-inf")))
+
+    runs = sorted(runs, key=rank)
+    published = store.published_versions_by_run([r.info.run_id for r in runs]) if store else {}
+    return [CandidateRun(
+        run_id=r.info.run_id, experiment_id=r.info.experiment_id, run_name=r.info.run_name,
+        model_family=r.data.tags.get("model_family"),
+        start_time=_from_millis(r.info.start_time), metrics=dict(r.data.metrics),
+        params=dict(r.data.params), onnx_model_uri=r.data.tags.get("onnx_model_uri"),
+        published_versions=published.get(r.info.run_id, [])) for r in runs]
+
+
+def best_candidate_run_id(settings: Settings, experiment: str | None = None) -> str:
+    """The run id of the best candidate (what ``publish --best`` picks).
+
+    Raises:
+        RegistryError: NOT_FOUND when the experiment holds no candidate run.
+    """
+    runs = list_candidate_runs(settings, None, experiment)
+    if not runs:
+        raise RegistryError("NOT_FOUND", f"no candidate run (tag candidate=true) in MLflow "
+                            f"experiment {experiment or settings.mlflow.experiment!r}; "
+                            "run `make train` first")
+    return runs[0].run_id
+
+
+def publish_run(store: ModelStore, settings: Settings, run_id: str, name: str | None = None,
+                new_version: bool = False, by: str | None = None) -> PublishResult:
+    """Publish a candidate MLflow run as the next version of ``name`` (default ``MODEL_NAME``).
+
+    A run already published returns its version (``created=False``) unless ``new_version``.
+
+    Raises:
+        RegistryError: NOT_FOUND (unknown run), INVALID_INPUT (not a candidate, broken
+            model card), CONFLICT (ONNX parity with the recorded predictions fails).
+    """
+    from mlflow.exceptions import MlflowException
+
+    name = name or settings.api.model_name
+    client = _client(settings)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise _mlflow_error(exc, settings, f"MLflow run {run_id!r}") from None
+    tags = run.data.tags
+    if tags.get("candidate") != "true":
+        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id} is not a candidate (no tag "
+                            "candidate=true); `bridge runs` lists the candidates")
+    if not new_version:
+        existing = store.find_published(name, run_id)
+        if existing is not None:
+            _tag_run(client, settings, run_id, existing.name, existing.version,
+                     existing.artifact_file_id)
+            return PublishResult(existing, created=False)
+    model_uri = tags.get("onnx_model_uri")
+    if not model_uri:
+        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id} has no tag onnx_model_uri")
+    with tempfile.TemporaryDirectory(prefix="bridge-publish-") as tmp:
+        artifact, model_dir = _download_onnx(settings, model_uri, Path(tmp) / "onnx", run_id)
+        card = _read_card(client, settings, run_id, Path(tmp) / "card")
+        libraries = _library_versions(client, artifact, model_dir, tags.get("sklearn_model_uri"))
+    what = f"refusing to publish MLflow run {run_id}"
+    onnx_check.check_predictions(artifact, card["evaluation"], card["onnx"], card["classes"], what)
+    draft = ModelVersionDraft(
+        name=name, run_id=run_id, experiment_id=run.info.experiment_id, source=model_uri,
+        model_family=tags.get("model_family") or card.get("model_family"),
+        params=dict(run.data.params),
+        metrics={k: float(v) for k, v in run.data.metrics.items()
+                 if k.startswith(("cv_", "test_"))},
+        classes=[str(c) for c in card["classes"]], input_schema=list(card["input_schema"]),
+        data_fingerprint=tags.get("data_fingerprint") or card.get("data_fingerprint"),
+        library_versions=libraries, onnx_io=dict(card["onnx"]),
+        input_example=onnx_check.input_example(card["evaluation"]),
+        variant=tags.get("variant") or card.get("variant"), created_by=by or current_user())
+    result = store.publish_model_version(draft, artifact, new_version=new_version)
+    version = result.version
+    try:
+        _tag_run(client, settings, run_id, version.name, version.version, version.artifact_file_id)
+    except RegistryError:
+        if result.created:  # a version whose run does not point back to it is half-published
+            store.unpublish_model_version(version.name, version.version)
+        raise
+    return result
+
+
+def _tag_run(client: Any, settings: Settings, run_id: str, name: str, version: int,
+             file_id: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_tag(run_id, TAG_NAME, name)
+        client.set_tag(run_id, TAG_VERSION, str(version))
+        client.set_tag(run_id, TAG_FILE_ID, file_id)
+    except MlflowException as exc:
+        raise _mlflow_error(exc, settings, f"tagging MLflow run {run_id}") from None
+
+
+def _download_onnx(settings: Settings, model_uri: str, destination: Path,
+                   run_id: str) -> tuple[bytes, Path]:
+    """The bytes of the ``.onnx`` file of an MLflow ONNX model, and the model's directory."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    destination.mkdir(parents=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=str(destination),
+            tracking_uri=settings.mlflow.tracking_uri))
+    except (MlflowException, OSError) as exc:
+        raise _mlflow_error(exc, settings, f"ONNX model {model_uri} of run {run_id}") from None
+    files = sorted(local.rglob("*.onnx"))
+    if not files:
+        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: the model {model_uri} holds "
+                            "no .onnx file")
+    return files[0].read_bytes(), local
+
+
+def _read_card(client: Any, settings: Settings, run_id: str, destination: Path) -> dict[str, Any]:
+    """The run's ``registry/model_card.json``, with the keys publishing needs checked."""
+    from mlflow.exceptions import MlflowException
+
+    destination.mkdir(parents=True)
+    try:
+        path = Path(client.download_artifacts(run_id, MODEL_CARD, str(destination)))
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (MlflowException, OSError) as exc:
+        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id} has no readable {MODEL_CARD}: "
+                            f"{str(exc).splitlines()[0]}") from None
+    except json.JSONDecodeError as exc:
+        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} is not JSON "
+                            f"(line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(card, dict):
+        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} is not an object")
+    missing = [key for key in _CARD_KEYS if not card.get(key)]
+    evaluation = card.get("evaluation") or {}
+    missing += [f"evaluation.{key}" for key in ("inputs", "labels", "probabilities")
+                if "evaluation" not in missing and not evaluation.get(key)]
+    if missing:
+        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} lacks "
+                            f"{', '.join(missing)}")
+    return card
+
+
+def _library_versions(client: Any, artifact: bytes, model_dir: Path,
+                      sklearn_uri: str | None) -> dict[str, str]:
+    """Versions the run recorded (requirements, MLmodel, ONNX producer), else this environment's."""
+    recorded: dict[str, str] = {}
+    recorded.update(_requirements(model_dir / "requirements.txt"))
+    try:
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8")) or {}
+        if mlmodel.get("mlflow_version"):
+            recorded["mlflow"] = str(mlmodel["mlflow_version"])
+    except (OSError, yaml.YAMLError):
+        pass
+    try:
+        import onnx
+
+        proto = onnx.load_model_from_string(artifact)  # protobuf parse, no code execution
+        if proto.producer_name == "skl2onnx" and proto.producer_version:
+            recorded["skl2onnx"] = proto.producer_version
+    except Exception:  # a malformed graph is reported by the parity check, not here
+        pass
+    if sklearn_uri and "scikit-learn" not in recorded:
+        recorded.update(_sklearn_requirements(client, sklearn_uri))
+    versions: dict[str, str] = {}
+    for key, distribution in LIBRARIES.items():
+        if key in recorded:
+            versions[key] = recorded[key]
+        else:
+            try:
+                versions[key] = importlib_metadata.version(distribution)
+            except importlib_metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def _requirements(path: Path) -> dict[str, str]:
+    """``name==version`` pins of a requirements file, keyed by the names in LIBRARIES."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    pins = {}
+    for line in lines:
+        package, sep, version = line.strip().partition("==")
+        if sep and package.strip().lower() in LIBRARIES:
+            pins[package.strip().lower()] = version.strip()
+    return pins
+
+
+def _sklearn_requirements(client: Any, sklearn_uri: str) -> dict[str, str]:
+    """Pins of the sklearn flavour's requirements.txt (only that file is fetched)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    model_id = sklearn_uri.rsplit("/", 1)[-1]
+    try:
+        location = client.get_logged_model(model_id).artifact_location
+        with tempfile.TemporaryDirectory(prefix="bridge-req-") as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location.rstrip('/')}/requirements.txt", dst_path=tmp)
+            return _requirements(Path(path))
+    except (MlflowException, OSError, AttributeError) as exc:
+        log.info("no requirements of %s (%s); using this environment's versions", sklearn_uri, exc)
+        return {}
+
+
+def _from_millis(value: int | None) -> Any:
+    from datetime import datetime, timezone
+
+    return None if value is None else datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+

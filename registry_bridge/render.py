@@ -1,0 +1,88 @@
+"""Text the ``bridge`` command prints: tables of versions, runs and the activation log."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+from registry_bridge.entities import (ActivationEvent, ActiveState, CandidateRun, ModelVersion,
+                                      json_safe)
+
+MISSING = "-"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces, a dashed rule under the headers."""
+    cells = [[MISSING if value is None else str(value) for value in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def when(value: datetime | str | None) -> str:
+    """A date as ``YYYY-MM-DD HH:MM:SS`` UTC (text passes through)."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return MISSING if value is None else str(value)
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """A metric rounded for a table, ``-`` when absent."""
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def versions_table(versions: Sequence[ModelVersion], active: dict[str, ActiveState]) -> str:
+    """``bridge list``: one row per version, ``*`` marking the active one."""
+    def is_active(v: ModelVersion) -> bool:
+        return v.name in active and active[v.name].active_version == v.version
+
+    rows = [("*" if is_active(v) else "", v.name, v.version, v.model_family,
+             number(v.metrics.get("test_f1_macro")), when(v.created_at), v.created_by, v.run_id)
+            for v in versions]
+    return table(["active", "name", "version", "family", "test_f1_macro", "created (UTC)",
+                  "by", "run id"], rows)
+
+
+def version_details(version: ModelVersion, active: ActiveState | None) -> str:
+    """``bridge show``: every field, one per line; mappings as compact JSON."""
+    data = version.to_dict()
+    data["active"] = bool(active and active.active_version == version.version)
+    width = max(len(key) for key in data)
+    lines = []
+    for key, value in data.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        lines.append(f"{key.ljust(width)}  {text}")
+    return "\n".join(lines)
+
+
+def runs_table(runs: Sequence[CandidateRun], objective: str) -> str:
+    """``bridge runs``: candidates best first with their metrics and published versions."""
+    rows = [(i, r.run_id, r.model_family, number(r.metrics.get(objective)),
+             number(r.metrics.get("test_f1_macro")), number(r.metrics.get("test_accuracy")),
+             when(r.start_time), ",".join(f"v{v}" for v in r.published_versions) or "no")
+            for i, r in enumerate(runs, start=1)]
+    return table(["rank", "run id", "family", objective, "test_f1_macro", "test_accuracy",
+                  "started (UTC)", "published"], rows)
+
+
+def history_table(events: Sequence[ActivationEvent]) -> str:
+    """``bridge history``: the activation log, oldest first."""
+    rows = [(when(e.at), e.action, _v(e.from_version), _v(e.to_version), e.by, e.reason)
+            for e in events]
+    return table(["at (UTC)", "action", "from", "to", "by", "reason"], rows)
+
+
+def _v(version: int | None) -> str:
+    return MISSING if version is None else f"v{version}"
+
+
+def as_json(value: Any) -> str:
+    """Indented JSON of entities (``to_dict``) or plain values."""
+    def plain(item: Any) -> Any:
+        return item.to_dict() if hasattr(item, "to_dict") else json_safe(item)
+
+    payload = [plain(v) for v in value] if isinstance(value, (list, tuple)) else plain(value)
+    return json.dumps(payload, indent=2, sort_keys=True)
