@@ -47,9 +47,10 @@ def _docker_answers() -> bool:
 class MongoServer:
     """The server the suite talks to: its URI and whether it is a real MongoDB."""
 
-    def __init__(self, uri: str, kind: str):
+    def __init__(self, uri: str, kind: str, data_dir: Path | None = None):
         self.uri = uri
         self.kind = kind  # "external", "docker" or "embedded"
+        self.data_dir = data_dir  # the embedded server's SQLite files (tests that must go below the wire)
 
     @property
     def is_real_mongodb(self) -> bool:
@@ -71,7 +72,7 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
                                 data_dir=tmp_path_factory.mktemp("embedded-registry"))
     database.start_embedded(embedded)
     try:
-        yield MongoServer(database.embedded_uri(embedded), "embedded")
+        yield MongoServer(database.embedded_uri(embedded), "embedded", embedded.data_dir)
     finally:
         database.stop_embedded(embedded)
 
