@@ -1,0 +1,174 @@
+"""Tests of /batch-predict: CSV dialects, pass-through columns, errors, atomic saves, size."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from api_fixtures import (FAMILIES, app, client, make_app, output_dir, published,  # noqa: F401
+                          with_api)
+from pipelines.data import FEATURES
+
+
+def _csv(rows: np.ndarray, delimiter: str = ",", newline: str = "\n", ids: bool = True,
+         bom: bool = False, quote: bool = False) -> bytes:
+    header = (["id"] if ids else []) + list(FEATURES) + (["note"] if ids else [])
+    lines = [delimiter.join(f'"{h}"' if quote else h for h in header)]
+    for i, row in enumerate(rows):
+        cells = ([f"row-{i}"] if ids else []) + [repr(float(v)) for v in row]
+        if ids:
+            cells.append(f'"a, b; ""quoted"" {i}"')
+        lines.append(delimiter.join(cells))
+    return (("\ufeff" if bom else "") + newline.join(lines) + newline).encode()
+
+
+def _read(content: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+
+
+def test_multipart_upload_keeps_order_and_columns(client, published):
+    """Check that the answer keeps input order and columns, then the prediction columns."""
+    rows = np.asarray(published.candidates[FAMILIES[0]].draft.input_example["inputs"])
+    response = client.post("/batch-predict", data={"file": (io.BytesIO(_csv(rows)), "in.csv")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 200, response.data[:500]
+    assert response.mimetype == "text/csv"
+    assert "attachment" in response.headers["Content-Disposition"]
+    table = _read(response.data)
+    classes = published.candidates[FAMILIES[0]].draft.classes
+    assert list(table.columns) == (["id", *FEATURES, "note", "prediction", "probability"]
+                                   + [f"prob_{c}" for c in classes] + ["model_version"])
+    assert list(table["id"]) == [f"row-{i}" for i in range(len(rows))]
+    assert table["note"][2] == 'a, b; "quoted" 2'
+    assert list(table["prediction"]) == published.candidates[FAMILIES[0]].draft.input_example[
+        "labels"]
+    assert set(table["model_version"]) == {str(published.versions[FAMILIES[0]])}
+    probs = table[[f"prob_{c}" for c in classes]].astype(float).to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    saved = output_dir(published.settings) / "predicciones.csv"
+    assert saved.read_bytes() == response.data
+    assert response.headers["X-Saved-Path"] == str(saved)
+
+
+@pytest.mark.parametrize("dialect", [
+    {"delimiter": ";"}, {"newline": "\r\n"}, {"bom": True}, {"quote": True},
+    {"delimiter": ";", "newline": "\r\n", "bom": True, "quote": True}])
+def test_csv_dialects_give_the_same_predictions(client, published, dialect):
+    """Check that BOM, CRLF, quoted headers and ';' are read like plain CSV."""
+    rows = published.inputs[:30]
+    plain = client.post("/batch-predict", data=_csv(rows), content_type="text/csv")
+    other = client.post("/batch-predict", data=_csv(rows, **dialect), content_type="text/csv")
+    assert plain.status_code == other.status_code == 200, other.data[:300]
+    assert _read(plain.data).equals(_read(other.data))
+
+
+def test_json_summary_counts_per_class_and_job_file(client, published):
+    """Check that ?format=json reports saved paths, rows, counts per class and the version."""
+    rows = published.inputs
+    response = client.post("/batch-predict?format=json", data=_csv(rows), content_type="text/csv")
+    assert response.status_code == 200
+    summary = response.json
+    assert summary["rows"] == len(rows) == summary["predicted"]
+    assert sum(summary["counts"].values()) == len(rows)
+    assert summary["model"]["version"] == published.versions[FAMILIES[0]]
+    job = _read(open(summary["job_path"], "rb").read())
+    assert dict(job["prediction"].value_counts()) == {k: v for k, v in summary["counts"].items()
+                                                     if v}
+    assert open(summary["saved_path"], "rb").read() == open(summary["job_path"], "rb").read()
+
+
+def test_missing_columns_are_named(client, published):
+    """Check that absent feature columns are a 400 naming each of them."""
+    data = _csv(published.inputs[:3]).replace(b"pelvic_tilt", b"tilt").replace(b"sacral_slope",
+                                                                               b"slope")
+    response = client.post("/batch-predict", data=data, content_type="text/csv")
+    assert response.status_code == 400
+    assert "pelvic_tilt, sacral_slope" in response.json["error"]["message"]
+
+
+def test_bad_cell_is_400_naming_line_and_column_and_nothing_is_saved(client, published):
+    """Check that one bad cell fails the batch, names line and column, and leaves no file."""
+    text = _csv(published.inputs[:5]).decode().splitlines()
+    cells = text[3].split(",")
+    cells[2] = "abc"  # pelvic_tilt on file line 4
+    text[3] = ",".join(cells)
+    response = client.post("/batch-predict", data="\n".join(text).encode(),
+                           content_type="text/csv")
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["message"].startswith("line 4, column pelvic_tilt")
+    assert error["details"][0] == {"line": 4, "field": "pelvic_tilt", "value": "abc",
+                                   "problem": "not a number ('abc')"}
+    assert list(output_dir(published.settings).iterdir()) == []
+
+
+def test_on_error_skip_keeps_the_row_with_an_error(client, published):
+    """Check that ?on_error=skip keeps bad rows in place, unpredicted, with an error text."""
+    text = _csv(published.inputs[:5]).decode().splitlines()
+    cells = text[2].split(",")
+    cells[1], cells[6] = "", "inf"
+    text[2] = ",".join(cells)
+    response = client.post("/batch-predict?on_error=skip", data="\n".join(text).encode(),
+                           content_type="text/csv")
+    assert response.status_code == 200
+    table = _read(response.data)
+    assert len(table) == 5 and list(table.columns)[-1] == "error"
+    assert table["error"][1] == "pelvic_incidence: empty; degree_spondylolisthesis: infinite"
+    assert table["prediction"][1] == "" and table["probability"][1] == ""
+    assert (table["error"].drop(index=1) == "").all()
+    assert (table["prediction"].drop(index=1) != "").all()
+
+
+@pytest.mark.parametrize("body, fragment", [(b"", "empty"), (b"\xef\xbb\xbf\r\n", "empty"),
+                                            (",".join(FEATURES).encode() + b"\n", "no data rows")])
+def test_empty_file_is_400(client, published, body, fragment):
+    """Check that an empty file or a header alone is refused."""
+    response = client.post("/batch-predict", data=body, content_type="text/csv")
+    assert response.status_code == 400
+    assert fragment in response.json["error"]["message"]
+
+
+def test_wrong_upload_forms_are_refused(client, published):
+    """Check 415 for a JSON body, 400 for a multipart without 'file' and for bad options."""
+    assert client.post("/batch-predict", json={"a": 1}).status_code == 415
+    response = client.post("/batch-predict", data={"other": "x"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 400 and "'file'" in response.json["error"]["message"]
+    assert client.post("/batch-predict?on_error=ignore", data=b"x",
+                       content_type="text/csv").status_code == 400
+
+
+def test_upload_over_the_limit_is_413(published, mongo_client):
+    """Check that a file larger than max_upload_mb is refused with 413."""
+    app = make_app(with_api(published.settings, max_upload_mb=1), mongo_client)
+    big = _csv(np.repeat(published.inputs, 300, axis=0))
+    assert len(big) > 1024 * 1024
+    response = app.test_client().post("/batch-predict", data={"file": (io.BytesIO(big), "b.csv")},
+                                      content_type="multipart/form-data")
+    assert response.status_code == 413
+    assert response.json["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.slow
+def test_200k_rows_round_trip_in_order(published, mongo_client):
+    """Check that 200,000 generated rows come back, same count and order, in several chunks."""
+    app = make_app(with_api(published.settings, batch_chunk_rows=50_000), mongo_client)
+    rng = np.random.default_rng(7)
+    n = 200_000
+    rows = published.inputs[rng.integers(0, len(published.inputs), n)]
+    rows = rows * rng.uniform(0.95, 1.05, rows.shape).astype(np.float32)
+    frame = pd.DataFrame(rows, columns=list(FEATURES))
+    frame.insert(0, "id", np.arange(n))
+    body = frame.to_csv(index=False).encode()
+    response = app.test_client().post("/batch-predict?format=json", data=body,
+                                      content_type="text/csv")
+    assert response.status_code == 200, response.data[:300]
+    assert response.json["rows"] == n == response.json["predicted"]
+    result = pd.read_csv(response.json["saved_path"], usecols=["id", "prediction"])
+    assert len(result) == n
+    assert (result["id"].to_numpy() == np.arange(n)).all()
+    assert result["prediction"].notna().all()
