@@ -446,7 +446,8 @@ class ModelStore:
         except RegistryError as exc:
             if refusing is None:
                 raise
-            raise RegistryError("CONFLICT", f"{refusing}: {exc.message}") from None
+            detail = exc.message.removeprefix(f"{version.label}: ")
+            raise RegistryError("CONFLICT", f"{refusing}: {detail}") from None
         return VerificationReport(version.name, version.version, version.sha256,
                                   version.size_bytes, len(version.input_example["inputs"]), worst)
 
