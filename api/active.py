@@ -7,6 +7,10 @@ starts after ``POST /models/activate`` (or ``bridge activate``) returned is serv
 the new version on every worker and every API instance, and no request fails during
 the switch: until the new session is loaded the request that loads it simply waits.
 
+Concurrent requests of one worker share a read: a request waits for the first read
+that *started after it arrived* (single-flight), so under load a worker issues about
+one read per read-duration instead of one per request, without weakening the rule.
+
 When the database does not answer within ``CHECK_TIMEOUT_S`` the loaded version keeps
 serving, marked stale, and the database is not asked again for ``BACKOFF_S`` so an
 outage does not add a timeout to every request.
@@ -18,11 +22,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pymongo
 from pymongo.errors import PyMongoError
 
+from api.metrics import REGISTRY_READS
 from api.runtime import LoadedModel, SessionCache, load_model
 from registry_bridge.errors import RegistryError
 
@@ -30,6 +35,45 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 0.25
 BACKOFF_S = 1.0
+
+
+class SharedRead:
+    """Single-flight reads: each caller gets the outcome of a read that began after it called."""
+
+    def __init__(self, read: Callable[[], Any]):
+        self._read = read
+        self._cond = threading.Condition()
+        self._started = 0  # reads begun so far
+        self._done = 0  # number of the last finished read
+        self._in_flight = False
+        self._outcome: tuple[Any, BaseException | None] = (None, None)
+
+    def __call__(self) -> Any:
+        with self._cond:
+            wanted = self._started + 1  # the first read to begin after this call
+            while True:
+                if self._done >= wanted:
+                    value, error = self._outcome
+                    if error is not None:
+                        raise error
+                    return value
+                if not self._in_flight:
+                    self._started += 1
+                    number = self._started
+                    self._in_flight = True
+                    break
+                self._cond.wait()
+        outcome: tuple[Any, BaseException | None]
+        try:
+            outcome = (self._read(), None)
+        except BaseException as exc:  # handed to every waiter, then re-raised here too
+            outcome = (None, exc)
+        with self._cond:
+            self._done, self._outcome, self._in_flight = number, outcome, False
+            self._cond.notify_all()
+        if outcome[1] is not None:
+            raise outcome[1]
+        return outcome[0]
 
 
 @dataclass(frozen=True)
@@ -54,6 +98,7 @@ class ActiveModel:
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self.registry_reachable = True
+        self._read_pointer = SharedRead(self._read_active_state)
 
     @property
     def current(self) -> LoadedModel | None:
@@ -84,8 +129,7 @@ class ActiveModel:
             raise RegistryError("REGISTRY_UNAVAILABLE",
                                 "the registry database was unreachable moments ago")
         try:
-            with pymongo.timeout(self.check_timeout_s):
-                state = self.store.get_active_version(self.name)
+            state = self._read_pointer()
         except (PyMongoError, RegistryError) as exc:
             if isinstance(exc, RegistryError) and exc.code != "REGISTRY_UNAVAILABLE":
                 raise
@@ -94,6 +138,11 @@ class ActiveModel:
             log.info("registry database reachable again")
             self.registry_reachable = True
         return None if state is None else state.active_version
+
+    def _read_active_state(self) -> Any:
+        REGISTRY_READS.inc()
+        with pymongo.timeout(self.check_timeout_s):
+            return self.store.get_active_version(self.name)
 
     def resolve(self) -> Resolved:
         """The version to serve now.

@@ -24,6 +24,8 @@ PREDICTIONS = Counter("api_predictions_total", "Records predicted, by model name
                       ["model", "version"])
 BATCH_ROWS = Counter("api_batch_rows_total", "Rows through /batch-predict, by version and outcome",
                      ["model", "version", "outcome"])
+REGISTRY_READS = Counter("api_registry_reads_total",
+                         "Reads of the active-version pointer (shared by concurrent requests)")
 STALE_RESPONSES = Counter("api_stale_responses_total",
                           "Responses served while the registry database was unreachable")
 
