@@ -50,6 +50,9 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
     """Registry bridge: MLflow runs -> versioned ONNX models in MongoDB GridFS."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # MLflow logs INFO on its own handler (e.g. creating tables); keep output to one line.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         ctx.obj = Context(config)
     except SettingsError as exc:
@@ -154,8 +157,12 @@ def publish_command(ctx: Context, run_id: str | None, best: bool, experiment: st
                     name: str | None, activate: bool, new_version: bool, reason: str | None,
                     as_json: bool) -> None:
     """Publish an MLflow run's ONNX model as the next version in GridFS (verified by sha256)."""
+    import os
+
     from registry_bridge import publish, render
 
+    # MLflow draws download progress bars on stderr; one result line is what users read.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if bool(run_id) == best:
         raise RegistryError("INVALID_INPUT", "give exactly one of --run-id ID or --best")
     if experiment and not best:
