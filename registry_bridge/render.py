@@ -16,7 +16,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Left-aligned columns separated by two spaces, a dashed rule under the headers."""
     cells = [[MISSING if value is None else str(value) for value in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)
@@ -47,14 +47,25 @@ def versions_table(versions: Sequence[ModelVersion], active: dict[str, ActiveSta
 
 
 def version_details(version: ModelVersion, active: ActiveState | None) -> str:
-    """``bridge show``: every field, one per line; mappings as compact JSON."""
+    """``bridge show``: every field, one per line; mappings one entry per indented line."""
     data = version.to_dict()
     data["active"] = bool(active and active.active_version == version.version)
+    if version.status != "deleted":
+        data.pop("deleted_at"), data.pop("deleted_by")
     width = max(len(key) for key in data)
     lines = []
     for key, value in data.items():
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        lines.append(f"{key.ljust(width)}  {text}")
+        if key == "input_schema":
+            lines.append(key)
+            lines += [f"  {c['name']:<26} {c.get('dtype')}  min {c.get('min')}  max {c.get('max')}"
+                      for c in value]
+        elif isinstance(value, dict) and key != "input_example" and value:
+            inner = max(len(k) for k in value)
+            lines.append(key)
+            lines += [f"  {k.ljust(inner)}  {v}" for k, v in sorted(value.items())]
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            lines.append(f"{key.ljust(width)}  {text}")
     return "\n".join(lines)
 
 
