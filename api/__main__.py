@@ -98,6 +98,17 @@ def _gunicorn_app(settings: Settings) -> Any:
     return ApiServer()
 
 
+def _start_registry(settings: Settings) -> None:
+    """Start the embedded database once here, so workers do not race to start it."""
+    from registry_bridge import database
+    from registry_bridge.errors import RegistryError
+
+    try:
+        database.resolve_uri(settings.registry, start=True)
+    except RegistryError as exc:  # not fatal: the API serves 503 until the database is there
+        log.warning("%s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the API; a bad setting or bind exits 2 with one line on stderr."""
     args = _parse(argv)
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not is_loopback(settings.api.host) and not settings.api.admin_token:
         log.warning("serving on %s without API_ADMIN_TOKEN (--insecure)", settings.api.host)
+    _start_registry(settings)
     # Must be set before any worker imports prometheus_client (values pick their backend then).
     metrics_dir = tempfile.mkdtemp(prefix="api-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

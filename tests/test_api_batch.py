@@ -172,3 +172,22 @@ def test_200k_rows_round_trip_in_order(published, mongo_client):
     assert len(result) == n
     assert (result["id"].to_numpy() == np.arange(n)).all()
     assert result["prediction"].notna().all()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (",".join(FEATURES).encode() + b"\n1,2,3,4,5,6\n1,2,3,4,5,6,7,8\n", "malformed CSV"),
+    (",".join(FEATURES).encode() + b"\n1,2,3,4,5,\xff\xfe\n", "not UTF-8"),
+])
+def test_malformed_or_undecodable_csv_is_400(client, published, body, fragment):
+    """Check that a ragged row or non-UTF-8 bytes are a 400, not a 500."""
+    response = client.post("/batch-predict", data=body, content_type="text/csv")
+    assert response.status_code == 400
+    assert fragment in response.json["error"]["message"]
+
+
+def test_invocations_csv_with_a_ragged_row_names_the_line(client, published):
+    """Check that /invocations names the CSV line with the wrong number of cells."""
+    body = ",".join(FEATURES) + "\n1,2,3,4,5,6\n1,2,3\n"
+    response = client.post("/invocations", data=body, content_type="text/csv")
+    assert response.status_code == 400
+    assert response.json["error"]["message"].startswith("line 3:")

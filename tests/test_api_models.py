@@ -114,3 +114,17 @@ def test_admin_endpoints_want_json(client, published):
     """Check 415 for a form body on activate."""
     response = client.post("/models/activate", data={"name": MODEL, "version": 2})
     assert response.status_code == 415
+
+
+def test_artifact_with_a_wrong_checksum_is_409(client, published):
+    """Check that bytes not matching the recorded sha256 are refused, not sent."""
+    v2 = published.versions[V2]
+    published.store.versions.update_one({"name": MODEL, "version": v2},
+                                        {"$set": {"sha256": "0" * 64}})
+    response = client.get(f"/models/{MODEL}/versions/{v2}/artifact")
+    assert response.status_code == 409
+    assert "checksum mismatch" in response.json["error"]["message"]
+    refused = client.post("/models/activate", json={"name": MODEL, "version": v2})
+    assert refused.status_code == 409
+    assert client.post("/predict", json=record(published.inputs[0])).json["model"]["version"] \
+        == published.versions[V1]
