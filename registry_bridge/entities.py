@@ -60,8 +60,29 @@ class _Entity:
         return cls(**{k: v for k, v in doc.items() if k in known})
 
 
-@dataclass(frozen=True)
-class ModelVersionDraft(_Entity):
+@dataclass(frozen=True, kw_only=True)
+class _VersionDescription(_Entity):
+    """What a version says about its model: known before publishing, kept in its document."""
+
+    name: str
+    run_id: str | None
+    experiment_id: str | None
+    source: str | None
+    model_family: str | None
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    classes: list[str]
+    input_schema: list[dict[str, Any]]
+    data_fingerprint: str | None
+    library_versions: dict[str, str]
+    onnx_io: dict[str, str] = field(default_factory=dict)
+    input_example: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None
+    created_by: str = field(default_factory=current_user)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelVersionDraft(_VersionDescription):
     """Everything about a version that is known before the store numbers and uploads it.
 
     ``publish.py`` builds it from an MLflow run; tests build it from any ONNX model.
@@ -70,49 +91,18 @@ class ModelVersionDraft(_Entity):
     ``{"inputs": [[...]], "labels": [...], "probabilities": [[...]]}``.
     """
 
-    name: str
-    run_id: str | None
-    experiment_id: str | None
-    source: str | None
-    model_family: str | None
-    params: dict[str, Any]
-    metrics: dict[str, float]
-    classes: list[str]
-    input_schema: list[dict[str, Any]]
-    data_fingerprint: str | None
-    library_versions: dict[str, str]
-    onnx_io: dict[str, str]
-    input_example: dict[str, Any]
-    variant: str | None = None
-    created_by: str = field(default_factory=current_user)
 
-
-@dataclass(frozen=True)
-class ModelVersion(_Entity):
+@dataclass(frozen=True, kw_only=True)
+class ModelVersion(_VersionDescription):
     """One published version: the ``model_versions`` document of DESIGN.md."""
 
-    name: str
     version: int
     created_at: datetime
-    created_by: str
-    run_id: str | None
-    experiment_id: str | None
-    source: str | None
-    model_family: str | None
-    params: dict[str, Any]
-    metrics: dict[str, float]
-    classes: list[str]
-    input_schema: list[dict[str, Any]]
-    data_fingerprint: str | None
     format: str
     artifact_file_id: str
     sha256: str
     size_bytes: int
-    library_versions: dict[str, str]
     status: str
-    onnx_io: dict[str, str] = field(default_factory=dict)
-    input_example: dict[str, Any] = field(default_factory=dict)
-    variant: str | None = None
     filename: str | None = None
     deleted_at: datetime | None = None
     deleted_by: str | None = None

@@ -48,8 +48,9 @@ def versions_table(versions: Sequence[ModelVersion], active: dict[str, ActiveSta
 
 def version_details(version: ModelVersion, active: ActiveState | None) -> str:
     """``bridge show``: every field, one per line; mappings one entry per indented line."""
-    data = version.to_dict()
-    data["active"] = bool(active and active.active_version == version.version)
+    fields = version.to_dict()
+    data = {"name": fields.pop("name"), "version": fields.pop("version"),
+            "active": bool(active and active.active_version == version.version), **fields}
     if version.status != "deleted":
         data.pop("deleted_at"), data.pop("deleted_by")
     width = max(len(key) for key in data)

@@ -391,7 +391,7 @@ class ModelStore:
 
         Raises:
             RegistryError: CONFLICT when nothing is active, there is no previous version,
-                or the previous version no longer validates; NOT_FOUND when it was deleted.
+                or the previous version was deleted or no longer validates.
         """
         current = self.get_active_version(name)
         if current is None:
