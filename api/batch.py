@@ -145,6 +145,8 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
     features = model.schema.features
     classes = model.classes
     prob_columns = [f"prob_{c}" for c in classes]
+    # Absolute, because Flask's send_file reads relative paths from the app's package.
+    output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     job_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     job_path = output_dir / f"predicciones-{job_id}.csv"
