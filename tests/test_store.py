@@ -314,3 +314,18 @@ def test_unreachable_database_names_the_masked_uri():
     assert err.value.code == "REGISTRY_UNAVAILABLE"
     assert f"mongodb://reader:***@127.0.0.1:{port}/" in err.value.message
     assert "s3cret" not in err.value.message
+
+
+@pytest.mark.needs_real_mongodb(reason="nx-27017 ignores writes to <bucket>.chunks (docs/embedded-mongo.md)")
+def test_chunk_written_through_pymongo_changes_what_gridfs_returns(store, registry_db):
+    """Check that on MongoDB a chunk edited as a plain document corrupts the artifact for verify."""
+    version = publish(store, "run-a").version
+    oid = ObjectId(version.artifact_file_id)
+    chunk = registry_db["models.chunks"].find_one({"files_id": oid, "n": 0})
+    changed = registry_db["models.chunks"].update_one(
+        {"_id": chunk["_id"]}, {"$set": {"data": bytes([chunk["data"][0] ^ 0xFF]) + chunk["data"][1:]}})
+    assert changed.modified_count == 1
+    _, original = draft(run_id="run-a")
+    assert gridfs.GridFSBucket(registry_db, "models").open_download_stream(oid).read() != original
+    with pytest.raises(RegistryError, match="checksum mismatch"):
+        store.verify_model_version("vertebral-column", 1)
