@@ -14,6 +14,8 @@ import numpy as np
 
 from registry_bridge.errors import RegistryError
 
+# The run contract's values (docs/run-contract.md). pipelines.candidate, the writer, has
+# its own copy: importing it here would pull MLflow and skops into every API worker.
 PARITY_TOLERANCE = 1e-5
 EXAMPLE_ROWS = 5
 DEFAULT_IO = {"input_name": "input", "input_type": "float32",
