@@ -11,6 +11,7 @@ COPY pipelines ./pipelines
 COPY registry_bridge ./registry_bridge
 COPY api ./api
 COPY bench ./bench
+COPY demo ./demo
 RUN pip install --upgrade pip && pip install . \
     && useradd --create-home --uid 1000 app \
     && mkdir -p /app/outputs /app/reports /app/data /app/mlruns \

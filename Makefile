@@ -22,7 +22,7 @@ test: $(STAMP) ## run the test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) ## the whole flow end to end: train, publish, activate, serve, predict
-	@echo "make demo: not implemented yet (see issue 6)"
+	$(PY) -m demo $(DEMO_ARGS)
 
 train: $(STAMP) ## run the Optuna study tracked in MLflow
 	$(PY) -m pipelines.train $(TRAIN_ARGS)

@@ -1,0 +1,1 @@
+"""``make demo``: the whole flow end to end, with an evidence report for teachers."""

@@ -1,0 +1,315 @@
+"""``make demo`` / ``python -m demo``: train, publish, activate, serve and predict, for real.
+
+Steps (each timed): check the data; reach the registry database (embedded or
+MONGODB_URI); run a demo-sized Optuna study tracked in MLflow; publish the two best
+candidate runs with the ``bridge`` CLI and activate the best; start the API under
+gunicorn; over HTTP list /models, predict sample patients, activate the other version
+and show the answers change version, roll back, send the held-out patients (without
+labels) to /batch-predict, which writes ``outputs/predicciones.csv``. Then it stops
+what it started, writes ``reports/demo/index.html`` and exits 0 — or exits 1 at the
+first failure, naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from conf.settings import Settings, SettingsError, load_settings
+from demo.http import ApiClient, Exchange
+from demo.report import write_report
+from pipelines.data import DataError
+from pipelines.study import StudyResult, run_study
+from pipelines.train import ProgressPrinter, candidate_printer, format_report
+from registry_bridge import database
+from registry_bridge.errors import RegistryError
+
+BRIDGE = str(Path(sys.executable).with_name("bridge"))
+READY_TIMEOUT_S = 90
+
+
+class DemoFailure(RuntimeError):
+    """A step did not do what it should; the message says which and why."""
+
+
+@dataclass
+class DemoRun:
+    """What the demo did, for the report."""
+
+    settings: Settings
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    study: StudyResult | None = None
+    study_report: str = ""
+    cli_outputs: list[tuple[str, str]] = field(default_factory=list)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    exchanges: list[Exchange] = field(default_factory=list)
+    batch_input: Path | None = None
+    batch_output: Path | None = None
+
+
+@contextmanager
+def step(run: DemoRun, number: int, title: str) -> Iterator[None]:
+    """Print the step's title, time it, and record the time for the report."""
+    click.secho(f"\n== {number}. {title}", bold=True)
+    started = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - started
+    run.timings.append((title, elapsed))
+    click.echo(f"   ({elapsed:.1f}s)")
+
+
+def bridge(run: DemoRun, *args: str, env: dict[str, str]) -> str:
+    """Run one ``bridge`` command as a user would type it; its output is shown and kept."""
+    command = ["bridge", *args]
+    click.echo(f"$ {' '.join(command)}")
+    result = subprocess.run([BRIDGE, *args], capture_output=True, text=True, env=env,
+                            timeout=300)
+    output = (result.stdout + result.stderr).rstrip()
+    click.echo(output)
+    run.cli_outputs.append((" ".join(command), output))
+    if result.returncode != 0:
+        raise DemoFailure(f"`{' '.join(command)}` failed: {output.splitlines()[-1] if output else ''}")
+    return result.stdout
+
+
+def expect(exchange: Exchange, status: int = 200) -> Any:
+    """The exchange's JSON body, or a DemoFailure naming the call and its answer."""
+    if exchange.status != status:
+        raise DemoFailure(f"{exchange.title}: expected HTTP {status}, got {exchange.status}: "
+                          f"{exchange.body[:300]}")
+    return exchange.json() if exchange.body.lstrip().startswith(("{", "[")) else exchange.body
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def start_api(settings: Settings, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m api`` (gunicorn) and wait until /ready answers 200."""
+    host = settings.api.host
+    port = settings.api.port if port_is_free(host, settings.api.port) else free_port(host)
+    env = {**env, "API_PORT": str(port)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen([sys.executable, "-m", "api"], env=env, stdout=log_file,
+                               stderr=subprocess.STDOUT)
+    base_url = f"http://{host}:{port}"
+    probe = ApiClient(base_url)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoFailure(f"the API exited with code {process.returncode}; see {log_path}")
+        try:
+            if probe.call("ready", "GET", "/ready", record=False).status == 200:
+                return process, base_url
+        except OSError:
+            pass
+        time.sleep(0.3)
+    process.terminate()
+    raise DemoFailure(f"the API was not ready within {READY_TIMEOUT_S}s; see {log_path}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def sample_patients(study: StudyResult) -> list[dict[str, float]]:
+    """One held-out patient of each class, as JSON records."""
+    x_test, y_test = study.split.x_test, study.split.y_test
+    rows = []
+    for label in sorted(set(y_test)):
+        index = y_test[y_test == label].index[0]
+        rows.append({k: round(float(v), 4) for k, v in x_test.loc[index].items()})
+    return rows
+
+
+def write_batch_input(study: StudyResult, directory: Path) -> Path:
+    """The held-out split without labels, with a patient id: the 'new patients' CSV."""
+    directory.mkdir(parents=True, exist_ok=True)
+    table = study.split.x_test.reset_index(drop=True).copy()
+    table.insert(0, "patient_id", [f"P{i + 1:03d}" for i in range(len(table))])
+    path = directory / "new_patients.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
+    run = DemoRun(settings)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    model_name = settings.api.model_name
+    started_db = False
+    api_process: subprocess.Popen | None = None
+    token = settings.api.admin_token or secrets.token_urlsafe(24)
+    env["API_ADMIN_TOKEN"] = token  # the demo's API shows the admin token at work
+    try:
+        with step(run, 1, "Registry database"):
+            registry = settings.registry
+            if registry.mongodb_uri:
+                click.echo(f"MONGODB_URI: {database.mask_uri(registry.mongodb_uri)}")
+            else:
+                started_db = not database.embedded_status(registry.embedded).running
+            database.connect(registry).close()
+            if not registry.mongodb_uri:
+                click.echo(database.embedded_status(registry.embedded).describe())
+
+        with step(run, 2, f"Train: Optuna study, {trials} trials, tracked in MLflow"):
+            training = settings.training
+            study_started = time.perf_counter()
+            run.study = run_study(settings, on_trial=ProgressPrinter(trials, training.objective),
+                                  on_candidate=candidate_printer(training.objective))
+            run.study_report = format_report(run.study, time.perf_counter() - study_started)
+            click.echo(run.study_report)
+            if len(run.study.candidates) < 2:
+                raise DemoFailure("the study produced fewer than two candidate runs")
+
+        best, second = run.study.candidates[:2]
+        with step(run, 3, "Publish the two best runs to MongoDB GridFS; activate the best"):
+            bridge(run, "publish", "--run-id", best.run_id, "--name", model_name,
+                   "--activate", "--reason", "demo: best cross-validated run", env=env)
+            bridge(run, "publish", "--run-id", second.run_id, "--name", model_name, env=env)
+            bridge(run, "list", "--name", model_name, env=env)
+            listed = json.loads(bridge(run, "list", "--name", model_name, "--json", env=env))
+            by_run = {v["run_id"]: v for v in listed}
+            best_version = by_run[best.run_id]["version"]
+            other_version = by_run[second.run_id]["version"]
+
+        with step(run, 4, "Start the API under gunicorn"):
+            api_process, base_url = start_api(settings, env, report_dir / "api.log")
+            click.echo(f"API ready at {base_url} (pid {api_process.pid})")
+            client = ApiClient(base_url, token=token)
+
+        patients = sample_patients(run.study)
+        with step(run, 5, "List models and predict sample patients"):
+            models = expect(client.call("List every version (GET /models)", "GET",
+                                        f"/models?name={model_name}"))
+            active = [m["version"] for m in models["models"] if m["active"]]
+            click.echo(f"/models: {models['count']} version(s), active {active}")
+            if active != [best_version]:
+                raise DemoFailure(f"expected version {best_version} active, /models says {active}")
+            answer = expect(client.call("Predict sample patients (POST /predict)", "POST",
+                                        "/predict", json_body={"records": patients}))
+            show_predictions(answer)
+            if answer["model"]["version"] != best_version:
+                raise DemoFailure(f"/predict answered with version {answer['model']['version']}, "
+                                  f"expected {best_version}")
+
+        with step(run, 6, f"Activate version {other_version}, predict again, roll back"):
+            expect(client.call(f"Activate version {other_version} (POST /models/activate)",
+                               "POST", "/models/activate", admin=True,
+                               json_body={"name": model_name, "version": other_version,
+                                          "reason": "demo: compare with the runner-up"}))
+            answer = expect(client.call(f"Predict with version {other_version}", "POST",
+                                        "/predict", json_body={"records": patients}))
+            show_predictions(answer)
+            if answer["model"]["version"] != other_version:
+                raise DemoFailure(f"after activation /predict answered with version "
+                                  f"{answer['model']['version']}, expected {other_version}")
+            rolled = expect(client.call("Roll back (POST /models/rollback)", "POST",
+                                        "/models/rollback", admin=True,
+                                        json_body={"name": model_name}))
+            click.echo(f"rolled back: active version {rolled['active_version']}")
+            answer = expect(client.call("Predict after the rollback", "POST", "/predict",
+                                        json_body={"records": patients[:1]}))
+            if answer["model"]["version"] != best_version:
+                raise DemoFailure(f"after rollback /predict answered with version "
+                                  f"{answer['model']['version']}, expected {best_version}")
+            click.echo(f"after rollback /predict answers with version {best_version} again")
+
+        with step(run, 7, "Batch prediction of the held-out patients (POST /batch-predict)"):
+            run.batch_input = write_batch_input(run.study, settings.api.output_dir / "demo")
+            summary = expect(client.call("Batch prediction (POST /batch-predict?format=json)",
+                                         "POST", "/batch-predict?format=json",
+                                         csv_file=str(run.batch_input)))
+            run.batch_output = Path(summary["saved_path"])
+            if summary["rows"] != len(run.study.split.x_test) or not run.batch_output.is_file():
+                raise DemoFailure(f"batch summary does not match the input: {summary}")
+            click.echo(f"{summary['rows']} rows -> {run.batch_output} "
+                       f"(counts {summary['counts']}, version {summary['model'].get('version')})")
+            csv_answer = client.call("Batch prediction as a CSV attachment", "POST",
+                                     "/batch-predict", csv_file=str(run.batch_input))
+            expect(csv_answer)
+            click.echo("\n".join(csv_answer.body.splitlines()[:4]))
+
+        with step(run, 8, "Versions and activation history from the registry"):
+            run.versions = [
+                expect(client.call(f"Metadata of version {v}", "GET",
+                                   f"/models/{model_name}/versions/{v}"))
+                for v in (best_version, other_version)]
+            bridge(run, "history", model_name, env=env)
+            run.history = expect(client.call("Activation history", "GET",
+                                             f"/models/{model_name}/history",
+                                             record=False))["events"]
+    finally:
+        if api_process is not None:
+            stop_process(api_process)
+        if started_db:
+            database.stop_embedded(settings.registry.embedded)
+        run.exchanges = client.exchanges if "client" in locals() else []
+    return run
+
+
+def show_predictions(answer: dict[str, Any]) -> None:
+    model = answer["model"]
+    for number, prediction in enumerate(answer["predictions"], start=1):
+        click.echo(f"   patient {number}: {prediction['label']:<18} "
+                   f"p={prediction['probability']:.3f}  "
+                   f"(version {model['version']}, run {model['run_id'][:8]})")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--trials", type=int, default=None, envvar="DEMO_TRIALS", show_default=True,
+              help="Optuna trials of the demo study [default: 20, env DEMO_TRIALS].")
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="YAML settings file (default conf/default.yaml).")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("reports/demo"), show_default=True,
+              help="Where the evidence report (index.html) is written.")
+def main(trials: int | None, config: str | None, report_dir: Path) -> None:
+    """Run the whole flow end to end and write reports/demo/index.html."""
+    started = time.perf_counter()
+    try:
+        settings = load_settings(config, overrides={"training.trials": trials or 20})
+        run = run_demo(settings, settings.training.trials, report_dir)
+        total = time.perf_counter() - started
+        report = write_report(run, report_dir, total)
+    except (DemoFailure, RegistryError, SettingsError, DataError) as exc:
+        click.secho(f"\ndemo failed: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.secho("\nDemo finished.", bold=True)
+    for title, seconds in run.timings:
+        click.echo(f"  {seconds:6.1f}s  {title}")
+    click.echo(f"  {total:6.1f}s  total")
+    click.echo(f"Report: {report}\nBatch results: {run.batch_output}\n"
+               f"MLflow UI: make mlflow-ui   API: make serve")
+
+
+if __name__ == "__main__":
+    main()
