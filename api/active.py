@@ -99,6 +99,8 @@ class ActiveModel:
         self._lock = threading.Lock()
         self.registry_reachable = True
         self._read_pointer = SharedRead(self._read_active_state)
+        # version -> monotonic time before which a failed load is not retried
+        self._failed_until: dict[int, float] = {}
 
     @property
     def current(self) -> LoadedModel | None:
@@ -167,11 +169,20 @@ class ActiveModel:
         model = self.cache.peek(self.name, version)
         if model is None:
             try:
+                if time.monotonic() < self._failed_until.get(version, 0.0):
+                    # Do not re-read a broken artifact on every request.
+                    raise RegistryError("CONFLICT", f"{self.name} v{version} failed to load "
+                                        f"moments ago; see the server log")
                 model = self.cache.get_or_load(self.name, version,
                                                lambda: self._load(version))
             except (PyMongoError, RegistryError) as exc:
                 if isinstance(exc, PyMongoError) or exc.code == "REGISTRY_UNAVAILABLE":
                     exc = self._outage(exc)
+                else:
+                    self._failed_until[version] = time.monotonic() + self.backoff_s
+                    # The client did nothing wrong: nothing servable is a 503, not a 409.
+                    exc = RegistryError("NO_ACTIVE_MODEL", f"the active version {self.name} "
+                                        f"v{version} cannot be served: {exc.message}")
                 if current is None:
                     raise exc from None
                 # Keep answering with the version we have rather than failing the switch.

@@ -128,3 +128,21 @@ def test_artifact_with_a_wrong_checksum_is_409(client, published):
     assert refused.status_code == 409
     assert client.post("/predict", json=record(published.inputs[0])).json["model"]["version"] \
         == published.versions[V1]
+
+
+def test_unloadable_active_version_keeps_the_loaded_one_serving(client, published, mongo_client):
+    """Check that a broken active version (bad checksum) never fails a request that has a model."""
+    v1, v2 = published.versions[V1], published.versions[V2]
+    body = record(published.inputs[0])
+    assert client.post("/predict", json=body).json["model"]["version"] == v1
+    published.store.versions.update_one({"name": MODEL, "version": v2},
+                                        {"$set": {"sha256": "0" * 64}})
+    published.store.state.update_one({"_id": MODEL}, {"$set": {"active_version": v2}})
+    for _ in range(3):
+        served = client.post("/predict", json=body)
+        assert served.status_code == 200 and served.json["model"]["version"] == v1
+        assert served.headers["X-Model-Stale"] == "true"
+    fresh = make_app(published.settings, mongo_client).test_client().post("/predict", json=body)
+    assert fresh.status_code == 503
+    assert fresh.json["error"]["code"] == "NO_ACTIVE_MODEL"
+    assert f"v{v2} cannot be served" in fresh.json["error"]["message"]
