@@ -30,7 +30,6 @@ import onnxruntime
 import pandas as pd
 import sklearn
 import skops
-import skops.io
 from mlflow.models import infer_signature
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -182,18 +181,6 @@ def model_card(family: str, dataset: Dataset, split: Split,
     }
 
 
-def _skops_trusted_types(pipeline: Pipeline, family: str) -> list[str]:
-    # MLflow saves sklearn models with skops, which refuses to load types it does not
-    # know (trees, KD-trees) unless the model says they are trusted. We produced these
-    # bytes ourselves, so we trust exactly the scikit-learn types they contain.
-    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
-    foreign = [name for name in untrusted if not name.startswith("sklearn.")]
-    if foreign:
-        raise CandidateError(f"model family {family}: pipeline holds non-scikit-learn types "
-                             f"{foreign} that skops would refuse to load")
-    return list(untrusted)
-
-
 class _DropServingExampleWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "Failed to validate serving input example" not in record.getMessage()
@@ -227,7 +214,7 @@ def _log_models(pipeline: Pipeline, onnx_model: onnx.ModelProto, split: Split,
     # which costs seconds per model and adds nothing we do not know.
     sklearn_info = mlflow.sklearn.log_model(
         pipeline, name=SKLEARN_MODEL_NAME, signature=sklearn_signature, input_example=example,
-        skops_trusted_types=_skops_trusted_types(pipeline, family),
+        skops_trusted_types=list(get_family(family).skops_trusted_types),
         pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}",
                           f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
     with _quiet_onnx_example_check():

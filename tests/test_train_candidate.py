@@ -16,7 +16,8 @@ from pipelines.candidate import (CandidateError, convert_to_onnx, onnx_predict,
 from pipelines.data import FEATURES, load_dataset
 from pipelines.families import build_pipeline, get_family
 
-pytestmark = pytest.mark.slow
+# SVC(probability=True) is deprecated in scikit-learn 1.9 but is what skl2onnx converts.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
 def test_quick_candidate_run_follows_the_run_contract(settings):

@@ -1,0 +1,77 @@
+"""``python -m pipelines.mlflow_ui`` (``make mlflow-ui``): the MLflow UI over the tracking store.
+
+Runs ``mlflow server`` on the configured tracking URI with the configured artifact
+root, bound to loopback on port 5000 unless told otherwise. Relative SQLite paths are
+made absolute so the UI shows the same store whatever directory it is started from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from conf.settings import MlflowSettings, SettingsError, load_settings
+from pipelines.tracking import sqlite_path
+from registry_bridge.database import mask_uri
+
+log = logging.getLogger(__name__)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def absolute_tracking_uri(tracking_uri: str) -> str:
+    """The tracking URI with a relative SQLite path made absolute."""
+    database = sqlite_path(tracking_uri)
+    return f"sqlite:///{database.resolve()}" if database is not None else tracking_uri
+
+
+def server_command(settings: MlflowSettings, host: str = "127.0.0.1", port: int = 5000,
+                   workers: int = 1) -> list[str]:
+    """The ``mlflow server`` command line serving the tracking store and its artifacts."""
+    artifacts = Path(settings.artifact_root).resolve().as_uri()
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", absolute_tracking_uri(settings.tracking_uri),
+        # New experiments (created through the UI) keep artifacts beside the study's.
+        "--default-artifact-root", artifacts,
+        "--artifacts-destination", artifacts,
+        "--host", host, "--port", str(port),
+        # One worker: the UI is for one person, and the machine has two cores.
+        "--workers", str(workers),
+    ]
+
+
+@click.command(context_settings={"help_option_names": ["--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (loopback keeps the UI private to this machine).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="YAML config (default: $VERTEBRAL_CONFIG or conf/default.yaml).")
+def main(host: str, port: int, workers: int, config: str | None) -> None:
+    """Serve the MLflow UI and REST API over the project's tracking store."""
+    try:
+        settings = load_settings(config).mlflow
+    except SettingsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    database = sqlite_path(settings.tracking_uri)
+    if database is not None:
+        database.resolve().parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.artifact_root).mkdir(parents=True, exist_ok=True)
+    if host not in LOOPBACK:
+        click.echo(f"warning: binding {host}: the MLflow UI has no authentication", err=True)
+    command = server_command(settings, host, port, workers)
+    store = mask_uri(absolute_tracking_uri(settings.tracking_uri))
+    click.echo(f"MLflow UI on http://{host}:{port}  (store {store}, artifacts "
+               f"{Path(settings.artifact_root).resolve()}); Ctrl-C stops it")
+    sys.stdout.flush()
+    # Replace this process so Ctrl-C and signals reach the server directly.
+    os.execv(sys.executable, command)
+
+
+if __name__ == "__main__":
+    main()
