@@ -31,7 +31,7 @@ serve: $(STAMP) ## serve the active model under gunicorn
 	$(PY) -m api $(SERVE_ARGS)
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on http://127.0.0.1:5000
-	$(PY) -m pipelines.mlflow_ui
+	$(PY) -m pipelines.mlflow_ui $(MLFLOW_UI_ARGS)
 
 bench: $(STAMP) ## benchmarks against mlflow models serve / predict
 	$(PY) -m bench $(BENCH_ARGS)
