@@ -9,9 +9,9 @@ as ``predicciones.csv``, so a failed batch leaves no half-written result.
 from __future__ import annotations
 
 import io
-import shutil
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid

@@ -36,9 +36,6 @@ class Prediction:
     labels: list[str]
     probabilities: np.ndarray  # shape (rows, classes), columns in LoadedModel.classes order
 
-    def label_probability(self, row: int, column_of: dict[str, int]) -> float:
-        return float(self.probabilities[row, column_of[self.labels[row]]])
-
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -57,6 +54,7 @@ class LoadedModel:
 
     @property
     def column_of(self) -> dict[str, int]:
+        """Class name -> its column in the probabilities (built once per class tuple)."""
         return _column_index(self.classes)
 
     def identity(self) -> dict[str, Any]:

@@ -47,11 +47,6 @@ class InputSchema:
         return cls(names, tuple(bound(f.get("min")) for f in fields),
                    tuple(bound(f.get("max")) for f in fields), frozenset(names))
 
-    def describe(self) -> list[dict[str, Any]]:
-        """The schema as JSON (for error messages and /models)."""
-        return [{"name": n, "min": lo, "max": hi}
-                for n, lo, hi in zip(self.features, self.mins, self.maxs)]
-
 
 @dataclass(frozen=True)
 class ValidatedInput:
