@@ -1,0 +1,90 @@
+"""`make demo` end to end in CI-like conditions, and its report rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import data_path, free_port
+
+pytestmark = pytest.mark.slow
+
+SECTION_IDS = ("data", "study", "plots", "versions", "history", "requests", "batch", "cli",
+               "timings")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, mongo_server):
+    """Run `python -m demo` once with a small study, everything in a scratch directory."""
+    workdir = tmp_path_factory.mktemp("demo")
+    env = {**os.environ,
+           "MONGODB_URI": mongo_server.uri,
+           "REGISTRY_DB": f"demo_{workdir.name[-12:]}".replace("-", "_"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
+           "VERTEBRAL_DATA": str(data_path()),
+           "API_PORT": str(free_port())}
+    env.pop("API_ADMIN_TOKEN", None)
+    result = subprocess.run([sys.executable, "-m", "demo", "--trials", "6"], cwd=workdir,
+                            env=env, capture_output=True, text=True, timeout=600)
+    return workdir, result
+
+
+def test_demo_runs_the_whole_flow(demo_run):
+    """Check the demo exits 0 after every step and leaves predicciones.csv and the report."""
+    workdir, result = demo_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for step in ("Registry database", "Train", "Publish the two best runs", "Start the API",
+                 "List models and predict", "Activate version", "Batch prediction",
+                 "Versions and activation history"):
+        assert re.search(rf"== \d\. {re.escape(step)}", out), f"step missing: {step}"
+    assert "after rollback /predict answers with version" in out
+    predictions = (workdir / "outputs" / "predicciones.csv").read_text().splitlines()
+    batch_input = (workdir / "outputs" / "demo" / "new_patients.csv").read_text().splitlines()
+    assert len(predictions) == len(batch_input) == 63  # header + 62 held-out patients
+    assert predictions[0].startswith("patient_id,pelvic_incidence")
+    assert "prediction" in predictions[0] and predictions[0].endswith("model_version")
+    assert re.search(r"^\s+\d+\.\ds\s+total$", out, re.MULTILINE), "no total time printed"
+
+
+def test_demo_stops_what_it_started(demo_run):
+    """Check no API process of the demo is left listening."""
+    workdir, _ = demo_run
+    log = (workdir / "reports" / "demo" / "api.log").read_text()
+    assert "Shutting down: Master" in log
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="headless Chromium is not installed")
+def test_report_renders_sections_and_images(demo_run, tmp_path):
+    """Check the report opens in headless Chromium with every section and every image decoded."""
+    workdir, result = demo_run
+    assert result.returncode == 0
+    report = workdir / "reports" / "demo" / "index.html"
+    # A copy with a probe that records, once loaded, how many images really decoded.
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace(
+        "</body>", "<script>window.addEventListener('load',()=>{document.body.dataset.decoded="
+                   "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;"
+                   "document.body.dataset.images=document.images.length;});</script></body>"))
+    chromium = [shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u'}"]
+    dom = subprocess.run([*chromium, "--dump-dom", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    for section in SECTION_IDS:
+        assert f'<section id="{section}">' in dom, f"section {section} not rendered"
+    images = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    decoded = int(re.search(r'data-decoded="(\d+)"', dom).group(1))
+    assert images >= 9 and decoded == images, f"{decoded} of {images} images decoded"
+    assert "curl -s -X POST" in dom and "/predict" in dom
+    shot = workdir / "reports" / "demo" / "screenshot.png"
+    subprocess.run([*chromium, "--window-size=1200,2400", f"--screenshot={shot}",
+                    report.as_uri()], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 50_000
