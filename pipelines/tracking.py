@@ -26,6 +26,11 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
 
 
+def is_remote(tracking_uri: str) -> bool:
+    """True for a tracking server (http, https, databricks), False for local stores."""
+    return tracking_uri.split(":", 1)[0] in ("http", "https", "databricks")
+
+
 def artifact_location(settings: MlflowSettings, experiment: str) -> str:
     """The absolute file URI where a new experiment keeps its artifacts."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", experiment).strip("-") or "experiment"
@@ -48,7 +53,9 @@ def ensure_experiment(settings: MlflowSettings, name: str | None = None) -> str:
     name = name or settings.experiment
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        location = artifact_location(settings, name)
+        # A tracking server (http://...) decides where artifacts go (--serve-artifacts);
+        # a local store keeps them under mlflow.artifact_root, not in the cwd.
+        location = None if is_remote(settings.tracking_uri) else artifact_location(settings, name)
         experiment_id = client.create_experiment(name, artifact_location=location)
         log.info("created MLflow experiment %r (artifacts in %s)", name, location)
     elif experiment.lifecycle_stage == "deleted":
