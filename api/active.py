@@ -101,6 +101,7 @@ class ActiveModel:
         self._read_pointer = SharedRead(self._read_active_state)
         # version -> monotonic time before which a failed load is not retried
         self._failed_until: dict[int, float] = {}
+        self._failed_reason: dict[int, str] = {}  # repeated during the back-off
 
     @property
     def current(self) -> LoadedModel | None:
@@ -171,15 +172,18 @@ class ActiveModel:
             try:
                 if time.monotonic() < self._failed_until.get(version, 0.0):
                     # Do not re-read a broken artifact on every request.
-                    raise RegistryError("CONFLICT", f"{self.name} v{version} failed to load "
-                                        f"moments ago; see the server log")
+                    raise RegistryError("CONFLICT", self._failed_reason.get(
+                        version, f"{self.name} v{version} failed to load moments ago"))
                 model = self.cache.get_or_load(self.name, version,
                                                lambda: self._load(version))
             except (PyMongoError, RegistryError) as exc:
                 if isinstance(exc, PyMongoError) or exc.code == "REGISTRY_UNAVAILABLE":
                     exc = self._outage(exc)
                 else:
-                    self._failed_until[version] = time.monotonic() + self.backoff_s
+                    if time.monotonic() >= self._failed_until.get(version, 0.0):
+                        # A real load failed (not the back-off's repeat): retry after backoff_s.
+                        self._failed_until[version] = time.monotonic() + self.backoff_s
+                        self._failed_reason[version] = exc.message
                     # The client did nothing wrong: nothing servable is a 503, not a 409.
                     exc = RegistryError("NO_ACTIVE_MODEL", f"the active version {self.name} "
                                         f"v{version} cannot be served: {exc.message}")
