@@ -100,9 +100,15 @@ def settings(mongo_server: MongoServer, registry_db_name: str, tmp_path: Path) -
     The registry is the test's own database, MLflow a fresh SQLite store, outputs and
     reports a temporary directory; the data is VERTEBRAL_DATA (or shared/ beside the repo).
     """
+    return throwaway_settings(mongo_server.uri, registry_db_name, tmp_path)
+
+
+def throwaway_settings(uri: str, db_name: str, tmp_path: Path) -> Settings:
+    """Settings on database ``db_name`` of ``uri``, with MLflow and outputs under ``tmp_path``
+    (what the ``settings`` fixture gives; for fixtures of a wider scope)."""
     env = {
-        "MONGODB_URI": mongo_server.uri,
-        "REGISTRY_DB": registry_db_name,
+        "MONGODB_URI": uri,
+        "REGISTRY_DB": db_name,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
         "VERTEBRAL_DATA": str(data_path()),
         "OUTPUT_DIR": str(tmp_path / "outputs"),
