@@ -23,6 +23,8 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from pyarrow import csv as pa_csv
 
 from api.runtime import LoadedModel
 from api.validation import invalid, missing_columns, sniff_delimiter
@@ -107,8 +109,12 @@ def _parse_features(chunk: pd.DataFrame, features: tuple[str, ...]
     ok = np.ones(len(chunk), dtype=bool)
     bad_by_column: list[tuple[str, np.ndarray]] = []
     for col, name in enumerate(features):
-        values = pd.to_numeric(chunk[name].str.strip(), errors="coerce").to_numpy(
-            dtype=np.float64, na_value=np.nan)
+        column = chunk[name]
+        try:  # fast path: a clean column converts in one vectorised cast
+            values = column.astype(np.float64).to_numpy()
+        except (ValueError, TypeError):  # some cell is not a number: find which, cell by cell
+            values = pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan)
         bad = ~np.isfinite(values)
         if bad.any():
             bad_by_column.append((name, bad))
@@ -145,17 +151,19 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
     features = model.schema.features
     classes = model.classes
     prob_columns = [f"prob_{c}" for c in classes]
+    reserved = {"prediction", "probability", "model_version", "error", *prob_columns}
     # Absolute, because Flask's send_file reads relative paths from the app's package.
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     job_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     job_path = output_dir / f"predicciones-{job_id}.csv"
     latest_path = output_dir / LATEST_NAME
-    handle = tempfile.NamedTemporaryFile("w", dir=output_dir, prefix=".batch-", suffix=".tmp",
-                                         delete=False, encoding="utf-8", newline="")
+    handle = tempfile.NamedTemporaryFile("wb", dir=output_dir, prefix=".batch-", suffix=".tmp",
+                                         delete=False)
     tmp_path = Path(handle.name)
     rows = predicted = 0
     counts: Counter[str] = Counter()
+    writer: _ChunkWriter | None = None
     try:
         with handle:
             source, delimiter = _open_csv(stream)
@@ -167,6 +175,12 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
                         raise invalid(f"line 1: missing required column(s): {', '.join(absent)}",
                                       [{"line": 1, "field": n, "problem": "missing column"}
                                        for n in absent])
+                    taken = [c for c in chunk.columns if c in reserved]
+                    if taken:
+                        raise invalid(f"line 1: column(s) {', '.join(taken)} would be overwritten "
+                                      "by the output; rename or drop them",
+                                      [{"line": 1, "field": n, "problem": "reserved column"}
+                                       for n in taken])
                 matrix, ok, bad_by_column = _parse_features(chunk, features)
                 if bad_by_column and on_error != "skip":
                     _raise_bad_cells(chunk, bad_by_column, first_line=rows + 2)
@@ -188,9 +202,11 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
                                  model_version=model.version)
                 if on_error == "skip":
                     out["error"] = _row_errors(chunk, bad_by_column, n)
-                out.to_csv(handle, header=rows == 0, index=False, na_rep="",
-                           lineterminator="\n")
+                writer = writer or _ChunkWriter(handle)
+                writer.write(out)
                 rows += n
+            if writer is not None:
+                writer.close()
         if rows == 0:
             raise invalid("the CSV has a header but no data rows")
         os.replace(tmp_path, job_path)
@@ -203,6 +219,32 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
              model.name, model.version, duration)
     return BatchResult(job_id, job_path, latest_path, rows, predicted, rows - predicted,
                        {c: counts.get(c, 0) for c in classes}, duration, model.identity())
+
+
+class _ChunkWriter:
+    """Append chunks to one CSV through Arrow's writer (tens of times faster than to_csv).
+
+    Text cells are written quoted, numbers bare, missing values (no prediction) empty.
+    """
+
+    def __init__(self, sink: IO[bytes]):
+        self._sink = sink
+        self._writer: pa_csv.CSVWriter | None = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            # Fix the column types on the first chunk so every chunk writes alike.
+            self._schema = pa.schema([pa.field(f.name, pa.string() if pa.types.is_large_string(
+                f.type) else f.type) for f in table.schema])
+            self._writer = pa_csv.CSVWriter(self._sink, self._schema,
+                                            write_options=pa_csv.WriteOptions(quoting_style="needed"))
+        self._writer.write_table(table.cast(self._schema))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _read(source: IO[bytes], delimiter: str, chunk_rows: int) -> Any:

@@ -190,3 +190,11 @@ def test_invocations_csv_with_a_ragged_row_names_the_line(client, published):
     response = client.post("/invocations", data=body, content_type="text/csv")
     assert response.status_code == 400
     assert response.json["error"]["message"].startswith("line 3:")
+
+
+def test_output_column_names_in_the_input_are_refused(client, published):
+    """Check that an input column named like an output column is a 400 naming it."""
+    data = _csv(published.inputs[:3]).replace(b"note", b"prediction", 1)
+    response = client.post("/batch-predict", data=data, content_type="text/csv")
+    assert response.status_code == 400
+    assert "prediction" in response.json["error"]["message"]
