@@ -82,6 +82,7 @@ class Resolved:
 
     model: LoadedModel
     stale: bool
+    reason: str | None = None  # why it is stale
 
 
 class ActiveModel:
@@ -162,7 +163,8 @@ class ActiveModel:
                 raise RegistryError("REGISTRY_UNAVAILABLE",
                                     f"the registry database is unreachable and no version "
                                     f"of {self.name!r} is loaded") from None
-            return Resolved(current, stale=True)
+            return Resolved(current, stale=True,
+                            reason="the registry database is unreachable")
         if version is None:
             raise RegistryError("NO_ACTIVE_MODEL",
                                 f"no version of {self.name!r} is active: activate one with "
@@ -192,7 +194,7 @@ class ActiveModel:
                 # Keep answering with the version we have rather than failing the switch.
                 log.error("cannot load %s v%s, still serving v%s: %s",
                           self.name, version, current.version, exc)
-                return Resolved(current, stale=True)
+                return Resolved(current, stale=True, reason=exc.message)
         self._current = model
         return Resolved(model, stale=False)
 

@@ -26,9 +26,10 @@ def ready() -> Response:
     resolved = registry().active.resolve()
     g.served = resolved
     if resolved.stale:
-        raise RegistryError("REGISTRY_UNAVAILABLE",
-                            f"the registry database is unreachable; still serving "
-                            f"{resolved.model.name} v{resolved.model.version} from memory")
+        unreachable = not registry().active.registry_reachable
+        raise RegistryError("REGISTRY_UNAVAILABLE" if unreachable else "NO_ACTIVE_MODEL",
+                            f"{resolved.reason}; still serving {resolved.model.name} "
+                            f"v{resolved.model.version} from memory")
     return jsonify({"status": "ready", "model": resolved.model.identity()})
 
 

@@ -146,3 +146,4 @@ def test_unloadable_active_version_keeps_the_loaded_one_serving(client, publishe
     assert fresh.status_code == 503
     assert fresh.json["error"]["code"] == "NO_ACTIVE_MODEL"
     assert f"v{v2} cannot be served" in fresh.json["error"]["message"]
+    assert client.get("/ready").json["error"]["code"] == "NO_ACTIVE_MODEL"
