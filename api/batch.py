@@ -27,7 +27,7 @@ import pyarrow as pa
 from pyarrow import csv as pa_csv
 
 from api.runtime import LoadedModel
-from api.validation import invalid, missing_columns, sniff_delimiter
+from api.validation import check_width, invalid, missing_columns, sniff_delimiter
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,31 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+class _Exact(io.RawIOBase):
+    """The request body: ending before its Content-Length is an error, not the end of the file.
+
+    Behind gunicorn a client gone half-way looks like a short body; without this check
+    the rows received so far would be saved as if they were the whole upload.
+    """
+
+    def __init__(self, stream: IO[bytes], expected: int):
+        self._stream = stream
+        self._expected = expected
+        self._seen = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        if not data and self._seen < self._expected:
+            raise invalid(f"the upload ended after {self._seen} of the {self._expected} bytes "
+                          "its Content-Length announced (client disconnected?); nothing saved")
+        self._seen += len(data)
+        buffer[:len(data)] = data
+        return len(data)
+
+
 def _open_csv(stream: IO[bytes]) -> tuple[IO[bytes], str]:
     """The stream ready for pandas and its delimiter, sniffed from the header line."""
     head = stream.read(_PEEK_BYTES)
@@ -93,8 +118,9 @@ def _open_csv(stream: IO[bytes]) -> tuple[IO[bytes], str]:
         raise invalid("line 1: the CSV is not UTF-8 text") from None
     if not head.strip(b"\xef\xbb\xbf \t\r\n"):
         raise invalid("the CSV file is empty: expected a header row and data rows")
-    return io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 20), \
-        sniff_delimiter(first_line)
+    delimiter = sniff_delimiter(first_line)
+    check_width(first_line, delimiter)
+    return io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 20), delimiter
 
 
 def _chunks(stream: IO[bytes], delimiter: str, chunk_rows: int) -> Any:
@@ -136,7 +162,7 @@ def _problem(value: str) -> str:
 
 
 def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_rows: int,
-              on_error: str = "fail") -> BatchResult:
+              on_error: str = "fail", expected_bytes: int | None = None) -> BatchResult:
     """Score every row of the CSV ``stream`` with ``model`` and save the result.
 
     Args:
@@ -166,6 +192,8 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
     writer: _ChunkWriter | None = None
     try:
         with handle:
+            if expected_bytes is not None:
+                stream = _Exact(stream, expected_bytes)
             source, delimiter = _open_csv(stream)
             for chunk in _read(source, delimiter, chunk_rows):
                 chunk.columns = [str(c).strip() for c in chunk.columns]

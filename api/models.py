@@ -9,10 +9,12 @@ from typing import Any, Callable
 from flask import Blueprint, Response, jsonify, request
 
 from api import registry
-from api.validation import invalid
+from api.validation import MAX_NAME_CHARS, invalid, parse_json
 from registry_bridge.errors import RegistryError
 
 bp = Blueprint("models", __name__, url_prefix="/models")
+
+MAX_VERSION = 2**63 - 1
 
 
 def admin_required(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -48,7 +50,7 @@ def _json_object() -> dict[str, Any]:
         raise RegistryError("UNSUPPORTED_MEDIA_TYPE",
                             f"Content-Type {request.mimetype or 'none'} is not accepted here; "
                             "send application/json")
-    body = request.get_json(silent=True)
+    body = parse_json(request.get_data(cache=False), request.content_length)
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
     return body
@@ -61,6 +63,9 @@ def _text_field(body: dict[str, Any], key: str, required: bool = True) -> str | 
     if not isinstance(value, str) or not value.strip():
         raise invalid(f"'{key}' must be a non-empty text",
                       [{"field": key, "problem": "missing" if value is None else "not a text"}])
+    if key == "name" and len(value.strip()) > MAX_NAME_CHARS:
+        raise invalid(f"'name' must be at most {MAX_NAME_CHARS} characters, got {len(value)}",
+                      [{"field": key, "problem": "too long"}])
     return value.strip()
 
 
@@ -77,6 +82,9 @@ def _version_field(value: Any) -> int:
     if number < 1:
         raise invalid(f"'version' must be a positive whole number, got {number}",
                       [{"field": "version", "problem": "not positive"}])
+    if number > MAX_VERSION:  # BSON integers are 64-bit: the driver would fail on more
+        raise invalid(f"'version' must be at most {MAX_VERSION}, got a {len(str(number))}-digit "
+                      "number", [{"field": "version", "problem": "too large"}])
     return number
 
 

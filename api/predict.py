@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, send_file
@@ -12,7 +11,7 @@ from api.active import Resolved
 from api.batch import run_batch
 from api.metrics import BATCH_ROWS, PREDICTIONS
 from api.validation import (check_count, csv_records, extract_records, invalid,
-                            validate_records)
+                            parse_json, validate_records)
 from registry_bridge.errors import RegistryError
 
 bp = Blueprint("predict", __name__)
@@ -29,12 +28,7 @@ def serving() -> Resolved:
 
 
 def _json_body() -> Any:
-    try:
-        return json.loads(request.get_data(cache=False))
-    except UnicodeDecodeError:
-        raise invalid("the body is not UTF-8 text") from None
-    except ValueError as exc:
-        raise invalid(f"malformed JSON: {exc}") from None
+    return parse_json(request.get_data(cache=False), request.content_length)
 
 
 def _unsupported(allowed: str) -> RegistryError:
@@ -98,14 +92,15 @@ def batch_predict() -> Response:
         if upload is None:
             raise invalid("multipart upload without a 'file' field",
                           [{"field": "file", "problem": "missing"}])
-        stream = upload.stream
+        stream, expected = upload.stream, None  # parsed whole by werkzeug already
     elif request.mimetype == CSV_TYPE:
-        stream = request.stream
+        stream, expected = request.stream, request.content_length
     else:
         raise _unsupported(f"multipart/form-data with a 'file' field, or {CSV_TYPE}")
     model = serving().model
     settings = registry().settings.api
-    result = run_batch(stream, model, settings.output_dir, settings.batch_chunk_rows, on_error)
+    result = run_batch(stream, model, settings.output_dir, settings.batch_chunk_rows, on_error,
+                       expected_bytes=expected)
     version = str(model.version)
     BATCH_ROWS.labels(model.name, version, "predicted").inc(result.predicted)
     if result.errors:

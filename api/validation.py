@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,6 +24,9 @@ from registry_bridge.errors import RegistryError
 # Keys that mark a wrapped payload rather than a single record.
 _WRAPPERS = ("records", "dataframe_records", "dataframe_split", "instances", "inputs")
 _MISSING: Any = object()  # a field absent from a record (None means JSON null)
+MAX_DETAILS = 100  # problems listed in one 400 (the message gives the total)
+MAX_COLUMNS = 10_000  # a CSV header wider than this is refused before it is parsed
+MAX_NAME_CHARS = 80  # longer client-given names are shortened when echoed in an error
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,45 @@ class ValidatedInput:
 def invalid(message: str, details: list[dict[str, Any]] | None = None) -> RegistryError:
     """An INVALID_INPUT error (400)."""
     return RegistryError("INVALID_INPUT", message, details)
+
+
+def shown(text: Any) -> str:
+    """A client-given name as an error may echo it: at most MAX_NAME_CHARS characters."""
+    text = str(text)
+    return text if len(text) <= MAX_NAME_CHARS else f"{text[:MAX_NAME_CHARS]}... ({len(text)} chars)"
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise invalid(f"duplicate key {shown(key)!r} in a JSON object: each field once",
+                          [{"field": shown(key), "problem": "duplicate key"}])
+        found[key] = value
+    return found
+
+
+def parse_json(data: bytes, content_length: int | None = None) -> Any:
+    """A request body as JSON: UTF-8 only, no duplicate keys, bounded nesting.
+
+    Raises:
+        RegistryError: INVALID_INPUT naming the problem (body shorter than its
+            Content-Length, not UTF-8, malformed, duplicate key, nested too deep).
+    """
+    if content_length is not None and len(data) < content_length:
+        raise invalid(f"the body ended after {len(data)} of the {content_length} bytes its "
+                      "Content-Length announced (client disconnected?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid(f"the body is not UTF-8 text (byte {exc.start}); JSON must be UTF-8"
+                      ) from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise invalid("the JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise invalid(f"malformed JSON: {exc}") from None
 
 
 def extract_records(payload: Any) -> list[Any]:
@@ -176,7 +219,7 @@ def validate_records(records: Sequence[Any], schema: InputSchema,
                         problems.append({"record": index, "field": name, "problem": "missing"})
                 for name in record:
                     if name not in schema.names:
-                        problems.append({"record": index, "field": str(name),
+                        problems.append({"record": index, "field": shown(name),
                                          "problem": "unknown field"})
         elif isinstance(record, list):
             if len(record) != width:
@@ -206,8 +249,10 @@ def validate_records(records: Sequence[Any], schema: InputSchema,
         flags.append(row_flags)
     if problems:
         records_at_fault = len({p["record"] for p in problems})
-        raise invalid(f"{len(problems)} problem(s) in {records_at_fault} of {len(records)} "
-                      f"record(s); expected fields: {', '.join(features)}", problems)
+        listed = "" if len(problems) <= MAX_DETAILS else f" (the first {MAX_DETAILS} listed)"
+        raise invalid(f"{len(problems)} problem(s){listed} in {records_at_fault} of "
+                      f"{len(records)} record(s); expected fields: {', '.join(features)}",
+                      problems[:MAX_DETAILS])
     return ValidatedInput(matrix.astype(np.float32), flags)
 
 
@@ -222,6 +267,7 @@ def csv_records(text: str) -> list[dict[str, str]]:
     if not lines or not lines[0].strip():
         raise invalid("the CSV body is empty: expected a header row and data rows")
     delimiter = sniff_delimiter(lines[0])
+    check_width(lines[0], delimiter)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip() for h in next(reader)]
     records: list[dict[str, str]] = []
@@ -233,6 +279,14 @@ def csv_records(text: str) -> list[dict[str, str]]:
                           [{"line": line, "problem": "wrong number of cells"}])
         records.append(dict(zip(header, row)))
     return records
+
+
+def check_width(header_line: str, delimiter: str) -> None:
+    """400 for a header of more than MAX_COLUMNS columns (parsing it would take the worker)."""
+    columns = header_line.count(delimiter) + 1
+    if columns > MAX_COLUMNS:
+        raise invalid(f"line 1: the CSV header has {columns} columns; at most {MAX_COLUMNS} "
+                      "are accepted", [{"line": 1, "problem": "too many columns"}])
 
 
 def sniff_delimiter(header_line: str) -> str:
