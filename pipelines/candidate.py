@@ -264,8 +264,13 @@ def log_candidate(pipeline: Pipeline, family: str, params: Mapping[str, Any], sp
             mlflow.set_tag("model_family", family)
         if cv_metrics:
             mlflow.log_metrics(dict(cv_metrics))
-        onnx_model = convert_to_onnx(pipeline, family)
-        worst = check_parity(onnx_model, evaluation, split, family)
+        try:
+            onnx_model = convert_to_onnx(pipeline, family)
+            worst = check_parity(onnx_model, evaluation, split, family)
+        except CandidateError as exc:
+            # Said on the run itself, which the context manager then marks FAILED.
+            mlflow.set_tag("candidate_error", str(exc)[:5000])
+            raise
         sklearn_uri, onnx_uri = _log_models(pipeline, onnx_model, split, evaluation, family)
         mlflow.log_dict(model_card(family, dataset, split, evaluation), MODEL_CARD)
         mlflow.log_metrics({**evaluation.metrics, "onnx_parity_max_abs_diff": worst})

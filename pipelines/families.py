@@ -130,9 +130,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         Param("C", "float", 1.0, 1e-3, 1e2, log=True),
         Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
     )),
+    # Small gamma with large C sums hundreds of large dual coefficients: onnxruntime's
+    # float32 SVM then drifts past the 1e-5 parity bound, so those corners are left out.
     Family("svc", "svc", _svc, scaled=True, params=(
-        Param("C", "float", 1.0, 1e-2, 1e2, log=True),
-        Param("gamma", "float", 0.1, 1e-3, 1.0, log=True),
+        Param("C", "float", 1.0, 1e-2, 30.0, log=True),
+        Param("gamma", "float", 0.1, 1e-2, 1.0, log=True),
         Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
     )),
     Family("knn", "knn", _knn, scaled=True, skops_trusted_types=_KNN_TYPES, params=(

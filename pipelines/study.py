@@ -25,7 +25,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from sklearn.pipeline import Pipeline
 
 from conf.settings import Settings
-from pipelines.candidate import Evaluation, Split, evaluate, log_candidate, split_dataset
+from pipelines.candidate import (CandidateError, Evaluation, Split, evaluate, log_candidate,
+                                 split_dataset)
 from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline, get_family, search_space
 from pipelines.metrics import METRICS, cross_validate, summarise_folds
@@ -39,7 +40,12 @@ log = logging.getLogger(__name__)
 # trials from the top when maximising: 75 keeps the top three quarters.)
 PRUNE_PERCENTILE = 75.0
 PRUNER_STARTUP_TRIALS = 5
+MAX_CANDIDATE_ATTEMPTS = 3  # trials per family tried when ONNX parity fails
 PLOTS_DIR = "plots"  # artifact directory of the parent run (docs/run-contract.md)
+
+
+class StudyError(RuntimeError):
+    """The study ended without a result (e.g. no trial completed before the timeout)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class StudyResult:
     study: optuna.Study
     trials: list[TrialOutcome] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)  # best first
+    rejected: list[tuple[TrialOutcome, str]] = field(default_factory=list)  # ONNX failures
 
     @property
     def winner(self) -> Candidate:
@@ -183,27 +190,57 @@ def _log_study_setup(settings: Settings, dataset: Dataset, split: Split) -> None
     mlflow.log_input(data_input, context="training")
 
 
-def _best_per_family(outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
-    """The best complete trial of each family, best first (ties: earlier trial)."""
-    best: dict[str, TrialOutcome] = {}
-    for outcome in outcomes:
-        if outcome.state != "complete" or outcome.score is None:
-            continue
-        current = best.get(outcome.family)
-        if current is None or outcome.score > current.score:  # type: ignore[operator]
-            best[outcome.family] = outcome
-    return sorted(best.values(), key=lambda o: (-o.score, o.number))  # type: ignore[operator]
+def _ranked_by_family(outcomes: list[TrialOutcome]) -> dict[str, list[TrialOutcome]]:
+    """Each family's complete trials, best first (ties: earlier trial); best family first."""
+    ranked: dict[str, list[TrialOutcome]] = {}
+    complete = [o for o in outcomes if o.state == "complete" and o.score is not None]
+    for outcome in sorted(complete, key=lambda o: (-o.score, o.number)):  # type: ignore[operator]
+        ranked.setdefault(outcome.family, []).append(outcome)
+    return ranked
+
+
+def _make_candidates(result: StudyResult,
+                     on_candidate: Callable[[Candidate], None] | None,
+                     on_rejected: Callable[[TrialOutcome, CandidateError], None] | None) -> None:
+    """Refit and log the best convertible trial of each family as a candidate."""
+    seed = result.split.seed
+    for family, trials in _ranked_by_family(result.trials).items():
+        # A trial whose ONNX model fails the parity check stays a FAILED run with a
+        # candidate_error tag; the family's next best trial is tried instead.
+        for trial in trials[:MAX_CANDIDATE_ATTEMPTS]:
+            pipeline = build_pipeline(family, trial.params, seed)
+            pipeline.fit(result.split.x_train, result.split.y_train)
+            try:
+                log_candidate(pipeline, family, trial.params, result.split, result.dataset,
+                              run_id=trial.run_id)
+            except CandidateError as exc:
+                result.rejected.append((trial, str(exc)))
+                if on_rejected is not None:
+                    on_rejected(trial, exc)
+                continue
+            candidate = Candidate(family, trial, pipeline, evaluate(pipeline, result.split))
+            result.candidates.append(candidate)
+            if on_candidate is not None:
+                on_candidate(candidate)
+            break
+    result.candidates.sort(key=lambda c: (-c.trial.score, c.trial.number))  # type: ignore[operator]
+    if not result.candidates:
+        reasons = "; ".join(sorted({message for _, message in result.rejected}))
+        raise CandidateError(f"no model family gave a candidate that converts to ONNX: {reasons}")
 
 
 def run_study(settings: Settings,
               on_trial: Callable[[TrialOutcome], None] | None = None,
-              on_candidate: Callable[[Candidate], None] | None = None) -> StudyResult:
+              on_candidate: Callable[[Candidate], None] | None = None,
+              on_rejected: Callable[[TrialOutcome, CandidateError], None] | None = None,
+              ) -> StudyResult:
     """Run the whole study and log it; returns what the CLI prints and plots draw.
 
     Raises:
         DataError: the data set is missing or invalid.
-        CandidateError: a family's best model did not convert to ONNX (named).
-        RuntimeError: no trial completed (e.g. a timeout shorter than one trial).
+        CandidateError: no family's model passed the ONNX conversion and parity check
+            (each failure is named on its run and reported through ``on_rejected``).
+        StudyError: no trial completed (e.g. a timeout shorter than one trial).
     """
     training = settings.training
     dataset = load_dataset(settings.data)
@@ -231,25 +268,17 @@ def run_study(settings: Settings,
 
         result = StudyResult(parent.info.run_id, experiment_id, training.objective, dataset,
                              split, study, logger.outcomes)
-        best_trials = _best_per_family(logger.outcomes)
-        if not best_trials:
-            raise RuntimeError("no trial completed: raise --timeout or --trials")
-        for best in best_trials:
-            pipeline = build_pipeline(best.family, best.params, training.seed)
-            pipeline.fit(split.x_train, split.y_train)
-            log_candidate(pipeline, best.family, best.params, split, dataset,
-                          run_id=best.run_id)
-            candidate = Candidate(best.family, best, pipeline, evaluate(pipeline, split))
-            result.candidates.append(candidate)
-            if on_candidate is not None:
-                on_candidate(candidate)
+        if not result.trials or all(o.state != "complete" for o in result.trials):
+            raise StudyError("no trial completed: raise --timeout or --trials")
+        _make_candidates(result, on_candidate, on_rejected)
 
         winner = result.winner
         mlflow.log_params(winner.trial.params)
         mlflow.log_metrics({f"best_cv_{training.objective}": winner.trial.score,
                             **{k: v for k, v in winner.evaluation.metrics.items()},
                             "n_trials_complete": sum(o.state == "complete" for o in result.trials),
-                            "n_trials_pruned": sum(o.state == "pruned" for o in result.trials)})
+                            "n_trials_pruned": sum(o.state == "pruned" for o in result.trials),
+                            "n_onnx_rejected": len(result.rejected)})
         mlflow.set_tags({"best_run_id": winner.run_id, "best_model_family": winner.family,
                          "best_trial_number": str(winner.trial.number),
                          "candidate_run_ids": json.dumps([c.run_id for c in result.candidates])})
@@ -258,4 +287,4 @@ def run_study(settings: Settings,
     return result
 
 
-__all__ = ["METRICS", "Candidate", "StudyResult", "TrialOutcome", "run_study"]
+__all__ = ["METRICS", "Candidate", "StudyError", "StudyResult", "TrialOutcome", "run_study"]

@@ -20,7 +20,7 @@ from conf.settings import Settings, SettingsError, load_settings
 from pipelines.candidate import CandidateError
 from pipelines.data import DataError
 from pipelines.metrics import METRICS
-from pipelines.study import Candidate, StudyResult, TrialOutcome, run_study
+from pipelines.study import Candidate, StudyError, StudyResult, TrialOutcome, run_study
 
 log = logging.getLogger("pipelines.train")
 
@@ -76,6 +76,8 @@ def format_report(result: StudyResult, elapsed: float) -> str:
                      f"{cv[f'cv_{objective}_mean']:>8.4f} {cv[f'cv_{objective}_std']:>7.4f}  "
                      f"{candidate.evaluation.metrics[f'test_{objective}']:>7.4f}  "
                      f"{candidate.run_id}")
+    for trial, message in result.rejected:
+        lines.append(f"  not a candidate: trial {trial.number} ({message})")
     winner = result.winner
     lines += ["", f"Winner: {winner.family} (trial {winner.trial.number})  "
                   f"params: " + ", ".join(f"{k}={v}" for k, v in winner.trial.params.items()
@@ -91,6 +93,11 @@ def format_report(result: StudyResult, elapsed: float) -> str:
               f"Winner run: {winner.run_id}",
               "Open the MLflow UI:  make mlflow-ui   (http://127.0.0.1:5000)"]
     return "\n".join(lines)
+
+
+def rejection_printer(trial: TrialOutcome, error: Exception) -> None:
+    """Print why a trial's model is not a candidate (its family's next best is tried)."""
+    click.echo(f"not a candidate: trial {trial.number} ({error}); trying the next best")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,10 +130,11 @@ def main(config: str | None, trials: int | None, timeout: float | None, seed: in
         started = time.perf_counter()
         result = run_study(settings, on_trial=ProgressPrinter(training.trials,
                                                               training.objective),
-                           on_candidate=candidate_printer(training.objective))
+                           on_candidate=candidate_printer(training.objective),
+                           on_rejected=rejection_printer)
         click.echo(format_report(result, time.perf_counter() - started))
         click.echo(f"Plots: {Path(training.reports_dir)}/ and the parent run's plots/")
-    except (SettingsError, DataError, CandidateError) as exc:
+    except (SettingsError, DataError, CandidateError, StudyError) as exc:
         _fail(str(exc), verbose)
     except KeyboardInterrupt:
         _fail("interrupted", verbose, code=130)
