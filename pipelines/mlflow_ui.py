@@ -58,6 +58,10 @@ def main(host: str, port: int, workers: int, config: str | None) -> None:
     except SettingsError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        # Already a tracking server (e.g. docker compose): it serves the UI itself.
+        click.echo(f"the tracking store is an MLflow server: open {mask_uri(settings.tracking_uri)}")
+        return
     database = sqlite_path(settings.tracking_uri)
     if database is not None:
         database.resolve().parent.mkdir(parents=True, exist_ok=True)
