@@ -27,7 +27,7 @@ import pyarrow as pa
 from pyarrow import csv as pa_csv
 
 from api.runtime import LoadedModel
-from api.validation import check_width, invalid, missing_columns, sniff_delimiter
+from api.validation import FLOAT32_MAX, check_width, invalid, missing_columns, sniff_delimiter
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def _parse_features(chunk: pd.DataFrame, features: tuple[str, ...]
         except (ValueError, TypeError):  # some cell is not a number: find which, cell by cell
             values = pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(
                 dtype=np.float64, na_value=np.nan)
-        bad = ~np.isfinite(values)
+        # Beyond float32's range a value would reach the model as infinity.
+        bad = ~(np.abs(values) <= FLOAT32_MAX)
         if bad.any():
             bad_by_column.append((name, bad))
             ok &= ~bad
@@ -158,7 +159,11 @@ def _problem(value: str) -> str:
         return "NaN"
     if text.lower().lstrip("+-") in ("inf", "infinity"):
         return "infinite"
-    return f"not a number ({text[:40]!r})"
+    try:
+        float(text)
+    except ValueError:
+        return f"not a number ({text[:40]!r})"
+    return f"beyond the model's float32 range (|x| <= {FLOAT32_MAX:.3g})"
 
 
 def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_rows: int,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Response, g, jsonify, request, send_file
 
 from api import registry
 from api.active import Resolved
 from api.batch import run_batch
 from api.metrics import BATCH_ROWS, PREDICTIONS
-from api.validation import (check_count, csv_records, extract_records, invalid,
-                            parse_json, validate_records)
+from api.validation import (MAX_DETAILS, check_count, csv_records, extract_records,
+                            invalid, parse_json, validate_records)
 from registry_bridge.errors import RegistryError
 
 bp = Blueprint("predict", __name__)
@@ -52,6 +53,13 @@ def _predict(accept_csv: bool) -> Response:
     model = serving().model
     checked = validate_records(records, model.schema, from_text=from_text)
     scored = model.predict(checked.matrix)
+    unscored = np.flatnonzero(~np.isfinite(scored.probabilities).all(axis=1))
+    if unscored.size:  # extreme (if finite) values overflow inside the model
+        raise invalid(f"the model gives no finite probabilities for {unscored.size} record(s): "
+                      "values too far outside the training range",
+                      [{"record": int(i), "problem": "no finite probabilities; out of range: "
+                        + (", ".join(checked.out_of_range[i]) or "none")}
+                       for i in unscored[:MAX_DETAILS]])
     classes = model.classes
     column_of = model.column_of
     predictions = []

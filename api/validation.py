@@ -27,6 +27,7 @@ _MISSING: Any = object()  # a field absent from a record (None means JSON null)
 MAX_DETAILS = 100  # problems listed in one 400 (the message gives the total)
 MAX_COLUMNS = 10_000  # a CSV header wider than this is refused before it is parsed
 MAX_NAME_CHARS = 80  # longer client-given names are shortened when echoed in an error
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ def _number(value: Any, from_text: bool) -> tuple[float | None, str | None]:
         return None, "NaN"
     if math.isinf(number):
         return None, "infinite"
+    if abs(number) > FLOAT32_MAX:  # the model computes in float32: this would become infinite
+        return None, f"beyond the model's float32 range (|x| <= {FLOAT32_MAX:.3g})"
     return number, None
 
 
