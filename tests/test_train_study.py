@@ -257,3 +257,18 @@ def test_mlflow_ui_lists_the_experiment_and_runs(study: StudyRun) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_mlflow_ui_command_uses_an_absolute_store_on_loopback(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check that the UI serves the configured store, made absolute, on 127.0.0.1:5000."""
+    from conf.settings import MlflowSettings
+    from pipelines.mlflow_ui import server_command
+
+    monkeypatch.chdir(tmp_path)
+    command = server_command(MlflowSettings(tracking_uri="sqlite:///mlruns/mlflow.db",
+                                            artifact_root=Path("mlruns/artifacts")))
+    option = dict(zip(command[4::2], command[5::2]))
+    assert option["--backend-store-uri"] == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert option["--default-artifact-root"] == (tmp_path / "mlruns" / "artifacts").as_uri()
+    assert (option["--host"], option["--port"]) == ("127.0.0.1", "5000")
