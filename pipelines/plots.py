@@ -253,7 +253,7 @@ def write_plots(result: "StudyResult", directory: Path, seed: int) -> list[Path]
             warnings.simplefilter("ignore", UserWarning)
             figure = figures[name]()
         path = directory / name
-        figure.savefig(path, dpi=110)
+        figure.savefig(path, dpi=110, bbox_inches="tight")  # long tick labels stay inside
         plt.close(figure)
         written.append(path)
     return written
