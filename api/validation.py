@@ -177,7 +177,10 @@ def _number(value: Any, from_text: bool) -> tuple[float | None, str | None]:
     if isinstance(value, bool):  # bool is an int subclass: refuse it explicitly
         return None, "not a number (boolean)"
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a JSON integer with hundreds of digits
+            return None, f"beyond the model's float32 range (|x| <= {FLOAT32_MAX:.3g})"
     elif from_text and isinstance(value, str):
         text = value.strip()
         if text == "":

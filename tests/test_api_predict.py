@@ -182,3 +182,12 @@ def test_no_active_version_is_503_no_active_model(published, mongo_client):
     assert response.status_code == 503
     assert response.json["error"]["code"] == "NO_ACTIVE_MODEL"
     assert app.test_client().get("/ready").status_code == 503
+
+
+def test_integer_too_large_for_a_float_is_400(client, published):
+    """Check that a JSON integer with hundreds of digits is a 400 naming the field, not a 500."""
+    body = {**record(published.inputs[0]), "pelvic_tilt": 10**400}
+    response = client.post("/predict", data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 400
+    [detail] = response.json["error"]["details"]
+    assert detail["field"] == "pelvic_tilt" and "float32 range" in detail["problem"]
