@@ -21,6 +21,9 @@ venv: $(STAMP) ## create .venv and install the project
 test: $(STAMP) ## run the test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+reliability: $(STAMP) ## load, outage, interrupted writes, hostile artifacts/input, access: the figures table
+	$(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+
 demo: $(STAMP) ## the whole flow end to end: train, publish, activate, serve, predict
 	$(PY) -m demo $(DEMO_ARGS)
 

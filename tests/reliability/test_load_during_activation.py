@@ -1,0 +1,66 @@
+"""Point 1: 8 clients on /predict for 60 s while the active version flips 100+ times."""
+
+from __future__ import annotations
+
+import pytest
+
+from api_fixtures import FAMILIES, published  # noqa: F401
+from reliability.load import (Load, activate, distinguishing_rows, expected_probabilities,
+                              mismatches, percentiles, run_for, stale_after_activation)
+from servers import ApiServer
+
+AREA = "1 load during activation"
+LOAD_SECONDS = 60
+CLIENTS = 8
+MIN_FLIPS = 100
+TOKEN = "load-test-admin-token"
+
+pytestmark = pytest.mark.slow
+
+
+def test_no_failed_or_mixed_answer_while_the_version_flips(published, tmp_path, figure):
+    """Check that under load every answer succeeds and matches the version it names,
+    while another client flips the active version between two versions 100+ times."""
+    expected = expected_probabilities(published)
+    rows = distinguishing_rows(expected)
+    assert len(rows) >= 10, "the two versions must disagree on enough rows to show mixing"
+    v1, v2 = published.versions[FAMILIES[0]], published.versions[FAMILIES[1]]
+    with ApiServer(published.settings, tmp_path, workers=2,
+                   env={"API_ADMIN_TOKEN": TOKEN}) as server:
+        activations = []
+        load = Load(server.base, published, rows, clients=CLIENTS).start()
+
+        def flip() -> None:
+            target = v2 if len(activations) % 2 == 0 else v1
+            activations.append(activate(server.base, target, TOKEN))
+
+        # Spread the flips over the whole minute, ~2.5 per second.
+        run_for(LOAD_SECONDS, flip, interval=LOAD_SECONDS / (MIN_FLIPS * 1.5))
+        answers = load.stop()
+        log = server.log()
+
+    failed = [a for a in answers if a.status != 200 or a.error]
+    flips = [a for a in activations if a.status == 200]
+    latencies = percentiles([a.ended - a.started for a in answers])
+    duration = answers[-1].ended - answers[0].started
+    figure("requests served (8 clients, 60 s)", len(answers))
+    figure("throughput (requests/s)", len(answers) / duration)
+    for name, value in latencies.items():
+        figure(f"latency {name} (ms)", value)
+    figure("failed requests", len(failed), "= 0")
+    figure("successful activations (flips)", len(flips), f">= {MIN_FLIPS}")
+    mixed = mismatches(answers, expected)
+    late = stale_after_activation(answers, activations)
+    figure("answers not matching the named version", len(mixed), "= 0")
+    figure("answers by the old version after activate returned", len(late), "= 0")
+
+    assert not failed, f"{len(failed)} failed requests, first: {failed[0]}"
+    assert [a for a in activations if a.status != 200] == [], "an activation was refused"
+    assert len(flips) >= MIN_FLIPS
+    assert not mixed, mixed[:5]
+    assert not late, late[:5]
+    workers = {a.worker for a in answers}
+    assert len(workers) >= 2, f"only workers {workers} answered"
+    served = {a.version for a in answers}
+    assert served == {v1, v2}, f"versions served: {served}"
+    assert "Traceback" not in log, log[-3000:]
