@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -38,6 +40,39 @@ def _wait_ready(base: str, process: subprocess.Popen, log_file: Path,
     raise AssertionError("the API did not become ready")
 
 
+@contextlib.contextmanager
+def _gunicorn(uri: str, database_name: str, tmp_path: Path) -> Iterator[str]:
+    """``python -m api`` with 2 workers on a free port; yields its base URL once ready."""
+    port = free_port()
+    env = {**os.environ, "MONGODB_URI": uri, "REGISTRY_DB": database_name,
+           "API_PORT": str(port), "API_WORKERS": "2", "OUTPUT_DIR": str(tmp_path / "out"),
+           "VERTEBRAL_DATA": str(data_path())}
+    env.pop("API_ADMIN_TOKEN", None)
+    log_file = tmp_path / "api.log"
+    with open(log_file, "wb") as sink:  # a file, not a pipe: a full pipe would block the workers
+        process = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
+                                   stdout=sink, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, process, log_file)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _until_both_workers(base: str, body: dict, each: int = 1) -> dict[str, list[requests.Response]]:
+    """Send requests until both workers answered ``each`` times (bounded); answers by pid."""
+    answers: dict[str, list[requests.Response]] = {}
+    for _ in range(400):
+        answer = _predict(base, body)
+        answers.setdefault(answer.headers["X-Worker-Pid"], []).append(answer)
+        if len(answers) == 2 and min(map(len, answers.values())) >= each:
+            break
+    assert len(answers) == 2, f"requests reached only workers {sorted(answers)}"
+    return answers
+
+
 def _predict(base: str, body: dict) -> requests.Response:
     # A new connection per request, so gunicorn hands requests to both workers.
     return requests.post(f"{base}/predict", json=body, timeout=10,
@@ -47,31 +82,12 @@ def _predict(base: str, body: dict) -> requests.Response:
 def test_every_worker_serves_the_new_version_after_activate(published, tmp_path):
     """Check that after POST /models/activate returns, every request on both workers uses it."""
     settings = published.settings
-    port = free_port()
-    env = {**os.environ, "MONGODB_URI": settings.registry.mongodb_uri,
-           "REGISTRY_DB": settings.registry.database, "API_PORT": str(port),
-           "API_WORKERS": "2", "OUTPUT_DIR": str(tmp_path / "out"),
-           "VERTEBRAL_DATA": str(data_path())}
-    env.pop("API_ADMIN_TOKEN", None)
-    log_file = tmp_path / "api.log"
-    with open(log_file, "wb") as sink:  # a file, not a pipe: a full pipe would block the workers
-        process = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                                   stdout=sink, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     v1, v2 = published.versions[FAMILIES[0]], published.versions[FAMILIES[1]]
     body = {"records": [record(r) for r in published.inputs[:5]]}
-    try:
-        _wait_ready(base, process, log_file)
-        seen: dict[str, set[int]] = {}
-        for _ in range(400):
-            answer = _predict(base, body)
-            assert answer.status_code == 200
-            seen.setdefault(answer.headers["X-Worker-Pid"], set()).add(
-                answer.json()["model"]["version"])
-            if len(seen) == 2 and _ > 20:
-                break
-        assert len(seen) == 2, f"requests reached only workers {sorted(seen)}"
-        assert all(versions == {v1} for versions in seen.values())
+    with _gunicorn(settings.registry.mongodb_uri, settings.registry.database, tmp_path) as base:
+        seen = _until_both_workers(base, body, each=5)
+        assert all(a.status_code == 200 and a.json()["model"]["version"] == v1
+                   for answers in seen.values() for a in answers)
 
         # Background load across the switch: nothing may fail, nothing may go back to v1
         # once the activation has returned.
@@ -107,27 +123,30 @@ def test_every_worker_serves_the_new_version_after_activate(published, tmp_path)
         later = [version for started, _, _, version in results if started > returned]
         assert later and set(later) == {v2}
 
-        after: dict[str, list[int]] = {}
-        for _ in range(400):
-            answer = _predict(base, body)
-            assert answer.status_code == 200
-            assert answer.headers["X-Model-Version"] == str(v2)
-            after.setdefault(answer.headers["X-Worker-Pid"], []).append(
-                answer.json()["model"]["version"])
-            if len(after) == 2 and min(map(len, after.values())) >= 10:
-                break
-        assert set(after) == set(seen), "both workers answered after the switch"
-        assert all(set(versions) == {v2} for versions in after.values())
+        after = _until_both_workers(base, body, each=10)
+        assert set(after) == set(seen), "the same two workers answered after the switch"
+        assert all(a.status_code == 200 and a.headers["X-Model-Version"] == str(v2)
+                   and a.json()["model"]["version"] == v2
+                   for answers in after.values() for a in answers)
         metrics = requests.get(f"{base}/metrics", timeout=5).text
         assert f'api_predictions_total{{model="{MODEL}",version="{v2}"}}' in metrics
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+
+
+def _ready_by_worker(base: str) -> dict[str, int]:
+    """/ready's status as each of the two workers answers it."""
+    statuses: dict[str, int] = {}
+    for _ in range(200):
+        answer = requests.get(f"{base}/ready", timeout=10, headers={"Connection": "close"})
+        statuses[answer.headers["X-Worker-Pid"]] = answer.status_code
+        if len(statuses) == 2:
+            break
+    assert len(statuses) == 2
+    return statuses
 
 
 def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
-    """Check that with the database stopped predictions continue marked stale, /ready is 503
-    until it is back, and an API with nothing loaded answers 503 REGISTRY_UNAVAILABLE."""
+    """Check that with the database stopped both workers keep predicting, marked stale, /ready
+    is 503 until it is back, and an API with nothing loaded answers 503 REGISTRY_UNAVAILABLE."""
     embedded = EmbeddedSettings(port=free_port(), data_dir=tmp_path / "db")
     database.start_embedded(embedded)
     try:
@@ -139,34 +158,34 @@ def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
         store = ModelStore(database.connect(settings.registry), settings)
         published = publish_candidates(store, settings)
         v1 = published.versions[FAMILIES[0]]
-        http = make_app(settings).test_client()
         body = {"records": [record(r) for r in published.inputs[:3]]}
-        fresh = http.post("/predict", json=body)
-        assert fresh.status_code == 200 and "X-Model-Stale" not in fresh.headers
+        with _gunicorn(uri, "outage", tmp_path) as base:
+            fresh = _until_both_workers(base, body)
+            first = next(iter(fresh.values()))[0]
+            assert first.status_code == 200 and "X-Model-Stale" not in first.headers
 
-        database.stop_embedded(embedded)
-        for _ in range(20):
-            started = time.perf_counter()
-            stale = http.post("/predict", json=body)
-            assert time.perf_counter() - started < 1.0
-            assert stale.status_code == 200
-            assert stale.headers["X-Model-Stale"] == "true"
-            assert stale.json["model"]["version"] == v1
-            assert stale.json["predictions"] == fresh.json["predictions"]
-        not_ready = http.get("/ready")
-        assert not_ready.status_code == 503
-        assert not_ready.json["error"]["code"] == "REGISTRY_UNAVAILABLE"
-        assert http.get("/models").status_code == 503
-        empty = make_app(settings).test_client().post("/predict", json=body)
-        assert empty.status_code == 503
-        assert empty.json["error"]["code"] == "REGISTRY_UNAVAILABLE"
+            database.stop_embedded(embedded)
+            outage = _until_both_workers(base, body, each=5)
+            for answer in (a for answers in outage.values() for a in answers):
+                assert answer.status_code == 200
+                assert answer.elapsed.total_seconds() < 1.0
+                assert answer.headers["X-Model-Stale"] == "true"
+                assert answer.json()["model"]["version"] == v1
+                assert answer.json()["predictions"] == first.json()["predictions"]
+            assert set(_ready_by_worker(base).values()) == {503}
+            down = requests.get(f"{base}/ready", timeout=10).json()
+            assert down["error"]["code"] == "REGISTRY_UNAVAILABLE"
+            empty = make_app(settings).test_client().post("/predict", json=body)
+            assert empty.status_code == 503
+            assert empty.json["error"]["code"] == "REGISTRY_UNAVAILABLE"
 
-        database.start_embedded(embedded)
-        deadline = time.monotonic() + 20
-        while http.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, "/ready did not recover"
-            time.sleep(0.2)
-        back = http.post("/predict", json=body)
-        assert back.status_code == 200 and "X-Model-Stale" not in back.headers
+            database.start_embedded(embedded)
+            deadline = time.monotonic() + 20
+            while set(_ready_by_worker(base).values()) != {200}:
+                assert time.monotonic() < deadline, "/ready did not recover on both workers"
+                time.sleep(0.2)
+            back = _until_both_workers(base, body, each=2)
+            assert all(a.status_code == 200 and "X-Model-Stale" not in a.headers
+                       for answers in back.values() for a in answers)
     finally:
         database.stop_embedded(embedded)
