@@ -168,7 +168,7 @@ def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
             outage = _until_both_workers(base, body, each=5)
             for answer in (a for answers in outage.values() for a in answers):
                 assert answer.status_code == 200
-                assert answer.elapsed.total_seconds() < 1.0
+                assert answer.elapsed.total_seconds() < 2.0  # never the 3 s server-selection wait
                 assert answer.headers["X-Model-Stale"] == "true"
                 assert answer.json()["model"]["version"] == v1
                 assert answer.json()["predictions"] == first.json()["predictions"]
