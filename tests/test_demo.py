@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -48,11 +49,14 @@ def test_demo_runs_the_whole_flow(demo_run):
                  "Versions and activation history"):
         assert re.search(rf"== \d\. {re.escape(step)}", out), f"step missing: {step}"
     assert "after rollback /predict answers with version" in out
-    predictions = (workdir / "outputs" / "predicciones.csv").read_text().splitlines()
-    batch_input = (workdir / "outputs" / "demo" / "new_patients.csv").read_text().splitlines()
+    with open(workdir / "outputs" / "predicciones.csv", newline="") as handle:
+        predictions = list(csv.reader(handle))
+    with open(workdir / "outputs" / "demo" / "new_patients.csv", newline="") as handle:
+        batch_input = list(csv.reader(handle))
     assert len(predictions) == len(batch_input) == 63  # header + 62 held-out patients
-    assert predictions[0].startswith("patient_id,pelvic_incidence")
-    assert "prediction" in predictions[0] and predictions[0].endswith("model_version")
+    assert predictions[0][:2] == ["patient_id", "pelvic_incidence"]
+    assert "prediction" in predictions[0] and predictions[0][-1] == "model_version"
+    assert [row[0] for row in predictions] == [row[0] for row in batch_input]  # same order
     assert re.search(r"^\s+\d+\.\ds\s+total$", out, re.MULTILINE), "no total time printed"
 
 
