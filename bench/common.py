@@ -1,0 +1,410 @@
+"""Shared benchmark helpers: servers on free loopback ports, process memory, machine facts, stats.
+
+Everything measured here runs on this machine only; nothing binds a non-loopback address.
+Memory is read from ``/proc`` (Linux): resident set size of a process and of all its
+descendants (a gunicorn or uvicorn master and its workers), sampled on a thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+log = logging.getLogger("bench")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+LOOPBACK = "127.0.0.1"
+# The libraries whose versions decide the numbers (reported with every result).
+LIBRARIES = ("mlflow", "flask", "gunicorn", "uvicorn", "fastapi", "onnxruntime", "scikit-learn",
+             "pandas", "pyarrow", "numpy", "pymongo", "nx-27017")
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def venv_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment with the interpreter's bin/ first on PATH (mlflow execs uvicorn by name)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+# --- processes and memory ------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                kids.extend(int(p) for p in handle.read().split())
+    except OSError:
+        pass
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(_children(current))
+    return found
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of one process in KiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * _PAGE_KB
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size in KiB: shared pages split between the processes sharing them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The kernel's high-water mark of one process's RSS (VmHWM) in KiB."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class RssSampler:
+    """Samples the memory of a process tree on a thread; keeps the peaks.
+
+    ``peak_rss_total_mb`` is the largest RSS sum over the tree (pages shared by the
+    processes, e.g. libraries, counted in each, so it over-states the cost),
+    ``peak_pss_total_mb`` the largest PSS sum (shared pages split: what the tree really
+    holds), ``peak_rss_process_mb`` the largest single process (e.g. the worker running
+    a batch).
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.05):
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak_total_kb = 0
+        self.peak_process_kb = 0
+        self.peak_pss_kb = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
+
+    def _sample(self) -> None:
+        tree = process_tree(self.pid)
+        sizes = [rss_kb(p) for p in tree]
+        if sizes:
+            self.peak_total_kb = max(self.peak_total_kb, sum(sizes))
+            self.peak_pss_kb = max(self.peak_pss_kb, sum(pss_kb(p) for p in tree))
+            self.peak_process_kb = max(self.peak_process_kb, max(sizes))
+            self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "RssSampler":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def result(self) -> dict[str, float]:
+        """Peaks in MB (10^6 bytes) and the number of samples."""
+        return {"peak_rss_total_mb": round(self.peak_total_kb * 1024 / 1e6, 1),
+                "peak_pss_total_mb": round(self.peak_pss_kb * 1024 / 1e6, 1),
+                "peak_rss_process_mb": round(self.peak_process_kb * 1024 / 1e6, 1),
+                "rss_samples": self.samples}
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Current RSS of a process tree in MB."""
+    return round(sum(rss_kb(p) for p in process_tree(pid)) * 1024 / 1e6, 1)
+
+
+@dataclass
+class Server:
+    """A server process started in its own session, logging to a file, stopped as a group."""
+
+    name: str
+    command: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    ready_s: float | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> "Server":
+        """Start the process (does not wait; see :meth:`wait_ready`)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.log_path, "ab")
+        log.info("starting %s: %s", self.name, " ".join(self.command))
+        self.started_at = time.perf_counter()
+        self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=self.env or venv_env(),
+                                        cwd=ROOT, start_new_session=True)
+        handle.close()
+        return self
+
+    def wait_ready(self, path: str, timeout_s: float = 120.0, method: str = "GET",
+                   body: bytes | None = None, headers: Mapping[str, str] | None = None) -> float:
+        """Poll ``path`` until it answers 2xx; returns seconds since start.
+
+        Raises:
+            RuntimeError: the process exited or did not answer in time (names its log).
+        """
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode} before it "
+                                   f"was ready; see {self.log_path}:\n{self.tail()}")
+            try:
+                request = urllib.request.Request(self.base_url + path, data=body, method=method,
+                                                 headers=dict(headers or {}))
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    if 200 <= answer.status < 300:
+                        self.ready_s = round(time.perf_counter() - self.started_at, 2)
+                        return self.ready_s
+                    last = f"HTTP {answer.status}"
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}"
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready on {self.base_url}{path} after {timeout_s:.0f}s "
+                           f"({last}); see {self.log_path}:\n{self.tail()}")
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of the server's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after 10 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def run_measured(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
+                 timeout_s: float = 600.0) -> dict[str, Any]:
+    """Run a command to completion; wall time, exit code and peak RSS (kernel's and sampled).
+
+    ``peak_rss_mb`` comes from ``wait4``'s ``ru_maxrss`` (the largest of the process and
+    its waited-for descendants), exact even between samples.
+
+    Raises:
+        RuntimeError: non-zero exit (names the log) or timeout.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as handle:
+        started = time.perf_counter()
+        process = subprocess.Popen(list(command), stdout=handle, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=dict(env or venv_env()),
+                                   cwd=ROOT, start_new_session=True)
+        sampler = RssSampler(process.pid)
+        with sampler:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    raise RuntimeError(f"{command[0]} timed out after {timeout_s:.0f}s; see {log_path}")
+                time.sleep(0.02)
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(command[:4])}... exited with {process.returncode}; "
+                           f"see {log_path}:\n{tail}")
+    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1),
+            **sampler.result()}
+
+
+# --- machine, load, statistics, results ----------------------------------------------
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def library_versions(names: Iterable[str] = LIBRARIES) -> dict[str, str]:
+    """Installed versions of the libraries that shape the results."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _tool_version(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (done.stdout or done.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU, memory, OS, Python, library versions, wrk, date (UTC)."""
+    try:
+        mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                          if line.startswith("MemTotal:")))
+    except (OSError, StopIteration, ValueError):
+        mem_kb = 0
+    return {
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "wrk": _tool_version(["wrk", "-v"]),
+    }
+
+
+def summarize(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
+    """Median, min, max and the relative spread ``(max - min) / median`` of the rounds."""
+    clean = [float(v) for v in values if v is not None]
+    if not clean:
+        return {"median": None, "min": None, "max": None, "spread": None, "rounds": []}
+    median = statistics.median(clean)
+    spread = (max(clean) - min(clean)) / median if median else None
+    return {"median": round(median, digits), "min": round(min(clean), digits),
+            "max": round(max(clean), digits),
+            "spread": None if spread is None else round(spread, 3),
+            "rounds": [round(v, digits) for v in clean]}
+
+
+def ratio(numerator: float | None, denominator: float | None, digits: int = 2) -> float | None:
+    """``numerator / denominator`` rounded, None when either is missing or not positive."""
+    if numerator is None or denominator is None or numerator <= 0 or denominator <= 0:
+        return None
+    return round(numerator / denominator, digits)
+
+
+def meets(value: float | None, goal: float) -> bool | None:
+    """Whether a measured ratio reaches its goal (None when it could not be measured)."""
+    return None if value is None else value >= goal
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as indented JSON (atomically: a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".tmp")
+    partial.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def configure_logging() -> None:
+    """One line per event on stderr; MLflow's and the store's chatter kept quiet."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for noisy in ("mlflow", "alembic", "urllib3", "registry_bridge", "pipelines", "api"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every benchmark entry point takes."""
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-test sizes (CI): short runs, small files")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes of every server (default 2)")
+    parser.add_argument("--family", default="logistic_regression",
+                        help="model family of the benchmark model (default logistic_regression)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results directory (default bench/results, or "
+                             "outputs/bench-quick with --quick)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the workspace here and reuse its model next time")
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """Where results go: --out, else bench/results (full) or outputs/bench-quick (quick)."""
+    if args.out is not None:
+        return args.out
+    return ROOT / "outputs" / "bench-quick" if args.quick else RESULTS_DIR

@@ -1,0 +1,33 @@
+"""The ceiling of the online benchmark: Flask answering a constant, run under the API's gunicorn setup.
+
+It reads the request body (as any endpoint must) and returns a fixed answer shaped
+like ``/predict``'s, so the difference to the API is the cost of validation, the
+model and the registry check, not of HTTP, WSGI or JSON framing.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask, Response, request
+
+app = Flask(__name__)
+
+_ANSWER = json.dumps({
+    "model": {"name": "vertebral-column", "version": 1, "run_id": "constant"},
+    "predictions": [{"label": "Normal", "probability": 0.9,
+                     "probabilities": {"Hernia": 0.05, "Normal": 0.9, "Spondylolisthesis": 0.05},
+                     "out_of_range": []}]}).encode()
+
+
+@app.post("/predict")
+def predict() -> Response:
+    """Drain the body, answer the constant."""
+    request.get_data(cache=False)
+    return Response(_ANSWER, mimetype="application/json")
+
+
+@app.get("/health")
+def health() -> Response:
+    """Liveness, for the harness's readiness check."""
+    return Response(b'{"status": "ok"}', mimetype="application/json")

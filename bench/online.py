@@ -1,0 +1,227 @@
+"""Online benchmark: ``/predict`` under gunicorn vs ``mlflow models serve`` vs a constant endpoint.
+
+``python -m bench.online [--quick] [--workers N] [--out DIR]``
+
+All three servers run at once with the same worker count and get the same single-record
+body (MLflow's ``{"dataframe_records": [...]}``, which ``/predict`` accepts too) from
+``wrk`` at each concurrency, alternating server by server within each round so slow
+drifts of the machine hit all of them alike. Reported per server and concurrency: the
+median over rounds of requests/s and of the p50/p95/p99 latencies, errors (non-2xx,
+socket errors, timeouts) and the spread of the rounds; ratios are against MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.common import (RssSampler, Server, add_common_arguments, configure_logging,
+                          load_average, meets, machine_info, output_dir, ratio, summarize, tree_rss_mb,
+                          write_json)
+from bench.workspace import BenchModel, Workspace
+
+log = logging.getLogger("bench")
+
+FULL = {"concurrencies": (1, 8, 32), "rounds": 3, "duration_s": 5}
+QUICK = {"concurrencies": (8,), "rounds": 3, "duration_s": 1}
+WRK_TIMEOUT_S = 10
+# Each server's scoring path and readiness path.
+PATHS = {"api": ("/predict", "/ready"), "mlflow": ("/invocations", "/ping"),
+         "constant": ("/predict", "/health")}
+
+_LUA = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = %(body)s
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %%d, "duration_us": %%d, "connect_errors": %%d, "read_errors": %%d, ' ..
+    '"write_errors": %%d, "status_errors": %%d, "timeouts": %%d, "p50_us": %%d, "p95_us": %%d, ' ..
+    '"p99_us": %%d, "mean_us": %%.1f, "max_us": %%d}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.mean,
+    latency.max))
+end
+"""
+
+
+def request_body(settings: Any) -> bytes:
+    """One real record of the data set in MLflow's ``dataframe_records`` shape."""
+    from pipelines.data import FEATURES, load_dataset
+
+    row = load_dataset(settings.data).features.iloc[0]
+    return json.dumps({"dataframe_records": [{f: float(row[f]) for f in FEATURES}]}).encode()
+
+
+def write_lua(body: bytes, path: Path) -> Path:
+    """The wrk script POSTing ``body`` and printing a JSON summary line."""
+    path.write_text(_LUA % {"body": json.dumps(body.decode())}, encoding="utf-8")
+    return path
+
+
+def run_wrk(url: str, script: Path, connections: int, duration_s: float) -> dict[str, Any]:
+    """One wrk run; requests/s, latency percentiles (ms) and error counts.
+
+    Raises:
+        RuntimeError: wrk failed or printed no summary.
+    """
+    command = ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{duration_s}s",
+               f"--timeout={WRK_TIMEOUT_S}s", "--latency", "-s", str(script), url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed on {url} ({done.returncode}): {done.stderr.strip()[:300]}")
+    raw = json.loads(line[len("WRK_JSON "):])
+    seconds = raw["duration_us"] / 1e6
+    errors = {k: raw[k] for k in ("connect_errors", "read_errors", "write_errors",
+                                  "status_errors", "timeouts")}
+    return {"rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
+            "requests": raw["requests"], "errors": sum(errors.values()), "error_kinds": errors,
+            **{f"p{p}_ms": round(raw[f"p{p}_us"] / 1000, 2) for p in (50, 95, 99)},
+            "mean_ms": round(raw["mean_us"] / 1000, 2), "max_ms": round(raw["max_us"] / 1000, 2)}
+
+
+def _post(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.status, answer.read()
+
+
+def start_servers(ws: Workspace, model: BenchModel, workers: int) -> dict[str, Server]:
+    """Start the three servers at once (MLflow takes longest) and wait until each is ready."""
+    servers = {"mlflow": ws.mlflow_server(model, workers), "api": ws.api_server(workers),
+               "constant": ws.constant_server(workers)}
+    try:
+        for server in servers.values():
+            server.start()
+        for name, server in servers.items():
+            server.wait_ready(PATHS[name][1], timeout_s=180)
+            log.info("%s ready after %.1fs on port %d", name, server.ready_s, server.port)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
+        plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure the three servers; the result document (see the module docstring)."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    plan = dict(plan or (QUICK if quick else FULL))
+    body = request_body(ws.settings)
+    script = write_lua(body, ws.dir / "post.lua")
+    load_before = load_average()
+    servers = start_servers(ws, model, workers)
+    try:
+        samples: dict[str, dict[str, Any]] = {}
+        for name, server in servers.items():
+            url = server.base_url + PATHS[name][0]
+            status, answer = _post(url, body)
+            if status != 200:
+                raise RuntimeError(f"{name} answered {status} to the benchmark body: {answer[:200]!r}")
+            samples[name] = {"url": url, "ready_s": server.ready_s, "answer": answer.decode()[:300],
+                             "rss_idle_mb": tree_rss_mb(server.process.pid)}
+            run_wrk(url, script, max(plan["concurrencies"]), 1)  # warm-up, not recorded
+        rounds: dict[str, dict[int, list[dict[str, Any]]]] = {n: {} for n in servers}
+        samplers = {n: RssSampler(s.process.pid, interval_s=0.2) for n, s in servers.items()}
+        for sampler in samplers.values():
+            sampler.__enter__()
+        try:
+            for connections in plan["concurrencies"]:
+                for number in range(plan["rounds"]):
+                    for name, server in servers.items():
+                        result = run_wrk(samples[name]["url"], script, connections,
+                                         plan["duration_s"])
+                        rounds[name].setdefault(connections, []).append(result)
+                        log.info("c=%-3d round %d %-8s %8.1f req/s  p99 %7.2f ms  errors %d",
+                                 connections, number + 1, name, result["rps"], result["p99_ms"],
+                                 result["errors"])
+        finally:
+            for sampler in samplers.values():
+                sampler.__exit__(None)
+    finally:
+        for server in servers.values():
+            server.stop()
+    load_after = load_average()
+    return _document(plan, workers, model, samples, rounds, samplers, load_before, load_after,
+                     body)
+
+
+def _document(plan: dict[str, Any], workers: int, model: BenchModel, samples: dict[str, Any],
+              rounds: dict[str, dict[int, list[dict[str, Any]]]],
+              samplers: dict[str, RssSampler], load_before: list[float],
+              load_after: list[float], body: bytes) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, by_c in rounds.items():
+        results[name] = {"server": samples[name], "memory": samplers[name].result(),
+                         "by_concurrency": {}}
+        for connections, runs in by_c.items():
+            results[name]["by_concurrency"][str(connections)] = {
+                "rps": summarize([r["rps"] for r in runs], 1),
+                **{f"p{p}_ms": summarize([r[f"p{p}_ms"] for r in runs], 2) for p in (50, 95, 99)},
+                "errors": sum(r["errors"] for r in runs),
+                "requests": sum(r["requests"] for r in runs),
+                "runs": runs,
+            }
+    comparison = {}
+    for connections in plan["concurrencies"]:
+        key = str(connections)
+        ours = results["api"]["by_concurrency"][key]
+        theirs = results["mlflow"]["by_concurrency"][key]
+        ceiling = results["constant"]["by_concurrency"][key]
+        comparison[key] = {
+            "rps_ratio_vs_mlflow": ratio(ours["rps"]["median"], theirs["rps"]["median"]),
+            "p99_mlflow_over_api": ratio(theirs["p99_ms"]["median"], ours["p99_ms"]["median"]),
+            "p50_mlflow_over_api": ratio(theirs["p50_ms"]["median"], ours["p50_ms"]["median"]),
+            "rps_share_of_constant": ratio(ours["rps"]["median"], ceiling["rps"]["median"]),
+            "goal_rps_3x": meets(ratio(ours["rps"]["median"], theirs["rps"]["median"]), 3.0),
+            "goal_p99_third": meets(ratio(theirs["p99_ms"]["median"],
+                                           ours["p99_ms"]["median"]), 3.0),
+        }
+    return {
+        "benchmark": "online",
+        "plan": {**plan, "workers": workers, "load_generator": "wrk (closed loop, keep-alive)",
+                 "order": "per concurrency, per round: " + " -> ".join(rounds),
+                 "body": body.decode()},
+        "model": model.__dict__,
+        "load_average_before": load_before, "load_average_after": load_after,
+        "servers": {"api": "python -m api (gunicorn gthread, Flask, onnxruntime)",
+                    "mlflow": "mlflow models serve --env-manager local (uvicorn, FastAPI, "
+                              "pyfunc sklearn)",
+                    "constant": "bench.constant_app under gunicorn gthread (same threads)"},
+        "results": results,
+        "comparison": comparison,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.online``: train or reuse the model, measure, write online.json."""
+    parser = argparse.ArgumentParser(prog="python -m bench.online", description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging()
+    started = time.perf_counter()
+    with Workspace(args.workdir) as ws:
+        model = ws.prepare_model(args.family)
+        document = run(ws, model, args.quick, args.workers)
+    document.update(machine=machine_info(), quick=args.quick,
+                    elapsed_s=round(time.perf_counter() - started, 1))
+    path = write_json(output_dir(args) / "online.json", document)
+    log.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""A throwaway world for one benchmark run: registry, MLflow store, one model, servers.
+
+The registry is a private embedded server on a free port with its files in the
+workspace, MLflow a SQLite store beside it; nothing touches the project's ``.registry``
+or ``mlruns``. The model is a real candidate run (``quick_candidate_run``) published
+and activated through the real bridge, so every server benchmarks the same run.
+Giving ``--workdir`` keeps the workspace and reuses its model on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.common import ROOT, Server, free_port, venv_env
+from conf.settings import EmbeddedSettings, Settings, load_settings
+
+log = logging.getLogger("bench")
+
+SHARED_DATA = ROOT.parent / "shared" / "data" / "vertebral_column" / "column_3C_weka.csv"
+EXPERIMENT = "bench"
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """One published candidate: its MLflow run and URIs, and its registry version."""
+
+    run_id: str
+    family: str
+    sklearn_uri: str
+    onnx_uri: str
+    version: int
+    onnx_bytes: int
+
+
+def data_path() -> Path | None:
+    """VERTEBRAL_DATA, else the shared copy beside the repository, else None (download)."""
+    given = os.environ.get("VERTEBRAL_DATA")
+    if given:
+        return Path(given)
+    return SHARED_DATA if SHARED_DATA.is_file() else None
+
+
+class Workspace:
+    """Temp dir + embedded registry + MLflow store + settings; a context manager."""
+
+    def __init__(self, workdir: Path | None = None):
+        self.keep = workdir is not None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="bench-")).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.embedded = EmbeddedSettings(port=free_port(), data_dir=self.dir / "registry")
+        self.admin_token = secrets.token_hex(16)
+        self.settings: Settings | None = None
+        self.store: Any = None
+        self._client: Any = None
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def __enter__(self) -> "Workspace":
+        from registry_bridge import database
+        from registry_bridge.store import ModelStore
+
+        database.start_embedded(self.embedded)
+        env = {"MONGODB_URI": database.embedded_uri(self.embedded), "REGISTRY_DB": "bench",
+               "MLFLOW_TRACKING_URI": f"sqlite:///{self.dir / 'mlflow' / 'mlflow.db'}",
+               "OUTPUT_DIR": str(self.dir / "outputs")}
+        data = data_path()
+        if data is not None:
+            env["VERTEBRAL_DATA"] = str(data)
+        (self.dir / "mlflow").mkdir(exist_ok=True)
+        loaded = load_settings(env=env)
+        self.settings = replace(loaded, mlflow=replace(
+            loaded.mlflow, artifact_root=self.dir / "mlflow" / "artifacts", experiment=EXPERIMENT))
+        self._client = database.connect(self.settings.registry)
+        self.store = ModelStore(self._client, self.settings)
+        log.info("workspace %s (registry %s)", self.dir, env["MONGODB_URI"])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from registry_bridge import database
+
+        if self._client is not None:
+            self._client.close()
+        database.stop_embedded(self.embedded)
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- the model -----------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        assert self.settings is not None
+        return self.settings.api.model_name
+
+    def prepare_model(self, family: str = "logistic_regression") -> BenchModel:
+        """Train (or reuse) one candidate run, publish it and make it the active version."""
+        cache = self.dir / f"model-{family}.json"
+        run_id = json.loads(cache.read_text())["run_id"] if cache.exists() else None
+        if run_id is None:
+            from pipelines.candidate import quick_candidate_run
+
+            log.info("training a %s candidate run", family)
+            run_id = quick_candidate_run(self.settings, family=family, experiment=EXPERIMENT)
+            cache.write_text(json.dumps({"run_id": run_id}))
+        model = self.publish(run_id)
+        self.store.set_active_version(self.model_name, model.version, by="bench",
+                                      reason="benchmark model")
+        return model
+
+    def publish(self, run_id: str, new_version: bool = False) -> BenchModel:
+        """Publish a candidate run (idempotent unless ``new_version``)."""
+        from mlflow.tracking import MlflowClient
+
+        from registry_bridge.publish import publish_run
+
+        result = publish_run(self.store, self.settings, run_id, new_version=new_version,
+                             by="bench")
+        tags = MlflowClient(self.settings.mlflow.tracking_uri).get_run(run_id).data.tags
+        version = result.version
+        return BenchModel(run_id, tags["model_family"], tags["sklearn_model_uri"],
+                          tags["onnx_model_uri"], version.version, version.size_bytes)
+
+    def large_model_run(self, rows: int, trees: int, seed: int = 7) -> str:
+        """A random-forest candidate run whose ONNX is large (size grows with ``rows * trees``).
+
+        Fitted on ``rows`` rows resampled from the training split with 5 % noise and 20 %
+        of the labels shuffled, so the trees grow deep; evaluated, converted, checked for
+        ONNX parity and logged like any candidate (``log_candidate``).
+        """
+        cache = self.dir / f"model-large-{rows}-{trees}.json"
+        if cache.exists():
+            return json.loads(cache.read_text())["run_id"]
+        from pipelines.candidate import log_candidate, split_dataset
+        from pipelines.data import load_dataset
+        from pipelines.families import build_pipeline
+        from pipelines.tracking import ensure_experiment
+
+        settings = self.settings
+        dataset = load_dataset(settings.data)
+        split = split_dataset(dataset, settings.training.test_size, settings.training.seed)
+        rng = np.random.default_rng(seed)
+        pick = rng.integers(0, len(split.x_train), rows)
+        spread = split.x_train.std().to_numpy()
+        x = split.x_train.iloc[pick].to_numpy() + rng.normal(0, 1, (rows, spread.size)) * spread * 0.05
+        y = split.y_train.iloc[pick].to_numpy().copy()
+        shuffled = rng.random(rows) < 0.2
+        y[shuffled] = rng.choice(np.unique(y), int(shuffled.sum()))
+        params = {"rf_n_estimators": trees, "rf_max_depth": None, "rf_min_samples_leaf": 1,
+                  "rf_max_features": 0.5}
+        log.info("training a large random forest (%d trees on %d resampled rows)", trees, rows)
+        pipeline = build_pipeline("random_forest", params, settings.training.seed)
+        pipeline.fit(pd.DataFrame(x, columns=split.x_train.columns), y)
+        experiment_id = ensure_experiment(settings.mlflow, EXPERIMENT)
+        run_id = log_candidate(pipeline, "random_forest", {**params, "bench_rows": rows}, split,
+                               dataset, experiment_id=experiment_id)
+        cache.write_text(json.dumps({"run_id": run_id}))
+        return run_id
+
+    # --- servers -------------------------------------------------------------------------
+
+    def api_server(self, workers: int, name: str = "api") -> Server:
+        """This project's API (``python -m api``) on a free port, serving the workspace's registry."""
+        from registry_bridge import database
+
+        port = free_port()
+        env = venv_env({
+            "MONGODB_URI": database.embedded_uri(self.embedded), "REGISTRY_DB": "bench",
+            "MODEL_NAME": self.model_name, "API_HOST": "127.0.0.1", "API_PORT": str(port),
+            "API_WORKERS": str(workers), "API_ADMIN_TOKEN": self.admin_token,
+            "OUTPUT_DIR": str(self.dir / "outputs"),
+            "MLFLOW_TRACKING_URI": self.settings.mlflow.tracking_uri})
+        return Server(name, [sys.executable, "-m", "api"], port, self.dir / "logs" / f"{name}.log",
+                      env)
+
+    def mlflow_server(self, model: BenchModel, workers: int) -> Server:
+        """``mlflow models serve`` of the run's sklearn model, local environment, same workers."""
+        port = free_port()
+        command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve",
+                   "-m", model.sklearn_uri, "--env-manager", "local", "-w", str(workers),
+                   "-h", "127.0.0.1", "-p", str(port)]
+        return Server("mlflow", command, port, self.dir / "logs" / "mlflow-serve.log",
+                      self.mlflow_env())
+
+    def mlflow_env(self) -> dict[str, str]:
+        """Environment for the mlflow CLI: the workspace's tracking store, venv on PATH."""
+        return venv_env({"MLFLOW_TRACKING_URI": self.settings.mlflow.tracking_uri,
+                         # progress bars would flood the logs
+                         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+
+    def constant_server(self, workers: int) -> Server:
+        """The ceiling: a constant answer on the API's HTTP stack (gunicorn gthread, same threads)."""
+        from api.__main__ import THREADS_PER_WORKER
+
+        port = free_port()
+        command = [str(Path(sys.executable).with_name("gunicorn")), "--workers", str(workers),
+                   "--worker-class", "gthread", "--threads", str(THREADS_PER_WORKER),
+                   "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+                   "bench.constant_app:app"]
+        return Server("constant", command, port, self.dir / "logs" / "constant.log", venv_env())

@@ -1,0 +1,185 @@
+"""Tests of the benchmark harness: the quick run end to end, and the helpers it relies on.
+
+No speed is asserted (the machine is shared); what is checked is that every number the
+README table shows is present, measured and self-consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import common, report
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "vertebral_column" / "column_3C_weka.csv"
+
+
+def test_summarize_gives_median_range_and_spread():
+    """Check that summarize reports the median, extremes and relative spread of the rounds."""
+    stats = common.summarize([10.0, 30.0, 20.0])
+    assert stats["median"] == 20.0 and stats["min"] == 10.0 and stats["max"] == 30.0
+    assert stats["spread"] == 1.0
+    assert stats["rounds"] == [10.0, 30.0, 20.0]
+    assert common.summarize([])["median"] is None
+    assert common.summarize([None, 4.0])["median"] == 4.0
+
+
+@pytest.mark.parametrize("numerator, denominator, expected", [
+    (6.0, 2.0, 3.0), (1.0, 3.0, 0.33), (None, 2.0, None), (2.0, 0.0, None), (-1.0, 2.0, None)])
+def test_ratio_is_none_when_not_measurable(numerator, denominator, expected):
+    """Check that a ratio with a missing or non-positive side is None, not a number."""
+    assert common.ratio(numerator, denominator) == expected
+
+
+def test_memory_of_a_child_process_is_measured():
+    """Check that run_measured's kernel peak and the sampler both see a 80 MB allocation."""
+    script = "import time; block = bytearray(80_000_000); time.sleep(0.4)"
+    result = common.run_measured([sys.executable, "-c", script],
+                                 Path(os.environ.get("TMPDIR", "/tmp")) / "bench-test-child.log")
+    assert result["peak_rss_mb"] >= 80
+    assert result["peak_rss_total_mb"] >= 80 and result["rss_samples"] >= 2
+    assert 0.3 < result["wall_s"] < 30
+
+
+def test_process_tree_follows_children():
+    """Check that the RSS of a process tree includes a child's memory."""
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               "'import time; b = bytearray(60_000_000); time.sleep(3)'])"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(common.process_tree(parent.pid)) < 2:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert len(common.process_tree(parent.pid)) == 2
+        assert common.tree_rss_mb(parent.pid) >= 60
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_failed_command_names_its_log(tmp_path):
+    """Check that a failing measured command raises with its exit code and log path."""
+    log_path = tmp_path / "fail.log"
+    with pytest.raises(RuntimeError, match=r"exited with 3; see .*fail\.log"):
+        common.run_measured([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+                            log_path)
+    assert "boom" in log_path.read_text()
+
+
+# --- the quick run, end to end ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``python -m bench --quick`` run (about two minutes): its JSON and table."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (.ci/run installs it)")
+    data = Path(os.environ.get("VERTEBRAL_DATA") or SHARED_DATA)
+    if not data.is_file():
+        pytest.skip(f"no data set: set VERTEBRAL_DATA (looked at {data})")
+    out = tmp_path_factory.mktemp("bench-quick")
+    env = {**os.environ, "VERTEBRAL_DATA": str(data)}
+    env.pop("MONGODB_URI", None)  # the harness runs its own private registry
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    docs = {name: json.loads((out / f"{name}.json").read_text())
+            for name in ("online", "batch", "activation")}
+    return {"docs": docs, "table": (out / "README-table.md").read_text(), "out": out}
+
+
+def _stat_ok(stat: dict[str, Any]) -> bool:
+    return (stat["median"] is not None and stat["min"] <= stat["median"] <= stat["max"]
+            and stat["spread"] is not None and stat["spread"] >= 0)
+
+
+@pytest.mark.slow
+def test_quick_online_results_are_complete(quick_results):
+    """Check that every server has throughput, ordered percentiles and no errors per concurrency."""
+    doc = quick_results["docs"]["online"]
+    plan = doc["plan"]
+    assert plan["rounds"] >= 3
+    for name in ("api", "mlflow", "constant"):
+        server = doc["results"][name]
+        assert server["server"]["rss_idle_mb"] > 0
+        for connections in plan["concurrencies"]:
+            row = server["by_concurrency"][str(connections)]
+            assert len(row["runs"]) == plan["rounds"]
+            assert row["errors"] == 0, (name, row["runs"])
+            assert row["requests"] > 0
+            for key in ("rps", "p50_ms", "p95_ms", "p99_ms"):
+                assert _stat_ok(row[key]), (name, key, row[key])
+            assert row["p50_ms"]["median"] <= row["p95_ms"]["median"] <= row["p99_ms"]["median"]
+    for comparison in doc["comparison"].values():
+        assert comparison["rps_ratio_vs_mlflow"] > 0 and comparison["p99_mlflow_over_api"] > 0
+        assert isinstance(comparison["goal_rps_3x"], bool)
+    assert json.loads(doc["results"]["api"]["server"]["answer"])["predictions"]
+
+
+@pytest.mark.slow
+def test_quick_batch_results_are_complete(quick_results):
+    """Check that every way scored every row and reported time and memory."""
+    doc = quick_results["docs"]["batch"]
+    for rows, entry in doc["by_rows"].items():
+        api = entry["api"]
+        assert api["rows_out"] == [int(rows)] * doc["plan"]["rounds"]
+        assert _stat_ok(api["wall_s"]) and api["rows_per_s"] > 0
+        assert api["peak_pss_total_mb"]["max"] > 0 and api["peak_rss_process_mb"]["max"] > 0
+        assert entry["mlflow_predict"]["wall_s"]["median"] > 0
+        assert entry["mlflow_predict"]["peak_rss_mb"]["max"] > 0
+        assert entry["inprocess"]["score_s"]["median"] > 0
+        assert all(run["rows"] == int(rows) for run in entry["inprocess"]["runs"])
+        assert entry["comparison"]["speedup_vs_mlflow"] > 0
+        assert entry["comparison"]["share_of_inprocess_limit"] > 0
+    assert isinstance(doc["goal_api_peak_under_300mb"], bool)
+    assert all(mb > 0 for mb in doc["api_process_peak_rss_mb"])
+
+
+@pytest.mark.slow
+def test_quick_activation_switches_cleanly(quick_results):
+    """Check that each cold switch reached every worker with no error and no stale answer."""
+    doc = quick_results["docs"]["activation"]
+    workers = doc["plan"]["workers"]
+    models = doc["models"]
+    assert models["large"]["onnx_mb"] > models["demo"]["onnx_mb"]
+    for kind, entry in models.items():
+        assert entry["errors"] == 0 and entry["old_version_after_ack"] == 0, entry["runs"]
+        for run in entry["runs"]:
+            assert run["workers_seen_new"] >= workers
+            assert 0 < run["acknowledged_s"] and run["all_workers_s"] >= run["first_new_prediction_s"]
+        versions = [run["version"] for run in entry["runs"]]
+        assert len(set(versions)) == len(versions)  # every switch was to a fresh version
+
+
+@pytest.mark.slow
+def test_quick_results_record_machine_and_load(quick_results):
+    """Check that each result says which machine, libraries and load it was measured under."""
+    for doc in quick_results["docs"].values():
+        machine = doc["machine"]
+        assert machine["cores"] >= 1 and machine["python"].count(".") == 2
+        assert {"mlflow", "onnxruntime", "flask", "gunicorn"} <= set(machine["libraries"])
+        assert len(doc["load_average_before"]) == 3 and len(doc["load_average_after"]) == 3
+        assert doc["quick"] is True
+
+
+@pytest.mark.slow
+def test_quick_table_shows_the_run(quick_results):
+    """Check that the markdown table is rendered from this run's numbers."""
+    table = quick_results["table"]
+    docs = quick_results["docs"]
+    assert table.startswith(report.render(docs, docs["online"]["command"].strip()))
+    assert "`mlflow models serve`" in table and "`mlflow models predict`" in table
+    assert docs["online"]["machine"]["date_utc"] in table
+    rps = docs["online"]["results"]["api"]["by_concurrency"]
+    first = rps[next(iter(rps))]["rps"]["median"]
+    assert report._num(first) in table
+    assert "### Goals" in table
