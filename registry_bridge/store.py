@@ -525,7 +525,26 @@ class ModelStore:
                             "length": doc.get("length")})
             if not dry_run:
                 self._delete_file(doc["_id"], doc.get("filename") or str(doc["_id"]))
+        orphans += self._collect_orphan_chunks(dry_run, cutoff)
         return orphans
+
+    def _collect_orphan_chunks(self, dry_run: bool, cutoff: float) -> list[dict[str, Any]]:
+        """Chunks whose files document never came: GridFS writes it last, so an upload
+        killed in between leaves them (the embedded server cannot list such chunks)."""
+        chunks = self.db[f"{self.settings.bucket}.chunks"]
+        found: list[dict[str, Any]] = []
+        for files_id in {doc.get("files_id") for doc in chunks.find({}, {"files_id": 1})}:
+            if not isinstance(files_id, ObjectId) or files_id.generation_time.timestamp() > cutoff:
+                continue
+            if self.files.find_one({"_id": files_id}, {"_id": 1}) is not None:
+                continue  # a file (kept or removed above through GridFS)
+            size = sum(len(c.get("data") or b"") for c in
+                       chunks.find({"files_id": files_id}, {"data": 1}))
+            found.append({"file_id": str(files_id), "filename": "(chunks of an unfinished upload)",
+                          "length": size})
+            if not dry_run:
+                chunks.delete_many({"files_id": files_id})
+        return found
 
     # --- helpers ---------------------------------------------------------------------
 
