@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,6 +51,11 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by area (the issue's points 1-6), each area's rows in the order recorded."""
+    return sorted(rows, key=lambda row: row["area"])
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Write the figures of this session (nothing when no reliability test ran)."""
     if not _FIGURES:
@@ -59,7 +63,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     SUMMARY.write_text(json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                 time.gmtime()),
-                                   "exit_status": int(exitstatus), "figures": _FIGURES},
+                                   "exit_status": int(exitstatus), "figures": ordered(_FIGURES)},
                                   indent=2, default=str) + "\n")
 
 
@@ -68,6 +72,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if not _FIGURES:
         return
     terminalreporter.section("reliability figures")
-    for line in table(_FIGURES):
+    for line in table(ordered(_FIGURES)):
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"(written to {SUMMARY.relative_to(ROOT)})")

@@ -14,7 +14,7 @@ from conftest import throwaway_settings
 from registry_bridge import database
 from registry_bridge.store import ModelStore
 from reliability.load import (Load, activate, distinguishing_rows, expected_probabilities,
-                              mismatches, run_for)
+                              mismatches, percentiles, run_for)
 from servers import ApiServer, PrivateDatabase
 
 AREA = "2 database outage"
@@ -115,6 +115,8 @@ def test_outage_serves_stale_then_recovers_and_refuses_activation(tmp_path, figu
     figure("requests served (8 clients, ~20 s, 10 s outage)", len(answers))
     figure("failed requests", len(failed), "= 0")
     figure("answers while down (all marked stale)", len(during))
+    for name, value in percentiles([a.ended - a.started for a in during]).items():
+        figure(f"latency {name} while down (ms)", value)
     figure("/ready 503 after the kill (s)", (down - killed) if down else "never", "<= 2")
     figure("/ready 200 after the restart command (s)",
            (back - restarting) if back else "never", "<= 5")

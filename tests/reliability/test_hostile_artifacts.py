@@ -126,8 +126,8 @@ def test_a_pickle_stored_as_a_version_is_never_executed(published, tmp_path, fig
     with ApiServer(published.settings, tmp_path).start(wait_for="/health") as fresh:
         cold = requests.post(fresh.url("/predict"), json=record(published.inputs[0]), timeout=30)
         log += fresh.log()
-    attempts["API serving (warm)"] = answer.status_code
-    attempts["API serving (cold start)"] = cold.status_code
+    attempts["API serving (worker with v1 loaded: keeps v1, stale)"] = answer.status_code
+    attempts["API serving (fresh start)"] = cold.status_code
     figure("pickle version: answers (activate, verify, serve)",
            ", ".join(f"{k} {v}" for k, v in attempts.items()), "409 / 503")
     figure("pickle payload executed", marker.exists(), "False")
