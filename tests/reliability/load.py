@@ -167,14 +167,17 @@ def mismatches(answers: list[Answer], expected: dict[int, np.ndarray],
 
 def stale_after_activation(answers: list[Answer], activations: list[Activation]) -> list[str]:
     """Answers that began after an activation returned (and before the next one started)
-    yet were served by another version."""
+    yet were served by another version without being marked stale.
+
+    (A worker whose pointer read took longer than its check timeout serves the version
+    it has, marked ``X-Model-Stale``, for a back-off second: the client is told.)"""
     done = sorted((a for a in activations if a.status == 200), key=lambda a: a.started)
     found = []
     for current, following in zip(done, done[1:] + [None]):
         until = following.started if following else float("inf")
         for answer in answers:
-            if (answer.status == 200 and current.ended < answer.started and answer.ended < until
-                    and answer.version != current.target):
+            if (answer.status == 200 and not answer.stale and current.ended < answer.started
+                    and answer.ended < until and answer.version != current.target):
                 found.append(f"request at {answer.started:.3f} served v{answer.version} after "
                              f"v{current.target} was activated at {current.ended:.3f}")
     return found
