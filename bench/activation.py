@@ -2,8 +2,9 @@
 
 ``python -m bench.activation [--quick] [--workers N] [--out DIR]``
 
-The API runs with N workers while a few client threads keep sending ``/predict``, each
-on a new connection so the kernel spreads them over the workers. Every round publishes
+The API runs with N workers while a few client threads keep sending ``/predict`` (each
+on a new connection so the kernel spreads them over the workers, pausing 10 ms between
+requests: steady traffic, not saturation). Every round publishes
 a fresh version (never loaded by any worker, so each switch is cold) of the demo model
 and of a ~30 MB random forest, then activates it and records, from the moment the
 activation request is sent: when it was acknowledged, the first prediction answered by
@@ -33,6 +34,9 @@ log = logging.getLogger("bench")
 FULL = {"rounds": 3, "large_rows": 40_000, "large_trees": 58, "pollers": 4}
 QUICK = {"rounds": 2, "large_rows": 4_000, "large_trees": 3, "pollers": 4}
 SWITCH_TIMEOUT_S = 30.0
+# Each client pauses this long between requests: steady traffic (~100 req/s per client),
+# not a saturating load that would measure the machine's queue instead of the switch.
+POLL_PAUSE_S = 0.01
 
 
 class Poller:
@@ -68,6 +72,7 @@ class Poller:
                 status, version, pid = 0, None, None
             with self._lock:
                 self.records.append((sent, time.perf_counter(), status, version, pid))
+            self._stop.wait(POLL_PAUSE_S)
 
     def start(self) -> "Poller":
         for thread in self._threads:
@@ -142,6 +147,24 @@ def measure_switch(server: Server, token: str, name: str, version: int, body: by
     }
 
 
+def load_cost(ws: Workspace, version: int, rounds: int = 3) -> dict[str, Any]:
+    """What one process pays to load a version, in this process: GridFS read (sha256-checked)
+    and onnxruntime session build with the API's options (median of ``rounds``)."""
+    from api.runtime import load_model
+
+    meta = ws.store.get_model_version(ws.model_name, version)
+    reads, sessions = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        data = ws.store.read_artifact(meta)
+        reads.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        load_model(meta.name, meta.version, meta.run_id, meta.classes, meta.input_schema, data,
+                   meta.sha256, onnx_io=meta.onnx_io)
+        sessions.append(time.perf_counter() - started)
+    return {"read_artifact_s": summarize(reads), "build_session_s": summarize(sessions)}
+
+
 def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
         plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """Publish and activate cold versions of the demo and the large model; the result document."""
@@ -151,6 +174,7 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
     body = request_body(ws.settings)
     runs: dict[str, list[dict[str, Any]]] = {"large": [], "demo": []}
     sizes: dict[str, int] = {}
+    versions: dict[str, int] = {}
     server = ws.api_server(workers, name="api-activation").start()
     try:
         server.wait_ready("/ready", timeout_s=120)
@@ -158,6 +182,7 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
             for kind, run_id in (("large", large_run), ("demo", model.run_id)):
                 fresh = ws.publish(run_id, new_version=True)
                 sizes[kind] = fresh.onnx_bytes
+                versions[kind] = fresh.version
                 result = measure_switch(server, ws.admin_token, ws.model_name, fresh.version,
                                         body, plan["pollers"], workers)
                 runs[kind].append(result)
@@ -168,12 +193,16 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
                          result["errors"])
     finally:
         server.stop()
+    # Measured after the switches, with the API stopped, so it does not disturb them.
+    costs = {kind: load_cost(ws, version) for kind, version in versions.items()}
     load_after = load_average()
     models = {}
     for kind, results in runs.items():
         visible = summarize([r["all_workers_s"] for r in results])
         models[kind] = {
-            "onnx_mb": round(sizes[kind] / 1e6, 2),
+            "onnx_mb": round(sizes[kind] / 1e6, 4),
+            "onnx_bytes": sizes[kind],
+            "load_cost_one_process": costs[kind],
             "acknowledged_s": summarize([r["acknowledged_s"] for r in results]),
             "first_new_prediction_s": summarize([r["first_new_prediction_s"] for r in results]),
             "all_workers_s": visible,
@@ -185,7 +214,7 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
         }
     return {
         "benchmark": "activation",
-        "plan": {**plan, "workers": workers,
+        "plan": {**plan, "workers": workers, "poll_pause_s": POLL_PAUSE_S,
                  "large_model": f"random forest, {plan['large_trees']} trees fitted on "
                                 f"{plan['large_rows']} resampled rows (run {large_run})",
                  "demo_model": f"{model.family} (run {model.run_id})"},

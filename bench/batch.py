@@ -198,7 +198,8 @@ def _document(plan: dict[str, Any], workers: int, model: BenchModel, files: dict
             },
         }
     largest = str(max(files))
-    api_peak = by_size[largest]["api"]["peak_pss_total_mb"]["max"]
+    # "The server process for the API": the worker that ran the batch (its peak RSS).
+    api_peak = by_size[largest]["api"]["peak_rss_process_mb"]["max"]
     return {
         "benchmark": "batch",
         "plan": {**plan, "workers": workers, "noise": NOISE, "seed": SEED,

@@ -116,7 +116,8 @@ class RssSampler:
     processes, e.g. libraries, counted in each, so it over-states the cost),
     ``peak_pss_total_mb`` the largest PSS sum (shared pages split: what the tree really
     holds), ``peak_rss_process_mb`` the largest single process (e.g. the worker running
-    a batch).
+    a batch), ``peak_hwm_mb`` the largest kernel high-water mark (VmHWM) of any process
+    of the tree: exact between samples, but it includes the process's earlier history.
     """
 
     def __init__(self, pid: int, interval_s: float = 0.05):
@@ -125,6 +126,7 @@ class RssSampler:
         self.peak_total_kb = 0
         self.peak_process_kb = 0
         self.peak_pss_kb = 0
+        self.peak_hwm_kb = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
@@ -135,6 +137,7 @@ class RssSampler:
         if sizes:
             self.peak_total_kb = max(self.peak_total_kb, sum(sizes))
             self.peak_pss_kb = max(self.peak_pss_kb, sum(pss_kb(p) for p in tree))
+            self.peak_hwm_kb = max(self.peak_hwm_kb, max(peak_rss_kb(p) for p in tree))
             self.peak_process_kb = max(self.peak_process_kb, max(sizes))
             self.samples += 1
 
@@ -158,6 +161,7 @@ class RssSampler:
         return {"peak_rss_total_mb": round(self.peak_total_kb * 1024 / 1e6, 1),
                 "peak_pss_total_mb": round(self.peak_pss_kb * 1024 / 1e6, 1),
                 "peak_rss_process_mb": round(self.peak_process_kb * 1024 / 1e6, 1),
+                "peak_hwm_mb": round(self.peak_hwm_kb * 1024 / 1e6, 1),
                 "rss_samples": self.samples}
 
 
@@ -254,10 +258,11 @@ class Server:
 
 def run_measured(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
                  timeout_s: float = 600.0) -> dict[str, Any]:
-    """Run a command to completion; wall time, exit code and peak RSS (kernel's and sampled).
+    """Run a command to completion; wall time and peak memory.
 
-    ``peak_rss_mb`` comes from ``wait4``'s ``ru_maxrss`` (the largest of the process and
-    its waited-for descendants), exact even between samples.
+    ``peak_rss_mb`` is the largest kernel high-water mark (VmHWM) of the process and its
+    descendants, read until the last sample before exit (``wait4``'s ``ru_maxrss`` is no
+    use here: a child inherits its parent's peak at fork, and this parent is large).
 
     Raises:
         RuntimeError: non-zero exit (names the log) or timeout.
@@ -272,7 +277,7 @@ def run_measured(command: Sequence[str], log_path: Path, env: Mapping[str, str] 
         with sampler:
             deadline = time.monotonic() + timeout_s
             while True:
-                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                pid, status = os.waitpid(process.pid, os.WNOHANG)
                 if pid:
                     break
                 if time.monotonic() > deadline:
@@ -285,8 +290,8 @@ def run_measured(command: Sequence[str], log_path: Path, env: Mapping[str, str] 
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"{' '.join(command[:4])}... exited with {process.returncode}; "
                            f"see {log_path}:\n{tail}")
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1),
-            **sampler.result()}
+    measured = sampler.result()
+    return {"wall_s": round(wall, 3), "peak_rss_mb": measured["peak_hwm_mb"], **measured}
 
 
 # --- machine, load, statistics, results ----------------------------------------------

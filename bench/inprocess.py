@@ -9,6 +9,7 @@ The output has the API's columns (inputs, ``prediction``, ``probability``,
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import time
@@ -16,42 +17,55 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pa_compute
 import pyarrow.csv as pa_csv
 
 from api.runtime import load_model
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 4 << 20
 
 
 def score_file(model: Any, source: Path, target: Path) -> int:
-    """Score every row of ``source`` into ``target``; returns the row count."""
-    features = list(model.schema.features)
-    reader = pa_csv.open_csv(source, read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES))
+    """Score every row of ``source`` into ``target``; returns the row count.
+
+    The same data flow as the API's batch at its leanest: cells read as Arrow text, the
+    features cast to numbers in Arrow, labels mapped to columns by hashing, the output
+    assembled and written by Arrow; no validation, no temporary file, no HTTP.
+    """
+    with open(source, encoding="utf-8-sig", newline="") as handle:
+        names = next(csv.reader(handle))
+    keys = [f"c{i}" for i in range(len(names))]
+    reader = pa_csv.open_csv(source, read_options=pa_csv.ReadOptions(
+        column_names=keys, skip_rows=1, block_size=BLOCK_BYTES, use_threads=False),
+        convert_options=pa_csv.ConvertOptions(column_types={k: pa.string() for k in keys}))
+    position = {name: i for i, name in enumerate(names)}
+    lookup = model.column_of
     rows = 0
     writer = None
-    column_of = model.column_of
     try:
         for batch in reader:
-            matrix = np.column_stack([batch.column(name).to_numpy(zero_copy_only=False)
-                                      for name in features]).astype(np.float32)
+            matrix = np.column_stack([
+                pa_compute.cast(batch.column(position[name]), pa.float32()).to_numpy()
+                for name in model.schema.features])
             scored = model.predict(matrix)
-            labels = np.asarray(scored.labels, dtype=object)
-            chosen = np.fromiter((column_of[label] for label in scored.labels), dtype=np.intp,
-                                 count=len(labels))
-            probabilities = scored.probabilities.astype(np.float32)
-            columns = {name: batch.column(name) for name in batch.schema.names}
-            columns["prediction"] = pa.array(labels, type=pa.string())
+            codes, found = pd.factorize(np.asarray(scored.labels, dtype=object))
+            chosen = np.array([lookup[label] for label in found], dtype=np.intp)[codes]
+            probabilities = scored.probabilities.astype(np.float32, copy=False)
+            columns = dict(zip(names, batch.columns))
+            columns["prediction"] = pa.array(scored.labels, type=pa.string())
             columns["probability"] = pa.array(probabilities[np.arange(len(chosen)), chosen])
             for index, name in enumerate(model.classes):
                 columns[f"prob_{name}"] = pa.array(probabilities[:, index])
-            columns["model_version"] = pa.array(np.full(len(labels), model.version))
+            columns["model_version"] = pa.array(np.full(len(chosen), model.version,
+                                                        dtype=np.int64))
             table = pa.table(columns)
             if writer is None:
-                writer = pa_csv.CSVWriter(str(target), table.schema, write_options=pa_csv.WriteOptions(
-                    quoting_style="needed"))
+                writer = pa_csv.CSVWriter(str(target), table.schema,
+                                          write_options=pa_csv.WriteOptions(quoting_style="needed"))
             writer.write_table(table)
-            rows += len(labels)
+            rows += len(chosen)
     finally:
         if writer is not None:
             writer.close()
