@@ -13,7 +13,9 @@ socket errors, timeouts) and the spread of the rounds; ratios are against MLflow
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import statistics
 import logging
 import shutil
 import subprocess
@@ -97,6 +99,32 @@ def _post(url: str, body: bytes) -> tuple[int, bytes]:
         return answer.status, answer.read()
 
 
+def sequential_latency_ms(port: int, path: str, body: bytes, requests: int = 30
+                          ) -> dict[str, float]:
+    """Median latency of one client's requests, on one kept-alive connection vs a new one each.
+
+    Context for the one-client row: a server can stall kept-alive connections (wrk keeps
+    them alive, as most clients do) while answering fresh ones quickly.
+    """
+    medians = {}
+    for mode in ("keep_alive", "new_connection"):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        times = []
+        for _ in range(requests):
+            if mode == "new_connection":
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            started = time.perf_counter()
+            connection.request("POST", path, body=body,
+                               headers={"Content-Type": "application/json"})
+            connection.getresponse().read()
+            times.append((time.perf_counter() - started) * 1000)
+            if mode == "new_connection":
+                connection.close()
+        connection.close()
+        medians[f"{mode}_ms"] = round(statistics.median(times[3:]), 2)
+    return medians
+
+
 def start_servers(ws: Workspace, model: BenchModel, workers: int) -> dict[str, Server]:
     """Start the three servers at once (MLflow takes longest) and wait until each is ready."""
     servers = {"mlflow": ws.mlflow_server(model, workers), "api": ws.api_server(workers),
@@ -134,6 +162,8 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
             samples[name] = {"url": url, "ready_s": server.ready_s, "answer": answer.decode()[:300],
                              "rss_idle_mb": tree_rss_mb(server.process.pid)}
             run_wrk(url, script, max(plan["concurrencies"]), 1)  # warm-up, not recorded
+            samples[name]["sequential_latency"] = sequential_latency_ms(
+                server.port, PATHS[name][0], body)
         rounds: dict[str, dict[int, list[dict[str, Any]]]] = {n: {} for n in servers}
         samplers = {n: RssSampler(s.process.pid, interval_s=0.2) for n, s in servers.items()}
         for sampler in samplers.values():

@@ -55,6 +55,13 @@ def online_lines(doc: Mapping[str, Any]) -> list[str]:
                          f"| {_num(row['p50_ms']['median'], 2)} | {_num(row['p95_ms']['median'], 2)} "
                          f"| {_num(row['p99_ms']['median'], 2)} | {row['errors']} "
                          f"| {_spread(row['rps'])} |")
+    sequential = {name: doc["results"][name]["server"].get("sequential_latency")
+                  for name in ("api", "mlflow", "constant")}
+    if all(sequential.values()):
+        lines += ["", "One client, requests in sequence (median ms): "
+                  + "; ".join(f"{SERVER_LABELS[n]} {v['keep_alive_ms']:.1f} on a kept-alive "
+                              f"connection, {v['new_connection_ms']:.1f} on a new connection each"
+                              for n, v in sequential.items()) + "."]
     lines += ["", "| clients | throughput vs MLflow | MLflow p99 / ours | share of the ceiling |",
               "| ---: | ---: | ---: | ---: |"]
     for connections, comparison in doc["comparison"].items():

@@ -114,6 +114,9 @@ def test_quick_online_results_are_complete(quick_results):
     for name in ("api", "mlflow", "constant"):
         server = doc["results"][name]
         assert server["server"]["rss_idle_mb"] > 0
+        assert set(server["server"]["sequential_latency"]) == {"keep_alive_ms",
+                                                                "new_connection_ms"}
+        assert all(ms > 0 for ms in server["server"]["sequential_latency"].values())
         for connections in plan["concurrencies"]:
             row = server["by_concurrency"][str(connections)]
             assert len(row["runs"]) == plan["rounds"]
