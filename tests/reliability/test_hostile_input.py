@@ -301,8 +301,9 @@ def test_fuzzing_from_the_openapi_spec_finds_no_5xx_and_no_spec_violation(server
                "--report", "junit", "--report-junit-path", str(report),
                "--generation-database", "none", "--request-timeout", "60",
                "--no-color", "--workers", "2", "--suppress-health-check", "all"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_BUDGET_S + 60,
-                            env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+    # cwd: schemathesis keeps a crash cache (.schemathesis/) where it runs.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_BUDGET_S,
+                            cwd=tmp_path, env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     output = result.stdout + result.stderr
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     (SUMMARY.parent / "schemathesis.log").write_text(output)
