@@ -69,6 +69,7 @@ class ApiServer:
                              f"{self.log()[-2000:]}")
 
     def url(self, path: str) -> str:
+        """The full URL of ``path`` on this server."""
         return self.base + path
 
     def log(self) -> str:
@@ -119,6 +120,7 @@ class PrivateDatabase:
         (self.embedded.data_dir / "nx-27017.pid").unlink(missing_ok=True)
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
         database.stop_embedded(self.embedded)
 
     def __enter__(self) -> "PrivateDatabase":

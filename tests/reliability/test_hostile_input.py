@@ -41,10 +41,9 @@ def server(mongo_client: Any, mongo_server: Any,
     tmp = tmp_path_factory.mktemp("hostile")
     db_name = f"test_{uuid.uuid4().hex[:12]}"
     settings = throwaway_settings(mongo_server.uri, db_name, tmp)
-    published = publish_candidates(ModelStore(mongo_client, settings), settings)
+    publish_candidates(ModelStore(mongo_client, settings), settings)
     api = ApiServer(settings, tmp, env={"API_ADMIN_TOKEN": TOKEN},
                     config={"api": {"max_upload_mb": UPLOAD_LIMIT_MB}})
-    api.published = published  # type: ignore[attr-defined]
     with api:
         yield api
     mongo_client.drop_database(db_name)
