@@ -39,18 +39,21 @@ SWITCH_TIMEOUT_S = 30.0
 POLL_PAUSE_S = 0.01
 
 
+Record = tuple[float, float, int, "int | None", "int | None", bool]  # sent, done, status, version, pid, stale
+
+
 class Poller:
     """Client threads sending ``/predict`` on fresh connections, recording who answered what."""
 
     def __init__(self, port: int, body: bytes, threads: int):
         self.port = port
         self.body = body
-        self.records: list[tuple[float, float, int, int | None, int | None]] = []
+        self.records: list[Record] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
 
-    def _one(self) -> tuple[int, int | None, int | None]:
+    def _one(self) -> tuple[int, int | None, int | None, bool]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             connection.request("POST", "/predict", body=self.body,
@@ -59,7 +62,9 @@ class Poller:
             answer.read()
             version = answer.getheader("X-Model-Version")
             pid = answer.getheader("X-Worker-Pid")
-            return answer.status, int(version) if version else None, int(pid) if pid else None
+            stale = answer.getheader("X-Model-Stale") == "true"
+            return (answer.status, int(version) if version else None, int(pid) if pid else None,
+                    stale)
         finally:
             connection.close()
 
@@ -67,11 +72,11 @@ class Poller:
         while not self._stop.is_set():
             sent = time.perf_counter()
             try:
-                status, version, pid = self._one()
+                status, version, pid, stale = self._one()
             except OSError:
-                status, version, pid = 0, None, None
+                status, version, pid, stale = 0, None, None, False
             with self._lock:
-                self.records.append((sent, time.perf_counter(), status, version, pid))
+                self.records.append((sent, time.perf_counter(), status, version, pid, stale))
             self._stop.wait(POLL_PAUSE_S)
 
     def start(self) -> "Poller":
@@ -84,7 +89,7 @@ class Poller:
         for thread in self._threads:
             thread.join(timeout=35)
 
-    def snapshot(self) -> list[tuple[float, float, int, int | None, int | None]]:
+    def snapshot(self) -> list[Record]:
         with self._lock:
             return list(self.records)
 
@@ -117,7 +122,7 @@ def measure_switch(server: Server, token: str, name: str, version: int, body: by
         acked = time.perf_counter()
         deadline = acked + SWITCH_TIMEOUT_S
         while time.perf_counter() < deadline:
-            fresh = {pid for _, _, status, v, pid in poller.snapshot()
+            fresh = {pid for _, _, status, v, pid, _ in poller.snapshot()
                      if status == 200 and v == version}
             if len(fresh) >= workers:
                 break
@@ -128,12 +133,13 @@ def measure_switch(server: Server, token: str, name: str, version: int, body: by
     records = [r for r in poller.snapshot() if r[1] >= sent]
     first_new: float | None = None
     first_by_pid: dict[int, float] = {}
-    for _, done, status, v, pid in sorted(records, key=lambda r: r[1]):
+    for _, done, status, v, pid, _ in sorted(records, key=lambda r: r[1]):
         if status == 200 and v == version:
             first_new = done if first_new is None else first_new
             if pid is not None and pid not in first_by_pid:
                 first_by_pid[pid] = done
     all_workers = max(first_by_pid.values()) if len(first_by_pid) >= workers else None
+    late = [r for r in records if r[0] > acked and r[2] == 200 and r[3] != version]
     return {
         "version": version,
         "acknowledged_s": round(acked - sent, 3),
@@ -142,8 +148,11 @@ def measure_switch(server: Server, token: str, name: str, version: int, body: by
         "workers_seen_new": len(first_by_pid),
         "requests": len(records),
         "errors": sum(1 for r in records if r[2] != 200),
-        "old_version_after_ack": sum(1 for r in records
-                                     if r[0] > acked and r[2] == 200 and r[3] != version),
+        "old_version_after_ack": len(late),
+        # The API serves its loaded version marked X-Model-Stale when the registry does not
+        # answer its pointer read in time: these are the late answers it flagged itself.
+        "old_version_after_ack_marked_stale": sum(1 for r in late if r[5]),
+        "stale_responses": sum(1 for r in records if r[5]),
     }
 
 
@@ -208,6 +217,9 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
             "all_workers_s": visible,
             "errors": sum(r["errors"] for r in results),
             "old_version_after_ack": sum(r["old_version_after_ack"] for r in results),
+            "old_version_after_ack_marked_stale": sum(r["old_version_after_ack_marked_stale"]
+                                                      for r in results),
+            "stale_responses": sum(r["stale_responses"] for r in results),
             "goal_visible_under_1s": None if visible["median"] is None
             else visible["median"] < 1.0,
             "runs": results,

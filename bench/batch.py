@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (RssSampler, add_common_arguments, configure_logging, load_average, meets,
-                          machine_info, output_dir, peak_rss_kb, process_tree, ratio,
+from bench.common import (RssSampler, add_common_arguments, configure_logging, load_average,
+                          machine_info, meets, output_dir, peak_rss_kb, process_tree, ratio,
                           run_measured, summarize, write_json)
 from bench.workspace import BenchModel, Workspace
 

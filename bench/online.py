@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import statistics
 import logging
 import shutil
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (RssSampler, Server, add_common_arguments, configure_logging,
-                          load_average, meets, machine_info, output_dir, ratio, summarize, tree_rss_mb,
-                          write_json)
+                          load_average, machine_info, meets, output_dir, ratio, summarize,
+                          tree_rss_mb, write_json)
 from bench.workspace import BenchModel, Workspace
 
 log = logging.getLogger("bench")

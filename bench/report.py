@@ -111,14 +111,16 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
              f"({plan['workers']} workers, {plan['pollers']} clients sending `/predict` every "
              f"{plan.get('poll_pause_s', 0) * 1000:.0f} ms, median of {plan['rounds']} cold switches)", "",
              "| model | ONNX | acknowledged s | first new prediction s | all workers s "
-             "| errors | old version after ack |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| errors | answers marked stale | old version after ack (of which marked stale) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for kind, entry in doc["models"].items():
         lines.append(f"| {kind} | {_size(entry['onnx_mb'])} "
                      f"| {_num(entry['acknowledged_s']['median'], 3)} "
                      f"| {_num(entry['first_new_prediction_s']['median'], 3)} "
                      f"| {_num(entry['all_workers_s']['median'], 3)} | {entry['errors']} "
-                     f"| {entry['old_version_after_ack']} |")
+                     f"| {entry.get('stale_responses', '–')} "
+                     f"| {entry['old_version_after_ack']} "
+                     f"({entry.get('old_version_after_ack_marked_stale', '–')}) |")
     lines += ["", "What one process pays to load a version (no HTTP, idle API): "
               + "; ".join(f"{kind}: GridFS read + sha256 "
                           f"{_num(entry['load_cost_one_process']['read_artifact_s']['median'], 3)} s, "
