@@ -55,6 +55,12 @@ def online_lines(doc: Mapping[str, Any]) -> list[str]:
                          f"| {_num(row['p50_ms']['median'], 2)} | {_num(row['p95_ms']['median'], 2)} "
                          f"| {_num(row['p99_ms']['median'], 2)} | {row['errors']} "
                          f"| {_spread(row['rps'])} |")
+    memory = {name: doc["results"][name].get("memory") for name in ("api", "mlflow", "constant")}
+    if all(memory.values()):
+        lines += ["", "Server memory during the load, all its processes: "
+                  + "; ".join(f"{SERVER_LABELS[n]} {m['peak_pss_total_mb']:.0f} MB PSS "
+                              f"({m['peak_rss_total_mb']:.0f} MB RSS)" for n, m in memory.items())
+                  + "."]
     sequential = {name: doc["results"][name]["server"].get("sequential_latency")
                   for name in ("api", "mlflow", "constant")}
     if all(sequential.values()):
