@@ -40,13 +40,12 @@ def test_ratio_is_none_when_not_measurable(numerator, denominator, expected):
     assert common.ratio(numerator, denominator) == expected
 
 
-def test_memory_of_a_child_process_is_measured():
+def test_memory_of_a_child_process_is_measured(tmp_path):
     """Check that run_measured's kernel peak and the sampler both see a 80 MB allocation."""
     # The parent's own peak must not leak into the child's (it would with ru_maxrss).
     ballast = bytearray(200_000_000)
     script = "import time; block = bytearray(80_000_000); time.sleep(0.4)"
-    result = common.run_measured([sys.executable, "-c", script],
-                                 Path(os.environ.get("TMPDIR", "/tmp")) / "bench-test-child.log")
+    result = common.run_measured([sys.executable, "-c", script], tmp_path / "child.log")
     assert 80 <= result["peak_rss_mb"] < 150
     del ballast
     assert result["peak_rss_total_mb"] >= 80 and result["rss_samples"] >= 2
