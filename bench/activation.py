@@ -15,7 +15,6 @@ are counted, as are errors.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import logging
@@ -23,10 +22,9 @@ import threading
 import time
 from typing import Any
 
-from bench.common import (Server, add_common_arguments, configure_logging, load_average,
-                          machine_info, output_dir, summarize, write_json)
+from bench.common import Server, load_average, summarize
 from bench.online import request_body
-from bench.workspace import BenchModel, Workspace
+from bench.workspace import BenchModel, Workspace, run_single_part
 
 log = logging.getLogger("bench")
 
@@ -237,21 +235,8 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.activation``: train or reuse the models, measure, write activation.json."""
-    parser = argparse.ArgumentParser(prog="python -m bench.activation",
-                                     description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging()
-    started = time.perf_counter()
-    with Workspace(args.workdir) as ws:
-        model = ws.prepare_model(args.family)
-        document = run(ws, model, args.quick, args.workers)
-    document.update(machine=machine_info(), quick=args.quick,
-                    elapsed_s=round(time.perf_counter() - started, 1))
-    path = write_json(output_dir(args) / "activation.json", document)
-    log.info("wrote %s", path)
-    return 0
+    """``python -m bench.activation``: train or reuse the model, measure, write activation.json."""
+    return run_single_part("activation", run, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ RSS of that process) and :mod:`bench.inprocess` (chunks in, ONNX, CSV out; no HT
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -21,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (RssSampler, add_common_arguments, configure_logging, load_average,
-                          machine_info, meets, output_dir, peak_rss_kb, process_tree, ratio,
-                          run_measured, summarize, write_json)
-from bench.workspace import BenchModel, Workspace
+from bench.common import (RssSampler, load_average, meets, peak_rss_kb, process_tree, ratio,
+                          run_measured, summarize)
+from bench.workspace import BenchModel, Workspace, run_single_part
 
 log = logging.getLogger("bench")
 
@@ -225,19 +223,7 @@ def _rate(rows: int, seconds: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.batch``: train or reuse the model, measure, write batch.json."""
-    parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging()
-    started = time.perf_counter()
-    with Workspace(args.workdir) as ws:
-        model = ws.prepare_model(args.family)
-        document = run(ws, model, args.quick, args.workers)
-    document.update(machine=machine_info(), quick=args.quick,
-                    elapsed_s=round(time.perf_counter() - started, 1))
-    path = write_json(output_dir(args) / "batch.json", document)
-    log.info("wrote %s", path)
-    return 0
+    return run_single_part("batch", run, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ socket errors, timeouts) and the spread of the rounds; ratios are against MLflow
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import logging
@@ -24,10 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import (RssSampler, Server, add_common_arguments, configure_logging,
-                          load_average, machine_info, meets, output_dir, ratio, summarize,
-                          tree_rss_mb, write_json)
-from bench.workspace import BenchModel, Workspace
+from bench.common import (RssSampler, Server, load_average, meets, ratio, summarize,
+                          tree_rss_mb)
+from bench.workspace import BenchModel, Workspace, run_single_part
 
 log = logging.getLogger("bench")
 
@@ -238,19 +236,7 @@ def _document(plan: dict[str, Any], workers: int, model: BenchModel, samples: di
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.online``: train or reuse the model, measure, write online.json."""
-    parser = argparse.ArgumentParser(prog="python -m bench.online", description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging()
-    started = time.perf_counter()
-    with Workspace(args.workdir) as ws:
-        model = ws.prepare_model(args.family)
-        document = run(ws, model, args.quick, args.workers)
-    document.update(machine=machine_info(), quick=args.quick,
-                    elapsed_s=round(time.perf_counter() - started, 1))
-    path = write_json(output_dir(args) / "online.json", document)
-    log.info("wrote %s", path)
-    return 0
+    return run_single_part("online", run, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Giving ``--workdir`` keeps the workspace and reuses its model on the next run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.common import ROOT, Server, free_port, venv_env
+from bench.common import (ROOT, Server, add_common_arguments, configure_logging, free_port,
+                          machine_info, output_dir, venv_env, write_json)
 from conf.settings import EmbeddedSettings, Settings, load_settings
 
 log = logging.getLogger("bench")
@@ -208,3 +211,21 @@ class Workspace:
                    "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
                    "bench.constant_app:app"]
         return Server("constant", command, port, self.dir / "logs" / "constant.log", venv_env())
+
+
+def run_single_part(name: str, run: Any, argv: list[str] | None = None) -> int:
+    """``python -m bench.<name>``: train or reuse the model, measure one part, write <name>.json."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}",
+                                     description=f"The {name} benchmark alone.")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging()
+    started = time.perf_counter()
+    with Workspace(args.workdir) as ws:
+        model = ws.prepare_model(args.family)
+        document = run(ws, model, args.quick, args.workers)
+    document.update(machine=machine_info(), quick=args.quick,
+                    elapsed_s=round(time.perf_counter() - started, 1))
+    path = write_json(output_dir(args) / f"{name}.json", document)
+    log.info("wrote %s", path)
+    return 0
