@@ -50,8 +50,10 @@ def embedded_uri(settings: EmbeddedSettings) -> str:
 
 def _listening(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=0.3):
-            return True
+        with socket.create_connection((host, port), timeout=0.3) as sock:
+            # Connecting to a free port of the ephemeral range can connect the socket to
+            # itself (TCP simultaneous open): that is nobody listening.
+            return sock.getsockname() != sock.getpeername()
     except OSError:
         return False
 
@@ -131,13 +133,24 @@ def stop_embedded(settings: EmbeddedSettings) -> bool:
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
+    # The server removes its pid file before it closes its socket: wait for the process
+    # itself to end and the port to be free, so "stopped" means a new start can bind.
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _read_pid(pid_file) is not None:
+    while time.monotonic() < deadline and (_alive(pid) or
+                                           _listening(settings.host, settings.port)):
         time.sleep(0.1)
-    if _read_pid(pid_file) is not None:
+    if _alive(pid):
         os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
 
 
 def resolve_uri(settings: RegistrySettings, start: bool = True) -> str:
