@@ -133,15 +133,22 @@ def stop_embedded(settings: EmbeddedSettings) -> bool:
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
+    if not _wait_until_gone(pid, settings, seconds=5):
+        # Seen now and then: the server lingers on SIGTERM with clients still connected.
+        os.kill(pid, signal.SIGKILL)
+        _wait_until_gone(pid, settings, seconds=5)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _wait_until_gone(pid: int, settings: EmbeddedSettings, seconds: float) -> bool:
     # The server removes its pid file before it closes its socket: wait for the process
     # itself to end and the port to be free, so "stopped" means a new start can bind.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (_alive(pid) or
-                                           _listening(settings.host, settings.port)):
-        time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
+    deadline = time.monotonic() + seconds
+    while _alive(pid) or _listening(settings.host, settings.port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
     return True
 
 
