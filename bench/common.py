@@ -85,28 +85,26 @@ def rss_kb(pid: int) -> int:
         return 0
 
 
-def pss_kb(pid: int) -> int:
-    """Proportional set size in KiB: shared pages split between the processes sharing them."""
+def _proc_field_kb(path: str, key: str) -> int:
+    """A ``Key:  N kB`` line of a /proc file, in KiB (0 when the process is gone)."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
+        with open(path) as handle:
             for line in handle:
-                if line.startswith("Pss:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return 0
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size in KiB: shared pages split between the processes sharing them."""
+    return _proc_field_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def peak_rss_kb(pid: int) -> int:
     """The kernel's high-water mark of one process's RSS (VmHWM) in KiB."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _proc_field_kb(f"/proc/{pid}/status", "VmHWM:")
 
 
 class RssSampler:

@@ -167,6 +167,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
     model_name = settings.api.model_name
     started_db = False
     api_process: subprocess.Popen | None = None
+    client: ApiClient | None = None
     token = settings.api.admin_token or secrets.token_urlsafe(24)
     env["API_ADMIN_TOKEN"] = token  # the demo's API shows the admin token at work
     try:
@@ -272,7 +273,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
             stop_process(api_process)
         if started_db:
             database.stop_embedded(settings.registry.embedded)
-        run.exchanges = client.exchanges if "client" in locals() else []
+        run.exchanges = client.exchanges if client is not None else []
     return run
 
 

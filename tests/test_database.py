@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from pymongo import MongoClient
 
 from conf.settings import EmbeddedSettings, RegistrySettings
 from registry_bridge import database
