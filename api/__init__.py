@@ -11,8 +11,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Flask, current_app, g, request
 from pymongo import MongoClient
@@ -49,9 +50,12 @@ def _open_client(settings: Settings) -> MongoClient:
         return database.connect(settings.registry)
     except RegistryError as exc:
         log.warning("starting without the registry database: %s", exc)
-        return MongoClient(database.resolve_uri(settings.registry, start=False),
-                           serverSelectionTimeoutMS=settings.registry.timeout_ms,
-                           connectTimeoutMS=settings.registry.timeout_ms, tz_aware=True)
+        return MongoClient(
+            database.resolve_uri(settings.registry, start=False),
+            serverSelectionTimeoutMS=settings.registry.timeout_ms,
+            connectTimeoutMS=settings.registry.timeout_ms,
+            tz_aware=True,
+        )
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -117,9 +121,18 @@ def _init_request_hooks(app: Flask) -> None:
                 response.headers["X-Model-Stale"] = "true"
                 STALE_RESPONSES.inc()
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({
-                "method": request.method, "path": request.path, "status": response.status_code,
-                "ms": round(elapsed * 1000, 2), "model_version": version,
-                "stale": bool(served and served.stale), "pid": int(pid),
-                "remote": request.remote_addr}))
+            access_log.info(
+                json.dumps(
+                    {
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status_code,
+                        "ms": round(elapsed * 1000, 2),
+                        "model_version": version,
+                        "stale": bool(served and served.stale),
+                        "pid": int(pid),
+                        "remote": request.remote_addr,
+                    }
+                )
+            )
         return response

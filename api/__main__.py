@@ -40,8 +40,9 @@ def is_loopback(host: str) -> bool:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except OSError:
         return False
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback
-                                   for a in addresses)
+    return bool(addresses) and all(
+        ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
+    )
 
 
 def check_bind(settings: Settings, insecure: bool) -> None:
@@ -49,9 +50,11 @@ def check_bind(settings: Settings, insecure: bool) -> None:
     host = settings.api.host
     if is_loopback(host) or settings.api.admin_token or insecure:
         return
-    raise SettingsError(f"API_HOST={host} is reachable from other machines but API_ADMIN_TOKEN "
-                        "is unset: anyone could activate models. Set API_ADMIN_TOKEN, bind "
-                        "127.0.0.1, or pass --insecure")
+    raise SettingsError(
+        f"API_HOST={host} is reachable from other machines but API_ADMIN_TOKEN "
+        "is unset: anyone could activate models. Set API_ADMIN_TOKEN, bind "
+        "127.0.0.1, or pass --insecure"
+    )
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -60,8 +63,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="bind address (API_HOST)")
     parser.add_argument("--port", help="bind port (API_PORT)")
     parser.add_argument("--workers", help="gunicorn worker processes (API_WORKERS)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="allow a non-loopback bind without API_ADMIN_TOKEN")
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback bind without API_ADMIN_TOKEN"
+    )
     return parser.parse_args(argv)
 
 
@@ -72,6 +76,7 @@ def _gunicorn_app(settings: Settings) -> Any:
 
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
+
         multiprocess.mark_process_dead(worker.pid)
 
     class ApiServer(BaseApplication):
@@ -96,6 +101,7 @@ def _gunicorn_app(settings: Settings) -> Any:
 
         def load(self) -> Any:
             from api import create_app
+
             return create_app({"SETTINGS": settings})
 
     return ApiServer()
@@ -116,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the API; a bad setting or bind exits 2 with one line on stderr."""
     args = _parse(argv)
     try:
-        settings = load_settings(args.config, overrides={
-            "api.host": args.host, "api.port": args.port, "api.workers": args.workers})
+        settings = load_settings(
+            args.config,
+            overrides={"api.host": args.host, "api.port": args.port, "api.workers": args.workers},
+        )
         check_bind(settings, args.insecure)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)

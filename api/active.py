@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pymongo
 from pymongo.errors import PyMongoError
@@ -88,8 +89,14 @@ class Resolved:
 class ActiveModel:
     """Resolves the active version of one model name for each request (thread-safe)."""
 
-    def __init__(self, store: Any, name: str, cache: SessionCache | None = None,
-                 check_timeout_s: float = CHECK_TIMEOUT_S, backoff_s: float = BACKOFF_S):
+    def __init__(
+        self,
+        store: Any,
+        name: str,
+        cache: SessionCache | None = None,
+        check_timeout_s: float = CHECK_TIMEOUT_S,
+        backoff_s: float = BACKOFF_S,
+    ):
         self.store = store
         self.name = name
         self.cache = cache or SessionCache()
@@ -112,16 +119,19 @@ class ActiveModel:
     def _outage(self, exc: BaseException) -> RegistryError:
         with self._lock:
             if self.registry_reachable:
-                log.warning("registry database unreachable, serving %s stale: %s",
-                            self._current and f"{self.name} v{self._current.version}",
-                            str(exc).splitlines()[0][:200])
+                log.warning(
+                    "registry database unreachable, serving %s stale: %s",
+                    self._current and f"{self.name} v{self._current.version}",
+                    str(exc).splitlines()[0][:200],
+                )
             self.registry_reachable = False
             self._retry_at = time.monotonic() + self.backoff_s
         if isinstance(exc, RegistryError) and exc.code == "REGISTRY_UNAVAILABLE":
             return exc
-        return RegistryError("REGISTRY_UNAVAILABLE",
-                             f"the registry database is unreachable and no version of "
-                             f"{self.name!r} is loaded")
+        return RegistryError(
+            "REGISTRY_UNAVAILABLE",
+            f"the registry database is unreachable and no version of {self.name!r} is loaded",
+        )
 
     def active_version(self) -> int | None:
         """The registry's active version number (one read, short timeout).
@@ -130,8 +140,9 @@ class ActiveModel:
             RegistryError: REGISTRY_UNAVAILABLE (also raised without I/O during back-off).
         """
         if time.monotonic() < self._retry_at:
-            raise RegistryError("REGISTRY_UNAVAILABLE",
-                                "the registry database was unreachable moments ago")
+            raise RegistryError(
+                "REGISTRY_UNAVAILABLE", "the registry database was unreachable moments ago"
+            )
         try:
             state = self._read_pointer()
         except (PyMongoError, RegistryError) as exc:
@@ -160,24 +171,30 @@ class ActiveModel:
             version = self.active_version()
         except RegistryError:
             if current is None:
-                raise RegistryError("REGISTRY_UNAVAILABLE",
-                                    f"the registry database is unreachable and no version "
-                                    f"of {self.name!r} is loaded") from None
-            return Resolved(current, stale=True,
-                            reason="the registry database is unreachable")
+                raise RegistryError(
+                    "REGISTRY_UNAVAILABLE",
+                    f"the registry database is unreachable and no version "
+                    f"of {self.name!r} is loaded",
+                ) from None
+            return Resolved(current, stale=True, reason="the registry database is unreachable")
         if version is None:
-            raise RegistryError("NO_ACTIVE_MODEL",
-                                f"no version of {self.name!r} is active: activate one with "
-                                f"POST /models/activate or `bridge activate`")
+            raise RegistryError(
+                "NO_ACTIVE_MODEL",
+                f"no version of {self.name!r} is active: activate one with "
+                f"POST /models/activate or `bridge activate`",
+            )
         model = self.cache.peek(self.name, version)
         if model is None:
             try:
                 if time.monotonic() < self._failed_until.get(version, 0.0):
                     # Do not re-read a broken artifact on every request.
-                    raise RegistryError("CONFLICT", self._failed_reason.get(
-                        version, f"{self.name} v{version} failed to load moments ago"))
-                model = self.cache.get_or_load(self.name, version,
-                                               lambda: self._load(version))
+                    raise RegistryError(
+                        "CONFLICT",
+                        self._failed_reason.get(
+                            version, f"{self.name} v{version} failed to load moments ago"
+                        ),
+                    )
+                model = self.cache.get_or_load(self.name, version, lambda: self._load(version))
             except (PyMongoError, RegistryError) as exc:
                 if isinstance(exc, PyMongoError) or exc.code == "REGISTRY_UNAVAILABLE":
                     exc = self._outage(exc)
@@ -187,13 +204,21 @@ class ActiveModel:
                         self._failed_until[version] = time.monotonic() + self.backoff_s
                         self._failed_reason[version] = exc.message
                     # The client did nothing wrong: nothing servable is a 503, not a 409.
-                    exc = RegistryError("NO_ACTIVE_MODEL", f"the active version {self.name} "
-                                        f"v{version} cannot be served: {exc.message}")
+                    exc = RegistryError(
+                        "NO_ACTIVE_MODEL",
+                        f"the active version {self.name} "
+                        f"v{version} cannot be served: {exc.message}",
+                    )
                 if current is None:
                     raise exc from None
                 # Keep answering with the version we have rather than failing the switch.
-                log.error("cannot load %s v%s, still serving v%s: %s",
-                          self.name, version, current.version, exc)
+                log.error(
+                    "cannot load %s v%s, still serving v%s: %s",
+                    self.name,
+                    version,
+                    current.version,
+                    exc,
+                )
                 return Resolved(current, stale=True, reason=exc.message)
         self._current = model
         return Resolved(model, stale=False)
@@ -201,8 +226,16 @@ class ActiveModel:
     def _load(self, version: int) -> LoadedModel:
         meta = self.store.get_model_version(self.name, version)
         data = self.store.read_artifact(meta)  # sha256-checked by the store
-        return load_model(meta.name, meta.version, meta.run_id, meta.classes,
-                          meta.input_schema, data, meta.sha256, onnx_io=meta.onnx_io)
+        return load_model(
+            meta.name,
+            meta.version,
+            meta.run_id,
+            meta.classes,
+            meta.input_schema,
+            data,
+            meta.sha256,
+            onnx_io=meta.onnx_io,
+        )
 
     def load_version(self, version: int) -> LoadedModel:
         """Load (or reuse) one version, e.g. to warm it before it is activated."""

@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,10 +60,17 @@ class BatchResult:
 
     def summary(self) -> dict[str, Any]:
         """The JSON answer of ``?format=json``."""
-        return {"job_id": self.job_id, "saved_path": str(self.latest_path),
-                "job_path": str(self.job_path), "rows": self.rows, "predicted": self.predicted,
-                "errors": self.errors, "counts": self.counts,
-                "duration_s": round(self.duration_s, 3), "model": self.model}
+        return {
+            "job_id": self.job_id,
+            "saved_path": str(self.latest_path),
+            "job_path": str(self.job_path),
+            "rows": self.rows,
+            "predicted": self.predicted,
+            "errors": self.errors,
+            "counts": self.counts,
+            "duration_s": round(self.duration_s, 3),
+            "model": self.model,
+        }
 
 
 class _Prefixed(io.RawIOBase):
@@ -83,7 +90,7 @@ class _Prefixed(io.RawIOBase):
             self._prefix = self._prefix[size:]
             return size
         data = self._rest.read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
 
@@ -105,10 +112,12 @@ class _Exact(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         data = self._stream.read(len(buffer))
         if not data and self._seen < self._expected:
-            raise invalid(f"the upload ended after {self._seen} of the {self._expected} bytes "
-                          "its Content-Length announced (client disconnected?); nothing saved")
+            raise invalid(
+                f"the upload ended after {self._seen} of the {self._expected} bytes "
+                "its Content-Length announced (client disconnected?); nothing saved"
+            )
         self._seen += len(data)
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
 
@@ -149,13 +158,15 @@ class _Chunk:
     def __getitem__(self, name: str) -> pd.Series:
         """The column as pandas text (slow path: error details, ``on_error=skip``)."""
         if self._frame is None:
-            self._frame = pd.DataFrame({n: self.batch.column(i).to_pandas()
-                                        for n, i in self.index.items()})
+            self._frame = pd.DataFrame(
+                {n: self.batch.column(i).to_pandas() for n, i in self.index.items()}
+            )
         return self._frame[name]
 
 
-def _parse_features(chunk: _Chunk, features: tuple[str, ...]
-                    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, np.ndarray]]]:
+def _parse_features(
+    chunk: _Chunk, features: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, np.ndarray]]]:
     """float32 matrix, per-row ok mask, and per column the mask of bad cells."""
     matrix = np.empty((len(chunk), len(features)), dtype=np.float32)
     ok = np.ones(len(chunk), dtype=bool)
@@ -163,11 +174,13 @@ def _parse_features(chunk: _Chunk, features: tuple[str, ...]
     for col, name in enumerate(features):
         try:  # fast path: a clean column converts in one vectorised cast, in Arrow
             values = pa_compute.cast(chunk.column(name), pa.float64()).to_numpy(
-                zero_copy_only=False)
+                zero_copy_only=False
+            )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             # some cell is not a plain number: find which, cell by cell
             values = pd.to_numeric(chunk[name].str.strip(), errors="coerce").to_numpy(
-                dtype=np.float64, na_value=np.nan)
+                dtype=np.float64, na_value=np.nan
+            )
         # Beyond float32's range a value would reach the model as infinity.
         bad = ~(np.abs(values) <= FLOAT32_MAX)
         if bad.any():
@@ -193,8 +206,14 @@ def _problem(value: str) -> str:
     return f"beyond the model's float32 range (|x| <= {FLOAT32_MAX:.3g})"
 
 
-def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_rows: int,
-              on_error: str = "fail", expected_bytes: int | None = None) -> BatchResult:
+def run_batch(
+    stream: IO[bytes],
+    model: LoadedModel,
+    output_dir: Path,
+    chunk_rows: int,
+    on_error: str = "fail",
+    expected_bytes: int | None = None,
+) -> BatchResult:
     """Score every row of the CSV ``stream`` with ``model`` and save the result.
 
     Args:
@@ -213,11 +232,12 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
     # Absolute, because Flask's send_file reads relative paths from the app's package.
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    job_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    job_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     job_path = output_dir / f"predicciones-{job_id}.csv"
     latest_path = output_dir / LATEST_NAME
-    handle = tempfile.NamedTemporaryFile("wb", dir=output_dir, prefix=".batch-", suffix=".tmp",
-                                         delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        "wb", dir=output_dir, prefix=".batch-", suffix=".tmp", delete=False
+    )
     tmp_path = Path(handle.name)
     rows = predicted = 0
     counts = np.zeros(len(classes), dtype=np.int64)
@@ -231,15 +251,17 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
             names = [name.strip() for name in raw_names]
             absent = missing_columns(names, model.schema)
             if absent:
-                raise invalid(f"line 1: missing required column(s): {', '.join(absent)}",
-                              [{"line": 1, "field": n, "problem": "missing column"}
-                               for n in absent])
+                raise invalid(
+                    f"line 1: missing required column(s): {', '.join(absent)}",
+                    [{"line": 1, "field": n, "problem": "missing column"} for n in absent],
+                )
             taken = [c for c in names if c in reserved]
             if taken:
-                raise invalid(f"line 1: column(s) {', '.join(taken)} would be overwritten "
-                              "by the output; rename or drop them",
-                              [{"line": 1, "field": n, "problem": "reserved column"}
-                               for n in taken])
+                raise invalid(
+                    f"line 1: column(s) {', '.join(taken)} would be overwritten "
+                    "by the output; rename or drop them",
+                    [{"line": 1, "field": n, "problem": "reserved column"} for n in taken],
+                )
             for batch in _read(source, delimiter, len(names), chunk_rows):
                 chunk = _Chunk(batch, names)
                 matrix, ok, bad_by_column = _parse_features(chunk, features)
@@ -254,22 +276,24 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
                     scored = model.predict(matrix[ok] if not ok.all() else matrix)
                     # hash each label once (np.unique would sort a million strings)
                     codes, found = pd.factorize(np.asarray(scored.labels, dtype=object))
-                    chosen = np.array([column_of.get(label, 0) for label in found],
-                                      dtype=np.intp)[codes]
+                    chosen = np.array([column_of.get(label, 0) for label in found], dtype=np.intp)[
+                        codes
+                    ]
                     counts += np.bincount(chosen, minlength=len(classes))
                     labels[ok] = scored.labels
                     probs[ok] = scored.probabilities
                     probability[ok] = probs[ok][np.arange(len(chosen)), chosen]
                     predicted += len(chosen)
-                columns = dict(zip(names, batch.columns))
+                columns = dict(zip(names, batch.columns, strict=False))
                 columns["prediction"] = pa.array(labels, type=pa.string())
                 columns["probability"] = pa.array(probability, from_pandas=True)
-                for name, values in zip(prob_columns, probs.T):
+                for name, values in zip(prob_columns, probs.T, strict=False):
                     columns[name] = pa.array(values, from_pandas=True)
                 columns["model_version"] = pa.array(np.full(n, model.version, dtype=np.int64))
                 if on_error == "skip":
-                    columns["error"] = pa.array(_row_errors(chunk, bad_by_column, n),
-                                                type=pa.string())
+                    columns["error"] = pa.array(
+                        _row_errors(chunk, bad_by_column, n), type=pa.string()
+                    )
                 writer = writer or _ChunkWriter(handle)
                 writer.write(pa.table(columns))
                 rows += n
@@ -283,11 +307,26 @@ def run_batch(stream: IO[bytes], model: LoadedModel, output_dir: Path, chunk_row
         tmp_path.unlink(missing_ok=True)
         raise
     duration = time.perf_counter() - started
-    log.info("batch %s: %d rows (%d predicted) with %s v%s in %.2fs", job_id, rows, predicted,
-             model.name, model.version, duration)
-    return BatchResult(job_id, job_path, latest_path, rows, predicted, rows - predicted,
-                       {c: int(counts[i]) for i, c in enumerate(classes)}, duration,
-                       model.identity())
+    log.info(
+        "batch %s: %d rows (%d predicted) with %s v%s in %.2fs",
+        job_id,
+        rows,
+        predicted,
+        model.name,
+        model.version,
+        duration,
+    )
+    return BatchResult(
+        job_id,
+        job_path,
+        latest_path,
+        rows,
+        predicted,
+        rows - predicted,
+        {c: int(counts[i]) for i, c in enumerate(classes)},
+        duration,
+        model.identity(),
+    )
 
 
 class _ChunkWriter:
@@ -304,10 +343,15 @@ class _ChunkWriter:
     def write(self, table: pa.Table) -> None:
         if self._writer is None:
             # Fix the column types on the first chunk so every chunk writes alike.
-            self._schema = pa.schema([pa.field(f.name, pa.string() if pa.types.is_large_string(
-                f.type) else f.type) for f in table.schema])
-            self._writer = pa_csv.CSVWriter(self._sink, self._schema,
-                                            write_options=pa_csv.WriteOptions(quoting_style="needed"))
+            self._schema = pa.schema(
+                [
+                    pa.field(f.name, pa.string() if pa.types.is_large_string(f.type) else f.type)
+                    for f in table.schema
+                ]
+            )
+            self._writer = pa_csv.CSVWriter(
+                self._sink, self._schema, write_options=pa_csv.WriteOptions(quoting_style="needed")
+            )
         self._writer.write_table(table.cast(self._schema))
 
     def close(self) -> None:
@@ -327,12 +371,16 @@ def _read(source: IO[bytes], delimiter: str, width: int, chunk_rows: int) -> Any
     try:
         reader = pa_csv.open_csv(
             source,
-            read_options=pa_csv.ReadOptions(column_names=keys, skip_rows=1, block_size=block,
-                                            use_threads=False),
+            read_options=pa_csv.ReadOptions(
+                column_names=keys, skip_rows=1, block_size=block, use_threads=False
+            ),
             parse_options=pa_csv.ParseOptions(delimiter=delimiter),
             convert_options=pa_csv.ConvertOptions(
-                column_types={k: pa.string() for k in keys}, strings_can_be_null=False,
-                quoted_strings_can_be_null=False))
+                column_types={k: pa.string() for k in keys},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
         for batch in reader:
             if batch.num_rows:
                 yield batch
@@ -344,8 +392,9 @@ def _read(source: IO[bytes], delimiter: str, width: int, chunk_rows: int) -> Any
         raise invalid(f"malformed CSV: {detail[:300]}") from None
 
 
-def _raise_bad_cells(chunk: pd.DataFrame, bad_by_column: list[tuple[str, np.ndarray]],
-                     first_line: int) -> None:
+def _raise_bad_cells(
+    chunk: pd.DataFrame, bad_by_column: list[tuple[str, np.ndarray]], first_line: int
+) -> None:
     details: list[dict[str, Any]] = []
     total = 0
     for name, bad in bad_by_column:
@@ -353,18 +402,28 @@ def _raise_bad_cells(chunk: pd.DataFrame, bad_by_column: list[tuple[str, np.ndar
         total += len(positions)
         for pos in positions[:MAX_DETAILS]:
             value = chunk[name].iat[pos]
-            details.append({"line": first_line + int(pos), "field": name,
-                            "value": value[:40], "problem": _problem(value)})
+            details.append(
+                {
+                    "line": first_line + int(pos),
+                    "field": name,
+                    "value": value[:40],
+                    "problem": _problem(value),
+                }
+            )
     details.sort(key=lambda d: (d["line"], d["field"]))
     details = details[:MAX_DETAILS]
     first = details[0]
-    raise invalid(f"line {first['line']}, column {first['field']}: {first['problem']}"
-                  f" ({total} bad cell(s) in this part of the file; add ?on_error=skip "
-                  f"to keep such rows with an error column)", details)
+    raise invalid(
+        f"line {first['line']}, column {first['field']}: {first['problem']}"
+        f" ({total} bad cell(s) in this part of the file; add ?on_error=skip "
+        f"to keep such rows with an error column)",
+        details,
+    )
 
 
-def _row_errors(chunk: pd.DataFrame, bad_by_column: list[tuple[str, np.ndarray]],
-                n: int) -> list[str]:
+def _row_errors(
+    chunk: pd.DataFrame, bad_by_column: list[tuple[str, np.ndarray]], n: int
+) -> list[str]:
     errors = [""] * n
     for name, bad in bad_by_column:
         for pos in np.flatnonzero(bad):

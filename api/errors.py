@@ -18,12 +18,12 @@ from registry_bridge.errors import STATUS_BY_CODE, RegistryError
 log = logging.getLogger(__name__)
 
 # HTTP statuses that have a code in the shared table; others get a code from their name.
-_CODE_BY_STATUS = {status: code for code, status in STATUS_BY_CODE.items()
-                   if code not in ("NO_ACTIVE_MODEL",)}
+_CODE_BY_STATUS = {
+    status: code for code, status in STATUS_BY_CODE.items() if code not in ("NO_ACTIVE_MODEL",)
+}
 
 
-def error_response(code: str, message: str, status: int,
-                   details: list | None = None) -> Response:
+def error_response(code: str, message: str, status: int, details: list | None = None) -> Response:
     """A JSON error response with the project's body shape."""
     body: dict = {"code": code, "message": message}
     if details:
@@ -47,12 +47,14 @@ def _http_error(exc: HTTPException) -> Response:
         message = f"no endpoint at {request.path}; see /openapi.json"
     elif status == 405:
         allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None
-        message = (f"{request.method} is not allowed on {request.path}"
-                   + (f"; use {', '.join(sorted(allowed))}" if allowed else ""))
+        message = f"{request.method} is not allowed on {request.path}" + (
+            f"; use {', '.join(sorted(allowed))}" if allowed else ""
+        )
     elif status == 413:
         limit = request.max_content_length
-        message = ("the request body is larger than the limit"
-                   + (f" of {limit // (1024 * 1024)} MB" if limit else ""))
+        message = "the request body is larger than the limit" + (
+            f" of {limit // (1024 * 1024)} MB" if limit else ""
+        )
     response = error_response(code, message, status)
     if status == 405 and getattr(exc, "valid_methods", None):
         response.headers["Allow"] = ", ".join(exc.valid_methods)
@@ -61,8 +63,7 @@ def _http_error(exc: HTTPException) -> Response:
 
 def _unexpected(exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.path)
-    return error_response("INTERNAL_ERROR",
-                          "internal error; the server log has the details", 500)
+    return error_response("INTERNAL_ERROR", "internal error; the server log has the details", 500)
 
 
 def init_app(app: Flask) -> None:

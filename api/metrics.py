@@ -9,25 +9,44 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
-                               generate_latest, multiprocess, REGISTRY)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-REQUESTS = Counter("api_requests_total", "HTTP requests by endpoint, method and status",
-                   ["endpoint", "method", "status"])
-LATENCY = Histogram("api_request_duration_seconds", "Request latency by endpoint and status",
-                    ["endpoint", "status"],
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                             5, 10, 30, 60))
-PREDICTIONS = Counter("api_predictions_total", "Records predicted, by model name and version",
-                      ["model", "version"])
-BATCH_ROWS = Counter("api_batch_rows_total", "Rows through /batch-predict, by version and outcome",
-                     ["model", "version", "outcome"])
-REGISTRY_READS = Counter("api_registry_reads_total",
-                         "Reads of the active-version pointer (shared by concurrent requests)")
-STALE_RESPONSES = Counter("api_stale_responses_total",
-                          "Responses served while the registry database was unreachable")
+REQUESTS = Counter(
+    "api_requests_total",
+    "HTTP requests by endpoint, method and status",
+    ["endpoint", "method", "status"],
+)
+LATENCY = Histogram(
+    "api_request_duration_seconds",
+    "Request latency by endpoint and status",
+    ["endpoint", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PREDICTIONS = Counter(
+    "api_predictions_total", "Records predicted, by model name and version", ["model", "version"]
+)
+BATCH_ROWS = Counter(
+    "api_batch_rows_total",
+    "Rows through /batch-predict, by version and outcome",
+    ["model", "version", "outcome"],
+)
+REGISTRY_READS = Counter(
+    "api_registry_reads_total",
+    "Reads of the active-version pointer (shared by concurrent requests)",
+)
+STALE_RESPONSES = Counter(
+    "api_stale_responses_total", "Responses served while the registry database was unreachable"
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import hmac
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -27,8 +28,10 @@ def admin_required(view: Callable[..., Response]) -> Callable[..., Response]:
             header = request.headers.get("Authorization", "")
             scheme, _, given = header.partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
-                error = RegistryError("UNAUTHORIZED", "this endpoint needs the header "
-                                      "'Authorization: Bearer <API_ADMIN_TOKEN>'")
+                error = RegistryError(
+                    "UNAUTHORIZED",
+                    "this endpoint needs the header 'Authorization: Bearer <API_ADMIN_TOKEN>'",
+                )
                 response = jsonify(error.to_dict())
                 response.status_code = error.status
                 response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
@@ -47,9 +50,11 @@ def _actor() -> str:
 
 def _json_object() -> dict[str, Any]:
     if not request.is_json:
-        raise RegistryError("UNSUPPORTED_MEDIA_TYPE",
-                            f"Content-Type {request.mimetype or 'none'} is not accepted here; "
-                            "send application/json")
+        raise RegistryError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Content-Type {request.mimetype or 'none'} is not accepted here; "
+            "send application/json",
+        )
     body = parse_json(request.get_data(cache=False), request.content_length)
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
@@ -61,38 +66,55 @@ def _text_field(body: dict[str, Any], key: str, required: bool = True) -> str | 
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise invalid(f"'{key}' must be a non-empty text",
-                      [{"field": key, "problem": "missing" if value is None else "not a text"}])
+        raise invalid(
+            f"'{key}' must be a non-empty text",
+            [{"field": key, "problem": "missing" if value is None else "not a text"}],
+        )
     if key == "name" and len(value.strip()) > MAX_NAME_CHARS:
-        raise invalid(f"'name' must be at most {MAX_NAME_CHARS} characters, got {len(value)}",
-                      [{"field": key, "problem": "too long"}])
+        raise invalid(
+            f"'name' must be at most {MAX_NAME_CHARS} characters, got {len(value)}",
+            [{"field": key, "problem": "too long"}],
+        )
     return value.strip()
 
 
 def _version_field(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise invalid(f"'version' must be a positive whole number, got {value!r}",
-                      [{"field": "version", "problem": "missing" if value is None
-                        else "not a whole number"}])
+        raise invalid(
+            f"'version' must be a positive whole number, got {value!r}",
+            [{"field": "version", "problem": "missing" if value is None else "not a whole number"}],
+        )
     try:
         number = int(str(value).strip().lstrip("vV"))
     except ValueError:
-        raise invalid(f"'version' must be a positive whole number, got {value!r}",
-                      [{"field": "version", "problem": "not a whole number"}]) from None
+        raise invalid(
+            f"'version' must be a positive whole number, got {value!r}",
+            [{"field": "version", "problem": "not a whole number"}],
+        ) from None
     if number < 1:
-        raise invalid(f"'version' must be a positive whole number, got {number}",
-                      [{"field": "version", "problem": "not positive"}])
+        raise invalid(
+            f"'version' must be a positive whole number, got {number}",
+            [{"field": "version", "problem": "not positive"}],
+        )
     if number > MAX_VERSION:  # BSON integers are 64-bit: the driver would fail on more
-        raise invalid(f"'version' must be at most {MAX_VERSION}, got a {len(str(number))}-digit "
-                      "number", [{"field": "version", "problem": "too large"}])
+        raise invalid(
+            f"'version' must be at most {MAX_VERSION}, got a {len(str(number))}-digit number",
+            [{"field": "version", "problem": "too large"}],
+        )
     return number
 
 
 def _state(state: Any) -> dict[str, Any]:
-    return {"name": state.name, "active_version": state.active_version,
-            "previous_version": state.previous_version, **{
-                k: v for k, v in state.to_dict().items()
-                if k in ("activated_at", "activated_by", "reason")}}
+    return {
+        "name": state.name,
+        "active_version": state.active_version,
+        "previous_version": state.previous_version,
+        **{
+            k: v
+            for k, v in state.to_dict().items()
+            if k in ("activated_at", "activated_by", "reason")
+        },
+    }
 
 
 @bp.get("")
@@ -104,8 +126,12 @@ def list_models() -> Response:
     versions = []
     for version in store.search_model_versions(name=name):
         state = active.get(version.name)
-        versions.append({**version.to_dict(),
-                         "active": state is not None and state.active_version == version.version})
+        versions.append(
+            {
+                **version.to_dict(),
+                "active": state is not None and state.active_version == version.version,
+            }
+        )
     return jsonify({"models": versions, "count": len(versions)})
 
 
@@ -115,8 +141,9 @@ def show_version(name: str, version: str) -> Response:
     store = registry().store
     found = store.get_model_version(name, _version_field(version))
     state = store.get_active_version(name)
-    return jsonify({**found.to_dict(),
-                    "active": state is not None and state.active_version == found.version})
+    return jsonify(
+        {**found.to_dict(), "active": state is not None and state.active_version == found.version}
+    )
 
 
 @bp.get("/<name>/versions/<version>/artifact")
@@ -127,7 +154,8 @@ def download_artifact(name: str, version: str) -> Response:
     data = store.read_artifact(found)
     response = Response(data, mimetype="application/octet-stream")
     response.headers["Content-Disposition"] = (
-        f'attachment; filename="{found.filename or f"{name}-v{found.version}.onnx"}"')
+        f'attachment; filename="{found.filename or f"{name}-v{found.version}.onnx"}"'
+    )
     response.headers["X-Checksum-Sha256"] = found.sha256
     return response
 

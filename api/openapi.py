@@ -15,8 +15,9 @@ def _errors(*codes: str) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for code in codes:
         status = str(STATUS_BY_CODE[code])
-        entry = responses.setdefault(status, {"description": "", "content": {
-            "application/json": {"schema": _ERROR}}})
+        entry = responses.setdefault(
+            status, {"description": "", "content": {"application/json": {"schema": _ERROR}}}
+        )
         entry["description"] = " or ".join(filter(None, [entry["description"], code]))
     return responses
 
@@ -25,151 +26,374 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_PREDICT_ERRORS = ("INVALID_INPUT", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE",
-                   "NO_ACTIVE_MODEL", "REGISTRY_UNAVAILABLE")
-_STALE = {"X-Model-Stale": {"description": "true when the registry database was unreachable "
-                            "and the loaded version answered", "schema": {"type": "string"}},
-          "X-Model-Version": {"description": "the version that made the prediction",
-                              "schema": {"type": "integer"}}}
+_PREDICT_ERRORS = (
+    "INVALID_INPUT",
+    "PAYLOAD_TOO_LARGE",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "NO_ACTIVE_MODEL",
+    "REGISTRY_UNAVAILABLE",
+)
+_STALE = {
+    "X-Model-Stale": {
+        "description": "true when the registry database was unreachable "
+        "and the loaded version answered",
+        "schema": {"type": "string"},
+    },
+    "X-Model-Version": {
+        "description": "the version that made the prediction",
+        "schema": {"type": "integer"},
+    },
+}
 _ADMIN = [{"bearer": []}]
 
 
 @functools.lru_cache(maxsize=1)
 def spec() -> dict[str, Any]:
     """The whole document."""
-    record = {"type": "object", "additionalProperties": False, "required": list(FEATURES),
-              "properties": {f: {"type": "number"} for f in FEATURES}}
-    predict_body = {"oneOf": [
-        record,
-        {"type": "object", "required": ["records"],
-         "properties": {"records": {"type": "array", "items": record}}},
-        {"type": "object", "required": ["dataframe_records"],
-         "properties": {"dataframe_records": {"type": "array", "items": record}}},
-        {"type": "object", "required": ["dataframe_split"],
-         "properties": {"dataframe_split": {"type": "object", "properties": {
-             "columns": {"type": "array", "items": {"type": "string"}},
-             "data": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}}}},
-        {"type": "object", "required": ["instances"],
-         "properties": {"instances": {"type": "array"}}},
-    ]}
-    predict_op = {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": predict_body}}},
-        "responses": {"200": {**_json({"$ref": "#/components/schemas/Predictions"}),
-                              "headers": _STALE},
-                      **_errors(*_PREDICT_ERRORS)},
+    record = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(FEATURES),
+        "properties": {f: {"type": "number"} for f in FEATURES},
     }
-    invocations_op = {**predict_op, "requestBody": {"required": True, "content": {
-        "application/json": {"schema": predict_body},
-        "text/csv": {"schema": {"type": "string"}}}}}
-    version_path = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {"name": "version", "in": "path", "required": True,
-                     "schema": {"type": "integer", "minimum": 1}}]
+    predict_body = {
+        "oneOf": [
+            record,
+            {
+                "type": "object",
+                "required": ["records"],
+                "properties": {"records": {"type": "array", "items": record}},
+            },
+            {
+                "type": "object",
+                "required": ["dataframe_records"],
+                "properties": {"dataframe_records": {"type": "array", "items": record}},
+            },
+            {
+                "type": "object",
+                "required": ["dataframe_split"],
+                "properties": {
+                    "dataframe_split": {
+                        "type": "object",
+                        "properties": {
+                            "columns": {"type": "array", "items": {"type": "string"}},
+                            "data": {
+                                "type": "array",
+                                "items": {"type": "array", "items": {"type": "number"}},
+                            },
+                        },
+                    }
+                },
+            },
+            {
+                "type": "object",
+                "required": ["instances"],
+                "properties": {"instances": {"type": "array"}},
+            },
+        ]
+    }
+    predict_op = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": predict_body}},
+        },
+        "responses": {
+            "200": {**_json({"$ref": "#/components/schemas/Predictions"}), "headers": _STALE},
+            **_errors(*_PREDICT_ERRORS),
+        },
+    }
+    invocations_op = {
+        **predict_op,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": predict_body},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
+    }
+    version_path = [
+        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+        {
+            "name": "version",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        },
+    ]
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Vertebral column inference API", "version": "1.0.0",
-                 "description": "Serves the active registry version of the model (ONNX). "
-                                "Every error body is {\"error\": {code, message, details?}}."},
+        "info": {
+            "title": "Vertebral column inference API",
+            "version": "1.0.0",
+            "description": "Serves the active registry version of the model (ONNX). "
+            'Every error body is {"error": {code, message, details?}}.',
+        },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "API_ADMIN_TOKEN"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "API_ADMIN_TOKEN"}
+            },
             "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                    "type": "object", "required": ["code", "message"], "properties": {
-                        "code": {"type": "string", "enum": sorted(STATUS_BY_CODE)},
-                        "message": {"type": "string"},
-                        "details": {"type": "array", "items": {"type": "object", "properties": {
-                            "record": {"type": "integer"}, "line": {"type": "integer"},
-                            "field": {"type": "string"}, "problem": {"type": "string"}}}}}}}},
-                "Predictions": {"type": "object", "properties": {
-                    "model": {"type": "object", "properties": {
-                        "name": {"type": "string"}, "version": {"type": "integer"},
-                        "run_id": {"type": ["string", "null"]}}},
-                    "predictions": {"type": "array", "items": {"type": "object", "properties": {
-                        "label": {"type": "string"}, "probability": {"type": "number"},
-                        "probabilities": {"type": "object",
-                                          "additionalProperties": {"type": "number"}},
-                        "out_of_range": {"type": "array", "items": {"type": "string"},
-                                         "description": "fields outside the training range"}}}}}},
-                "ModelVersion": {"type": "object", "description": "a model_versions document "
-                                 "(DESIGN.md) plus active: boolean"},
-                "ActiveState": {"type": "object", "properties": {
-                    "name": {"type": "string"}, "active_version": {"type": "integer"},
-                    "previous_version": {"type": ["integer", "null"]}}},
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string", "enum": sorted(STATUS_BY_CODE)},
+                                "message": {"type": "string"},
+                                "details": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "record": {"type": "integer"},
+                                            "line": {"type": "integer"},
+                                            "field": {"type": "string"},
+                                            "problem": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        }
+                    },
+                },
+                "Predictions": {
+                    "type": "object",
+                    "properties": {
+                        "model": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "version": {"type": "integer"},
+                                "run_id": {"type": ["string", "null"]},
+                            },
+                        },
+                        "predictions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "label": {"type": "string"},
+                                    "probability": {"type": "number"},
+                                    "probabilities": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "number"},
+                                    },
+                                    "out_of_range": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                        "description": "fields outside the training range",
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+                "ModelVersion": {
+                    "type": "object",
+                    "description": "a model_versions document (DESIGN.md) plus active: boolean",
+                },
+                "ActiveState": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "active_version": {"type": "integer"},
+                        "previous_version": {"type": ["integer", "null"]},
+                    },
+                },
             },
         },
         "paths": {
             "/predict": {"post": {"summary": "Predict one or many records", **predict_op}},
-            "/invocations": {"post": {"summary": "MLflow scoring drop-in (JSON or CSV)",
-                                      **invocations_op}},
-            "/batch-predict": {"post": {
-                "summary": "Score a CSV file in chunks; saved to OUTPUT_DIR/predicciones.csv",
-                "parameters": [
-                    {"name": "format", "in": "query", "schema": {"enum": ["csv", "json"]}},
-                    {"name": "on_error", "in": "query", "schema": {"enum": ["fail", "skip"]}}],
-                "requestBody": {"required": True, "content": {
-                    "multipart/form-data": {"schema": {"type": "object", "properties": {
-                        "file": {"type": "string", "format": "binary"}}}},
-                    "text/csv": {"schema": {"type": "string"}}}},
-                "responses": {"200": {"description": "the scored CSV (input columns, prediction, "
-                                      "probability, prob_<class>, model_version[, error]) or "
-                                      "a JSON summary with ?format=json",
-                                      "content": {"text/csv": {"schema": {"type": "string"}},
-                                                  "application/json": {"schema": {
-                                                      "type": "object"}}}},
-                              **_errors(*_PREDICT_ERRORS)}}},
-            "/models": {"get": {
-                "summary": "Every version with metadata and active flag",
-                "parameters": [{"name": "name", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": _json({"type": "object", "properties": {
-                    "models": {"type": "array",
-                               "items": {"$ref": "#/components/schemas/ModelVersion"}},
-                    "count": {"type": "integer"}}}),
-                    **_errors("REGISTRY_UNAVAILABLE")}}},
-            "/models/{name}/versions/{version}": {"get": {
-                "summary": "One version", "parameters": version_path,
-                "responses": {"200": _json({"$ref": "#/components/schemas/ModelVersion"}),
-                              **_errors("INVALID_INPUT", "NOT_FOUND", "REGISTRY_UNAVAILABLE")}}},
-            "/models/{name}/versions/{version}/artifact": {"get": {
-                "summary": "The ONNX bytes (X-Checksum-Sha256 header)", "parameters": version_path,
-                "responses": {"200": {"description": "ONNX model", "headers": {
-                    "X-Checksum-Sha256": {"schema": {"type": "string"}}},
-                    "content": {"application/octet-stream": {"schema": {
-                        "type": "string", "format": "binary"}}}},
-                    **_errors("INVALID_INPUT", "NOT_FOUND", "CONFLICT", "REGISTRY_UNAVAILABLE")}}},
-            "/models/{name}/history": {"get": {
-                "summary": "Activation log of a model name",
-                "parameters": version_path[:1],
-                "responses": {"200": _json({"type": "object"}),
-                              **_errors("REGISTRY_UNAVAILABLE")}}},
-            "/models/activate": {"post": {
-                "summary": "Activate a version (admin)", "security": _ADMIN,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["name", "version"], "properties": {
-                        "name": {"type": "string"}, "version": {"type": "integer"},
-                        "reason": {"type": "string"}}}}}},
-                "responses": {"200": _json({"$ref": "#/components/schemas/ActiveState"}),
-                              **_errors("INVALID_INPUT", "UNAUTHORIZED", "FORBIDDEN",
-                                        "NOT_FOUND", "CONFLICT", "UNSUPPORTED_MEDIA_TYPE",
-                                        "REGISTRY_UNAVAILABLE")}}},
-            "/models/rollback": {"post": {
-                "summary": "Return to the previous version (admin)", "security": _ADMIN,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["name"], "properties": {
-                        "name": {"type": "string"}, "reason": {"type": "string"}}}}}},
-                "responses": {"200": _json({"$ref": "#/components/schemas/ActiveState"}),
-                              **_errors("INVALID_INPUT", "UNAUTHORIZED", "FORBIDDEN",
-                                        "CONFLICT", "UNSUPPORTED_MEDIA_TYPE",
-                                        "REGISTRY_UNAVAILABLE")}}},
-            "/health": {"get": {"summary": "Liveness", "responses": {
-                "200": _json({"type": "object"})}}},
-            "/ready": {"get": {"summary": "Registry reachable and active version loaded",
-                               "responses": {"200": _json({"type": "object"}),
-                                             **_errors("NO_ACTIVE_MODEL",
-                                                       "REGISTRY_UNAVAILABLE")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-                "200": {"description": "text exposition",
-                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {
-                "200": _json({"type": "object"})}}},
+            "/invocations": {
+                "post": {"summary": "MLflow scoring drop-in (JSON or CSV)", **invocations_op}
+            },
+            "/batch-predict": {
+                "post": {
+                    "summary": "Score a CSV file in chunks; saved to OUTPUT_DIR/predicciones.csv",
+                    "parameters": [
+                        {"name": "format", "in": "query", "schema": {"enum": ["csv", "json"]}},
+                        {"name": "on_error", "in": "query", "schema": {"enum": ["fail", "skip"]}},
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"file": {"type": "string", "format": "binary"}},
+                                }
+                            },
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "the scored CSV (input columns, prediction, "
+                            "probability, prob_<class>, model_version[, error]) or "
+                            "a JSON summary with ?format=json",
+                            "content": {
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/json": {"schema": {"type": "object"}},
+                            },
+                        },
+                        **_errors(*_PREDICT_ERRORS),
+                    },
+                }
+            },
+            "/models": {
+                "get": {
+                    "summary": "Every version with metadata and active flag",
+                    "parameters": [{"name": "name", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "models": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/ModelVersion"},
+                                    },
+                                    "count": {"type": "integer"},
+                                },
+                            }
+                        ),
+                        **_errors("REGISTRY_UNAVAILABLE"),
+                    },
+                }
+            },
+            "/models/{name}/versions/{version}": {
+                "get": {
+                    "summary": "One version",
+                    "parameters": version_path,
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/ModelVersion"}),
+                        **_errors("INVALID_INPUT", "NOT_FOUND", "REGISTRY_UNAVAILABLE"),
+                    },
+                }
+            },
+            "/models/{name}/versions/{version}/artifact": {
+                "get": {
+                    "summary": "The ONNX bytes (X-Checksum-Sha256 header)",
+                    "parameters": version_path,
+                    "responses": {
+                        "200": {
+                            "description": "ONNX model",
+                            "headers": {"X-Checksum-Sha256": {"schema": {"type": "string"}}},
+                            "content": {
+                                "application/octet-stream": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                }
+                            },
+                        },
+                        **_errors("INVALID_INPUT", "NOT_FOUND", "CONFLICT", "REGISTRY_UNAVAILABLE"),
+                    },
+                }
+            },
+            "/models/{name}/history": {
+                "get": {
+                    "summary": "Activation log of a model name",
+                    "parameters": version_path[:1],
+                    "responses": {
+                        "200": _json({"type": "object"}),
+                        **_errors("REGISTRY_UNAVAILABLE"),
+                    },
+                }
+            },
+            "/models/activate": {
+                "post": {
+                    "summary": "Activate a version (admin)",
+                    "security": _ADMIN,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["name", "version"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "version": {"type": "integer"},
+                                        "reason": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/ActiveState"}),
+                        **_errors(
+                            "INVALID_INPUT",
+                            "UNAUTHORIZED",
+                            "FORBIDDEN",
+                            "NOT_FOUND",
+                            "CONFLICT",
+                            "UNSUPPORTED_MEDIA_TYPE",
+                            "REGISTRY_UNAVAILABLE",
+                        ),
+                    },
+                }
+            },
+            "/models/rollback": {
+                "post": {
+                    "summary": "Return to the previous version (admin)",
+                    "security": _ADMIN,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "reason": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/ActiveState"}),
+                        **_errors(
+                            "INVALID_INPUT",
+                            "UNAUTHORIZED",
+                            "FORBIDDEN",
+                            "CONFLICT",
+                            "UNSUPPORTED_MEDIA_TYPE",
+                            "REGISTRY_UNAVAILABLE",
+                        ),
+                    },
+                }
+            },
+            "/health": {
+                "get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Registry reachable and active version loaded",
+                    "responses": {
+                        "200": _json({"type": "object"}),
+                        **_errors("NO_ACTIVE_MODEL", "REGISTRY_UNAVAILABLE"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "text exposition",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
+            },
         },
     }

@@ -27,9 +27,11 @@ def ready() -> Response:
     g.served = resolved
     if resolved.stale:
         unreachable = not registry().active.registry_reachable
-        raise RegistryError("REGISTRY_UNAVAILABLE" if unreachable else "NO_ACTIVE_MODEL",
-                            f"{resolved.reason}; still serving {resolved.model.name} "
-                            f"v{resolved.model.version} from memory")
+        raise RegistryError(
+            "REGISTRY_UNAVAILABLE" if unreachable else "NO_ACTIVE_MODEL",
+            f"{resolved.reason}; still serving {resolved.model.name} "
+            f"v{resolved.model.version} from memory",
+        )
     return jsonify({"status": "ready", "model": resolved.model.identity()})
 
 

@@ -11,8 +11,15 @@ from api import registry
 from api.active import Resolved
 from api.batch import run_batch
 from api.metrics import BATCH_ROWS, PREDICTIONS
-from api.validation import (MAX_DETAILS, check_count, csv_records, extract_records,
-                            invalid, parse_json, validate_records)
+from api.validation import (
+    MAX_DETAILS,
+    check_count,
+    csv_records,
+    extract_records,
+    invalid,
+    parse_json,
+    validate_records,
+)
 from registry_bridge.errors import RegistryError
 
 bp = Blueprint("predict", __name__)
@@ -34,8 +41,9 @@ def _json_body() -> Any:
 
 def _unsupported(allowed: str) -> RegistryError:
     given = request.mimetype or "none"
-    return RegistryError("UNSUPPORTED_MEDIA_TYPE",
-                         f"Content-Type {given} is not accepted here; send {allowed}")
+    return RegistryError(
+        "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {given} is not accepted here; send {allowed}"
+    )
 
 
 def _predict(accept_csv: bool) -> Response:
@@ -55,19 +63,32 @@ def _predict(accept_csv: bool) -> Response:
     scored = model.predict(checked.matrix)
     unscored = np.flatnonzero(~np.isfinite(scored.probabilities).all(axis=1))
     if unscored.size:  # extreme (if finite) values overflow inside the model
-        raise invalid(f"the model gives no finite probabilities for {unscored.size} record(s): "
-                      "values too far outside the training range",
-                      [{"record": int(i), "problem": "no finite probabilities; out of range: "
-                        + (", ".join(checked.out_of_range[i]) or "none")}
-                       for i in unscored[:MAX_DETAILS]])
+        raise invalid(
+            f"the model gives no finite probabilities for {unscored.size} record(s): "
+            "values too far outside the training range",
+            [
+                {
+                    "record": int(i),
+                    "problem": "no finite probabilities; out of range: "
+                    + (", ".join(checked.out_of_range[i]) or "none"),
+                }
+                for i in unscored[:MAX_DETAILS]
+            ],
+        )
     classes = model.classes
     column_of = model.column_of
     predictions = []
-    for label, row, flags in zip(scored.labels, scored.probabilities.tolist(),
-                                 checked.out_of_range):
-        predictions.append({"label": label, "probability": row[column_of[label]],
-                            "probabilities": dict(zip(classes, row)),
-                            "out_of_range": flags})
+    for label, row, flags in zip(
+        scored.labels, scored.probabilities.tolist(), checked.out_of_range, strict=False
+    ):
+        predictions.append(
+            {
+                "label": label,
+                "probability": row[column_of[label]],
+                "probabilities": dict(zip(classes, row, strict=False)),
+                "out_of_range": flags,
+            }
+        )
     PREDICTIONS.labels(model.name, str(model.version)).inc(len(predictions))
     return jsonify({"model": model.identity(), "predictions": predictions})
 
@@ -90,16 +111,21 @@ def batch_predict() -> Response:
     answer = request.args.get("format", "csv")
     on_error = request.args.get("on_error", "fail")
     if answer not in ("csv", "json"):
-        raise invalid(f"format must be csv or json, got {answer!r}",
-                      [{"field": "format", "problem": "unknown value"}])
+        raise invalid(
+            f"format must be csv or json, got {answer!r}",
+            [{"field": "format", "problem": "unknown value"}],
+        )
     if on_error not in ("fail", "skip"):
-        raise invalid(f"on_error must be fail or skip, got {on_error!r}",
-                      [{"field": "on_error", "problem": "unknown value"}])
+        raise invalid(
+            f"on_error must be fail or skip, got {on_error!r}",
+            [{"field": "on_error", "problem": "unknown value"}],
+        )
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
         if upload is None:
-            raise invalid("multipart upload without a 'file' field",
-                          [{"field": "file", "problem": "missing"}])
+            raise invalid(
+                "multipart upload without a 'file' field", [{"field": "file", "problem": "missing"}]
+            )
         stream, expected = upload.stream, None  # parsed whole by werkzeug already
     elif request.mimetype == CSV_TYPE:
         stream, expected = request.stream, request.content_length
@@ -107,8 +133,14 @@ def batch_predict() -> Response:
         raise _unsupported(f"multipart/form-data with a 'file' field, or {CSV_TYPE}")
     model = serving().model
     settings = registry().settings.api
-    result = run_batch(stream, model, settings.output_dir, settings.batch_chunk_rows, on_error,
-                       expected_bytes=expected)
+    result = run_batch(
+        stream,
+        model,
+        settings.output_dir,
+        settings.batch_chunk_rows,
+        on_error,
+        expected_bytes=expected,
+    )
     version = str(model.version)
     BATCH_ROWS.labels(model.name, version, "predicted").inc(result.predicted)
     if result.errors:
@@ -117,8 +149,13 @@ def batch_predict() -> Response:
     if answer == "json":
         response = jsonify(result.summary())
     else:
-        response = send_file(result.job_path, mimetype=CSV_TYPE, as_attachment=True,
-                             download_name=result.job_path.name, max_age=0)
+        response = send_file(
+            result.job_path,
+            mimetype=CSV_TYPE,
+            as_attachment=True,
+            download_name=result.job_path.name,
+            max_age=0,
+        )
     response.headers["X-Job-Id"] = result.job_id
     response.headers["X-Saved-Path"] = str(result.latest_path)
     return response

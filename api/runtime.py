@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -22,8 +23,12 @@ from registry_bridge.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
-_ORT_ERRORS = (ort_state.Fail, ort_state.InvalidGraph, ort_state.InvalidProtobuf,
-               ort_state.InvalidArgument)
+_ORT_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.InvalidArgument,
+)
 
 # Sessions kept per process: the active version, the one rolled back to, and a spare.
 CACHE_SIZE = 4
@@ -64,7 +69,8 @@ class LoadedModel:
     def predict(self, matrix: np.ndarray) -> Prediction:
         """Score a float32 matrix whose columns follow ``schema.features``."""
         labels, probabilities = self.session.run(
-            [self.label_output, self.probabilities_output], {self.input_name: matrix})
+            [self.label_output, self.probabilities_output], {self.input_name: matrix}
+        )
         return Prediction([str(label) for label in labels], np.asarray(probabilities))
 
 
@@ -94,9 +100,16 @@ def _pick_outputs(session: ort.InferenceSession, onnx_io: dict[str, str]) -> tup
     return label, probs
 
 
-def load_model(name: str, version: int, run_id: str | None, classes: Sequence[str],
-               input_schema: Sequence[dict[str, Any]], onnx_bytes: bytes,
-               sha256: str | None = None, onnx_io: dict[str, str] | None = None) -> LoadedModel:
+def load_model(
+    name: str,
+    version: int,
+    run_id: str | None,
+    classes: Sequence[str],
+    input_schema: Sequence[dict[str, Any]],
+    onnx_bytes: bytes,
+    sha256: str | None = None,
+    onnx_io: dict[str, str] | None = None,
+) -> LoadedModel:
     """Build an ONNX session from verified bytes and check it fits the schema.
 
     Raises:
@@ -109,25 +122,40 @@ def load_model(name: str, version: int, run_id: str | None, classes: Sequence[st
         # Two cores shared by gunicorn workers: one intra-op thread each avoids oversubscription.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(onnx_bytes, sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+        )
         schema = InputSchema.from_fields(input_schema)
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ValueError(f"expected one input tensor, found {len(inputs)}")
         width = inputs[0].shape[-1]
         if isinstance(width, int) and width != len(schema.features):
-            raise ValueError(f"the graph takes {width} features, the schema lists "
-                             f"{len(schema.features)}")
+            raise ValueError(
+                f"the graph takes {width} features, the schema lists {len(schema.features)}"
+            )
         label_output, prob_output = _pick_outputs(session, onnx_io or {})
     except (ValueError, KeyError, TypeError, *_ORT_ERRORS) as exc:
         raise RegistryError("CONFLICT", f"{where} cannot be served: {exc}") from None
-    model = LoadedModel(name, int(version), run_id, tuple(str(c) for c in classes), schema,
-                        session, inputs[0].name, label_output, prob_output, sha256)
+    model = LoadedModel(
+        name,
+        int(version),
+        run_id,
+        tuple(str(c) for c in classes),
+        schema,
+        session,
+        inputs[0].name,
+        label_output,
+        prob_output,
+        sha256,
+    )
     probe = model.predict(np.zeros((1, len(schema.features)), dtype=np.float32))
     if probe.probabilities.shape[1] != len(model.classes):
-        raise RegistryError("CONFLICT", f"{where} gives {probe.probabilities.shape[1]} "
-                            f"probabilities for {len(model.classes)} classes")
+        raise RegistryError(
+            "CONFLICT",
+            f"{where} gives {probe.probabilities.shape[1]} "
+            f"probabilities for {len(model.classes)} classes",
+        )
     log.info("loaded %s (sha256 %s)", where, (sha256 or "?")[:12])
     return model
 
@@ -145,8 +173,9 @@ class SessionCache:
         """The loaded version, or None (no I/O: the hot path)."""
         return self._models.get((name, version))
 
-    def get_or_load(self, name: str, version: int,
-                    loader: Callable[[], LoadedModel]) -> LoadedModel:
+    def get_or_load(
+        self, name: str, version: int, loader: Callable[[], LoadedModel]
+    ) -> LoadedModel:
         """The cached version, loading it once even when many threads ask at once."""
         key = (name, version)
         found = self._models.get(key)

@@ -14,8 +14,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class InputSchema:
     names: frozenset[str]
 
     @classmethod
-    def from_fields(cls, fields: Sequence[Mapping[str, Any]]) -> "InputSchema":
+    def from_fields(cls, fields: Sequence[Mapping[str, Any]]) -> InputSchema:
         """Build from ``[{name, dtype, min, max}, ...]`` as stored in ``model_versions``."""
         if not fields:
             raise ValueError("the version has an empty input_schema")
@@ -49,8 +50,12 @@ class InputSchema:
         def bound(value: Any) -> float | None:
             return None if value is None else float(value)
 
-        return cls(names, tuple(bound(f.get("min")) for f in fields),
-                   tuple(bound(f.get("max")) for f in fields), frozenset(names))
+        return cls(
+            names,
+            tuple(bound(f.get("min")) for f in fields),
+            tuple(bound(f.get("max")) for f in fields),
+            frozenset(names),
+        )
 
 
 @dataclass(frozen=True)
@@ -69,15 +74,19 @@ def invalid(message: str, details: list[dict[str, Any]] | None = None) -> Regist
 def shown(text: Any) -> str:
     """A client-given name as an error may echo it: at most MAX_NAME_CHARS characters."""
     text = str(text)
-    return text if len(text) <= MAX_NAME_CHARS else f"{text[:MAX_NAME_CHARS]}... ({len(text)} chars)"
+    return (
+        text if len(text) <= MAX_NAME_CHARS else f"{text[:MAX_NAME_CHARS]}... ({len(text)} chars)"
+    )
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
         if key in found:
-            raise invalid(f"duplicate key {shown(key)!r} in a JSON object: each field once",
-                          [{"field": shown(key), "problem": "duplicate key"}])
+            raise invalid(
+                f"duplicate key {shown(key)!r} in a JSON object: each field once",
+                [{"field": shown(key), "problem": "duplicate key"}],
+            )
         found[key] = value
     return found
 
@@ -90,13 +99,16 @@ def parse_json(data: bytes, content_length: int | None = None) -> Any:
             Content-Length, not UTF-8, malformed, duplicate key, nested too deep).
     """
     if content_length is not None and len(data) < content_length:
-        raise invalid(f"the body ended after {len(data)} of the {content_length} bytes its "
-                      "Content-Length announced (client disconnected?)")
+        raise invalid(
+            f"the body ended after {len(data)} of the {content_length} bytes its "
+            "Content-Length announced (client disconnected?)"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise invalid(f"the body is not UTF-8 text (byte {exc.start}); JSON must be UTF-8"
-                      ) from None
+        raise invalid(
+            f"the body is not UTF-8 text (byte {exc.start}); JSON must be UTF-8"
+        ) from None
     try:
         return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
@@ -114,8 +126,10 @@ def extract_records(payload: Any) -> list[Any]:
     if isinstance(payload, list):
         return payload
     if not isinstance(payload, dict):
-        raise invalid("the body must be a JSON object: one record, or {\"records\": [...]}, "
-                      "or MLflow's dataframe_records / dataframe_split / instances")
+        raise invalid(
+            'the body must be a JSON object: one record, or {"records": [...]}, '
+            "or MLflow's dataframe_records / dataframe_split / instances"
+        )
     wrappers = [key for key in _WRAPPERS if key in payload]
     if not wrappers:
         return [payload]
@@ -144,10 +158,12 @@ def _split_records(body: Any) -> list[Any]:
     records: list[Any] = []
     for index, row in enumerate(data):
         if not isinstance(row, list) or len(row) != len(columns):
-            raise invalid(f"'dataframe_split.data' row {index} must be a list of "
-                          f"{len(columns)} values (one per column)",
-                          [{"record": index, "problem": "wrong number of values"}])
-        records.append(dict(zip(columns, row)))
+            raise invalid(
+                f"'dataframe_split.data' row {index} must be a list of "
+                f"{len(columns)} values (one per column)",
+                [{"record": index, "problem": "wrong number of values"}],
+            )
+        records.append(dict(zip(columns, row, strict=False)))
     return records
 
 
@@ -165,9 +181,11 @@ def check_count(records: Sequence[Any], max_records: int) -> None:
     if not records:
         raise invalid("no records to predict: the input is empty")
     if len(records) > max_records:
-        raise RegistryError("PAYLOAD_TOO_LARGE",
-                            f"{len(records)} records in one request; the limit is {max_records} "
-                            f"(use /batch-predict for more)")
+        raise RegistryError(
+            "PAYLOAD_TOO_LARGE",
+            f"{len(records)} records in one request; the limit is {max_records} "
+            f"(use /batch-predict for more)",
+        )
 
 
 def _number(value: Any, from_text: bool) -> tuple[float | None, str | None]:
@@ -200,8 +218,9 @@ def _number(value: Any, from_text: bool) -> tuple[float | None, str | None]:
     return number, None
 
 
-def validate_records(records: Sequence[Any], schema: InputSchema,
-                     from_text: bool = False) -> ValidatedInput:
+def validate_records(
+    records: Sequence[Any], schema: InputSchema, from_text: bool = False
+) -> ValidatedInput:
     """Check every record against ``schema`` and build the float32 matrix.
 
     Args:
@@ -225,23 +244,32 @@ def validate_records(records: Sequence[Any], schema: InputSchema,
                         problems.append({"record": index, "field": name, "problem": "missing"})
                 for name in record:
                     if name not in schema.names:
-                        problems.append({"record": index, "field": shown(name),
-                                         "problem": "unknown field"})
+                        problems.append(
+                            {"record": index, "field": shown(name), "problem": "unknown field"}
+                        )
         elif isinstance(record, list):
             if len(record) != width:
-                problems.append({"record": index, "problem":
-                                 f"expected {width} values in this order: {', '.join(features)}; "
-                                 f"got {len(record)}"})
+                problems.append(
+                    {
+                        "record": index,
+                        "problem": f"expected {width} values in this order: {', '.join(features)}; "
+                        f"got {len(record)}",
+                    }
+                )
                 flags.append([])
                 continue
             values = record
         else:
-            problems.append({"record": index, "problem":
-                             f"a record must be an object of fields, got {type(record).__name__}"})
+            problems.append(
+                {
+                    "record": index,
+                    "problem": f"a record must be an object of fields, got {type(record).__name__}",
+                }
+            )
             flags.append([])
             continue
         row_flags: list[str] = []
-        for col, (name, value) in enumerate(zip(features, values)):
+        for col, (name, value) in enumerate(zip(features, values, strict=False)):
             if value is _MISSING:
                 continue
             number, problem = _number(value, from_text)
@@ -256,9 +284,11 @@ def validate_records(records: Sequence[Any], schema: InputSchema,
     if problems:
         records_at_fault = len({p["record"] for p in problems})
         listed = "" if len(problems) <= MAX_DETAILS else f" (the first {MAX_DETAILS} listed)"
-        raise invalid(f"{len(problems)} problem(s){listed} in {records_at_fault} of "
-                      f"{len(records)} record(s); expected fields: {', '.join(features)}",
-                      problems[:MAX_DETAILS])
+        raise invalid(
+            f"{len(problems)} problem(s){listed} in {records_at_fault} of "
+            f"{len(records)} record(s); expected fields: {', '.join(features)}",
+            problems[:MAX_DETAILS],
+        )
     return ValidatedInput(matrix.astype(np.float32), flags)
 
 
@@ -281,9 +311,11 @@ def csv_records(text: str) -> list[dict[str, str]]:
         if not row or all(cell.strip() == "" for cell in row):
             continue
         if len(row) != len(header):
-            raise invalid(f"line {line}: {len(row)} cells for {len(header)} columns",
-                          [{"line": line, "problem": "wrong number of cells"}])
-        records.append(dict(zip(header, row)))
+            raise invalid(
+                f"line {line}: {len(row)} cells for {len(header)} columns",
+                [{"line": line, "problem": "wrong number of cells"}],
+            )
+        records.append(dict(zip(header, row, strict=False)))
     return records
 
 
@@ -291,8 +323,10 @@ def check_width(header_line: str, delimiter: str) -> None:
     """400 for a header of more than MAX_COLUMNS columns (parsing it would take the worker)."""
     columns = header_line.count(delimiter) + 1
     if columns > MAX_COLUMNS:
-        raise invalid(f"line 1: the CSV header has {columns} columns; at most {MAX_COLUMNS} "
-                      "are accepted", [{"line": 1, "problem": "too many columns"}])
+        raise invalid(
+            f"line 1: the CSV header has {columns} columns; at most {MAX_COLUMNS} are accepted",
+            [{"line": 1, "problem": "too many columns"}],
+        )
 
 
 def sniff_delimiter(header_line: str) -> str:

@@ -16,8 +16,13 @@ import time
 from typing import Any
 
 from bench import activation, batch, online
-from bench.common import (add_common_arguments, configure_logging, machine_info, output_dir,
-                          write_json)
+from bench.common import (
+    add_common_arguments,
+    configure_logging,
+    machine_info,
+    output_dir,
+    write_json,
+)
 from bench.report import render
 from bench.workspace import Workspace
 
@@ -31,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected parts; exit 1 with one line when a part fails."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--only", default=",".join(PARTS),
-                        help=f"comma-separated parts to run (default {','.join(PARTS)})")
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default {','.join(PARTS)})",
+    )
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
@@ -50,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
                 part_started = time.perf_counter()
                 log.info("--- %s ---", part)
                 document = PARTS[part](ws, model, args.quick, args.workers)
-                document.update(machine=machine_info(), quick=args.quick, command=command,
-                                elapsed_s=round(time.perf_counter() - part_started, 1))
+                document.update(
+                    machine=machine_info(),
+                    quick=args.quick,
+                    command=command,
+                    elapsed_s=round(time.perf_counter() - part_started, 1),
+                )
                 docs[part] = document
                 write_json(out / f"{part}.json", document)
     except RuntimeError as exc:

@@ -37,7 +37,9 @@ SWITCH_TIMEOUT_S = 30.0
 POLL_PAUSE_S = 0.01
 
 
-Record = tuple[float, float, int, "int | None", "int | None", bool]  # sent, done, status, version, pid, stale
+Record = tuple[
+    float, float, int, "int | None", "int | None", bool
+]  # sent, done, status, version, pid, stale
 
 
 class Poller:
@@ -54,15 +56,20 @@ class Poller:
     def _one(self) -> tuple[int, int | None, int | None, bool]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
-            connection.request("POST", "/predict", body=self.body,
-                               headers={"Content-Type": "application/json"})
+            connection.request(
+                "POST", "/predict", body=self.body, headers={"Content-Type": "application/json"}
+            )
             answer = connection.getresponse()
             answer.read()
             version = answer.getheader("X-Model-Version")
             pid = answer.getheader("X-Worker-Pid")
             stale = answer.getheader("X-Model-Stale") == "true"
-            return (answer.status, int(version) if version else None, int(pid) if pid else None,
-                    stale)
+            return (
+                answer.status,
+                int(version) if version else None,
+                int(pid) if pid else None,
+                stale,
+            )
         finally:
             connection.close()
 
@@ -77,7 +84,7 @@ class Poller:
                 self.records.append((sent, time.perf_counter(), status, version, pid, stale))
             self._stop.wait(POLL_PAUSE_S)
 
-    def start(self) -> "Poller":
+    def start(self) -> Poller:
         for thread in self._threads:
             thread.start()
         return self
@@ -95,11 +102,12 @@ class Poller:
 def _activate(server: Server, token: str, name: str, version: int) -> dict[str, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
     try:
-        connection.request("POST", "/models/activate",
-                           body=json.dumps({"name": name, "version": version,
-                                            "reason": "benchmark"}).encode(),
-                           headers={"Content-Type": "application/json",
-                                    "Authorization": f"Bearer {token}"})
+        connection.request(
+            "POST",
+            "/models/activate",
+            body=json.dumps({"name": name, "version": version, "reason": "benchmark"}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
         answer = connection.getresponse()
         payload = answer.read()
     finally:
@@ -109,8 +117,9 @@ def _activate(server: Server, token: str, name: str, version: int) -> dict[str, 
     return json.loads(payload)
 
 
-def measure_switch(server: Server, token: str, name: str, version: int, body: bytes,
-                   pollers: int, workers: int) -> dict[str, Any]:
+def measure_switch(
+    server: Server, token: str, name: str, version: int, body: bytes, pollers: int, workers: int
+) -> dict[str, Any]:
     """Activate ``version`` under a light /predict load; timings in seconds from the request."""
     poller = Poller(server.port, body, pollers).start()
     try:
@@ -120,8 +129,11 @@ def measure_switch(server: Server, token: str, name: str, version: int, body: by
         acked = time.perf_counter()
         deadline = acked + SWITCH_TIMEOUT_S
         while time.perf_counter() < deadline:
-            fresh = {pid for _, _, status, v, pid, _ in poller.snapshot()
-                     if status == 200 and v == version}
+            fresh = {
+                pid
+                for _, _, status, v, pid, _ in poller.snapshot()
+                if status == 200 and v == version
+            }
             if len(fresh) >= workers:
                 break
             time.sleep(0.02)
@@ -166,14 +178,27 @@ def load_cost(ws: Workspace, version: int, rounds: int = 3) -> dict[str, Any]:
         data = ws.store.read_artifact(meta)
         reads.append(time.perf_counter() - started)
         started = time.perf_counter()
-        load_model(meta.name, meta.version, meta.run_id, meta.classes, meta.input_schema, data,
-                   meta.sha256, onnx_io=meta.onnx_io)
+        load_model(
+            meta.name,
+            meta.version,
+            meta.run_id,
+            meta.classes,
+            meta.input_schema,
+            data,
+            meta.sha256,
+            onnx_io=meta.onnx_io,
+        )
         sessions.append(time.perf_counter() - started)
     return {"read_artifact_s": summarize(reads), "build_session_s": summarize(sessions)}
 
 
-def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
-        plan: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    ws: Workspace,
+    model: BenchModel,
+    quick: bool = False,
+    workers: int = 2,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Publish and activate cold versions of the demo and the large model; the result document."""
     plan = dict(plan or (QUICK if quick else FULL))
     load_before = load_average()
@@ -190,14 +215,28 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
                 fresh = ws.publish(run_id, new_version=True)
                 sizes[kind] = fresh.onnx_bytes
                 versions[kind] = fresh.version
-                result = measure_switch(server, ws.admin_token, ws.model_name, fresh.version,
-                                        body, plan["pollers"], workers)
+                result = measure_switch(
+                    server,
+                    ws.admin_token,
+                    ws.model_name,
+                    fresh.version,
+                    body,
+                    plan["pollers"],
+                    workers,
+                )
                 runs[kind].append(result)
-                log.info("round %d %-5s v%-3d (%5.1f MB): acknowledged %.3fs, first %s, "
-                         "all workers %s, errors %d", number + 1, kind, fresh.version,
-                         fresh.onnx_bytes / 1e6, result["acknowledged_s"],
-                         result["first_new_prediction_s"], result["all_workers_s"],
-                         result["errors"])
+                log.info(
+                    "round %d %-5s v%-3d (%5.1f MB): acknowledged %.3fs, first %s, "
+                    "all workers %s, errors %d",
+                    number + 1,
+                    kind,
+                    fresh.version,
+                    fresh.onnx_bytes / 1e6,
+                    result["acknowledged_s"],
+                    result["first_new_prediction_s"],
+                    result["all_workers_s"],
+                    result["errors"],
+                )
     finally:
         server.stop()
     # Measured after the switches, with the API stopped, so it does not disturb them.
@@ -215,21 +254,26 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
             "all_workers_s": visible,
             "errors": sum(r["errors"] for r in results),
             "old_version_after_ack": sum(r["old_version_after_ack"] for r in results),
-            "old_version_after_ack_marked_stale": sum(r["old_version_after_ack_marked_stale"]
-                                                      for r in results),
+            "old_version_after_ack_marked_stale": sum(
+                r["old_version_after_ack_marked_stale"] for r in results
+            ),
             "stale_responses": sum(r["stale_responses"] for r in results),
-            "goal_visible_under_1s": None if visible["median"] is None
-            else visible["median"] < 1.0,
+            "goal_visible_under_1s": None if visible["median"] is None else visible["median"] < 1.0,
             "runs": results,
         }
     return {
         "benchmark": "activation",
-        "plan": {**plan, "workers": workers, "poll_pause_s": POLL_PAUSE_S,
-                 "large_model": f"random forest, {plan['large_trees']} trees fitted on "
-                                f"{plan['large_rows']} resampled rows (run {large_run})",
-                 "demo_model": f"{model.family} (run {model.run_id})"},
+        "plan": {
+            **plan,
+            "workers": workers,
+            "poll_pause_s": POLL_PAUSE_S,
+            "large_model": f"random forest, {plan['large_trees']} trees fitted on "
+            f"{plan['large_rows']} resampled rows (run {large_run})",
+            "demo_model": f"{model.family} (run {model.run_id})",
+        },
         "model": model.__dict__,
-        "load_average_before": load_before, "load_average_after": load_after,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "models": models,
     }
 

@@ -20,8 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (RssSampler, load_average, meets, peak_rss_kb, process_tree, ratio,
-                          run_measured, summarize)
+from bench.common import (
+    RssSampler,
+    load_average,
+    meets,
+    peak_rss_kb,
+    process_tree,
+    ratio,
+    run_measured,
+    summarize,
+)
 from bench.workspace import BenchModel, Workspace, run_single_part
 
 log = logging.getLogger("bench")
@@ -67,11 +75,13 @@ def api_batch(url: str, server_pid: int, source: Path, target: Path) -> dict[str
     sampler = RssSampler(server_pid, interval_s=0.02)
     with sampler, open(source, "rb") as body, open(target, "wb") as out:
         started = time.perf_counter()
-        with requests.post(url, data=body, headers={"Content-Type": "text/csv"}, stream=True,
-                           timeout=600) as answer:
+        with requests.post(
+            url, data=body, headers={"Content-Type": "text/csv"}, stream=True, timeout=600
+        ) as answer:
             if answer.status_code != 200:
-                raise RuntimeError(f"/batch-predict answered {answer.status_code}: "
-                                   f"{answer.content[:300]!r}")
+                raise RuntimeError(
+                    f"/batch-predict answered {answer.status_code}: {answer.content[:300]!r}"
+                )
             for block in answer.iter_content(1 << 20):
                 out.write(block)
         wall = time.perf_counter() - started
@@ -80,9 +90,21 @@ def api_batch(url: str, server_pid: int, source: Path, target: Path) -> dict[str
 
 def mlflow_predict(ws: Workspace, model: BenchModel, source: Path, target: Path) -> dict[str, Any]:
     """``mlflow models predict`` of the run's sklearn model on ``source``."""
-    command = [str(Path(sys.executable).with_name("mlflow")), "models", "predict",
-               "-m", model.sklearn_uri, "-i", str(source), "-o", str(target), "-t", "csv",
-               "--env-manager", "local"]
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "models",
+        "predict",
+        "-m",
+        model.sklearn_uri,
+        "-i",
+        str(source),
+        "-o",
+        str(target),
+        "-t",
+        "csv",
+        "--env-manager",
+        "local",
+    ]
     return run_measured(command, ws.dir / "logs" / "mlflow-predict.log", ws.mlflow_env())
 
 
@@ -92,42 +114,71 @@ def export_model(ws: Workspace, model: BenchModel) -> tuple[Path, Path]:
     onnx_path = ws.dir / f"v{model.version}.onnx"
     onnx_path.write_bytes(ws.store.read_artifact(version))
     meta_path = ws.dir / f"v{model.version}.json"
-    meta_path.write_text(json.dumps({
-        "name": version.name, "version": version.version, "run_id": version.run_id,
-        "classes": version.classes, "input_schema": version.input_schema,
-        "onnx_io": version.onnx_io}))
+    meta_path.write_text(
+        json.dumps(
+            {
+                "name": version.name,
+                "version": version.version,
+                "run_id": version.run_id,
+                "classes": version.classes,
+                "input_schema": version.input_schema,
+                "onnx_io": version.onnx_io,
+            }
+        )
+    )
     return onnx_path, meta_path
 
 
-def in_process(ws: Workspace, onnx_path: Path, meta_path: Path, source: Path,
-               target: Path, warmup: Path) -> dict[str, Any]:
+def in_process(
+    ws: Workspace, onnx_path: Path, meta_path: Path, source: Path, target: Path, warmup: Path
+) -> dict[str, Any]:
     """:mod:`bench.inprocess` in its own process: wall, scoring seconds, peak RSS."""
     log_path = ws.dir / "logs" / "inprocess.log"
     start = log_path.stat().st_size if log_path.exists() else 0
-    measured = run_measured([sys.executable, "-m", "bench.inprocess", str(onnx_path),
-                             str(meta_path), str(source), str(target), str(warmup)], log_path)
+    measured = run_measured(
+        [
+            sys.executable,
+            "-m",
+            "bench.inprocess",
+            str(onnx_path),
+            str(meta_path),
+            str(source),
+            str(target),
+            str(warmup),
+        ],
+        log_path,
+    )
     with open(log_path, "rb") as handle:
         handle.seek(start)
         line = [ln for ln in handle.read().decode().splitlines() if ln.startswith("{")][-1]
     return {**measured, **json.loads(line)}
 
 
-def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
-        plan: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    ws: Workspace,
+    model: BenchModel,
+    quick: bool = False,
+    workers: int = 2,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Measure the three ways on each file size; the result document."""
     plan = dict(plan or (QUICK if quick else FULL))
     load_before = load_average()
     data_dir = ws.dir / "data"
     data_dir.mkdir(exist_ok=True)
-    files = {rows: make_csv(ws.settings, rows, data_dir / f"rows-{rows}.csv")
-             for rows in plan["sizes"]}
+    files = {
+        rows: make_csv(ws.settings, rows, data_dir / f"rows-{rows}.csv") for rows in plan["sizes"]
+    }
     tiny = make_csv(ws.settings, 10, data_dir / "rows-10.csv")
     onnx_path, meta_path = export_model(ws, model)
     out_dir = ws.dir / "batch-out"
     out_dir.mkdir(exist_ok=True)
     # MLflow's fixed cost (interpreter, imports, model load) on a 10-row file, for context.
-    startup = (mlflow_predict(ws, model, tiny, out_dir / "mlflow-10.json")
-               if plan["measure_mlflow_startup"] else {})
+    startup = (
+        mlflow_predict(ws, model, tiny, out_dir / "mlflow-10.json")
+        if plan["measure_mlflow_startup"]
+        else {}
+    )
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {"api": {}, "mlflow": {}, "inprocess": {}}
     server = ws.api_server(workers, name="api-batch").start()
     try:
@@ -142,26 +193,43 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
                 runs["api"].setdefault(rows, []).append(result)
                 result = mlflow_predict(ws, model, source, out_dir / f"mlflow-{rows}.json")
                 runs["mlflow"].setdefault(rows, []).append(result)
-                result = in_process(ws, onnx_path, meta_path, source, out_dir / f"inproc-{rows}.csv",
-                                    tiny)
+                result = in_process(
+                    ws, onnx_path, meta_path, source, out_dir / f"inproc-{rows}.csv", tiny
+                )
                 runs["inprocess"].setdefault(rows, []).append(result)
-                log.info("%7d rows round %d: api %.2fs (PSS %.0f MB)  mlflow %.2fs (%.0f MB)  "
-                         "in-process %.2fs", rows, number + 1, runs["api"][rows][-1]["wall_s"],
-                         runs["api"][rows][-1]["peak_pss_total_mb"],
-                         runs["mlflow"][rows][-1]["wall_s"],
-                         runs["mlflow"][rows][-1]["peak_rss_mb"], result["score_s"])
-        workers_hwm = [round(peak_rss_kb(p) * 1024 / 1e6, 1) for p in process_tree(server.process.pid)]
+                log.info(
+                    "%7d rows round %d: api %.2fs (PSS %.0f MB)  mlflow %.2fs (%.0f MB)  "
+                    "in-process %.2fs",
+                    rows,
+                    number + 1,
+                    runs["api"][rows][-1]["wall_s"],
+                    runs["api"][rows][-1]["peak_pss_total_mb"],
+                    runs["mlflow"][rows][-1]["wall_s"],
+                    runs["mlflow"][rows][-1]["peak_rss_mb"],
+                    result["score_s"],
+                )
+        workers_hwm = [
+            round(peak_rss_kb(p) * 1024 / 1e6, 1) for p in process_tree(server.process.pid)
+        ]
     finally:
         server.stop()
     load_after = load_average()
-    return _document(plan, workers, model, files, runs, startup, workers_hwm, load_before,
-                     load_after)
+    return _document(
+        plan, workers, model, files, runs, startup, workers_hwm, load_before, load_after
+    )
 
 
-def _document(plan: dict[str, Any], workers: int, model: BenchModel, files: dict[int, Path],
-              runs: dict[str, dict[int, list[dict[str, Any]]]], startup: dict[str, Any],
-              workers_hwm: list[float], load_before: list[float],
-              load_after: list[float]) -> dict[str, Any]:
+def _document(
+    plan: dict[str, Any],
+    workers: int,
+    model: BenchModel,
+    files: dict[int, Path],
+    runs: dict[str, dict[int, list[dict[str, Any]]]],
+    startup: dict[str, Any],
+    workers_hwm: list[float],
+    load_before: list[float],
+    load_after: list[float],
+) -> dict[str, Any]:
     by_size: dict[str, Any] = {}
     for rows in files:
         api, mlflow, inproc = (runs[k][rows] for k in ("api", "mlflow", "inprocess"))
@@ -169,24 +237,36 @@ def _document(plan: dict[str, Any], workers: int, model: BenchModel, files: dict
         mlflow_s = summarize([r["wall_s"] for r in mlflow])
         inproc_s = summarize([r["score_s"] for r in inproc])
         inproc_wall = summarize([r["wall_s"] for r in inproc])
-        mlflow_work = (mlflow_s["median"] - startup["wall_s"]) if (
-            mlflow_s["median"] and startup.get("wall_s")) else None
+        mlflow_work = (
+            (mlflow_s["median"] - startup["wall_s"])
+            if (mlflow_s["median"] and startup.get("wall_s"))
+            else None
+        )
         by_size[str(rows)] = {
             "file_mb": round(files[rows].stat().st_size / 1e6, 1),
-            "api": {"wall_s": api_s, "rows_per_s": _rate(rows, api_s["median"]),
-                    "peak_pss_total_mb": summarize([r["peak_pss_total_mb"] for r in api], 1),
-                    "peak_rss_total_mb": summarize([r["peak_rss_total_mb"] for r in api], 1),
-                    "peak_rss_process_mb": summarize([r["peak_rss_process_mb"] for r in api], 1),
-                    "rows_out": [r["rows_out"] for r in api], "runs": api},
-            "mlflow_predict": {"wall_s": mlflow_s, "rows_per_s": _rate(rows, mlflow_s["median"]),
-                               "wall_minus_startup_s": None if mlflow_work is None
-                               else round(mlflow_work, 3),
-                               "peak_rss_mb": summarize([r["peak_rss_mb"] for r in mlflow], 1),
-                               "runs": mlflow},
-            "inprocess": {"score_s": inproc_s, "wall_s": inproc_wall,
-                          "rows_per_s": _rate(rows, inproc_s["median"]),
-                          "peak_rss_mb": summarize([r["peak_rss_mb"] for r in inproc], 1),
-                          "runs": inproc},
+            "api": {
+                "wall_s": api_s,
+                "rows_per_s": _rate(rows, api_s["median"]),
+                "peak_pss_total_mb": summarize([r["peak_pss_total_mb"] for r in api], 1),
+                "peak_rss_total_mb": summarize([r["peak_rss_total_mb"] for r in api], 1),
+                "peak_rss_process_mb": summarize([r["peak_rss_process_mb"] for r in api], 1),
+                "rows_out": [r["rows_out"] for r in api],
+                "runs": api,
+            },
+            "mlflow_predict": {
+                "wall_s": mlflow_s,
+                "rows_per_s": _rate(rows, mlflow_s["median"]),
+                "wall_minus_startup_s": None if mlflow_work is None else round(mlflow_work, 3),
+                "peak_rss_mb": summarize([r["peak_rss_mb"] for r in mlflow], 1),
+                "runs": mlflow,
+            },
+            "inprocess": {
+                "score_s": inproc_s,
+                "wall_s": inproc_wall,
+                "rows_per_s": _rate(rows, inproc_s["median"]),
+                "peak_rss_mb": summarize([r["peak_rss_mb"] for r in inproc], 1),
+                "runs": inproc,
+            },
             "comparison": {
                 "speedup_vs_mlflow": ratio(mlflow_s["median"], api_s["median"]),
                 "speedup_vs_mlflow_without_its_startup": ratio(mlflow_work, api_s["median"]),
@@ -200,15 +280,21 @@ def _document(plan: dict[str, Any], workers: int, model: BenchModel, files: dict
     api_peak = by_size[largest]["api"]["peak_rss_process_mb"]["max"]
     return {
         "benchmark": "batch",
-        "plan": {**plan, "workers": workers, "noise": NOISE, "seed": SEED,
-                 "api": "POST /batch-predict, text/csv body streamed from disk, CSV answer "
-                        "streamed to disk",
-                 "mlflow": "mlflow models predict -m <sklearn model> -i in.csv -o out -t csv "
-                           "--env-manager local (writes JSON predictions only)",
-                 "inprocess": "bench.inprocess: pyarrow CSV chunks -> onnxruntime -> pyarrow CSV "
-                              "with the API's columns (score_s excludes interpreter start)"},
+        "plan": {
+            **plan,
+            "workers": workers,
+            "noise": NOISE,
+            "seed": SEED,
+            "api": "POST /batch-predict, text/csv body streamed from disk, CSV answer "
+            "streamed to disk",
+            "mlflow": "mlflow models predict -m <sklearn model> -i in.csv -o out -t csv "
+            "--env-manager local (writes JSON predictions only)",
+            "inprocess": "bench.inprocess: pyarrow CSV chunks -> onnxruntime -> pyarrow CSV "
+            "with the API's columns (score_s excludes interpreter start)",
+        },
         "model": model.__dict__,
-        "load_average_before": load_before, "load_average_after": load_after,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "mlflow_predict_startup": startup,
         # VmHWM of the gunicorn master and each worker at the end (kernel's exact peaks).
         "api_process_peak_rss_mb": workers_hwm,

@@ -21,11 +21,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger("bench")
 
@@ -33,8 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 LOOPBACK = "127.0.0.1"
 # The libraries whose versions decide the numbers (reported with every result).
-LIBRARIES = ("mlflow", "flask", "gunicorn", "uvicorn", "fastapi", "onnxruntime", "scikit-learn",
-             "pandas", "pyarrow", "numpy", "pymongo", "nx-27017")
+LIBRARIES = (
+    "mlflow",
+    "flask",
+    "gunicorn",
+    "uvicorn",
+    "fastapi",
+    "onnxruntime",
+    "scikit-learn",
+    "pandas",
+    "pyarrow",
+    "numpy",
+    "pymongo",
+    "nx-27017",
+)
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -54,6 +67,7 @@ def venv_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 # --- processes and memory ------------------------------------------------------------
+
 
 def _children(pid: int) -> list[int]:
     kids: list[int] = []
@@ -144,7 +158,7 @@ class RssSampler:
             self._sample()
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._sample()
         self._thread.start()
         return self
@@ -156,11 +170,13 @@ class RssSampler:
 
     def result(self) -> dict[str, float]:
         """Peaks in MB (10^6 bytes) and the number of samples."""
-        return {"peak_rss_total_mb": round(self.peak_total_kb * 1024 / 1e6, 1),
-                "peak_pss_total_mb": round(self.peak_pss_kb * 1024 / 1e6, 1),
-                "peak_rss_process_mb": round(self.peak_process_kb * 1024 / 1e6, 1),
-                "peak_hwm_mb": round(self.peak_hwm_kb * 1024 / 1e6, 1),
-                "rss_samples": self.samples}
+        return {
+            "peak_rss_total_mb": round(self.peak_total_kb * 1024 / 1e6, 1),
+            "peak_pss_total_mb": round(self.peak_pss_kb * 1024 / 1e6, 1),
+            "peak_rss_process_mb": round(self.peak_process_kb * 1024 / 1e6, 1),
+            "peak_hwm_mb": round(self.peak_hwm_kb * 1024 / 1e6, 1),
+            "rss_samples": self.samples,
+        }
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -185,20 +201,32 @@ class Server:
     def base_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         """Start the process (does not wait; see :meth:`wait_ready`)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.log_path, "ab")
         log.info("starting %s: %s", self.name, " ".join(self.command))
         self.started_at = time.perf_counter()
-        self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=self.env or venv_env(),
-                                        cwd=ROOT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env or venv_env(),
+            cwd=ROOT,
+            start_new_session=True,
+        )
         handle.close()
         return self
 
-    def wait_ready(self, path: str, timeout_s: float = 120.0, method: str = "GET",
-                   body: bytes | None = None, headers: Mapping[str, str] | None = None) -> float:
+    def wait_ready(
+        self,
+        path: str,
+        timeout_s: float = 120.0,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> float:
         """Poll ``path`` until it answers 2xx; returns seconds since start.
 
         Raises:
@@ -209,11 +237,14 @@ class Server:
         last = "no answer"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} before it "
-                                   f"was ready; see {self.log_path}:\n{self.tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode} before it "
+                    f"was ready; see {self.log_path}:\n{self.tail()}"
+                )
             try:
-                request = urllib.request.Request(self.base_url + path, data=body, method=method,
-                                                 headers=dict(headers or {}))
+                request = urllib.request.Request(
+                    self.base_url + path, data=body, method=method, headers=dict(headers or {})
+                )
                 with urllib.request.urlopen(request, timeout=5) as answer:
                     if 200 <= answer.status < 300:
                         self.ready_s = round(time.perf_counter() - self.started_at, 2)
@@ -224,8 +255,10 @@ class Server:
             except (OSError, urllib.error.URLError) as exc:
                 last = str(exc)
             time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready on {self.base_url}{path} after {timeout_s:.0f}s "
-                           f"({last}); see {self.log_path}:\n{self.tail()}")
+        raise RuntimeError(
+            f"{self.name} not ready on {self.base_url}{path} after {timeout_s:.0f}s "
+            f"({last}); see {self.log_path}:\n{self.tail()}"
+        )
 
     def tail(self, lines: int = 15) -> str:
         """The last lines of the server's log."""
@@ -247,15 +280,19 @@ class Server:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
 
-def run_measured(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
-                 timeout_s: float = 600.0) -> dict[str, Any]:
+def run_measured(
+    command: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
     """Run a command to completion; wall time and peak memory.
 
     ``peak_rss_mb`` is the largest kernel high-water mark (VmHWM) of the process and its
@@ -268,9 +305,15 @@ def run_measured(command: Sequence[str], log_path: Path, env: Mapping[str, str] 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as handle:
         started = time.perf_counter()
-        process = subprocess.Popen(list(command), stdout=handle, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=dict(env or venv_env()),
-                                   cwd=ROOT, start_new_session=True)
+        process = subprocess.Popen(
+            list(command),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env or venv_env()),
+            cwd=ROOT,
+            start_new_session=True,
+        )
         sampler = RssSampler(process.pid)
         with sampler:
             deadline = time.monotonic() + timeout_s
@@ -280,19 +323,23 @@ def run_measured(command: Sequence[str], log_path: Path, env: Mapping[str, str] 
                     break
                 if time.monotonic() > deadline:
                     os.killpg(process.pid, signal.SIGKILL)
-                    raise RuntimeError(f"{command[0]} timed out after {timeout_s:.0f}s; see {log_path}")
+                    raise RuntimeError(
+                        f"{command[0]} timed out after {timeout_s:.0f}s; see {log_path}"
+                    )
                 time.sleep(0.02)
         wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(command[:4])}... exited with {process.returncode}; "
-                           f"see {log_path}:\n{tail}")
+        raise RuntimeError(
+            f"{' '.join(command[:4])}... exited with {process.returncode}; see {log_path}:\n{tail}"
+        )
     measured = sampler.result()
     return {"wall_s": round(wall, 3), "peak_rss_mb": measured["peak_hwm_mb"], **measured}
 
 
 # --- machine, load, statistics, results ----------------------------------------------
+
 
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages."""
@@ -332,12 +379,17 @@ def _tool_version(command: list[str]) -> str | None:
 def machine_info() -> dict[str, Any]:
     """Cores, CPU, memory, OS, Python, library versions, wrk, date (UTC)."""
     try:
-        mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                          if line.startswith("MemTotal:")))
+        mem_kb = int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal:")
+            )
+        )
     except (OSError, StopIteration, ValueError):
         mem_kb = 0
     return {
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
@@ -355,10 +407,13 @@ def summarize(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
         return {"median": None, "min": None, "max": None, "spread": None, "rounds": []}
     median = statistics.median(clean)
     spread = (max(clean) - min(clean)) / median if median else None
-    return {"median": round(median, digits), "min": round(min(clean), digits),
-            "max": round(max(clean), digits),
-            "spread": None if spread is None else round(spread, 3),
-            "rounds": [round(v, digits) for v in clean]}
+    return {
+        "median": round(median, digits),
+        "min": round(min(clean), digits),
+        "max": round(max(clean), digits),
+        "spread": None if spread is None else round(spread, 3),
+        "rounds": [round(v, digits) for v in clean],
+    }
 
 
 def ratio(numerator: float | None, denominator: float | None, digits: int = 2) -> float | None:
@@ -384,8 +439,9 @@ def write_json(path: Path, data: Mapping[str, Any]) -> Path:
 
 def configure_logging() -> None:
     """One line per event on stderr; MLflow's and the store's chatter kept quiet."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
+    )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for noisy in ("mlflow", "alembic", "urllib3", "registry_bridge", "pipelines", "api"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -393,17 +449,29 @@ def configure_logging() -> None:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every benchmark entry point takes."""
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke-test sizes (CI): short runs, small files")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="worker processes of every server (default 2)")
-    parser.add_argument("--family", default="logistic_regression",
-                        help="model family of the benchmark model (default logistic_regression)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results directory (default bench/results, or "
-                             "outputs/bench-quick with --quick)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep the workspace here and reuse its model next time")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke-test sizes (CI): short runs, small files"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes of every server (default 2)"
+    )
+    parser.add_argument(
+        "--family",
+        default="logistic_regression",
+        help="model family of the benchmark model (default logistic_regression)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default bench/results, or outputs/bench-quick with --quick)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the workspace here and reuse its model next time",
+    )
 
 
 def output_dir(args: argparse.Namespace) -> Path:

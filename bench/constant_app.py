@@ -13,11 +13,19 @@ from flask import Flask, Response, request
 
 app = Flask(__name__)
 
-_ANSWER = json.dumps({
-    "model": {"name": "vertebral-column", "version": 1, "run_id": "constant"},
-    "predictions": [{"label": "Normal", "probability": 0.9,
-                     "probabilities": {"Hernia": 0.05, "Normal": 0.9, "Spondylolisthesis": 0.05},
-                     "out_of_range": []}]}).encode()
+_ANSWER = json.dumps(
+    {
+        "model": {"name": "vertebral-column", "version": 1, "run_id": "constant"},
+        "predictions": [
+            {
+                "label": "Normal",
+                "probability": 0.9,
+                "probabilities": {"Hernia": 0.05, "Normal": 0.9, "Spondylolisthesis": 0.05},
+                "out_of_range": [],
+            }
+        ],
+    }
+).encode()
 
 
 @app.post("/predict")

@@ -37,33 +37,42 @@ def score_file(model: Any, source: Path, target: Path) -> int:
     with open(source, encoding="utf-8-sig", newline="") as handle:
         names = next(csv.reader(handle))
     keys = [f"c{i}" for i in range(len(names))]
-    reader = pa_csv.open_csv(source, read_options=pa_csv.ReadOptions(
-        column_names=keys, skip_rows=1, block_size=BLOCK_BYTES, use_threads=False),
-        convert_options=pa_csv.ConvertOptions(column_types={k: pa.string() for k in keys}))
+    reader = pa_csv.open_csv(
+        source,
+        read_options=pa_csv.ReadOptions(
+            column_names=keys, skip_rows=1, block_size=BLOCK_BYTES, use_threads=False
+        ),
+        convert_options=pa_csv.ConvertOptions(column_types={k: pa.string() for k in keys}),
+    )
     position = {name: i for i, name in enumerate(names)}
     lookup = model.column_of
     rows = 0
     writer = None
     try:
         for batch in reader:
-            matrix = np.column_stack([
-                pa_compute.cast(batch.column(position[name]), pa.float32()).to_numpy()
-                for name in model.schema.features])
+            matrix = np.column_stack(
+                [
+                    pa_compute.cast(batch.column(position[name]), pa.float32()).to_numpy()
+                    for name in model.schema.features
+                ]
+            )
             scored = model.predict(matrix)
             codes, found = pd.factorize(np.asarray(scored.labels, dtype=object))
             chosen = np.array([lookup[label] for label in found], dtype=np.intp)[codes]
             probabilities = scored.probabilities.astype(np.float32, copy=False)
-            columns = dict(zip(names, batch.columns))
+            columns = dict(zip(names, batch.columns, strict=False))
             columns["prediction"] = pa.array(scored.labels, type=pa.string())
             columns["probability"] = pa.array(probabilities[np.arange(len(chosen)), chosen])
             for index, name in enumerate(model.classes):
                 columns[f"prob_{name}"] = pa.array(probabilities[:, index])
-            columns["model_version"] = pa.array(np.full(len(chosen), model.version,
-                                                        dtype=np.int64))
+            columns["model_version"] = pa.array(np.full(len(chosen), model.version, dtype=np.int64))
             table = pa.table(columns)
             if writer is None:
-                writer = pa_csv.CSVWriter(str(target), table.schema,
-                                          write_options=pa_csv.WriteOptions(quoting_style="needed"))
+                writer = pa_csv.CSVWriter(
+                    str(target),
+                    table.schema,
+                    write_options=pa_csv.WriteOptions(quoting_style="needed"),
+                )
             writer.write_table(table)
             rows += len(chosen)
     finally:
@@ -77,8 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path(a) for a in (argv or sys.argv[1:])]
     onnx_path, meta_path, source, target = paths[:4]
     meta = json.loads(meta_path.read_text())
-    model = load_model(meta["name"], meta["version"], meta.get("run_id"), meta["classes"],
-                       meta["input_schema"], onnx_path.read_bytes(), onnx_io=meta.get("onnx_io"))
+    model = load_model(
+        meta["name"],
+        meta["version"],
+        meta.get("run_id"),
+        meta["classes"],
+        meta["input_schema"],
+        onnx_path.read_bytes(),
+        onnx_io=meta.get("onnx_io"),
+    )
     if len(paths) > 4:
         score_file(model, paths[4], target.with_suffix(".warmup.csv"))
     started = time.perf_counter()

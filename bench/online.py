@@ -23,8 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import (RssSampler, Server, load_average, meets, ratio, summarize,
-                          tree_rss_mb)
+from bench.common import RssSampler, Server, load_average, meets, ratio, summarize, tree_rss_mb
 from bench.workspace import BenchModel, Workspace, run_single_part
 
 log = logging.getLogger("bench")
@@ -33,8 +32,11 @@ FULL = {"concurrencies": (1, 8, 32), "rounds": 3, "duration_s": 5}
 QUICK = {"concurrencies": (8,), "rounds": 3, "duration_s": 1}
 WRK_TIMEOUT_S = 10
 # Each server's scoring path and readiness path.
-PATHS = {"api": ("/predict", "/ready"), "mlflow": ("/invocations", "/ping"),
-         "constant": ("/predict", "/health")}
+PATHS = {
+    "api": ("/predict", "/ready"),
+    "mlflow": ("/invocations", "/ping"),
+    "constant": ("/predict", "/health"),
+}
 
 _LUA = """\
 wrk.method = "POST"
@@ -74,31 +76,49 @@ def run_wrk(url: str, script: Path, connections: int, duration_s: float) -> dict
     Raises:
         RuntimeError: wrk failed or printed no summary.
     """
-    command = ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{duration_s}s",
-               f"--timeout={WRK_TIMEOUT_S}s", "--latency", "-s", str(script), url]
+    command = [
+        "wrk",
+        f"-t{min(connections, 2)}",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        f"--timeout={WRK_TIMEOUT_S}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed on {url} ({done.returncode}): {done.stderr.strip()[:300]}")
-    raw = json.loads(line[len("WRK_JSON "):])
+    raw = json.loads(line[len("WRK_JSON ") :])
     seconds = raw["duration_us"] / 1e6
-    errors = {k: raw[k] for k in ("connect_errors", "read_errors", "write_errors",
-                                  "status_errors", "timeouts")}
-    return {"rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
-            "requests": raw["requests"], "errors": sum(errors.values()), "error_kinds": errors,
-            **{f"p{p}_ms": round(raw[f"p{p}_us"] / 1000, 2) for p in (50, 95, 99)},
-            "mean_ms": round(raw["mean_us"] / 1000, 2), "max_ms": round(raw["max_us"] / 1000, 2)}
+    errors = {
+        k: raw[k]
+        for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    }
+    return {
+        "rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
+        "requests": raw["requests"],
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        **{f"p{p}_ms": round(raw[f"p{p}_us"] / 1000, 2) for p in (50, 95, 99)},
+        "mean_ms": round(raw["mean_us"] / 1000, 2),
+        "max_ms": round(raw["max_us"] / 1000, 2),
+    }
 
 
 def _post(url: str, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as answer:
         return answer.status, answer.read()
 
 
-def sequential_latency_ms(port: int, path: str, body: bytes, requests: int = 30
-                          ) -> dict[str, float]:
+def sequential_latency_ms(
+    port: int, path: str, body: bytes, requests: int = 30
+) -> dict[str, float]:
     """Median latency of one client's requests, on one kept-alive connection vs a new one each.
 
     Context for the one-client row: a server can stall kept-alive connections (wrk keeps
@@ -112,8 +132,9 @@ def sequential_latency_ms(port: int, path: str, body: bytes, requests: int = 30
             if mode == "new_connection":
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             started = time.perf_counter()
-            connection.request("POST", path, body=body,
-                               headers={"Content-Type": "application/json"})
+            connection.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json"}
+            )
             connection.getresponse().read()
             times.append((time.perf_counter() - started) * 1000)
             if mode == "new_connection":
@@ -125,8 +146,11 @@ def sequential_latency_ms(port: int, path: str, body: bytes, requests: int = 30
 
 def start_servers(ws: Workspace, model: BenchModel, workers: int) -> dict[str, Server]:
     """Start the three servers at once (MLflow takes longest) and wait until each is ready."""
-    servers = {"mlflow": ws.mlflow_server(model, workers), "api": ws.api_server(workers),
-               "constant": ws.constant_server(workers)}
+    servers = {
+        "mlflow": ws.mlflow_server(model, workers),
+        "api": ws.api_server(workers),
+        "constant": ws.constant_server(workers),
+    }
     try:
         for server in servers.values():
             server.start()
@@ -140,8 +164,13 @@ def start_servers(ws: Workspace, model: BenchModel, workers: int) -> dict[str, S
     return servers
 
 
-def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
-        plan: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    ws: Workspace,
+    model: BenchModel,
+    quick: bool = False,
+    workers: int = 2,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Measure the three servers; the result document (see the module docstring)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
@@ -156,12 +185,19 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
             url = server.base_url + PATHS[name][0]
             status, answer = _post(url, body)
             if status != 200:
-                raise RuntimeError(f"{name} answered {status} to the benchmark body: {answer[:200]!r}")
-            samples[name] = {"url": url, "ready_s": server.ready_s, "answer": answer.decode()[:300],
-                             "rss_idle_mb": tree_rss_mb(server.process.pid)}
+                raise RuntimeError(
+                    f"{name} answered {status} to the benchmark body: {answer[:200]!r}"
+                )
+            samples[name] = {
+                "url": url,
+                "ready_s": server.ready_s,
+                "answer": answer.decode()[:300],
+                "rss_idle_mb": tree_rss_mb(server.process.pid),
+            }
             run_wrk(url, script, max(plan["concurrencies"]), 1)  # warm-up, not recorded
             samples[name]["sequential_latency"] = sequential_latency_ms(
-                server.port, PATHS[name][0], body)
+                server.port, PATHS[name][0], body
+            )
         rounds: dict[str, dict[int, list[dict[str, Any]]]] = {n: {} for n in servers}
         samplers = {n: RssSampler(s.process.pid, interval_s=0.2) for n, s in servers.items()}
         for sampler in samplers.values():
@@ -170,12 +206,19 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
             for connections in plan["concurrencies"]:
                 for number in range(plan["rounds"]):
                     for name, server in servers.items():
-                        result = run_wrk(samples[name]["url"], script, connections,
-                                         plan["duration_s"])
+                        result = run_wrk(
+                            samples[name]["url"], script, connections, plan["duration_s"]
+                        )
                         rounds[name].setdefault(connections, []).append(result)
-                        log.info("c=%-3d round %d %-8s %8.1f req/s  p99 %7.2f ms  errors %d",
-                                 connections, number + 1, name, result["rps"], result["p99_ms"],
-                                 result["errors"])
+                        log.info(
+                            "c=%-3d round %d %-8s %8.1f req/s  p99 %7.2f ms  errors %d",
+                            connections,
+                            number + 1,
+                            name,
+                            result["rps"],
+                            result["p99_ms"],
+                            result["errors"],
+                        )
         finally:
             for sampler in samplers.values():
                 sampler.__exit__(None)
@@ -183,18 +226,27 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2,
         for server in servers.values():
             server.stop()
     load_after = load_average()
-    return _document(plan, workers, model, samples, rounds, samplers, load_before, load_after,
-                     body)
+    return _document(plan, workers, model, samples, rounds, samplers, load_before, load_after, body)
 
 
-def _document(plan: dict[str, Any], workers: int, model: BenchModel, samples: dict[str, Any],
-              rounds: dict[str, dict[int, list[dict[str, Any]]]],
-              samplers: dict[str, RssSampler], load_before: list[float],
-              load_after: list[float], body: bytes) -> dict[str, Any]:
+def _document(
+    plan: dict[str, Any],
+    workers: int,
+    model: BenchModel,
+    samples: dict[str, Any],
+    rounds: dict[str, dict[int, list[dict[str, Any]]]],
+    samplers: dict[str, RssSampler],
+    load_before: list[float],
+    load_after: list[float],
+    body: bytes,
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, by_c in rounds.items():
-        results[name] = {"server": samples[name], "memory": samplers[name].result(),
-                         "by_concurrency": {}}
+        results[name] = {
+            "server": samples[name],
+            "memory": samplers[name].result(),
+            "by_concurrency": {},
+        }
         for connections, runs in by_c.items():
             results[name]["by_concurrency"][str(connections)] = {
                 "rps": summarize([r["rps"] for r in runs], 1),
@@ -215,20 +267,27 @@ def _document(plan: dict[str, Any], workers: int, model: BenchModel, samples: di
             "p50_mlflow_over_api": ratio(theirs["p50_ms"]["median"], ours["p50_ms"]["median"]),
             "rps_share_of_constant": ratio(ours["rps"]["median"], ceiling["rps"]["median"]),
             "goal_rps_3x": meets(ratio(ours["rps"]["median"], theirs["rps"]["median"]), 3.0),
-            "goal_p99_third": meets(ratio(theirs["p99_ms"]["median"],
-                                           ours["p99_ms"]["median"]), 3.0),
+            "goal_p99_third": meets(
+                ratio(theirs["p99_ms"]["median"], ours["p99_ms"]["median"]), 3.0
+            ),
         }
     return {
         "benchmark": "online",
-        "plan": {**plan, "workers": workers, "load_generator": "wrk (closed loop, keep-alive)",
-                 "order": "per concurrency, per round: " + " -> ".join(rounds),
-                 "body": body.decode()},
+        "plan": {
+            **plan,
+            "workers": workers,
+            "load_generator": "wrk (closed loop, keep-alive)",
+            "order": "per concurrency, per round: " + " -> ".join(rounds),
+            "body": body.decode(),
+        },
         "model": model.__dict__,
-        "load_average_before": load_before, "load_average_after": load_after,
-        "servers": {"api": "python -m api (gunicorn gthread, Flask, onnxruntime)",
-                    "mlflow": "mlflow models serve --env-manager local (uvicorn, FastAPI, "
-                              "pyfunc sklearn)",
-                    "constant": "bench.constant_app under gunicorn gthread (same threads)"},
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "servers": {
+            "api": "python -m api (gunicorn gthread, Flask, onnxruntime)",
+            "mlflow": "mlflow models serve --env-manager local (uvicorn, FastAPI, pyfunc sklearn)",
+            "constant": "bench.constant_app under gunicorn gthread (same threads)",
+        },
         "results": results,
         "comparison": comparison,
     }

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-SERVER_LABELS = {"api": "this API (`/predict`)", "mlflow": "`mlflow models serve`",
-                 "constant": "constant endpoint (ceiling)"}
+SERVER_LABELS = {
+    "api": "this API (`/predict`)",
+    "mlflow": "`mlflow models serve`",
+    "constant": "constant endpoint (ceiling)",
+}
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -35,106 +39,159 @@ def machine_lines(machine: Mapping[str, Any]) -> list[str]:
     """One paragraph on the machine and library versions."""
     libs = machine.get("libraries", {})
     shown = ", ".join(f"{k} {v}" for k, v in libs.items())
-    return [f"Measured {machine.get('date_utc')} on {machine.get('cores')} cores "
-            f"({machine.get('cpu')}, {machine.get('memory_gb')} GB), {machine.get('os')}, "
-            f"Python {machine.get('python')}; {shown}; {machine.get('wrk') or 'wrk ?'}."]
+    return [
+        f"Measured {machine.get('date_utc')} on {machine.get('cores')} cores "
+        f"({machine.get('cpu')}, {machine.get('memory_gb')} GB), {machine.get('os')}, "
+        f"Python {machine.get('python')}; {shown}; {machine.get('wrk') or 'wrk ?'}."
+    ]
 
 
 def online_lines(doc: Mapping[str, Any]) -> list[str]:
     """The online table: one row per concurrency and server."""
     plan = doc["plan"]
-    lines = [f"### Online: one record per request ({plan['workers']} workers each, wrk, "
-             f"median of {plan['rounds']} rounds of {plan['duration_s']} s, servers alternated)",
-             "",
-             "| clients | server | req/s | p50 ms | p95 ms | p99 ms | errors | req/s spread |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### Online: one record per request ({plan['workers']} workers each, wrk, "
+        f"median of {plan['rounds']} rounds of {plan['duration_s']} s, servers alternated)",
+        "",
+        "| clients | server | req/s | p50 ms | p95 ms | p99 ms | errors | req/s spread |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for connections in [str(c) for c in plan["concurrencies"]]:
         for name in ("api", "mlflow", "constant"):
             row = doc["results"][name]["by_concurrency"][connections]
-            lines.append(f"| {connections} | {SERVER_LABELS[name]} | {_num(row['rps']['median'])} "
-                         f"| {_num(row['p50_ms']['median'], 2)} | {_num(row['p95_ms']['median'], 2)} "
-                         f"| {_num(row['p99_ms']['median'], 2)} | {row['errors']} "
-                         f"| {_spread(row['rps'])} |")
+            lines.append(
+                f"| {connections} | {SERVER_LABELS[name]} | {_num(row['rps']['median'])} "
+                f"| {_num(row['p50_ms']['median'], 2)} | {_num(row['p95_ms']['median'], 2)} "
+                f"| {_num(row['p99_ms']['median'], 2)} | {row['errors']} "
+                f"| {_spread(row['rps'])} |"
+            )
     memory = {name: doc["results"][name].get("memory") for name in ("api", "mlflow", "constant")}
     if all(memory.values()):
-        lines += ["", "Server memory during the load, all its processes: "
-                  + "; ".join(f"{SERVER_LABELS[n]} {m['peak_pss_total_mb']:.0f} MB PSS "
-                              f"({m['peak_rss_total_mb']:.0f} MB RSS)" for n, m in memory.items())
-                  + "."]
-    sequential = {name: doc["results"][name]["server"].get("sequential_latency")
-                  for name in ("api", "mlflow", "constant")}
+        lines += [
+            "",
+            "Server memory during the load, all its processes: "
+            + "; ".join(
+                f"{SERVER_LABELS[n]} {m['peak_pss_total_mb']:.0f} MB PSS "
+                f"({m['peak_rss_total_mb']:.0f} MB RSS)"
+                for n, m in memory.items()
+            )
+            + ".",
+        ]
+    sequential = {
+        name: doc["results"][name]["server"].get("sequential_latency")
+        for name in ("api", "mlflow", "constant")
+    }
     if all(sequential.values()):
-        lines += ["", "One client, requests in sequence (median ms): "
-                  + "; ".join(f"{SERVER_LABELS[n]} {v['keep_alive_ms']:.1f} on a kept-alive "
-                              f"connection, {v['new_connection_ms']:.1f} on a new connection each"
-                              for n, v in sequential.items()) + "."]
-    lines += ["", "| clients | throughput vs MLflow | MLflow p99 / ours | share of the ceiling |",
-              "| ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "One client, requests in sequence (median ms): "
+            + "; ".join(
+                f"{SERVER_LABELS[n]} {v['keep_alive_ms']:.1f} on a kept-alive "
+                f"connection, {v['new_connection_ms']:.1f} on a new connection each"
+                for n, v in sequential.items()
+            )
+            + ".",
+        ]
+    lines += [
+        "",
+        "| clients | throughput vs MLflow | MLflow p99 / ours | share of the ceiling |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
     for connections, comparison in doc["comparison"].items():
-        lines.append(f"| {connections} | {_num(comparison['rps_ratio_vs_mlflow'], 2)}× "
-                     f"| {_num(comparison['p99_mlflow_over_api'], 2)}× "
-                     f"| {_num(comparison['rps_share_of_constant'], 2)} |")
+        lines.append(
+            f"| {connections} | {_num(comparison['rps_ratio_vs_mlflow'], 2)}× "
+            f"| {_num(comparison['p99_mlflow_over_api'], 2)}× "
+            f"| {_num(comparison['rps_share_of_constant'], 2)} |"
+        )
     return lines
 
 
 def batch_lines(doc: Mapping[str, Any]) -> list[str]:
     """The batch table: one row per file size and way of scoring."""
     plan = doc["plan"]
-    lines = [f"### Batch: CSV in, predictions out (median of {plan['rounds']} rounds)", "",
-             "| rows | way | seconds | rows/s | peak RSS MB | seconds spread |",
-             "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### Batch: CSV in, predictions out (median of {plan['rounds']} rounds)",
+        "",
+        "| rows | way | seconds | rows/s | peak RSS MB | seconds spread |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
     for rows, entry in doc["by_rows"].items():
         api, mlflow, inproc = entry["api"], entry["mlflow_predict"], entry["inprocess"]
         label = f"{int(rows):,}"
-        lines.append(f"| {label} | this API (`/batch-predict`, upload + download) "
-                     f"| {_num(api['wall_s']['median'], 2)} | {_num(api['rows_per_s'])} "
-                     f"| {_num(api['peak_rss_process_mb']['max'])} (worker; whole server "
-                     f"PSS {_num(api['peak_pss_total_mb']['max'])}) "
-                     f"| {_spread(api['wall_s'])} |")
-        lines.append(f"| {label} | `mlflow models predict` | {_num(mlflow['wall_s']['median'], 2)} "
-                     f"| {_num(mlflow['rows_per_s'])} | {_num(mlflow['peak_rss_mb']['max'])} "
-                     f"| {_spread(mlflow['wall_s'])} |")
-        lines.append(f"| {label} | in-process limit (no HTTP) | {_num(inproc['score_s']['median'], 2)} "
-                     f"| {_num(inproc['rows_per_s'])} | {_num(inproc['peak_rss_mb']['max'])} "
-                     f"| {_spread(inproc['score_s'])} |")
-    lines += ["", "| rows | faster than MLflow | share of the in-process limit |",
-              "| ---: | ---: | ---: |"]
+        lines.append(
+            f"| {label} | this API (`/batch-predict`, upload + download) "
+            f"| {_num(api['wall_s']['median'], 2)} | {_num(api['rows_per_s'])} "
+            f"| {_num(api['peak_rss_process_mb']['max'])} (worker; whole server "
+            f"PSS {_num(api['peak_pss_total_mb']['max'])}) "
+            f"| {_spread(api['wall_s'])} |"
+        )
+        lines.append(
+            f"| {label} | `mlflow models predict` | {_num(mlflow['wall_s']['median'], 2)} "
+            f"| {_num(mlflow['rows_per_s'])} | {_num(mlflow['peak_rss_mb']['max'])} "
+            f"| {_spread(mlflow['wall_s'])} |"
+        )
+        lines.append(
+            f"| {label} | in-process limit (no HTTP) | {_num(inproc['score_s']['median'], 2)} "
+            f"| {_num(inproc['rows_per_s'])} | {_num(inproc['peak_rss_mb']['max'])} "
+            f"| {_spread(inproc['score_s'])} |"
+        )
+    lines += [
+        "",
+        "| rows | faster than MLflow | share of the in-process limit |",
+        "| ---: | ---: | ---: |",
+    ]
     for rows, entry in doc["by_rows"].items():
         comparison = entry["comparison"]
-        lines.append(f"| {int(rows):,} | {_num(comparison['speedup_vs_mlflow'], 2)}× "
-                     f"| {_num(comparison['share_of_inprocess_limit'], 2)} |")
+        lines.append(
+            f"| {int(rows):,} | {_num(comparison['speedup_vs_mlflow'], 2)}× "
+            f"| {_num(comparison['share_of_inprocess_limit'], 2)} |"
+        )
     startup = doc.get("mlflow_predict_startup", {}).get("wall_s")
     if startup is not None:
-        lines += ["", f"`mlflow models predict` on a 10-row file takes {startup:.1f} s "
-                      "(interpreter, imports, model load): its fixed cost."]
+        lines += [
+            "",
+            f"`mlflow models predict` on a 10-row file takes {startup:.1f} s "
+            "(interpreter, imports, model load): its fixed cost.",
+        ]
     return lines
 
 
 def activation_lines(doc: Mapping[str, Any]) -> list[str]:
     """The activation table: one row per model."""
     plan = doc["plan"]
-    lines = [f"### Activation: `POST /models/activate` to predictions by the new version "
-             f"({plan['workers']} workers, {plan['pollers']} clients sending `/predict` every "
-             f"{plan.get('poll_pause_s', 0) * 1000:.0f} ms, median of {plan['rounds']} cold switches)", "",
-             "| model | ONNX | acknowledged s | first new prediction s | all workers s "
-             "| errors | answers marked stale | old version after ack (of which marked stale) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### Activation: `POST /models/activate` to predictions by the new version "
+        f"({plan['workers']} workers, {plan['pollers']} clients sending `/predict` every "
+        f"{plan.get('poll_pause_s', 0) * 1000:.0f} ms, median of {plan['rounds']} cold switches)",
+        "",
+        "| model | ONNX | acknowledged s | first new prediction s | all workers s "
+        "| errors | answers marked stale | old version after ack (of which marked stale) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for kind, entry in doc["models"].items():
-        lines.append(f"| {kind} | {_size(entry['onnx_mb'])} "
-                     f"| {_num(entry['acknowledged_s']['median'], 3)} "
-                     f"| {_num(entry['first_new_prediction_s']['median'], 3)} "
-                     f"| {_num(entry['all_workers_s']['median'], 3)} | {entry['errors']} "
-                     f"| {entry.get('stale_responses', '–')} "
-                     f"| {entry['old_version_after_ack']} "
-                     f"({entry.get('old_version_after_ack_marked_stale', '–')}) |")
-    lines += ["", "What one process pays to load a version (no HTTP, idle API): "
-              + "; ".join(f"{kind}: GridFS read + sha256 "
-                          f"{_num(entry['load_cost_one_process']['read_artifact_s']['median'], 3)} s, "
-                          f"onnxruntime session "
-                          f"{_num(entry['load_cost_one_process']['build_session_s']['median'], 3)} s"
-                          for kind, entry in doc["models"].items() if "load_cost_one_process" in entry)
-              + ". Activation pays it twice in the worker that answers it (the API's pre-load, "
-                "then the store's validation), then once in every other worker on its next request."]
+        lines.append(
+            f"| {kind} | {_size(entry['onnx_mb'])} "
+            f"| {_num(entry['acknowledged_s']['median'], 3)} "
+            f"| {_num(entry['first_new_prediction_s']['median'], 3)} "
+            f"| {_num(entry['all_workers_s']['median'], 3)} | {entry['errors']} "
+            f"| {entry.get('stale_responses', '–')} "
+            f"| {entry['old_version_after_ack']} "
+            f"({entry.get('old_version_after_ack_marked_stale', '–')}) |"
+        )
+    lines += [
+        "",
+        "What one process pays to load a version (no HTTP, idle API): "
+        + "; ".join(
+            f"{kind}: GridFS read + sha256 "
+            f"{_num(entry['load_cost_one_process']['read_artifact_s']['median'], 3)} s, "
+            f"onnxruntime session "
+            f"{_num(entry['load_cost_one_process']['build_session_s']['median'], 3)} s"
+            for kind, entry in doc["models"].items()
+            if "load_cost_one_process" in entry
+        )
+        + ". Activation pays it twice in the worker that answers it (the API's pre-load, "
+        "then the store's validation), then once in every other worker on its next request.",
+    ]
     return lines
 
 
@@ -144,40 +201,54 @@ def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     online = docs.get("online")
     if online:
         for connections, comparison in online["comparison"].items():
-            lines.append(f"| throughput ≥ 3× MLflow ({connections} client{'s' if connections != '1' else ''}) "
-                         f"| {_num(comparison['rps_ratio_vs_mlflow'], 2)}× "
-                         f"| {_mark(comparison['goal_rps_3x'])} |")
-            lines.append(f"| p99 ≤ ⅓ of MLflow's ({connections} client{'s' if connections != '1' else ''}) "
-                         f"| MLflow's p99 is {_num(comparison['p99_mlflow_over_api'], 2)}× ours "
-                         f"| {_mark(comparison['goal_p99_third'])} |")
+            lines.append(
+                f"| throughput ≥ 3× MLflow ({connections} client{'s' if connections != '1' else ''}) "
+                f"| {_num(comparison['rps_ratio_vs_mlflow'], 2)}× "
+                f"| {_mark(comparison['goal_rps_3x'])} |"
+            )
+            lines.append(
+                f"| p99 ≤ ⅓ of MLflow's ({connections} client{'s' if connections != '1' else ''}) "
+                f"| MLflow's p99 is {_num(comparison['p99_mlflow_over_api'], 2)}× ours "
+                f"| {_mark(comparison['goal_p99_third'])} |"
+            )
     batch = docs.get("batch")
     if batch:
         for rows, entry in batch["by_rows"].items():
             comparison = entry["comparison"]
-            lines.append(f"| batch ≥ 3× faster than `mlflow models predict` ({int(rows):,} rows) "
-                         f"| {_num(comparison['speedup_vs_mlflow'], 2)}× "
-                         f"| {_mark(comparison['goal_3x_mlflow'])} |")
-            lines.append(f"| batch ≥ 70 % of the in-process limit ({int(rows):,} rows) "
-                         f"| {_num(comparison['share_of_inprocess_limit'], 2)} "
-                         f"| {_mark(comparison['goal_70pct_of_limit'])} |")
+            lines.append(
+                f"| batch ≥ 3× faster than `mlflow models predict` ({int(rows):,} rows) "
+                f"| {_num(comparison['speedup_vs_mlflow'], 2)}× "
+                f"| {_mark(comparison['goal_3x_mlflow'])} |"
+            )
+            lines.append(
+                f"| batch ≥ 70 % of the in-process limit ({int(rows):,} rows) "
+                f"| {_num(comparison['share_of_inprocess_limit'], 2)} "
+                f"| {_mark(comparison['goal_70pct_of_limit'])} |"
+            )
         largest = max(batch["by_rows"], key=int)
         peak = batch["by_rows"][largest]["api"]["peak_rss_process_mb"]["max"]
-        lines.append(f"| API peak memory < 300 MB ({int(largest):,} rows, RSS of the worker "
-                     "running the batch) "
-                     f"| {_num(peak)} MB | {_mark(batch['goal_api_peak_under_300mb'])} |")
+        lines.append(
+            f"| API peak memory < 300 MB ({int(largest):,} rows, RSS of the worker "
+            "running the batch) "
+            f"| {_num(peak)} MB | {_mark(batch['goal_api_peak_under_300mb'])} |"
+        )
     activation = docs.get("activation")
     if activation:
         for kind, entry in activation["models"].items():
-            lines.append(f"| activation visible on every worker < 1 s ({kind}, "
-                         f"{_size(entry['onnx_mb'])}) | {_num(entry['all_workers_s']['median'], 3)} s "
-                         f"| {_mark(entry['goal_visible_under_1s'])} |")
+            lines.append(
+                f"| activation visible on every worker < 1 s ({kind}, "
+                f"{_size(entry['onnx_mb'])}) | {_num(entry['all_workers_s']['median'], 3)} s "
+                f"| {_mark(entry['goal_visible_under_1s'])} |"
+            )
     return lines
 
 
 def load_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The machine's load average around each part (other work on the machine shows here)."""
-    parts = [f"{name} {doc['load_average_before'][0]:.2f} → {doc['load_average_after'][0]:.2f}"
-             for name, doc in docs.items()]
+    parts = [
+        f"{name} {doc['load_average_before'][0]:.2f} → {doc['load_average_after'][0]:.2f}"
+        for name, doc in docs.items()
+    ]
     return ["1-minute load average before → after: " + "; ".join(parts) + "."]
 
 
@@ -186,12 +257,19 @@ def render(docs: Mapping[str, Mapping[str, Any]], command: str) -> str:
     first = next(iter(docs.values()))
     lines = ["<!-- generated by `python -m bench`; do not edit by hand -->", ""]
     lines += machine_lines(first["machine"])
-    lines += ["", f"Command: `{command}`. Model: {first['model']['family']} candidate run, "
-              "the same MLflow run for every server. Spread is ±half the range of the rounds "
-              "relative to their median.", ""]
+    lines += [
+        "",
+        f"Command: `{command}`. Model: {first['model']['family']} candidate run, "
+        "the same MLflow run for every server. Spread is ±half the range of the rounds "
+        "relative to their median.",
+        "",
+    ]
     lines += load_lines(docs) + [""]
-    for name, render_part in (("online", online_lines), ("batch", batch_lines),
-                              ("activation", activation_lines)):
+    for name, render_part in (
+        ("online", online_lines),
+        ("batch", batch_lines),
+        ("activation", activation_lines),
+    ):
         if name in docs:
             lines += render_part(docs[name]) + [""]
     lines += goal_lines(docs)

@@ -25,8 +25,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.common import (ROOT, Server, add_common_arguments, configure_logging, free_port,
-                          machine_info, output_dir, venv_env, write_json)
+from bench.common import (
+    ROOT,
+    Server,
+    add_common_arguments,
+    configure_logging,
+    free_port,
+    machine_info,
+    output_dir,
+    venv_env,
+    write_json,
+)
 from conf.settings import EmbeddedSettings, Settings, load_settings
 
 log = logging.getLogger("bench")
@@ -70,21 +79,30 @@ class Workspace:
 
     # --- life cycle ----------------------------------------------------------------------
 
-    def __enter__(self) -> "Workspace":
+    def __enter__(self) -> Workspace:
         from registry_bridge import database
         from registry_bridge.store import ModelStore
 
         database.start_embedded(self.embedded)
-        env = {"MONGODB_URI": database.embedded_uri(self.embedded), "REGISTRY_DB": "bench",
-               "MLFLOW_TRACKING_URI": f"sqlite:///{self.dir / 'mlflow' / 'mlflow.db'}",
-               "OUTPUT_DIR": str(self.dir / "outputs")}
+        env = {
+            "MONGODB_URI": database.embedded_uri(self.embedded),
+            "REGISTRY_DB": "bench",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{self.dir / 'mlflow' / 'mlflow.db'}",
+            "OUTPUT_DIR": str(self.dir / "outputs"),
+        }
         data = data_path()
         if data is not None:
             env["VERTEBRAL_DATA"] = str(data)
         (self.dir / "mlflow").mkdir(exist_ok=True)
         loaded = load_settings(env=env)
-        self.settings = replace(loaded, mlflow=replace(
-            loaded.mlflow, artifact_root=self.dir / "mlflow" / "artifacts", experiment=EXPERIMENT))
+        self.settings = replace(
+            loaded,
+            mlflow=replace(
+                loaded.mlflow,
+                artifact_root=self.dir / "mlflow" / "artifacts",
+                experiment=EXPERIMENT,
+            ),
+        )
         self._client = database.connect(self.settings.registry)
         self.store = ModelStore(self._client, self.settings)
         log.info("workspace %s (registry %s)", self.dir, env["MONGODB_URI"])
@@ -117,8 +135,9 @@ class Workspace:
             run_id = quick_candidate_run(self.settings, family=family, experiment=EXPERIMENT)
             cache.write_text(json.dumps({"run_id": run_id}))
         model = self.publish(run_id)
-        self.store.set_active_version(self.model_name, model.version, by="bench",
-                                      reason="benchmark model")
+        self.store.set_active_version(
+            self.model_name, model.version, by="bench", reason="benchmark model"
+        )
         return model
 
     def publish(self, run_id: str, new_version: bool = False) -> BenchModel:
@@ -127,12 +146,17 @@ class Workspace:
 
         from registry_bridge.publish import publish_run
 
-        result = publish_run(self.store, self.settings, run_id, new_version=new_version,
-                             by="bench")
+        result = publish_run(self.store, self.settings, run_id, new_version=new_version, by="bench")
         tags = MlflowClient(self.settings.mlflow.tracking_uri).get_run(run_id).data.tags
         version = result.version
-        return BenchModel(run_id, tags["model_family"], tags["sklearn_model_uri"],
-                          tags["onnx_model_uri"], version.version, version.size_bytes)
+        return BenchModel(
+            run_id,
+            tags["model_family"],
+            tags["sklearn_model_uri"],
+            tags["onnx_model_uri"],
+            version.version,
+            version.size_bytes,
+        )
 
     def large_model_run(self, rows: int, trees: int, seed: int = 7) -> str:
         """A random-forest candidate run whose ONNX is large (size grows with ``rows * trees``).
@@ -155,18 +179,31 @@ class Workspace:
         rng = np.random.default_rng(seed)
         pick = rng.integers(0, len(split.x_train), rows)
         spread = split.x_train.std().to_numpy()
-        x = split.x_train.iloc[pick].to_numpy() + rng.normal(0, 1, (rows, spread.size)) * spread * 0.05
+        x = (
+            split.x_train.iloc[pick].to_numpy()
+            + rng.normal(0, 1, (rows, spread.size)) * spread * 0.05
+        )
         y = split.y_train.iloc[pick].to_numpy().copy()
         shuffled = rng.random(rows) < 0.2
         y[shuffled] = rng.choice(np.unique(y), int(shuffled.sum()))
-        params = {"rf_n_estimators": trees, "rf_max_depth": None, "rf_min_samples_leaf": 1,
-                  "rf_max_features": 0.5}
+        params = {
+            "rf_n_estimators": trees,
+            "rf_max_depth": None,
+            "rf_min_samples_leaf": 1,
+            "rf_max_features": 0.5,
+        }
         log.info("training a large random forest (%d trees on %d resampled rows)", trees, rows)
         pipeline = build_pipeline("random_forest", params, settings.training.seed)
         pipeline.fit(pd.DataFrame(x, columns=split.x_train.columns), y)
         experiment_id = ensure_experiment(settings.mlflow, EXPERIMENT)
-        run_id = log_candidate(pipeline, "random_forest", {**params, "bench_rows": rows}, split,
-                               dataset, experiment_id=experiment_id)
+        run_id = log_candidate(
+            pipeline,
+            "random_forest",
+            {**params, "bench_rows": rows},
+            split,
+            dataset,
+            experiment_id=experiment_id,
+        )
         cache.write_text(json.dumps({"run_id": run_id}))
         return run_id
 
@@ -177,46 +214,82 @@ class Workspace:
         from registry_bridge import database
 
         port = free_port()
-        env = venv_env({
-            "MONGODB_URI": database.embedded_uri(self.embedded), "REGISTRY_DB": "bench",
-            "MODEL_NAME": self.model_name, "API_HOST": "127.0.0.1", "API_PORT": str(port),
-            "API_WORKERS": str(workers), "API_ADMIN_TOKEN": self.admin_token,
-            "OUTPUT_DIR": str(self.dir / "outputs"),
-            "MLFLOW_TRACKING_URI": self.settings.mlflow.tracking_uri})
-        return Server(name, [sys.executable, "-m", "api"], port, self.dir / "logs" / f"{name}.log",
-                      env)
+        env = venv_env(
+            {
+                "MONGODB_URI": database.embedded_uri(self.embedded),
+                "REGISTRY_DB": "bench",
+                "MODEL_NAME": self.model_name,
+                "API_HOST": "127.0.0.1",
+                "API_PORT": str(port),
+                "API_WORKERS": str(workers),
+                "API_ADMIN_TOKEN": self.admin_token,
+                "OUTPUT_DIR": str(self.dir / "outputs"),
+                "MLFLOW_TRACKING_URI": self.settings.mlflow.tracking_uri,
+            }
+        )
+        return Server(
+            name, [sys.executable, "-m", "api"], port, self.dir / "logs" / f"{name}.log", env
+        )
 
     def mlflow_server(self, model: BenchModel, workers: int) -> Server:
         """``mlflow models serve`` of the run's sklearn model, local environment, same workers."""
         port = free_port()
-        command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve",
-                   "-m", model.sklearn_uri, "--env-manager", "local", "-w", str(workers),
-                   "-h", "127.0.0.1", "-p", str(port)]
-        return Server("mlflow", command, port, self.dir / "logs" / "mlflow-serve.log",
-                      self.mlflow_env())
+        command = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "models",
+            "serve",
+            "-m",
+            model.sklearn_uri,
+            "--env-manager",
+            "local",
+            "-w",
+            str(workers),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ]
+        return Server(
+            "mlflow", command, port, self.dir / "logs" / "mlflow-serve.log", self.mlflow_env()
+        )
 
     def mlflow_env(self) -> dict[str, str]:
         """Environment for the mlflow CLI: the workspace's tracking store, venv on PATH."""
-        return venv_env({"MLFLOW_TRACKING_URI": self.settings.mlflow.tracking_uri,
-                         # progress bars would flood the logs
-                         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+        return venv_env(
+            {
+                "MLFLOW_TRACKING_URI": self.settings.mlflow.tracking_uri,
+                # progress bars would flood the logs
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            }
+        )
 
     def constant_server(self, workers: int) -> Server:
         """The ceiling: a constant answer on the API's HTTP stack (gunicorn gthread, same threads)."""
         from api.__main__ import THREADS_PER_WORKER
 
         port = free_port()
-        command = [str(Path(sys.executable).with_name("gunicorn")), "--workers", str(workers),
-                   "--worker-class", "gthread", "--threads", str(THREADS_PER_WORKER),
-                   "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-                   "bench.constant_app:app"]
+        command = [
+            str(Path(sys.executable).with_name("gunicorn")),
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(THREADS_PER_WORKER),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "bench.constant_app:app",
+        ]
         return Server("constant", command, port, self.dir / "logs" / "constant.log", venv_env())
 
 
 def run_single_part(name: str, run: Any, argv: list[str] | None = None) -> int:
     """``python -m bench.<name>``: train or reuse the model, measure one part, write <name>.json."""
-    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}",
-                                     description=f"The {name} benchmark alone.")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench.{name}", description=f"The {name} benchmark alone."
+    )
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
@@ -224,8 +297,9 @@ def run_single_part(name: str, run: Any, argv: list[str] | None = None) -> int:
     with Workspace(args.workdir) as ws:
         model = ws.prepare_model(args.family)
         document = run(ws, model, args.quick, args.workers)
-    document.update(machine=machine_info(), quick=args.quick,
-                    elapsed_s=round(time.perf_counter() - started, 1))
+    document.update(
+        machine=machine_info(), quick=args.quick, elapsed_s=round(time.perf_counter() - started, 1)
+    )
     path = write_json(output_dir(args) / f"{name}.json", document)
     log.info("wrote %s", path)
     return 0

@@ -8,9 +8,10 @@ of truth. A bad value fails here, at start-up, with a one-line
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -62,7 +63,11 @@ class TrainingSettings:
     cv_folds: int = 5
     objective: str = "f1_macro"
     families: tuple[str, ...] = (
-        "logistic_regression", "svc", "knn", "random_forest", "gradient_boosting",
+        "logistic_regression",
+        "svc",
+        "knn",
+        "random_forest",
+        "gradient_boosting",
     )
     reports_dir: Path = Path("reports/training")
 
@@ -92,6 +97,7 @@ class Settings:
 
 # --- value parsers: each raises ValueError with what was expected -------------------
 
+
 def _text(value: Any) -> str:
     if not isinstance(value, (str, int, float)) or str(value).strip() == "":
         raise ValueError("expected a non-empty text")
@@ -112,6 +118,7 @@ def _int(low: int, high: int | None = None) -> Callable[[Any], int]:
             bounds = f"{low}..{high}" if high is not None else f">= {low}"
             raise ValueError(f"expected a number in {bounds}, got {number}")
         return number
+
     return parse
 
 
@@ -163,6 +170,7 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
         if text not in allowed:
             raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
         return text
+
     return parse
 
 
@@ -234,7 +242,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise SettingsError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        raise SettingsError(
+            f"config file {path} is not valid YAML: {exc}".splitlines()[0]
+        ) from None
     if not isinstance(loaded, dict):
         raise SettingsError(f"config file {path} must hold a mapping of sections")
     return loaded

@@ -19,10 +19,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
@@ -74,21 +75,24 @@ def bridge(run: DemoRun, *args: str, env: dict[str, str]) -> str:
     """Run one ``bridge`` command as a user would type it; its output is shown and kept."""
     command = ["bridge", *args]
     click.echo(f"$ {' '.join(command)}")
-    result = subprocess.run([BRIDGE, *args], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run([BRIDGE, *args], capture_output=True, text=True, env=env, timeout=300)
     output = (result.stdout + result.stderr).rstrip()
     click.echo(output)
     run.cli_outputs.append((" ".join(command), output))
     if result.returncode != 0:
-        raise DemoFailure(f"`{' '.join(command)}` failed: {output.splitlines()[-1] if output else ''}")
+        raise DemoFailure(
+            f"`{' '.join(command)}` failed: {output.splitlines()[-1] if output else ''}"
+        )
     return result.stdout
 
 
 def expect(exchange: Exchange, status: int = 200) -> Any:
     """The exchange's JSON body, or a DemoFailure naming the call and its answer."""
     if exchange.status != status:
-        raise DemoFailure(f"{exchange.title}: expected HTTP {status}, got {exchange.status}: "
-                          f"{exchange.body[:300]}")
+        raise DemoFailure(
+            f"{exchange.title}: expected HTTP {status}, got {exchange.status}: "
+            f"{exchange.body[:300]}"
+        )
     return exchange.json() if exchange.body.lstrip().startswith(("{", "[")) else exchange.body
 
 
@@ -107,15 +111,18 @@ def port_is_free(host: str, port: int) -> bool:
             return False
 
 
-def start_api(settings: Settings, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_api(
+    settings: Settings, env: dict[str, str], log_path: Path
+) -> tuple[subprocess.Popen, str]:
     """Start ``python -m api`` (gunicorn) and wait until /ready answers 200."""
     host = settings.api.host
     port = settings.api.port if port_is_free(host, settings.api.port) else free_port(host)
     env = {**env, "API_PORT": str(port)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen([sys.executable, "-m", "api"], env=env, stdout=log_file,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+    )
     base_url = f"http://{host}:{port}"
     probe = ApiClient(base_url)
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -184,8 +191,11 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
         with step(run, 2, f"Train: Optuna study, {trials} trials, tracked in MLflow"):
             training = settings.training
             study_started = time.perf_counter()
-            run.study = run_study(settings, on_trial=ProgressPrinter(trials, training.objective),
-                                  on_candidate=candidate_printer(training.objective))
+            run.study = run_study(
+                settings,
+                on_trial=ProgressPrinter(trials, training.objective),
+                on_candidate=candidate_printer(training.objective),
+            )
             run.study_report = format_report(run.study, time.perf_counter() - study_started)
             click.echo(run.study_report)
             if len(run.study.candidates) < 2:
@@ -193,8 +203,18 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
 
         best, second = run.study.candidates[:2]
         with step(run, 3, "Publish the two best runs to MongoDB GridFS; activate the best"):
-            bridge(run, "publish", "--run-id", best.run_id, "--name", model_name,
-                   "--activate", "--reason", "demo: best cross-validated run", env=env)
+            bridge(
+                run,
+                "publish",
+                "--run-id",
+                best.run_id,
+                "--name",
+                model_name,
+                "--activate",
+                "--reason",
+                "demo: best cross-validated run",
+                env=env,
+            )
             bridge(run, "publish", "--run-id", second.run_id, "--name", model_name, env=env)
             bridge(run, "list", "--name", model_name, env=env)
             listed = json.loads(bridge(run, "list", "--name", model_name, "--json", env=env))
@@ -209,65 +229,122 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
 
         patients = sample_patients(run.study)
         with step(run, 5, "List models and predict sample patients"):
-            models = expect(client.call("List every version (GET /models)", "GET",
-                                        f"/models?name={model_name}"))
+            models = expect(
+                client.call("List every version (GET /models)", "GET", f"/models?name={model_name}")
+            )
             active = [m["version"] for m in models["models"] if m["active"]]
             click.echo(f"/models: {models['count']} version(s), active {active}")
             if active != [best_version]:
                 raise DemoFailure(f"expected version {best_version} active, /models says {active}")
-            answer = expect(client.call("Predict sample patients (POST /predict)", "POST",
-                                        "/predict", json_body={"records": patients}))
+            answer = expect(
+                client.call(
+                    "Predict sample patients (POST /predict)",
+                    "POST",
+                    "/predict",
+                    json_body={"records": patients},
+                )
+            )
             show_predictions(answer)
             if answer["model"]["version"] != best_version:
-                raise DemoFailure(f"/predict answered with version {answer['model']['version']}, "
-                                  f"expected {best_version}")
+                raise DemoFailure(
+                    f"/predict answered with version {answer['model']['version']}, "
+                    f"expected {best_version}"
+                )
 
         with step(run, 6, f"Activate version {other_version}, predict again, roll back"):
-            expect(client.call(f"Activate version {other_version} (POST /models/activate)",
-                               "POST", "/models/activate", admin=True,
-                               json_body={"name": model_name, "version": other_version,
-                                          "reason": "demo: compare with the runner-up"}))
-            answer = expect(client.call(f"Predict with version {other_version}", "POST",
-                                        "/predict", json_body={"records": patients}))
+            expect(
+                client.call(
+                    f"Activate version {other_version} (POST /models/activate)",
+                    "POST",
+                    "/models/activate",
+                    admin=True,
+                    json_body={
+                        "name": model_name,
+                        "version": other_version,
+                        "reason": "demo: compare with the runner-up",
+                    },
+                )
+            )
+            answer = expect(
+                client.call(
+                    f"Predict with version {other_version}",
+                    "POST",
+                    "/predict",
+                    json_body={"records": patients},
+                )
+            )
             show_predictions(answer)
             if answer["model"]["version"] != other_version:
-                raise DemoFailure(f"after activation /predict answered with version "
-                                  f"{answer['model']['version']}, expected {other_version}")
-            rolled = expect(client.call("Roll back (POST /models/rollback)", "POST",
-                                        "/models/rollback", admin=True,
-                                        json_body={"name": model_name}))
+                raise DemoFailure(
+                    f"after activation /predict answered with version "
+                    f"{answer['model']['version']}, expected {other_version}"
+                )
+            rolled = expect(
+                client.call(
+                    "Roll back (POST /models/rollback)",
+                    "POST",
+                    "/models/rollback",
+                    admin=True,
+                    json_body={"name": model_name},
+                )
+            )
             click.echo(f"rolled back: active version {rolled['active_version']}")
-            answer = expect(client.call("Predict after the rollback", "POST", "/predict",
-                                        json_body={"records": patients[:1]}))
+            answer = expect(
+                client.call(
+                    "Predict after the rollback",
+                    "POST",
+                    "/predict",
+                    json_body={"records": patients[:1]},
+                )
+            )
             if answer["model"]["version"] != best_version:
-                raise DemoFailure(f"after rollback /predict answered with version "
-                                  f"{answer['model']['version']}, expected {best_version}")
+                raise DemoFailure(
+                    f"after rollback /predict answered with version "
+                    f"{answer['model']['version']}, expected {best_version}"
+                )
             click.echo(f"after rollback /predict answers with version {best_version} again")
 
         with step(run, 7, "Batch prediction of the held-out patients (POST /batch-predict)"):
             run.batch_input = write_batch_input(run.study, settings.api.output_dir / "demo")
-            summary = expect(client.call("Batch prediction (POST /batch-predict?format=json)",
-                                         "POST", "/batch-predict?format=json",
-                                         csv_file=str(run.batch_input)))
+            summary = expect(
+                client.call(
+                    "Batch prediction (POST /batch-predict?format=json)",
+                    "POST",
+                    "/batch-predict?format=json",
+                    csv_file=str(run.batch_input),
+                )
+            )
             run.batch_output = Path(summary["saved_path"])
             if summary["rows"] != len(run.study.split.x_test) or not run.batch_output.is_file():
                 raise DemoFailure(f"batch summary does not match the input: {summary}")
-            click.echo(f"{summary['rows']} rows -> {run.batch_output} "
-                       f"(counts {summary['counts']}, version {summary['model'].get('version')})")
-            csv_answer = client.call("Batch prediction as a CSV attachment", "POST",
-                                     "/batch-predict", csv_file=str(run.batch_input))
+            click.echo(
+                f"{summary['rows']} rows -> {run.batch_output} "
+                f"(counts {summary['counts']}, version {summary['model'].get('version')})"
+            )
+            csv_answer = client.call(
+                "Batch prediction as a CSV attachment",
+                "POST",
+                "/batch-predict",
+                csv_file=str(run.batch_input),
+            )
             expect(csv_answer)
             click.echo("\n".join(csv_answer.body.splitlines()[:4]))
 
         with step(run, 8, "Versions and activation history from the registry"):
             run.versions = [
-                expect(client.call(f"Metadata of version {v}", "GET",
-                                   f"/models/{model_name}/versions/{v}"))
-                for v in (best_version, other_version)]
+                expect(
+                    client.call(
+                        f"Metadata of version {v}", "GET", f"/models/{model_name}/versions/{v}"
+                    )
+                )
+                for v in (best_version, other_version)
+            ]
             bridge(run, "history", model_name, env=env)
-            run.history = expect(client.call("Activation history", "GET",
-                                             f"/models/{model_name}/history",
-                                             record=False))["events"]
+            run.history = expect(
+                client.call(
+                    "Activation history", "GET", f"/models/{model_name}/history", record=False
+                )
+            )["events"]
     finally:
         if api_process is not None:
             stop_process(api_process)
@@ -280,19 +357,35 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
 def show_predictions(answer: dict[str, Any]) -> None:
     model = answer["model"]
     for number, prediction in enumerate(answer["predictions"], start=1):
-        click.echo(f"   patient {number}: {prediction['label']:<18} "
-                   f"p={prediction['probability']:.3f}  "
-                   f"(version {model['version']}, run {model['run_id'][:8]})")
+        click.echo(
+            f"   patient {number}: {prediction['label']:<18} "
+            f"p={prediction['probability']:.3f}  "
+            f"(version {model['version']}, run {model['run_id'][:8]})"
+        )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--trials", type=int, default=None, envvar="DEMO_TRIALS", show_default=True,
-              help="Optuna trials of the demo study [default: 20, env DEMO_TRIALS].")
-@click.option("--config", type=click.Path(dir_okay=False), default=None,
-              help="YAML settings file (default conf/default.yaml).")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("reports/demo"), show_default=True,
-              help="Where the evidence report (index.html) is written.")
+@click.option(
+    "--trials",
+    type=int,
+    default=None,
+    envvar="DEMO_TRIALS",
+    show_default=True,
+    help="Optuna trials of the demo study [default: 20, env DEMO_TRIALS].",
+)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML settings file (default conf/default.yaml).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/demo"),
+    show_default=True,
+    help="Where the evidence report (index.html) is written.",
+)
 def main(trials: int | None, config: str | None, report_dir: Path) -> None:
     """Run the whole flow end to end and write reports/demo/index.html."""
     started = time.perf_counter()
@@ -308,8 +401,10 @@ def main(trials: int | None, config: str | None, report_dir: Path) -> None:
     for title, seconds in run.timings:
         click.echo(f"  {seconds:6.1f}s  {title}")
     click.echo(f"  {total:6.1f}s  total")
-    click.echo(f"Report: {report}\nBatch results: {run.batch_output}\n"
-               f"MLflow UI: make mlflow-ui   API: make serve")
+    click.echo(
+        f"Report: {report}\nBatch results: {run.batch_output}\n"
+        f"MLflow UI: make mlflow-ui   API: make serve"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,17 @@ class ApiClient:
         self.timeout = timeout
         self.exchanges: list[Exchange] = []
 
-    def call(self, title: str, method: str, path: str, *, json_body: Any = None,
-             csv_file: str | None = None, admin: bool = False, record: bool = True) -> Exchange:
+    def call(
+        self,
+        title: str,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        csv_file: str | None = None,
+        admin: bool = False,
+        record: bool = True,
+    ) -> Exchange:
         """Send one request; returns the exchange (raises nothing on 4xx/5xx)."""
         url = f"{self.base_url}{path}"
         headers: dict[str, str] = {}
@@ -61,10 +70,16 @@ class ApiClient:
         except urllib.error.HTTPError as error:
             status, body, answer_headers = error.code, error.read(), error.headers
         text = " ".join(shlex.quote(part) for part in curl + [url])
-        text = text.replace("'Authorization: Bearer $API_ADMIN_TOKEN'",
-                            '"Authorization: Bearer $API_ADMIN_TOKEN"')
-        exchange = Exchange(title, text, status, body.decode("utf-8", errors="replace"),
-                            dict(answer_headers.items()))
+        text = text.replace(
+            "'Authorization: Bearer $API_ADMIN_TOKEN'", '"Authorization: Bearer $API_ADMIN_TOKEN"'
+        )
+        exchange = Exchange(
+            title,
+            text,
+            status,
+            body.decode("utf-8", errors="replace"),
+            dict(answer_headers.items()),
+        )
         if record:
             self.exchanges.append(exchange)
         return exchange

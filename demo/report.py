@@ -7,8 +7,9 @@ import csv
 import html
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from pipelines.data import FEATURES
 from pipelines.metrics import METRICS
@@ -16,10 +17,17 @@ from pipelines.metrics import METRICS
 if TYPE_CHECKING:
     from demo.__main__ import DemoRun
 
-SECTIONS = (("data", "Data set"), ("study", "Optuna study"), ("plots", "Training plots"),
-            ("versions", "Registered versions"), ("history", "Activation history"),
-            ("requests", "API requests"), ("batch", "Batch prediction"),
-            ("cli", "bridge CLI"), ("timings", "Step timings"))
+SECTIONS = (
+    ("data", "Data set"),
+    ("study", "Optuna study"),
+    ("plots", "Training plots"),
+    ("versions", "Registered versions"),
+    ("history", "Activation history"),
+    ("requests", "API requests"),
+    ("batch", "Batch prediction"),
+    ("cli", "bridge CLI"),
+    ("timings", "Step timings"),
+)
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -49,7 +57,7 @@ def csv_head(path: Path | None, rows: int = 6) -> str:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader)
-        body = [row for _, row in zip(range(rows), reader)]
+        body = [row for _, row in zip(range(rows), reader, strict=False)]
     return f"<p class='muted'>{_e(path)}</p>" + table(header, body)
 
 
@@ -57,72 +65,129 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def data_section(run: "DemoRun") -> str:
+def data_section(run: DemoRun) -> str:
     dataset = run.study.dataset
     counts = dataset.labels.value_counts()
     stats = dataset.features.describe().T
-    return (f"<p>{len(dataset.labels)} patients, {len(FEATURES)} biomechanical features, "
-            f"variant {dataset.variant}. Source <code>{_e(dataset.source)}</code>, "
-            f"fingerprint <code>{_e(dataset.fingerprint[:16])}…</code></p>"
-            + table(["class", "patients"], counts.items())
-            + table(["feature", "min", "mean", "max"],
-                    [(name, f"{row['min']:.2f}", f"{row['mean']:.2f}", f"{row['max']:.2f}")
-                     for name, row in stats.iterrows()]))
+    return (
+        f"<p>{len(dataset.labels)} patients, {len(FEATURES)} biomechanical features, "
+        f"variant {dataset.variant}. Source <code>{_e(dataset.source)}</code>, "
+        f"fingerprint <code>{_e(dataset.fingerprint[:16])}…</code></p>"
+        + table(["class", "patients"], counts.items())
+        + table(
+            ["feature", "min", "mean", "max"],
+            [
+                (name, f"{row['min']:.2f}", f"{row['mean']:.2f}", f"{row['max']:.2f}")
+                for name, row in stats.iterrows()
+            ],
+        )
+    )
 
 
-def study_section(run: "DemoRun") -> str:
+def study_section(run: DemoRun) -> str:
     study = run.study
     objective = study.objective
-    rows = [(rank, c.family, c.trial.number, _fmt(c.trial.cv_metrics[f"cv_{objective}_mean"]),
-             _fmt(c.trial.cv_metrics[f"cv_{objective}_std"]),
-             _fmt(c.evaluation.metrics[f"test_{objective}"]), c.run_id)
-            for rank, c in enumerate(study.candidates, start=1)]
+    rows = [
+        (
+            rank,
+            c.family,
+            c.trial.number,
+            _fmt(c.trial.cv_metrics[f"cv_{objective}_mean"]),
+            _fmt(c.trial.cv_metrics[f"cv_{objective}_std"]),
+            _fmt(c.evaluation.metrics[f"test_{objective}"]),
+            c.run_id,
+        )
+        for rank, c in enumerate(study.candidates, start=1)
+    ]
     winner = study.winner
     metrics = [(name, _fmt(winner.evaluation.metrics[f"test_{name}"])) for name in METRICS]
-    return (f"<p>{len(study.trials)} trials, objective cross-validated {_e(objective)}; "
-            f"parent run <code>{_e(study.parent_run_id)}</code>.</p>"
-            "<h3>Best trial per model family</h3>"
-            + table(["rank", "family", "trial", "CV mean", "CV std", f"test {objective}",
-                     "MLflow run"], rows)
-            + f"<h3>Winner: {_e(winner.family)} — test metrics</h3>"
-            + table(["metric", "value"], metrics)
-            + f"<details><summary>Full training output</summary><pre>{_e(run.study_report)}</pre>"
-              "</details>")
+    return (
+        f"<p>{len(study.trials)} trials, objective cross-validated {_e(objective)}; "
+        f"parent run <code>{_e(study.parent_run_id)}</code>.</p>"
+        "<h3>Best trial per model family</h3>"
+        + table(
+            ["rank", "family", "trial", "CV mean", "CV std", f"test {objective}", "MLflow run"],
+            rows,
+        )
+        + f"<h3>Winner: {_e(winner.family)} — test metrics</h3>"
+        + table(["metric", "value"], metrics)
+        + f"<details><summary>Full training output</summary><pre>{_e(run.study_report)}</pre>"
+        "</details>"
+    )
 
 
-def plots_section(run: "DemoRun") -> str:
+def plots_section(run: DemoRun) -> str:
     directory = Path(run.settings.training.reports_dir)
     figures = []
     for path in sorted(directory.glob("*.png")):
         data = base64.b64encode(path.read_bytes()).decode()
         title = path.stem.replace("_", " ").capitalize()
-        figures.append(f"<figure><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{_e(title)}</figcaption></figure>")
+        figures.append(
+            f"<figure><img alt='{_e(title)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_e(title)}</figcaption></figure>"
+        )
     return "".join(figures) or "<p class='muted'>no plots found</p>"
 
 
-def versions_section(run: "DemoRun") -> str:
+def versions_section(run: DemoRun) -> str:
     rows = []
     for v in run.versions:
         metrics = v.get("metrics", {})
-        rows.append((v["version"], "yes" if v.get("active") else "", v.get("model_family"),
-                     _fmt(metrics.get("test_f1_macro", "")), v.get("created_at"),
-                     v.get("created_by"), v.get("run_id"), str(v.get("sha256", ""))[:16] + "…",
-                     v.get("size_bytes")))
-    details = "".join(f"<details><summary>Version {v['version']}: every field</summary>"
-                      f"<pre>{_e(json.dumps(v, indent=2, default=str))}</pre></details>"
-                      for v in run.versions)
-    return table(["version", "active", "family", "test macro F1", "created", "by", "MLflow run",
-                  "sha256", "bytes"], rows) + details
+        rows.append(
+            (
+                v["version"],
+                "yes" if v.get("active") else "",
+                v.get("model_family"),
+                _fmt(metrics.get("test_f1_macro", "")),
+                v.get("created_at"),
+                v.get("created_by"),
+                v.get("run_id"),
+                str(v.get("sha256", ""))[:16] + "…",
+                v.get("size_bytes"),
+            )
+        )
+    details = "".join(
+        f"<details><summary>Version {v['version']}: every field</summary>"
+        f"<pre>{_e(json.dumps(v, indent=2, default=str))}</pre></details>"
+        for v in run.versions
+    )
+    return (
+        table(
+            [
+                "version",
+                "active",
+                "family",
+                "test macro F1",
+                "created",
+                "by",
+                "MLflow run",
+                "sha256",
+                "bytes",
+            ],
+            rows,
+        )
+        + details
+    )
 
 
-def history_section(run: "DemoRun") -> str:
-    return table(["at", "action", "from", "to", "by", "reason"],
-                 [(e.get("at"), e.get("action"), e.get("from_version"), e.get("to_version"),
-                   e.get("by"), e.get("reason")) for e in run.history])
+def history_section(run: DemoRun) -> str:
+    return table(
+        ["at", "action", "from", "to", "by", "reason"],
+        [
+            (
+                e.get("at"),
+                e.get("action"),
+                e.get("from_version"),
+                e.get("to_version"),
+                e.get("by"),
+                e.get("reason"),
+            )
+            for e in run.history
+        ],
+    )
 
 
-def requests_section(run: "DemoRun") -> str:
+def requests_section(run: DemoRun) -> str:
     parts = []
     for exchange in run.exchanges:
         body = exchange.body
@@ -132,12 +197,14 @@ def requests_section(run: "DemoRun") -> str:
             pass
         if len(body) > 4000:
             body = body[:4000] + "\n…"
-        parts.append(f"<h3>{_e(exchange.title)}</h3><pre>{_e(exchange.curl)}</pre>"
-                     f"<p>HTTP {exchange.status}</p><pre>{_e(body)}</pre>")
+        parts.append(
+            f"<h3>{_e(exchange.title)}</h3><pre>{_e(exchange.curl)}</pre>"
+            f"<p>HTTP {exchange.status}</p><pre>{_e(body)}</pre>"
+        )
     return "".join(parts)
 
 
-def write_report(run: "DemoRun", directory: Path, total_seconds: float) -> Path:
+def write_report(run: DemoRun, directory: Path, total_seconds: float) -> Path:
     """Write ``index.html`` into ``directory`` and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     bodies = {
@@ -148,22 +215,28 @@ def write_report(run: "DemoRun", directory: Path, total_seconds: float) -> Path:
         "history": history_section(run),
         "requests": requests_section(run),
         "batch": "<h3>Input: new patients (held-out split, no labels)</h3>"
-                 + csv_head(run.batch_input)
-                 + "<h3>Output: predicciones.csv</h3>" + csv_head(run.batch_output),
+        + csv_head(run.batch_input)
+        + "<h3>Output: predicciones.csv</h3>"
+        + csv_head(run.batch_output),
         "cli": "".join(f"<pre>$ {_e(c)}\n{_e(o)}</pre>" for c, o in run.cli_outputs),
-        "timings": table(["step", "seconds"],
-                         [(t, f"{s:.1f}") for t, s in run.timings]
-                         + [("total", f"{total_seconds:.1f}")]),
+        "timings": table(
+            ["step", "seconds"],
+            [(t, f"{s:.1f}") for t, s in run.timings] + [("total", f"{total_seconds:.1f}")],
+        ),
     }
     nav = "".join(f"<a href='#{key}'>{_e(title)}</a>" for key, title in SECTIONS)
-    sections = "".join(f"<section id='{key}'><h2>{_e(title)}</h2>{bodies[key]}</section>"
-                       for key, title in SECTIONS)
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>Vertebral-column registry — demo report</title><style>{STYLE}</style>"
-            f"</head><body><h1>Vertebral-column model registry — demo report</h1>"
-            f"<p class='muted'>Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} in "
-            f"{total_seconds:.0f}s. <span class='ok'>Every step passed.</span></p>"
-            f"<nav>{nav}</nav>{sections}</body></html>")
+    sections = "".join(
+        f"<section id='{key}'><h2>{_e(title)}</h2>{bodies[key]}</section>"
+        for key, title in SECTIONS
+    )
+    page = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Vertebral-column registry — demo report</title><style>{STYLE}</style>"
+        f"</head><body><h1>Vertebral-column model registry — demo report</h1>"
+        f"<p class='muted'>Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} in "
+        f"{total_seconds:.0f}s. <span class='ok'>Every step passed.</span></p>"
+        f"<nav>{nav}</nav>{sections}</body></html>"
+    )
     path = directory / "index.html"
     path.write_text(page, encoding="utf-8")
     return path

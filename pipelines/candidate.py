@@ -19,9 +19,10 @@ Public entry points:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -31,16 +32,20 @@ import pandas as pd
 import sklearn
 import skops
 from mlflow.models import infer_signature
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
 
 from conf.settings import Settings
 from pipelines.data import FEATURES, Dataset, load_dataset
 from pipelines.families import build_pipeline, get_family
-from pipelines.metrics import (classification_metrics, cross_validate, per_class_metrics,
-                               summarise_folds)
+from pipelines.metrics import (
+    classification_metrics,
+    cross_validate,
+    per_class_metrics,
+    summarise_folds,
+)
 from pipelines.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
@@ -84,8 +89,12 @@ class Evaluation:
 def split_dataset(dataset: Dataset, test_size: float, seed: int) -> Split:
     """The stratified train/test split of ``dataset`` (same seed, same rows)."""
     x_train, x_test, y_train, y_test = train_test_split(
-        dataset.features, dataset.labels, test_size=test_size, stratify=dataset.labels,
-        random_state=seed)
+        dataset.features,
+        dataset.labels,
+        test_size=test_size,
+        stratify=dataset.labels,
+        random_state=seed,
+    )
     return Split(x_train, x_test, y_train, y_test, seed, test_size)
 
 
@@ -94,10 +103,13 @@ def evaluate(pipeline: Pipeline, split: Split) -> Evaluation:
     labels = pipeline.predict(split.x_test)
     probabilities = pipeline.predict_proba(split.x_test)
     classes = tuple(str(c) for c in pipeline.classes_)
-    metrics = {**classification_metrics(split.y_test, labels, probabilities, classes),
-               **per_class_metrics(split.y_test, labels, classes)}
-    return Evaluation(labels, probabilities, classes,
-                      {f"test_{name}": value for name, value in metrics.items()})
+    metrics = {
+        **classification_metrics(split.y_test, labels, probabilities, classes),
+        **per_class_metrics(split.y_test, labels, classes),
+    }
+    return Evaluation(
+        labels, probabilities, classes, {f"test_{name}": value for name, value in metrics.items()}
+    )
 
 
 def convert_to_onnx(pipeline: Pipeline, family: str) -> onnx.ModelProto:
@@ -109,31 +121,41 @@ def convert_to_onnx(pipeline: Pipeline, family: str) -> onnx.ModelProto:
     classifier = pipeline.steps[-1][1]
     try:
         model = convert_sklearn(
-            pipeline, name=f"vertebral-{family}",
+            pipeline,
+            name=f"vertebral-{family}",
             initial_types=[(ONNX_INPUT, FloatTensorType([None, len(FEATURES)]))],
-            options={id(classifier): {"zipmap": False}})
+            options={id(classifier): {"zipmap": False}},
+        )
     except Exception as exc:  # skl2onnx raises many types; all mean "did not convert"
-        raise CandidateError(f"model family {family}: ONNX conversion failed: "
-                             f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise CandidateError(
+            f"model family {family}: ONNX conversion failed: "
+            f"{type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc
     outputs = [output.name for output in model.graph.output]
     if outputs != [ONNX_LABEL, ONNX_PROBABILITIES]:
-        raise CandidateError(f"model family {family}: ONNX outputs are {outputs}, expected "
-                             f"[{ONNX_LABEL!r}, {ONNX_PROBABILITIES!r}]")
+        raise CandidateError(
+            f"model family {family}: ONNX outputs are {outputs}, expected "
+            f"[{ONNX_LABEL!r}, {ONNX_PROBABILITIES!r}]"
+        )
     return model
 
 
-def onnx_predict(model: onnx.ModelProto, features: pd.DataFrame | np.ndarray,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def onnx_predict(
+    model: onnx.ModelProto,
+    features: pd.DataFrame | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of an ONNX candidate model (onnxruntime, CPU)."""
-    session = onnxruntime.InferenceSession(model.SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     inputs = np.asarray(features, dtype=np.float32)
     labels, probabilities = session.run([ONNX_LABEL, ONNX_PROBABILITIES], {ONNX_INPUT: inputs})
     return labels, probabilities
 
 
-def check_parity(model: onnx.ModelProto, evaluation: Evaluation, split: Split,
-                 family: str) -> float:
+def check_parity(
+    model: onnx.ModelProto, evaluation: Evaluation, split: Split, family: str
+) -> float:
     """Check the ONNX model gives the sklearn labels and probabilities on the test split.
 
     Returns:
@@ -149,16 +171,20 @@ def check_parity(model: onnx.ModelProto, evaluation: Evaluation, split: Split,
         raise CandidateError(
             f"model family {family}: ONNX model disagrees with scikit-learn on "
             f"{mismatched.size} test rows (first: row {row}, {labels[row]!r} vs "
-            f"{evaluation.labels[row]!r})")
+            f"{evaluation.labels[row]!r})"
+        )
     worst = float(np.max(np.abs(probabilities - evaluation.probabilities)))
     if worst > PARITY_TOLERANCE:
-        raise CandidateError(f"model family {family}: ONNX probabilities differ from "
-                             f"scikit-learn by {worst:.2e} (> {PARITY_TOLERANCE:g})")
+        raise CandidateError(
+            f"model family {family}: ONNX probabilities differ from "
+            f"scikit-learn by {worst:.2e} (> {PARITY_TOLERANCE:g})"
+        )
     return worst
 
 
-def model_card(family: str, dataset: Dataset, split: Split,
-               evaluation: Evaluation) -> dict[str, Any]:
+def model_card(
+    family: str, dataset: Dataset, split: Split, evaluation: Evaluation
+) -> dict[str, Any]:
     """The ``registry/model_card.json`` document of docs/run-contract.md."""
     return {
         "model_family": family,
@@ -166,13 +192,21 @@ def model_card(family: str, dataset: Dataset, split: Split,
         "classes": list(evaluation.classes),
         "features": list(FEATURES),
         "input_schema": [
-            {"name": name, "dtype": "float64", "min": float(split.x_train[name].min()),
-             "max": float(split.x_train[name].max())}
+            {
+                "name": name,
+                "dtype": "float64",
+                "min": float(split.x_train[name].min()),
+                "max": float(split.x_train[name].max()),
+            }
             for name in FEATURES
         ],
         "data_fingerprint": dataset.fingerprint,
-        "onnx": {"input_name": ONNX_INPUT, "input_type": "float32",
-                 "label_output": ONNX_LABEL, "probabilities_output": ONNX_PROBABILITIES},
+        "onnx": {
+            "input_name": ONNX_INPUT,
+            "input_type": "float32",
+            "label_output": ONNX_LABEL,
+            "probabilities_output": ONNX_PROBABILITIES,
+        },
         "evaluation": {
             "inputs": split.x_test[list(FEATURES)].to_numpy(dtype=float).tolist(),
             "labels": [str(label) for label in evaluation.labels],
@@ -201,36 +235,66 @@ def _quiet_onnx_example_check() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
-def _log_models(pipeline: Pipeline, onnx_model: onnx.ModelProto, split: Split,
-                evaluation: Evaluation, family: str) -> tuple[str, str]:
+def _log_models(
+    pipeline: Pipeline,
+    onnx_model: onnx.ModelProto,
+    split: Split,
+    evaluation: Evaluation,
+    family: str,
+) -> tuple[str, str]:
     """Log both flavours in the active run; returns (sklearn_uri, onnx_uri)."""
     example = split.x_test[list(FEATURES)].head(INPUT_EXAMPLE_ROWS)
     sklearn_signature = infer_signature(split.x_train[list(FEATURES)], evaluation.labels)
     onnx_signature = infer_signature(
         split.x_train[list(FEATURES)],
-        {ONNX_LABEL: evaluation.labels.astype(str),
-         ONNX_PROBABILITIES: evaluation.probabilities.astype(np.float32)})
+        {
+            ONNX_LABEL: evaluation.labels.astype(str),
+            ONNX_PROBABILITIES: evaluation.probabilities.astype(np.float32),
+        },
+    )
     # Explicit requirements: MLflow's inference imports the model in a subprocess,
     # which costs seconds per model and adds nothing we do not know.
     sklearn_info = mlflow.sklearn.log_model(
-        pipeline, name=SKLEARN_MODEL_NAME, signature=sklearn_signature, input_example=example,
+        pipeline,
+        name=SKLEARN_MODEL_NAME,
+        signature=sklearn_signature,
+        input_example=example,
         skops_trusted_types=list(get_family(family).skops_trusted_types),
-        pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}",
-                          f"numpy=={np.__version__}", f"pandas=={pd.__version__}"])
+        pip_requirements=[
+            f"scikit-learn=={sklearn.__version__}",
+            f"skops=={skops.__version__}",
+            f"numpy=={np.__version__}",
+            f"pandas=={pd.__version__}",
+        ],
+    )
     with _quiet_onnx_example_check():
         onnx_info = mlflow.onnx.log_model(
-            onnx_model, name=ONNX_MODEL_NAME, signature=onnx_signature, input_example=example,
-            save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
-            pip_requirements=[f"onnx=={onnx.__version__}",
-                              f"onnxruntime=={onnxruntime.__version__}",
-                              f"numpy=={np.__version__}"])
+            onnx_model,
+            name=ONNX_MODEL_NAME,
+            signature=onnx_signature,
+            input_example=example,
+            save_as_external_data=False,
+            onnx_execution_providers=["CPUExecutionProvider"],
+            pip_requirements=[
+                f"onnx=={onnx.__version__}",
+                f"onnxruntime=={onnxruntime.__version__}",
+                f"numpy=={np.__version__}",
+            ],
+        )
     return sklearn_info.model_uri, onnx_info.model_uri
 
 
-def log_candidate(pipeline: Pipeline, family: str, params: Mapping[str, Any], split: Split,
-                  dataset: Dataset, *, run_id: str | None = None,
-                  cv_metrics: Mapping[str, float] | None = None,
-                  experiment_id: str | None = None) -> str:
+def log_candidate(
+    pipeline: Pipeline,
+    family: str,
+    params: Mapping[str, Any],
+    split: Split,
+    dataset: Dataset,
+    *,
+    run_id: str | None = None,
+    cv_metrics: Mapping[str, float] | None = None,
+    experiment_id: str | None = None,
+) -> str:
     """Log a pipeline fitted on ``split.x_train`` as a candidate run; returns the run id.
 
     Args:
@@ -255,12 +319,12 @@ def log_candidate(pipeline: Pipeline, family: str, params: Mapping[str, Any], sp
     if run_id is not None:
         context = mlflow.start_run(run_id=run_id, nested=active is not None)
     else:
-        context = mlflow.start_run(experiment_id=experiment_id, run_name=f"{family}-candidate",
-                                   nested=active is not None)
+        context = mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{family}-candidate", nested=active is not None
+        )
     with context as run:
         if run_id is None:
-            mlflow.log_params({**{k: str(v) for k, v in params.items()},
-                               "model_family": family})
+            mlflow.log_params({**{k: str(v) for k, v in params.items()}, "model_family": family})
             mlflow.set_tag("model_family", family)
         if cv_metrics:
             mlflow.log_metrics(dict(cv_metrics))
@@ -275,22 +339,32 @@ def log_candidate(pipeline: Pipeline, family: str, params: Mapping[str, Any], sp
         mlflow.log_dict(model_card(family, dataset, split, evaluation), MODEL_CARD)
         mlflow.log_metrics({**evaluation.metrics, "onnx_parity_max_abs_diff": worst})
         # Tags last: a run that failed half-way is never listed as a candidate.
-        mlflow.set_tags({
-            "candidate": "true",
-            "model_family": family,
-            "data_fingerprint": dataset.fingerprint,
-            "variant": dataset.variant,
-            "onnx_model_uri": onnx_uri,
-            "sklearn_model_uri": sklearn_uri,
-        })
-        log.info("candidate %s: run %s (test f1_macro %.3f, ONNX parity %.1e)", family,
-                 run.info.run_id, evaluation.metrics["test_f1_macro"], worst)
+        mlflow.set_tags(
+            {
+                "candidate": "true",
+                "model_family": family,
+                "data_fingerprint": dataset.fingerprint,
+                "variant": dataset.variant,
+                "onnx_model_uri": onnx_uri,
+                "sklearn_model_uri": sklearn_uri,
+            }
+        )
+        log.info(
+            "candidate %s: run %s (test f1_macro %.3f, ONNX parity %.1e)",
+            family,
+            run.info.run_id,
+            evaluation.metrics["test_f1_macro"],
+            worst,
+        )
         return run.info.run_id
 
 
-def quick_candidate_run(settings: Settings, family: str = "logistic_regression",
-                        params: Mapping[str, Any] | None = None,
-                        experiment: str | None = None) -> str:
+def quick_candidate_run(
+    settings: Settings,
+    family: str = "logistic_regression",
+    params: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+) -> str:
     """Fit one small pipeline on the configured data and log it as a candidate run.
 
     For tests and fixtures: no study, default hyperparameters of ``family`` unless
@@ -304,8 +378,14 @@ def quick_candidate_run(settings: Settings, family: str = "logistic_regression",
     experiment_id = ensure_experiment(settings.mlflow, experiment)
     chosen = {**get_family(family).defaults(), **(params or {})}
     pipeline = build_pipeline(family, chosen, training.seed)
-    folds = cross_validate(pipeline, split.x_train, split.y_train, training.cv_folds,
-                           training.seed)
+    folds = cross_validate(pipeline, split.x_train, split.y_train, training.cv_folds, training.seed)
     pipeline.fit(split.x_train, split.y_train)
-    return log_candidate(pipeline, family, chosen, split, dataset,
-                         cv_metrics=summarise_folds(folds), experiment_id=experiment_id)
+    return log_candidate(
+        pipeline,
+        family,
+        chosen,
+        split,
+        dataset,
+        cv_metrics=summarise_folds(folds),
+        experiment_id=experiment_id,
+    )

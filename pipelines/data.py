@@ -43,14 +43,20 @@ CLASSES = {
 # Every spelling of a label met in the published files, mapped to its 3C name
 # (or to "Abnormal", which only the 2C files use).
 _LABELS = {
-    "hernia": "Hernia", "dh": "Hernia",
-    "spondylolisthesis": "Spondylolisthesis", "sl": "Spondylolisthesis",
-    "normal": "Normal", "no": "Normal",
-    "abnormal": "Abnormal", "ab": "Abnormal",
+    "hernia": "Hernia",
+    "dh": "Hernia",
+    "spondylolisthesis": "Spondylolisthesis",
+    "sl": "Spondylolisthesis",
+    "normal": "Normal",
+    "no": "Normal",
+    "abnormal": "Abnormal",
+    "ab": "Abnormal",
 }
 _LABEL_COLUMNS = ("status", "class", "label", "target")
-_ZIP_MEMBERS = {"3C": ("column_3C.dat", "column_3C_weka.arff"),
-                "2C": ("column_2C.dat", "column_2C_weka.arff")}
+_ZIP_MEMBERS = {
+    "3C": ("column_3C.dat", "column_3C_weka.arff"),
+    "2C": ("column_2C.dat", "column_2C_weka.arff"),
+}
 CACHE_FILE = "vertebral+column.zip"
 
 
@@ -80,6 +86,7 @@ def classes_for(variant: str) -> tuple[str, ...]:
 
 # --- readers: each returns (raw table with FEATURES + "label" columns, first data line) --
 
+
 def _normalise_header(name: str) -> str:
     # The 2C Kaggle export has "pelvic_tilt numeric": keep the first word only.
     return str(name).strip().strip("'\"").split()[0].lower() if str(name).strip() else ""
@@ -88,8 +95,13 @@ def _normalise_header(name: str) -> str:
 def _read_csv(text: str) -> tuple[pd.DataFrame, int]:
     first_line = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
     delimiter = ";" if first_line.count(";") > first_line.count(",") else ","
-    table = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), sep=delimiter, dtype=str,
-                        keep_default_na=False, skipinitialspace=True)
+    table = pd.read_csv(
+        io.StringIO(text.lstrip("\ufeff")),
+        sep=delimiter,
+        dtype=str,
+        keep_default_na=False,
+        skipinitialspace=True,
+    )
     table.columns = [_normalise_header(c) for c in table.columns]
     label_cols = [c for c in table.columns if c in _LABEL_COLUMNS]
     if not label_cols:
@@ -103,8 +115,9 @@ def _read_dat(text: str) -> tuple[pd.DataFrame, int]:
     columns = [*FEATURES, "label"]
     for number, row in enumerate(rows, start=1):
         if row and len(row) != len(columns):
-            raise DataError(f"line {number}: expected {len(columns)} space-separated values, "
-                            f"found {len(row)}")
+            raise DataError(
+                f"line {number}: expected {len(columns)} space-separated values, found {len(row)}"
+            )
     # Blank lines keep their numbers out of the table but count for line numbers.
     numbered = [(n, r) for n, r in enumerate(rows, start=1) if r]
     table = pd.DataFrame([r for _, r in numbered], columns=columns, dtype=str)
@@ -121,13 +134,17 @@ def _read_arff(text: str) -> tuple[pd.DataFrame, int]:
             match = re.match(r"@attribute\s+('[^']*'|\"[^\"]*\"|\S+)", stripped, re.IGNORECASE)
             attributes.append(_normalise_header(match.group(1)) if match else "")
         elif stripped.lower().startswith("@data"):
-            numbered = [(n, [v.strip().strip("'\"") for v in l.split(",")])
-                        for n, l in enumerate(lines[number:], start=number + 1)
-                        if l.strip() and not l.strip().startswith("%")]
+            numbered = [
+                (n, [v.strip().strip("'\"") for v in l.split(",")])
+                for n, l in enumerate(lines[number:], start=number + 1)
+                if l.strip() and not l.strip().startswith("%")
+            ]
             for n, row in numbered:
                 if len(row) != len(attributes):
-                    raise DataError(f"line {n}: expected {len(attributes)} comma-separated "
-                                    f"values, found {len(row)}")
+                    raise DataError(
+                        f"line {n}: expected {len(attributes)} comma-separated "
+                        f"values, found {len(row)}"
+                    )
             table = pd.DataFrame([r for _, r in numbered], columns=attributes, dtype=str)
             table.index = [n for n, _ in numbered]
             label_cols = [c for c in table.columns if c in _LABEL_COLUMNS]
@@ -155,6 +172,7 @@ def _read_zip(path: Path, variant: str) -> tuple[pd.DataFrame, int, str]:
 
 # --- validation ------------------------------------------------------------------
 
+
 def _validate(table: pd.DataFrame, first_line: int, variant: str, source: str) -> Dataset:
     columns = [c for c in table.columns if c != "label"]
     missing = [f for f in FEATURES if f not in columns]
@@ -178,22 +196,25 @@ def _validate(table: pd.DataFrame, first_line: int, variant: str, source: str) -
         bad = numbers.isna() | ~numbers.map(lambda v: math.isfinite(v) if v == v else False)
         if bad.any():
             line = bad.idxmax()
-            raise DataError(f"{source}: line {line}, column {feature}: "
-                            f"expected a finite number, got {table.at[line, feature]!r}")
+            raise DataError(
+                f"{source}: line {line}, column {feature}: "
+                f"expected a finite number, got {table.at[line, feature]!r}"
+            )
         values[feature] = numbers.astype("float64")
 
     raw_labels = table["label"].astype(str).str.strip()
     labels = raw_labels.str.lower().map(_LABELS)
     if labels.isna().any():
         line = labels.isna().idxmax()
-        raise DataError(f"{source}: line {line}, column label: unknown label "
-                        f"{raw_labels[line]!r}")
+        raise DataError(f"{source}: line {line}, column label: unknown label {raw_labels[line]!r}")
     if variant == "2C":
         labels = labels.replace({"Hernia": "Abnormal", "Spondylolisthesis": "Abnormal"})
     elif (labels == "Abnormal").any():
         line = (labels == "Abnormal").idxmax()
-        raise DataError(f"{source}: line {line}: label 'Abnormal' belongs to the 2-class "
-                        f"variant; use the 3C file or set data.variant to 2C")
+        raise DataError(
+            f"{source}: line {line}: label 'Abnormal' belongs to the 2-class "
+            f"variant; use the 3C file or set data.variant to 2C"
+        )
 
     features = pd.DataFrame(values, columns=list(FEATURES)).reset_index(drop=True)
     labels = labels.reset_index(drop=True).rename("label")
@@ -204,7 +225,7 @@ def fingerprint(features: pd.DataFrame, labels: pd.Series) -> str:
     """sha256 of the normalised table (FEATURES order, repr-exact floats, labels)."""
     digest = hashlib.sha256()
     digest.update((",".join([*FEATURES, "label"]) + "\n").encode())
-    for row, label in zip(features[list(FEATURES)].itertuples(index=False), labels):
+    for row, label in zip(features[list(FEATURES)].itertuples(index=False), labels, strict=False):
         digest.update((",".join(repr(float(v)) for v in row) + f",{label}\n").encode())
     return digest.hexdigest()
 
@@ -246,17 +267,20 @@ def cached_or_downloaded(settings: DataSettings) -> Path:
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s into %s", settings.url, target)
     try:
-        with urllib.request.urlopen(settings.url, timeout=30) as response, \
-                tempfile.NamedTemporaryFile(dir=settings.cache_dir, delete=False) as tmp:
+        with (
+            urllib.request.urlopen(settings.url, timeout=30) as response,
+            tempfile.NamedTemporaryFile(dir=settings.cache_dir, delete=False) as tmp,
+        ):
             shutil.copyfileobj(response, tmp)
         Path(tmp.name).replace(target)  # atomic: a half download never looks cached
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         if "tmp" in locals():
             Path(tmp.name).unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
-        raise DataError(f"could not download the data set from {settings.url} ({reason}); "
-                        f"set VERTEBRAL_DATA to a local copy (CSV, .dat, .arff or the UCI zip)"
-                        ) from None
+        raise DataError(
+            f"could not download the data set from {settings.url} ({reason}); "
+            f"set VERTEBRAL_DATA to a local copy (CSV, .dat, .arff or the UCI zip)"
+        ) from None
     return target
 
 

@@ -8,8 +8,9 @@ would confuse both the sampler and the side-by-side view in the MLflow UI.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from sklearn.base import ClassifierMixin
@@ -23,8 +24,9 @@ from sklearn.svm import SVC
 # scikit-learn 1.9 deprecates SVC(probability=True) in favour of CalibratedClassifierCV,
 # which skl2onnx does not convert the same way; the issue asks for SVC with probabilities.
 warnings.filterwarnings("ignore", category=FutureWarning, message=r".*probab.*deprecated")
-warnings.filterwarnings("ignore", category=FutureWarning,
-                        message=r"Attribute `prob[AB]_` was deprecated")
+warnings.filterwarnings(
+    "ignore", category=FutureWarning, message=r"Attribute `prob[AB]_` was deprecated"
+)
 
 
 @dataclass(frozen=True)
@@ -87,76 +89,128 @@ class Family:
 
 
 def _logistic_regression(v: dict[str, Any], seed: int) -> ClassifierMixin:
-    return LogisticRegression(C=v["C"], class_weight=v["class_weight"], max_iter=2000,
-                              random_state=seed)
+    return LogisticRegression(
+        C=v["C"], class_weight=v["class_weight"], max_iter=2000, random_state=seed
+    )
 
 
 def _svc(v: dict[str, Any], seed: int) -> ClassifierMixin:
-    return SVC(C=v["C"], gamma=v["gamma"], class_weight=v["class_weight"], kernel="rbf",
-               probability=True, random_state=seed)
+    return SVC(
+        C=v["C"],
+        gamma=v["gamma"],
+        class_weight=v["class_weight"],
+        kernel="rbf",
+        probability=True,
+        random_state=seed,
+    )
 
 
 def _knn(v: dict[str, Any], seed: int) -> ClassifierMixin:
     # kd_tree pinned so the pickled-by-skops types do not depend on the data size.
     # weights="distance" is not searched: skl2onnx 1.20 converts it with wrong
     # probabilities (up to 0.25 off, labels flipped), which the parity check refuses.
-    return KNeighborsClassifier(n_neighbors=v["n_neighbors"], weights="uniform", p=v["p"],
-                                algorithm="kd_tree")
+    return KNeighborsClassifier(
+        n_neighbors=v["n_neighbors"], weights="uniform", p=v["p"], algorithm="kd_tree"
+    )
 
 
 def _random_forest(v: dict[str, Any], seed: int) -> ClassifierMixin:
     # One job: the study already keeps both cores busy with CV, and n_jobs=1 is reproducible.
-    return RandomForestClassifier(n_estimators=v["n_estimators"], max_depth=v["max_depth"],
-                                  min_samples_leaf=v["min_samples_leaf"],
-                                  max_features=v["max_features"],
-                                  class_weight=v["class_weight"], n_jobs=1, random_state=seed)
+    return RandomForestClassifier(
+        n_estimators=v["n_estimators"],
+        max_depth=v["max_depth"],
+        min_samples_leaf=v["min_samples_leaf"],
+        max_features=v["max_features"],
+        class_weight=v["class_weight"],
+        n_jobs=1,
+        random_state=seed,
+    )
 
 
 def _gradient_boosting(v: dict[str, Any], seed: int) -> ClassifierMixin:
-    return GradientBoostingClassifier(n_estimators=v["n_estimators"],
-                                      learning_rate=v["learning_rate"],
-                                      max_depth=v["max_depth"], subsample=v["subsample"],
-                                      random_state=seed)
+    return GradientBoostingClassifier(
+        n_estimators=v["n_estimators"],
+        learning_rate=v["learning_rate"],
+        max_depth=v["max_depth"],
+        subsample=v["subsample"],
+        random_state=seed,
+    )
 
 
 _BALANCE = ("class_weight", (None, "balanced"))
 _TREE_TYPES = ("sklearn.tree._tree.Tree",)
-_KNN_TYPES = ("sklearn.neighbors._kd_tree.KDTree",
-              "sklearn.metrics._dist_metrics.EuclideanDistance64",
-              "sklearn.metrics._dist_metrics.ManhattanDistance64")
+_KNN_TYPES = (
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.ManhattanDistance64",
+)
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("logistic_regression", "lr", _logistic_regression, scaled=True, params=(
-        Param("C", "float", 1.0, 1e-3, 1e2, log=True),
-        Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
-    )),
-    # Small gamma with large C sums hundreds of large dual coefficients: onnxruntime's
-    # float32 SVM then drifts past the 1e-5 parity bound, so those corners are left out.
-    Family("svc", "svc", _svc, scaled=True, params=(
-        Param("C", "float", 1.0, 1e-2, 30.0, log=True),
-        Param("gamma", "float", 0.1, 1e-2, 1.0, log=True),
-        Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
-    )),
-    Family("knn", "knn", _knn, scaled=True, skops_trusted_types=_KNN_TYPES, params=(
-        Param("n_neighbors", "int", 7, 3, 31),
-        Param("p", "categorical", 2, choices=(1, 2)),
-    )),
-    Family("random_forest", "rf", _random_forest, scaled=False, skops_trusted_types=_TREE_TYPES,
-           params=(
-        Param("n_estimators", "int", 100, 50, 200, step=25),
-        Param("max_depth", "int", 6, 2, 12),
-        Param("min_samples_leaf", "int", 1, 1, 8),
-        Param("max_features", "float", 0.5, 0.3, 1.0),
-        Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
-    )),
-    Family("gradient_boosting", "gb", _gradient_boosting, scaled=False,
-           skops_trusted_types=_TREE_TYPES, params=(
-        Param("n_estimators", "int", 100, 50, 200, step=25),
-        Param("learning_rate", "float", 0.1, 0.01, 0.3, log=True),
-        Param("max_depth", "int", 2, 1, 4),
-        Param("subsample", "float", 1.0, 0.6, 1.0),
-    )),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "logistic_regression",
+            "lr",
+            _logistic_regression,
+            scaled=True,
+            params=(
+                Param("C", "float", 1.0, 1e-3, 1e2, log=True),
+                Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
+            ),
+        ),
+        # Small gamma with large C sums hundreds of large dual coefficients: onnxruntime's
+        # float32 SVM then drifts past the 1e-5 parity bound, so those corners are left out.
+        Family(
+            "svc",
+            "svc",
+            _svc,
+            scaled=True,
+            params=(
+                Param("C", "float", 1.0, 1e-2, 30.0, log=True),
+                Param("gamma", "float", 0.1, 1e-2, 1.0, log=True),
+                Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
+            ),
+        ),
+        Family(
+            "knn",
+            "knn",
+            _knn,
+            scaled=True,
+            skops_trusted_types=_KNN_TYPES,
+            params=(
+                Param("n_neighbors", "int", 7, 3, 31),
+                Param("p", "categorical", 2, choices=(1, 2)),
+            ),
+        ),
+        Family(
+            "random_forest",
+            "rf",
+            _random_forest,
+            scaled=False,
+            skops_trusted_types=_TREE_TYPES,
+            params=(
+                Param("n_estimators", "int", 100, 50, 200, step=25),
+                Param("max_depth", "int", 6, 2, 12),
+                Param("min_samples_leaf", "int", 1, 1, 8),
+                Param("max_features", "float", 0.5, 0.3, 1.0),
+                Param(_BALANCE[0], "categorical", None, choices=_BALANCE[1]),
+            ),
+        ),
+        Family(
+            "gradient_boosting",
+            "gb",
+            _gradient_boosting,
+            scaled=False,
+            skops_trusted_types=_TREE_TYPES,
+            params=(
+                Param("n_estimators", "int", 100, 50, 200, step=25),
+                Param("learning_rate", "float", 0.1, 0.01, 0.3, log=True),
+                Param("max_depth", "int", 2, 1, 4),
+                Param("subsample", "float", 1.0, 0.6, 1.0),
+            ),
+        ),
+    )
+}
 
 
 def get_family(name: str) -> Family:
@@ -176,6 +230,10 @@ def search_space(families: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """The study's search space as plain data, for the parent run."""
     return {
         "model_family": list(families),
-        **{name: {f"{get_family(name).prefix}_{p.name}": p.describe()
-                  for p in get_family(name).params} for name in families},
+        **{
+            name: {
+                f"{get_family(name).prefix}_{p.name}": p.describe() for p in get_family(name).params
+            }
+            for name in families
+        },
     }

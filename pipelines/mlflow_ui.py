@@ -28,29 +28,48 @@ def absolute_tracking_uri(tracking_uri: str) -> str:
     return f"sqlite:///{database.resolve()}" if database is not None else tracking_uri
 
 
-def server_command(settings: MlflowSettings, host: str = "127.0.0.1", port: int = 5000,
-                   workers: int = 1) -> list[str]:
+def server_command(
+    settings: MlflowSettings, host: str = "127.0.0.1", port: int = 5000, workers: int = 1
+) -> list[str]:
     """The ``mlflow server`` command line serving the tracking store and its artifacts."""
     artifacts = Path(settings.artifact_root).resolve().as_uri()
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", absolute_tracking_uri(settings.tracking_uri),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        absolute_tracking_uri(settings.tracking_uri),
         # New experiments (created through the UI) keep artifacts beside the study's.
-        "--default-artifact-root", artifacts,
-        "--artifacts-destination", artifacts,
-        "--host", host, "--port", str(port),
+        "--default-artifact-root",
+        artifacts,
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
         # One worker: the UI is for one person, and the machine has two cores.
-        "--workers", str(workers),
+        "--workers",
+        str(workers),
     ]
 
 
 @click.command(context_settings={"help_option_names": ["--help"]})
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind (loopback keeps the UI private to this machine).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind (loopback keeps the UI private to this machine).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True)
-@click.option("--config", type=click.Path(dir_okay=False), default=None,
-              help="YAML config (default: $VERTEBRAL_CONFIG or conf/default.yaml).")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML config (default: $VERTEBRAL_CONFIG or conf/default.yaml).",
+)
 def main(host: str, port: int, workers: int, config: str | None) -> None:
     """Serve the MLflow UI and REST API over the project's tracking store."""
     try:
@@ -60,7 +79,9 @@ def main(host: str, port: int, workers: int, config: str | None) -> None:
         sys.exit(1)
     if settings.tracking_uri.startswith(("http://", "https://")):
         # Already a tracking server (e.g. docker compose): it serves the UI itself.
-        click.echo(f"the tracking store is an MLflow server: open {mask_uri(settings.tracking_uri)}")
+        click.echo(
+            f"the tracking store is an MLflow server: open {mask_uri(settings.tracking_uri)}"
+        )
         return
     database = sqlite_path(settings.tracking_uri)
     if database is not None:
@@ -70,8 +91,10 @@ def main(host: str, port: int, workers: int, config: str | None) -> None:
         click.echo(f"warning: binding {host}: the MLflow UI has no authentication", err=True)
     command = server_command(settings, host, port, workers)
     store = mask_uri(absolute_tracking_uri(settings.tracking_uri))
-    click.echo(f"MLflow UI on http://{host}:{port}  (store {store}, artifacts "
-               f"{Path(settings.artifact_root).resolve()}); Ctrl-C stops it")
+    click.echo(
+        f"MLflow UI on http://{host}:{port}  (store {store}, artifacts "
+        f"{Path(settings.artifact_root).resolve()}); Ctrl-C stops it"
+    )
     sys.stdout.flush()
     # Replace this process so Ctrl-C and signals reach the server directly.
     os.execv(sys.executable, command)

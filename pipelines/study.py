@@ -12,8 +12,9 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
 import mlflow.data
@@ -25,8 +26,14 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from sklearn.pipeline import Pipeline
 
 from conf.settings import Settings
-from pipelines.candidate import (CandidateError, Evaluation, Split, evaluate, log_candidate,
-                                 split_dataset)
+from pipelines.candidate import (
+    CandidateError,
+    Evaluation,
+    Split,
+    evaluate,
+    log_candidate,
+    split_dataset,
+)
 from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline, get_family, search_space
 from pipelines.metrics import METRICS, cross_validate, summarise_folds
@@ -96,15 +103,23 @@ class StudyResult:
 
 
 def _state(trial: optuna.trial.FrozenTrial) -> str:
-    return {optuna.trial.TrialState.COMPLETE: "complete",
-            optuna.trial.TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
+    return {
+        optuna.trial.TrialState.COMPLETE: "complete",
+        optuna.trial.TrialState.PRUNED: "pruned",
+    }.get(trial.state, "failed")
 
 
 class _TrialLogger:
     """Optuna callback: write the trial's nested MLflow run and report progress."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str,
-                 objective: str, on_trial: Callable[[TrialOutcome], None] | None):
+    def __init__(
+        self,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str,
+        objective: str,
+        on_trial: Callable[[TrialOutcome], None] | None,
+    ):
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -117,28 +132,39 @@ class _TrialLogger:
         state = _state(trial)
         cv = dict(trial.user_attrs.get("cv_metrics", {}))
         folds = trial.intermediate_values
-        score = trial.value if state == "complete" else (
-            folds[max(folds)] if folds else None)
+        score = trial.value if state == "complete" else (folds[max(folds)] if folds else None)
         duration = trial.duration.total_seconds() if trial.duration else 0.0
         start = int(trial.datetime_start.timestamp() * 1000)
         end = int((trial.datetime_complete or trial.datetime_start).timestamp() * 1000)
         name = f"trial-{trial.number:03d}-{family}"
-        run = self.client.create_run(self.experiment_id, start_time=start, run_name=name,
-                                     tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id})
+        run = self.client.create_run(
+            self.experiment_id,
+            start_time=start,
+            run_name=name,
+            tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id},
+        )
         metrics = [Metric(k, v, end, 0) for k, v in cv.items()]
         metrics.append(Metric("duration_seconds", duration, end, 0))
         # The running CV mean after each fold: what the pruner saw, as a curve per run.
-        metrics += [Metric(f"cv_{self.objective}_running_mean", v, end, step)
-                    for step, v in sorted(folds.items())]
+        metrics += [
+            Metric(f"cv_{self.objective}_running_mean", v, end, step)
+            for step, v in sorted(folds.items())
+        ]
         params = [Param(k, str(v)) for k, v in trial.params.items()]
-        tags = [RunTag("run_type", "trial"), RunTag("model_family", family),
-                RunTag("trial_number", str(trial.number)), RunTag("state", state),
-                RunTag(MLFLOW_RUN_NAME, name)]
+        tags = [
+            RunTag("run_type", "trial"),
+            RunTag("model_family", family),
+            RunTag("trial_number", str(trial.number)),
+            RunTag("state", state),
+            RunTag(MLFLOW_RUN_NAME, name),
+        ]
         self.client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
-        self.client.set_terminated(run.info.run_id,
-                                   "FAILED" if state == "failed" else "FINISHED", end_time=end)
-        outcome = TrialOutcome(trial.number, family, state, score, duration, run.info.run_id,
-                               dict(trial.params), cv)
+        self.client.set_terminated(
+            run.info.run_id, "FAILED" if state == "failed" else "FINISHED", end_time=end
+        )
+        outcome = TrialOutcome(
+            trial.number, family, state, score, duration, run.info.run_id, dict(trial.params), cv
+        )
         self.outcomes.append(outcome)
         if self.on_trial is not None:
             self.on_trial(outcome)
@@ -160,8 +186,9 @@ def _objective(split: Split, settings: Settings) -> Callable[[optuna.Trial], flo
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        folds = cross_validate(pipeline, split.x_train, split.y_train, training.cv_folds,
-                               training.seed, on_fold)
+        folds = cross_validate(
+            pipeline, split.x_train, split.y_train, training.cv_folds, training.seed, on_fold
+        )
         return summarise_folds(folds)[f"cv_{training.objective}_mean"]
 
     return objective
@@ -169,24 +196,36 @@ def _objective(split: Split, settings: Settings) -> Callable[[optuna.Trial], flo
 
 def _log_study_setup(settings: Settings, dataset: Dataset, split: Split) -> None:
     training = settings.training
-    mlflow.set_tags({"run_type": "study", "data_fingerprint": dataset.fingerprint,
-                     "variant": dataset.variant})
-    mlflow.log_params({
-        "split_seed": training.seed, "test_size": training.test_size,
-        "cv_folds": training.cv_folds, "objective": training.objective,
-        "n_trials": training.trials, "timeout": training.timeout,
-        "families": ",".join(training.families), "n_train": len(split.x_train),
-        "n_test": len(split.x_test), "data_fingerprint": dataset.fingerprint,
-    })
+    mlflow.set_tags(
+        {"run_type": "study", "data_fingerprint": dataset.fingerprint, "variant": dataset.variant}
+    )
+    mlflow.log_params(
+        {
+            "split_seed": training.seed,
+            "test_size": training.test_size,
+            "cv_folds": training.cv_folds,
+            "objective": training.objective,
+            "n_trials": training.trials,
+            "timeout": training.timeout,
+            "families": ",".join(training.families),
+            "n_train": len(split.x_train),
+            "n_test": len(split.x_test),
+            "data_fingerprint": dataset.fingerprint,
+        }
+    )
     mlflow.log_dict(search_space(training.families), "search_space.json")
     table = pd.concat([dataset.features, dataset.labels], axis=1)
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice and warns that a path "can be
         # interpreted in multiple ways" (both the same class).
         warnings.simplefilter("ignore", UserWarning)
-        data_input = mlflow.data.from_pandas(table, source=dataset.source, targets="label",
-                                             name=f"vertebral-column-{dataset.variant}",
-                                             digest=dataset.fingerprint[:36])
+        data_input = mlflow.data.from_pandas(
+            table,
+            source=dataset.source,
+            targets="label",
+            name=f"vertebral-column-{dataset.variant}",
+            digest=dataset.fingerprint[:36],
+        )
     mlflow.log_input(data_input, context="training")
 
 
@@ -199,9 +238,11 @@ def _ranked_by_family(outcomes: list[TrialOutcome]) -> dict[str, list[TrialOutco
     return ranked
 
 
-def _make_candidates(result: StudyResult,
-                     on_candidate: Callable[[Candidate], None] | None,
-                     on_rejected: Callable[[TrialOutcome, CandidateError], None] | None) -> None:
+def _make_candidates(
+    result: StudyResult,
+    on_candidate: Callable[[Candidate], None] | None,
+    on_rejected: Callable[[TrialOutcome, CandidateError], None] | None,
+) -> None:
     """Refit and log the best convertible trial of each family as a candidate."""
     seed = result.split.seed
     for family, trials in _ranked_by_family(result.trials).items():
@@ -211,8 +252,14 @@ def _make_candidates(result: StudyResult,
             pipeline = build_pipeline(family, trial.params, seed)
             pipeline.fit(result.split.x_train, result.split.y_train)
             try:
-                log_candidate(pipeline, family, trial.params, result.split, result.dataset,
-                              run_id=trial.run_id)
+                log_candidate(
+                    pipeline,
+                    family,
+                    trial.params,
+                    result.split,
+                    result.dataset,
+                    run_id=trial.run_id,
+                )
             except CandidateError as exc:
                 result.rejected.append((trial, str(exc)))
                 if on_rejected is not None:
@@ -229,11 +276,12 @@ def _make_candidates(result: StudyResult,
         raise CandidateError(f"no model family gave a candidate that converts to ONNX: {reasons}")
 
 
-def run_study(settings: Settings,
-              on_trial: Callable[[TrialOutcome], None] | None = None,
-              on_candidate: Callable[[Candidate], None] | None = None,
-              on_rejected: Callable[[TrialOutcome, CandidateError], None] | None = None,
-              ) -> StudyResult:
+def run_study(
+    settings: Settings,
+    on_trial: Callable[[TrialOutcome], None] | None = None,
+    on_candidate: Callable[[Candidate], None] | None = None,
+    on_rejected: Callable[[TrialOutcome, CandidateError], None] | None = None,
+) -> StudyResult:
     """Run the whole study and log it; returns what the CLI prints and plots draw.
 
     Raises:
@@ -253,35 +301,60 @@ def run_study(settings: Settings,
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as parent:
         _log_study_setup(settings, dataset, split)
         study = optuna.create_study(
-            study_name=run_name, direction="maximize",
+            study_name=run_name,
+            direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=training.seed),
             pruner=optuna.pruners.PercentilePruner(
-                PRUNE_PERCENTILE, n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=1))
+                PRUNE_PERCENTILE, n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=1
+            ),
+        )
         # One trial of each family first, so every family gets a candidate even in
         # short studies; TPE takes over from there.
         for family in training.families:
             study.enqueue_trial({"model_family": family, **get_family(family).defaults()})
-        logger = _TrialLogger(client, experiment_id, parent.info.run_id, training.objective,
-                              on_trial)
-        study.optimize(_objective(split, settings), n_trials=training.trials,
-                       timeout=training.timeout, callbacks=[logger], gc_after_trial=False)
+        logger = _TrialLogger(
+            client, experiment_id, parent.info.run_id, training.objective, on_trial
+        )
+        study.optimize(
+            _objective(split, settings),
+            n_trials=training.trials,
+            timeout=training.timeout,
+            callbacks=[logger],
+            gc_after_trial=False,
+        )
 
-        result = StudyResult(parent.info.run_id, experiment_id, training.objective, dataset,
-                             split, study, logger.outcomes)
+        result = StudyResult(
+            parent.info.run_id,
+            experiment_id,
+            training.objective,
+            dataset,
+            split,
+            study,
+            logger.outcomes,
+        )
         if not result.trials or all(o.state != "complete" for o in result.trials):
             raise StudyError("no trial completed: raise --timeout or --trials")
         _make_candidates(result, on_candidate, on_rejected)
 
         winner = result.winner
         mlflow.log_params(winner.trial.params)
-        mlflow.log_metrics({f"best_cv_{training.objective}": winner.trial.score,
-                            **{k: v for k, v in winner.evaluation.metrics.items()},
-                            "n_trials_complete": sum(o.state == "complete" for o in result.trials),
-                            "n_trials_pruned": sum(o.state == "pruned" for o in result.trials),
-                            "n_onnx_rejected": len(result.rejected)})
-        mlflow.set_tags({"best_run_id": winner.run_id, "best_model_family": winner.family,
-                         "best_trial_number": str(winner.trial.number),
-                         "candidate_run_ids": json.dumps([c.run_id for c in result.candidates])})
+        mlflow.log_metrics(
+            {
+                f"best_cv_{training.objective}": winner.trial.score,
+                **{k: v for k, v in winner.evaluation.metrics.items()},
+                "n_trials_complete": sum(o.state == "complete" for o in result.trials),
+                "n_trials_pruned": sum(o.state == "pruned" for o in result.trials),
+                "n_onnx_rejected": len(result.rejected),
+            }
+        )
+        mlflow.set_tags(
+            {
+                "best_run_id": winner.run_id,
+                "best_model_family": winner.family,
+                "best_trial_number": str(winner.trial.number),
+                "candidate_run_ids": json.dumps([c.run_id for c in result.candidates]),
+            }
+        )
         for path in write_plots(result, training.reports_dir, training.seed):
             mlflow.log_artifact(str(path), PLOTS_DIR)
     return result

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -25,14 +25,27 @@ from pipelines.study import Candidate, StudyError, StudyResult, TrialOutcome, ru
 log = logging.getLogger("pipelines.train")
 
 
-def settings_from_options(config: str | None, trials: int | None, timeout: float | None,
-                          seed: int | None, experiment: str | None, data: str | None,
-                          families: str | None) -> Settings:
+def settings_from_options(
+    config: str | None,
+    trials: int | None,
+    timeout: float | None,
+    seed: int | None,
+    experiment: str | None,
+    data: str | None,
+    families: str | None,
+) -> Settings:
     """The settings with the command line's options on top (None: keep the config's)."""
-    return load_settings(config, overrides={
-        "training.trials": trials, "training.timeout": timeout, "training.seed": seed,
-        "mlflow.experiment": experiment, "data.path": data, "training.families": families,
-    })
+    return load_settings(
+        config,
+        overrides={
+            "training.trials": trials,
+            "training.timeout": timeout,
+            "training.seed": seed,
+            "mlflow.experiment": experiment,
+            "data.path": data,
+            "training.families": families,
+        },
+    )
 
 
 class ProgressPrinter:
@@ -45,53 +58,74 @@ class ProgressPrinter:
 
     def __call__(self, outcome: TrialOutcome) -> None:
         score = "   —  " if outcome.score is None else f"{outcome.score:.4f}"
-        click.echo(f"trial {outcome.number + 1:>{self.width}}/{self.total}  "
-                   f"{outcome.family:<19} {self.objective} {score}  "
-                   f"{outcome.state:<8} {outcome.duration:5.1f}s")
+        click.echo(
+            f"trial {outcome.number + 1:>{self.width}}/{self.total}  "
+            f"{outcome.family:<19} {self.objective} {score}  "
+            f"{outcome.state:<8} {outcome.duration:5.1f}s"
+        )
 
 
 def candidate_printer(objective: str) -> Callable[[Candidate], None]:
     """Print one line per logged candidate: family, test score, run id."""
+
     def echo(candidate: Candidate) -> None:
         score = candidate.evaluation.metrics[f"test_{objective}"]
-        click.echo(f"candidate {candidate.family:<19} test {objective} {score:.4f}  "
-                   f"run {candidate.run_id}")
+        click.echo(
+            f"candidate {candidate.family:<19} test {objective} {score:.4f}  run {candidate.run_id}"
+        )
+
     return echo
 
 
 def format_report(result: StudyResult, elapsed: float) -> str:
     """The end-of-study summary: best trial per family, winner's test metrics, next steps."""
     objective = result.objective
-    counts = {state: sum(t.state == state for t in result.trials)
-              for state in ("complete", "pruned", "failed")}
-    lines = ["", f"Study finished in {elapsed:.1f}s: {len(result.trials)} trials "
-                 f"({counts['complete']} complete, {counts['pruned']} pruned, "
-                 f"{counts['failed']} failed)", "",
-             "Best trial per model family (ranked by CV " + objective + "):",
-             f"  {'rank':<5}{'family':<20}{'trial':>6}  {'cv mean':>8} {'cv std':>7}  "
-             f"{'test':>7}  run id"]
+    counts = {
+        state: sum(t.state == state for t in result.trials)
+        for state in ("complete", "pruned", "failed")
+    }
+    lines = [
+        "",
+        f"Study finished in {elapsed:.1f}s: {len(result.trials)} trials "
+        f"({counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['failed']} failed)",
+        "",
+        "Best trial per model family (ranked by CV " + objective + "):",
+        f"  {'rank':<5}{'family':<20}{'trial':>6}  {'cv mean':>8} {'cv std':>7}  "
+        f"{'test':>7}  run id",
+    ]
     for rank, candidate in enumerate(result.candidates, start=1):
         cv = candidate.trial.cv_metrics
-        lines.append(f"  {rank:<5}{candidate.family:<20}{candidate.trial.number:>6}  "
-                     f"{cv[f'cv_{objective}_mean']:>8.4f} {cv[f'cv_{objective}_std']:>7.4f}  "
-                     f"{candidate.evaluation.metrics[f'test_{objective}']:>7.4f}  "
-                     f"{candidate.run_id}")
+        lines.append(
+            f"  {rank:<5}{candidate.family:<20}{candidate.trial.number:>6}  "
+            f"{cv[f'cv_{objective}_mean']:>8.4f} {cv[f'cv_{objective}_std']:>7.4f}  "
+            f"{candidate.evaluation.metrics[f'test_{objective}']:>7.4f}  "
+            f"{candidate.run_id}"
+        )
     for trial, message in result.rejected:
         lines.append(f"  not a candidate: trial {trial.number} ({message})")
     winner = result.winner
-    lines += ["", f"Winner: {winner.family} (trial {winner.trial.number})  "
-                  f"params: " + ", ".join(f"{k}={v}" for k, v in winner.trial.params.items()
-                                          if k != "model_family"),
-              f"Test split ({len(result.split.x_test)} rows):"]
+    lines += [
+        "",
+        f"Winner: {winner.family} (trial {winner.trial.number})  "
+        f"params: "
+        + ", ".join(f"{k}={v}" for k, v in winner.trial.params.items() if k != "model_family"),
+        f"Test split ({len(result.split.x_test)} rows):",
+    ]
     lines += [f"  {name:<18} {winner.evaluation.metrics[f'test_{name}']:.4f}" for name in METRICS]
     lines.append("  per class          precision  recall  f1")
     for cls in winner.evaluation.classes:
         m = winner.evaluation.metrics
-        lines.append(f"  {cls:<18} {m[f'test_precision_{cls}']:>9.4f} "
-                     f"{m[f'test_recall_{cls}']:>7.4f} {m[f'test_f1_{cls}']:>6.4f}")
-    lines += ["", f"Parent run: {result.parent_run_id} (experiment {result.experiment_id})",
-              f"Winner run: {winner.run_id}",
-              "Open the MLflow UI:  make mlflow-ui   (http://127.0.0.1:5000)"]
+        lines.append(
+            f"  {cls:<18} {m[f'test_precision_{cls}']:>9.4f} "
+            f"{m[f'test_recall_{cls}']:>7.4f} {m[f'test_f1_{cls}']:>6.4f}"
+        )
+    lines += [
+        "",
+        f"Parent run: {result.parent_run_id} (experiment {result.experiment_id})",
+        f"Winner run: {winner.run_id}",
+        "Open the MLflow UI:  make mlflow-ui   (http://127.0.0.1:5000)",
+    ]
     return "\n".join(lines)
 
 
@@ -101,37 +135,63 @@ def rejection_printer(trial: TrialOutcome, error: Exception) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", type=click.Path(dir_okay=False), default=None,
-              help="YAML config (default: $VERTEBRAL_CONFIG or conf/default.yaml).")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML config (default: $VERTEBRAL_CONFIG or conf/default.yaml).",
+)
 @click.option("--trials", type=int, default=None, help="Optuna trials (training.trials).")
-@click.option("--timeout", type=float, default=None,
-              help="Stop starting trials after this many seconds (training.timeout).")
-@click.option("--seed", type=int, default=None,
-              help="Seed of the split, the sampler and the models (training.seed).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Stop starting trials after this many seconds (training.timeout).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of the split, the sampler and the models (training.seed).",
+)
 @click.option("--experiment", default=None, help="MLflow experiment (mlflow.experiment).")
-@click.option("--data", type=str, default=None,
-              help="Data file: CSV, .dat, .arff or the UCI zip (data.path).")
-@click.option("--families", default=None,
-              help="Comma-separated model families to search (training.families).")
+@click.option(
+    "--data", type=str, default=None, help="Data file: CSV, .dat, .arff or the UCI zip (data.path)."
+)
+@click.option(
+    "--families", default=None, help="Comma-separated model families to search (training.families)."
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log details, and tracebacks on errors.")
-def main(config: str | None, trials: int | None, timeout: float | None, seed: int | None,
-         experiment: str | None, data: str | None, families: str | None,
-         verbose: bool) -> None:
+def main(
+    config: str | None,
+    trials: int | None,
+    timeout: float | None,
+    seed: int | None,
+    experiment: str | None,
+    data: str | None,
+    families: str | None,
+    verbose: bool,
+) -> None:
     """Run the Optuna study on the Vertebral Column data, tracked in MLflow."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
-        settings = settings_from_options(config, trials, timeout, seed, experiment, data,
-                                         families)
+        settings = settings_from_options(config, trials, timeout, seed, experiment, data, families)
         training = settings.training
-        click.echo(f"Study: {training.trials} trials over {', '.join(training.families)}; "
-                   f"objective CV {training.objective} ({training.cv_folds} folds), "
-                   f"seed {training.seed}; experiment {settings.mlflow.experiment!r}")
+        click.echo(
+            f"Study: {training.trials} trials over {', '.join(training.families)}; "
+            f"objective CV {training.objective} ({training.cv_folds} folds), "
+            f"seed {training.seed}; experiment {settings.mlflow.experiment!r}"
+        )
         started = time.perf_counter()
-        result = run_study(settings, on_trial=ProgressPrinter(training.trials,
-                                                              training.objective),
-                           on_candidate=candidate_printer(training.objective),
-                           on_rejected=rejection_printer)
+        result = run_study(
+            settings,
+            on_trial=ProgressPrinter(training.trials, training.objective),
+            on_candidate=candidate_printer(training.objective),
+            on_rejected=rejection_printer,
+        )
         click.echo(format_report(result, time.perf_counter() - started))
         click.echo(f"Plots: {Path(training.reports_dir)}/ and the parent run's plots/")
     except (SettingsError, DataError, CandidateError, StudyError) as exc:
@@ -139,8 +199,11 @@ def main(config: str | None, trials: int | None, timeout: float | None, seed: in
     except KeyboardInterrupt:
         _fail("interrupted", verbose, code=130)
     except Exception as exc:  # noqa: BLE001 - the CLI promises one line, not a traceback
-        _fail(f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]
-              + ("" if verbose else " (run with --verbose for details)"), verbose)
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]
+            + ("" if verbose else " (run with --verbose for details)"),
+            verbose,
+        )
 
 
 def _fail(message: str, verbose: bool, code: int = 1) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -42,14 +43,20 @@ def fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", envvar="VERTEBRAL_CONFIG", type=click.Path(dir_okay=False),
-              help="YAML settings file (default conf/default.yaml).")
+@click.option(
+    "--config",
+    envvar="VERTEBRAL_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="YAML settings file (default conf/default.yaml).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens, one line per event.")
 @click.pass_context
 def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
     """Registry bridge: MLflow runs -> versioned ONNX models in MongoDB GridFS."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not verbose:
         # MLflow logs INFO on its own handler (e.g. creating tables); keep output to one line.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -74,8 +81,10 @@ def db() -> None:
 def db_start(ctx: Context) -> None:
     """Start the embedded server (a no-op when it already runs)."""
     if ctx.settings.registry.mongodb_uri:
-        click.echo(f"MONGODB_URI is set ({database.mask_uri(ctx.settings.registry.mongodb_uri)}); "
-                   "nothing to start")
+        click.echo(
+            f"MONGODB_URI is set ({database.mask_uri(ctx.settings.registry.mongodb_uri)}); "
+            "nothing to start"
+        )
         return
     click.echo(database.start_embedded(ctx.settings.registry.embedded).describe())
 
@@ -87,8 +96,11 @@ def db_stop(ctx: Context) -> None:
     """Stop the embedded server started by this project."""
     embedded = ctx.settings.registry.embedded
     stopped = database.stop_embedded(embedded)
-    click.echo(f"stopped the embedded registry database at {database.embedded_uri(embedded)}"
-               if stopped else "the embedded registry database was not running")
+    click.echo(
+        f"stopped the embedded registry database at {database.embedded_uri(embedded)}"
+        if stopped
+        else "the embedded registry database was not running"
+    )
 
 
 @db.command("status")
@@ -108,10 +120,10 @@ def db_status(ctx: Context) -> None:
         sys.exit(1)
 
 
-
 # --- registry commands ------------------------------------------------------------------
 
-def open_store(ctx: Context) -> "ModelStore":
+
+def open_store(ctx: Context) -> ModelStore:
     """The command's model store, connected once (starts the embedded server if needed)."""
     from registry_bridge.store import ModelStore
 
@@ -135,8 +147,9 @@ def runs_command(ctx: Context, experiment: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(render.as_json(runs))
     elif not runs:
-        click.echo(f"no candidate runs in experiment "
-                   f"{experiment or ctx.settings.mlflow.experiment!r}")
+        click.echo(
+            f"no candidate runs in experiment {experiment or ctx.settings.mlflow.experiment!r}"
+        )
     else:
         click.echo(render.runs_table(runs, f"cv_{ctx.settings.training.objective}_mean"))
 
@@ -147,15 +160,24 @@ def runs_command(ctx: Context, experiment: str | None, as_json: bool) -> None:
 @click.option("--experiment", help="Experiment searched by --best (default mlflow.experiment).")
 @click.option("--name", help="Registered model name (default MODEL_NAME).")
 @click.option("--activate", is_flag=True, help="Activate the version once published.")
-@click.option("--new-version", is_flag=True,
-              help="Publish again even if this run already has a version.")
+@click.option(
+    "--new-version", is_flag=True, help="Publish again even if this run already has a version."
+)
 @click.option("--reason", help="Reason recorded in the activation log (with --activate).")
 @click.option("--json", "as_json", is_flag=True, help="Print the version as JSON.")
 @pass_context
 @fail_cleanly
-def publish_command(ctx: Context, run_id: str | None, best: bool, experiment: str | None,
-                    name: str | None, activate: bool, new_version: bool, reason: str | None,
-                    as_json: bool) -> None:
+def publish_command(
+    ctx: Context,
+    run_id: str | None,
+    best: bool,
+    experiment: str | None,
+    name: str | None,
+    activate: bool,
+    new_version: bool,
+    reason: str | None,
+    as_json: bool,
+) -> None:
     """Publish an MLflow run's ONNX model as the next version in GridFS (verified by sha256)."""
     import os
 
@@ -173,26 +195,35 @@ def publish_command(ctx: Context, run_id: str | None, best: bool, experiment: st
     version = result.version
     state = None
     if activate:
-        state = store.set_active_version(version.name, version.version,
-                                         reason=reason or f"published from run {chosen}")
+        state = store.set_active_version(
+            version.name, version.version, reason=reason or f"published from run {chosen}"
+        )
     if as_json:
         click.echo(render.as_json(result))
         return
     if result.created:
-        click.echo(f"published {version.label} from run {chosen} "
-                   f"(file {version.artifact_file_id}, sha256 {version.sha256[:12]}…, "
-                   f"{version.size_bytes} bytes)")
+        click.echo(
+            f"published {version.label} from run {chosen} "
+            f"(file {version.artifact_file_id}, sha256 {version.sha256[:12]}…, "
+            f"{version.size_bytes} bytes)"
+        )
     else:
-        click.echo(f"run {chosen} is already published as {version.label}; nothing uploaded "
-                   "(use --new-version to publish it again)")
+        click.echo(
+            f"run {chosen} is already published as {version.label}; nothing uploaded "
+            "(use --new-version to publish it again)"
+        )
     if state is not None:
-        click.echo(f"activated {version.label} (previous: "
-                   f"{'v' + str(state.previous_version) if state.previous_version else 'none'})")
+        click.echo(
+            f"activated {version.label} (previous: "
+            f"{'v' + str(state.previous_version) if state.previous_version else 'none'})"
+        )
 
 
 @main.command("list")
 @click.option("--name", help="Only this registered model name.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table."
+)
 @click.option("--all", "include_deleted", is_flag=True, help="Include deleted versions.")
 @pass_context
 @fail_cleanly
@@ -204,9 +235,17 @@ def list_command(ctx: Context, name: str | None, as_json: bool, include_deleted:
     versions = store.search_model_versions(name, include_deleted=include_deleted)
     active = store.list_active_states()
     if as_json:
-        click.echo(render.as_json([
-            {**v.to_dict(), "active": v.name in active and active[v.name].active_version == v.version}
-            for v in versions]))
+        click.echo(
+            render.as_json(
+                [
+                    {
+                        **v.to_dict(),
+                        "active": v.name in active and active[v.name].active_version == v.version,
+                    }
+                    for v in versions
+                ]
+            )
+        )
     elif not versions:
         click.echo(f"no published versions{f' of {name!r}' if name else ''}")
     else:
@@ -247,8 +286,10 @@ def activate_command(ctx: Context, name: str, version: str, reason: str | None) 
     if before is not None and before.active_version == state.active_version:
         click.echo(f"{name} v{state.active_version} is already active; nothing changed")
     else:
-        click.echo(f"activated {name} v{state.active_version} (previous: "
-                   f"{'v' + str(state.previous_version) if state.previous_version else 'none'})")
+        click.echo(
+            f"activated {name} v{state.active_version} (previous: "
+            f"{'v' + str(state.previous_version) if state.previous_version else 'none'})"
+        )
 
 
 @main.command("rollback")
@@ -283,8 +324,12 @@ def history_command(ctx: Context, name: str, as_json: bool) -> None:
 @main.command("download")
 @click.argument("name")
 @click.argument("version")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Where to write the ONNX file (default <name>-v<version>.onnx here).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Where to write the ONNX file (default <name>-v<version>.onnx here).",
+)
 @pass_context
 @fail_cleanly
 def download_command(ctx: Context, name: str, version: str, output: str | None) -> None:
@@ -295,7 +340,9 @@ def download_command(ctx: Context, name: str, version: str, output: str | None) 
 
     store = open_store(ctx)
     found = store.get_model_version(name, version)
-    path = store.download_artifact(found, Path(output or artifact_filename(found.name, found.version)))
+    path = store.download_artifact(
+        found, Path(output or artifact_filename(found.name, found.version))
+    )
     click.echo(f"wrote {path} ({found.size_bytes} bytes, sha256 {found.sha256})")
 
 
@@ -307,9 +354,11 @@ def download_command(ctx: Context, name: str, version: str, output: str | None) 
 def verify_command(ctx: Context, name: str, version: str) -> None:
     """Check a version's sha256 and re-score its input example (exit 1 on any mismatch)."""
     report = open_store(ctx).verify_model_version(name, version)
-    click.echo(f"{name} v{report.version}: sha256 {report.sha256} matches ({report.size_bytes} "
-               f"bytes); {report.rows_scored} example rows re-scored, max |Δp| "
-               f"{report.max_probability_difference:.2e}")
+    click.echo(
+        f"{name} v{report.version}: sha256 {report.sha256} matches ({report.size_bytes} "
+        f"bytes); {report.rows_scored} example rows re-scored, max |Δp| "
+        f"{report.max_probability_difference:.2e}"
+    )
 
 
 @main.command("delete")
@@ -330,8 +379,13 @@ def delete_command(ctx: Context, name: str, version: str, yes: bool) -> None:
 
 @main.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only list the orphan files.")
-@click.option("--min-age", type=click.FloatRange(min=0), default=600.0, show_default=True,
-              help="Spare files younger than this many seconds (a publish may be running).")
+@click.option(
+    "--min-age",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Spare files younger than this many seconds (a publish may be running).",
+)
 @pass_context
 @fail_cleanly
 def gc_command(ctx: Context, dry_run: bool, min_age: float) -> None:
@@ -341,6 +395,7 @@ def gc_command(ctx: Context, dry_run: bool, min_age: float) -> None:
     for orphan in orphans:
         click.echo(f"{verb} {orphan['file_id']} {orphan['filename']} ({orphan['length']} bytes)")
     click.echo(f"{verb} {len(orphans)} orphan file(s)")
+
 
 if __name__ == "__main__":
     main()

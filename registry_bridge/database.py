@@ -76,8 +76,11 @@ class EmbeddedStatus:
     data_dir: Path
 
     def describe(self) -> str:
-        state = f"running (pid {self.pid})" if self.running and self.pid else (
-            "running" if self.running else "stopped")
+        state = (
+            f"running (pid {self.pid})"
+            if self.running and self.pid
+            else ("running" if self.running else "stopped")
+        )
         return f"embedded registry database at {self.uri}: {state}; data in {self.data_dir}"
 
 
@@ -92,8 +95,12 @@ def _read_pid(pid_file: Path) -> int | None:
 
 def embedded_status(settings: EmbeddedSettings) -> EmbeddedStatus:
     data_dir, pid_file, _ = _paths(settings)
-    return EmbeddedStatus(_listening(settings.host, settings.port), embedded_uri(settings),
-                          _read_pid(pid_file), data_dir)
+    return EmbeddedStatus(
+        _listening(settings.host, settings.port),
+        embedded_uri(settings),
+        _read_pid(pid_file),
+        data_dir,
+    )
 
 
 def start_embedded(settings: EmbeddedSettings) -> EmbeddedStatus:
@@ -106,24 +113,38 @@ def start_embedded(settings: EmbeddedSettings) -> EmbeddedStatus:
         return embedded_status(settings)
     data_dir, pid_file, log_file = _paths(settings)
     data_dir.mkdir(parents=True, exist_ok=True)
-    command = [*_server_command(), "--daemon", "--data-dir", str(data_dir),
-               "--host", settings.host, "--port", str(settings.port),
-               "--pid-file", str(pid_file), "--log-file", str(log_file)]
+    command = [
+        *_server_command(),
+        "--daemon",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--pid-file",
+        str(pid_file),
+        "--log-file",
+        str(log_file),
+    ]
     log.info("starting embedded registry database: %s", " ".join(command))
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=START_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise RegistryError("REGISTRY_UNAVAILABLE",
-                            f"could not start the embedded registry database "
-                            f"({embedded_uri(settings)}): {exc}") from None
+        raise RegistryError(
+            "REGISTRY_UNAVAILABLE",
+            f"could not start the embedded registry database ({embedded_uri(settings)}): {exc}",
+        ) from None
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if _listening(settings.host, settings.port):
             return embedded_status(settings)
         time.sleep(0.1)
-    raise RegistryError("REGISTRY_UNAVAILABLE",
-                        f"the embedded registry database did not start on "
-                        f"{embedded_uri(settings)} within {START_TIMEOUT_S:.0f}s; see {log_file}")
+    raise RegistryError(
+        "REGISTRY_UNAVAILABLE",
+        f"the embedded registry database did not start on "
+        f"{embedded_uri(settings)} within {START_TIMEOUT_S:.0f}s; see {log_file}",
+    )
 
 
 def stop_embedded(settings: EmbeddedSettings) -> bool:
@@ -178,13 +199,17 @@ def connect(settings: RegistrySettings, start: bool = True) -> MongoClient:
     uri = resolve_uri(settings, start=start)
     try:
         client: MongoClient = MongoClient(
-            uri, serverSelectionTimeoutMS=settings.timeout_ms,
-            connectTimeoutMS=settings.timeout_ms, tz_aware=True)
+            uri,
+            serverSelectionTimeoutMS=settings.timeout_ms,
+            connectTimeoutMS=settings.timeout_ms,
+            tz_aware=True,
+        )
         client.admin.command("ping")
     except (PyMongoError, ValueError) as exc:
         # pymongo appends timeouts and a topology dump: keep the first, useful part.
         reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
-        raise RegistryError("REGISTRY_UNAVAILABLE",
-                            f"cannot reach the registry database at {mask_uri(uri)}: {reason}"
-                            ) from None
+        raise RegistryError(
+            "REGISTRY_UNAVAILABLE",
+            f"cannot reach the registry database at {mask_uri(uri)}: {reason}",
+        ) from None
     return client

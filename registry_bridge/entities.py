@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 USER_ENV = "REGISTRY_USER"
 
@@ -27,7 +28,7 @@ def current_user() -> str:
 
 def utcnow() -> datetime:
     """Now, timezone-aware UTC, truncated to milliseconds as BSON stores it."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -35,7 +36,7 @@ def json_safe(value: Any) -> Any:
     """``value`` with datetimes as ISO 8601 text and other non-JSON scalars (ObjectId) as text."""
     if isinstance(value, datetime):
         if value.tzinfo is None:  # pymongo without tz_aware gives naive UTC
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value.isoformat()
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
@@ -118,7 +119,7 @@ class ModelVersion(_VersionDescription):
         return f"{self.name} v{self.version}"
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "ModelVersion":
+    def from_document(cls, doc: Mapping[str, Any]) -> ModelVersion:
         """Build from a ``model_versions`` document (file id as text)."""
         doc = dict(doc)
         doc["artifact_file_id"] = str(doc.get("artifact_file_id"))
@@ -137,12 +138,16 @@ class ActiveState(_Entity):
     reason: str | None
 
     @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> "ActiveState":
+    def from_document(cls, doc: Mapping[str, Any]) -> ActiveState:
         """Build from a ``registry_state`` document (``_id`` is the name)."""
-        return cls(name=doc["_id"], active_version=doc.get("active_version"),
-                   previous_version=doc.get("previous_version"),
-                   activated_at=doc.get("activated_at"), activated_by=doc.get("activated_by"),
-                   reason=doc.get("reason"))
+        return cls(
+            name=doc["_id"],
+            active_version=doc.get("active_version"),
+            previous_version=doc.get("previous_version"),
+            activated_at=doc.get("activated_at"),
+            activated_by=doc.get("activated_by"),
+            reason=doc.get("reason"),
+        )
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ ever parsed by onnxruntime: nothing read from MLflow or the database is unpickle
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,12 @@ from registry_bridge.errors import RegistryError
 # its own copy: importing it here would pull MLflow and skops into every API worker.
 PARITY_TOLERANCE = 1e-5
 EXAMPLE_ROWS = 5
-DEFAULT_IO = {"input_name": "input", "input_type": "float32",
-              "label_output": "label", "probabilities_output": "probabilities"}
+DEFAULT_IO = {
+    "input_name": "input",
+    "input_type": "float32",
+    "label_output": "label",
+    "probabilities_output": "probabilities",
+}
 
 
 @dataclass(frozen=True)
@@ -41,15 +46,19 @@ def load_session(artifact: bytes, what: str) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # onnxruntime warns on stderr otherwise; errors still raise
     try:
-        return ort.InferenceSession(artifact, sess_options=options,
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            artifact, sess_options=options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime raises its own untyped errors on a bad graph
-        raise RegistryError("CONFLICT", f"{what}: the ONNX model does not load in onnxruntime: "
-                            f"{str(exc).splitlines()[0]}") from None
+        raise RegistryError(
+            "CONFLICT",
+            f"{what}: the ONNX model does not load in onnxruntime: {str(exc).splitlines()[0]}",
+        ) from None
 
 
-def score(session: Any, inputs: Sequence[Sequence[float]], onnx_io: Mapping[str, str],
-          what: str) -> Scores:
+def score(
+    session: Any, inputs: Sequence[Sequence[float]], onnx_io: Mapping[str, str], what: str
+) -> Scores:
     """Run ``inputs`` (rows of features) through the session.
 
     Raises:
@@ -59,16 +68,26 @@ def score(session: Any, inputs: Sequence[Sequence[float]], onnx_io: Mapping[str,
     try:
         batch = np.asarray(inputs, dtype=np.dtype(io["input_type"]))
         labels, probabilities = session.run(
-            [io["label_output"], io["probabilities_output"]], {io["input_name"]: batch})
+            [io["label_output"], io["probabilities_output"]], {io["input_name"]: batch}
+        )
     except Exception as exc:  # onnxruntime's InvalidArgument/Fail have no common public base
-        raise RegistryError("CONFLICT", f"{what}: the ONNX model cannot score its input example: "
-                            f"{str(exc).splitlines()[0]}") from None
-    return Scores([str(label) for label in np.asarray(labels).ravel()],
-                  np.asarray(probabilities, dtype=np.float64))
+        raise RegistryError(
+            "CONFLICT",
+            f"{what}: the ONNX model cannot score its input example: {str(exc).splitlines()[0]}",
+        ) from None
+    return Scores(
+        [str(label) for label in np.asarray(labels).ravel()],
+        np.asarray(probabilities, dtype=np.float64),
+    )
 
 
-def compare(expected: Mapping[str, Any], actual: Scores, classes: Sequence[str], what: str,
-            tolerance: float = PARITY_TOLERANCE) -> float:
+def compare(
+    expected: Mapping[str, Any],
+    actual: Scores,
+    classes: Sequence[str],
+    what: str,
+    tolerance: float = PARITY_TOLERANCE,
+) -> float:
     """Check ``actual`` against recorded labels and probabilities; the largest |Δp| on success.
 
     Raises:
@@ -76,27 +95,42 @@ def compare(expected: Mapping[str, Any], actual: Scores, classes: Sequence[str],
     """
     labels = [str(label) for label in expected.get("labels", [])]
     wanted = np.asarray(expected.get("probabilities", []), dtype=np.float64)
-    if actual.probabilities.shape != (len(labels), len(classes)) or wanted.shape != actual.probabilities.shape:
+    if (
+        actual.probabilities.shape != (len(labels), len(classes))
+        or wanted.shape != actual.probabilities.shape
+    ):
         raise RegistryError(
-            "CONFLICT", f"{what}: expected probabilities of shape ({len(labels)}, {len(classes)}) "
-            f"for classes {list(classes)}, the ONNX model gave {actual.probabilities.shape}")
-    for row, (want, got) in enumerate(zip(labels, actual.labels)):
+            "CONFLICT",
+            f"{what}: expected probabilities of shape ({len(labels)}, {len(classes)}) "
+            f"for classes {list(classes)}, the ONNX model gave {actual.probabilities.shape}",
+        )
+    for row, (want, got) in enumerate(zip(labels, actual.labels, strict=False)):
         if want != got:
-            raise RegistryError("CONFLICT", f"{what}: row {row} of the evaluation data is labelled "
-                                f"{got!r} by the ONNX model but {want!r} by the recorded model")
+            raise RegistryError(
+                "CONFLICT",
+                f"{what}: row {row} of the evaluation data is labelled "
+                f"{got!r} by the ONNX model but {want!r} by the recorded model",
+            )
     differences = np.abs(wanted - actual.probabilities)
     worst = float(differences.max()) if differences.size else 0.0
     if worst > tolerance:
         row, column = np.unravel_index(int(differences.argmax()), differences.shape)
         raise RegistryError(
-            "CONFLICT", f"{what}: probability of {classes[column]!r} on row {row} differs by "
-            f"{worst:.3g} from the recorded model (tolerance {tolerance:g})")
+            "CONFLICT",
+            f"{what}: probability of {classes[column]!r} on row {row} differs by "
+            f"{worst:.3g} from the recorded model (tolerance {tolerance:g})",
+        )
     return worst
 
 
-def check_predictions(artifact: bytes, expected: Mapping[str, Any], onnx_io: Mapping[str, str],
-                      classes: Sequence[str], what: str,
-                      tolerance: float = PARITY_TOLERANCE) -> float:
+def check_predictions(
+    artifact: bytes,
+    expected: Mapping[str, Any],
+    onnx_io: Mapping[str, str],
+    classes: Sequence[str],
+    what: str,
+    tolerance: float = PARITY_TOLERANCE,
+) -> float:
     """Load ``artifact``, score ``expected["inputs"]`` and compare; the largest |Δp| on success.
 
     Raises:
@@ -111,5 +145,6 @@ def check_predictions(artifact: bytes, expected: Mapping[str, Any], onnx_io: Map
 
 def input_example(evaluation: Mapping[str, Any], rows: int = EXAMPLE_ROWS) -> dict[str, Any]:
     """The first ``rows`` rows of an evaluation block: what activation and verify re-score."""
-    return {key: list(evaluation.get(key, []))[:rows]
-            for key in ("inputs", "labels", "probabilities")}
+    return {
+        key: list(evaluation.get(key, []))[:rows] for key in ("inputs", "labels", "probabilities")
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from datetime import UTC
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,14 @@ CANDIDATE_FILTER = "tags.candidate = 'true'"
 # Tags written back onto a published run.
 TAG_NAME, TAG_VERSION, TAG_FILE_ID = "registry_name", "registry_version", "registry_file_id"
 # Distribution names whose versions a version document records.
-LIBRARIES = {"onnxruntime": "onnxruntime", "onnx": "onnx", "skl2onnx": "skl2onnx",
-             "scikit-learn": "scikit-learn", "mlflow": "mlflow", "numpy": "numpy"}
+LIBRARIES = {
+    "onnxruntime": "onnxruntime",
+    "onnx": "onnx",
+    "skl2onnx": "skl2onnx",
+    "scikit-learn": "scikit-learn",
+    "mlflow": "mlflow",
+    "numpy": "numpy",
+}
 _CARD_KEYS = ("classes", "input_schema", "onnx", "evaluation")
 
 
@@ -47,18 +54,23 @@ def _mlflow_error(exc: Exception, settings: Settings, what: str) -> RegistryErro
     code = getattr(exc, "error_code", "")
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if code == "RESOURCE_DOES_NOT_EXIST" or "not found" in first.lower():
-        return RegistryError("NOT_FOUND", f"{what} not found in the MLflow tracking store "
-                             f"{settings.mlflow.tracking_uri}")
-    return RegistryError("REGISTRY_UNAVAILABLE", f"MLflow tracking store "
-                         f"{settings.mlflow.tracking_uri} failed on {what}: {first}")
+        return RegistryError(
+            "NOT_FOUND",
+            f"{what} not found in the MLflow tracking store {settings.mlflow.tracking_uri}",
+        )
+    return RegistryError(
+        "REGISTRY_UNAVAILABLE",
+        f"MLflow tracking store {settings.mlflow.tracking_uri} failed on {what}: {first}",
+    )
 
 
 def _objective_key(settings: Settings) -> str:
     return f"cv_{settings.training.objective}_mean"
 
 
-def list_candidate_runs(settings: Settings, store: ModelStore | None = None,
-                        experiment: str | None = None) -> list[CandidateRun]:
+def list_candidate_runs(
+    settings: Settings, store: ModelStore | None = None, experiment: str | None = None
+) -> list[CandidateRun]:
     """Candidate runs of the experiment, best first by the study's objective (CV mean).
 
     Raises:
@@ -72,10 +84,14 @@ def list_candidate_runs(settings: Settings, store: ModelStore | None = None,
     try:
         found = client.get_experiment_by_name(name)
         if found is None:
-            raise RegistryError("NOT_FOUND", f"MLflow experiment {name!r} not found in the "
-                                f"tracking store {settings.mlflow.tracking_uri}")
-        runs = client.search_runs([found.experiment_id], filter_string=CANDIDATE_FILTER,
-                                  max_results=5000)
+            raise RegistryError(
+                "NOT_FOUND",
+                f"MLflow experiment {name!r} not found in the "
+                f"tracking store {settings.mlflow.tracking_uri}",
+            )
+        runs = client.search_runs(
+            [found.experiment_id], filter_string=CANDIDATE_FILTER, max_results=5000
+        )
     except MlflowException as exc:
         raise _mlflow_error(exc, settings, f"experiment {name!r}") from None
     objective, tie_break = _objective_key(settings), f"test_{settings.training.objective}"
@@ -86,12 +102,20 @@ def list_candidate_runs(settings: Settings, store: ModelStore | None = None,
 
     runs = sorted(runs, key=rank)
     published = store.published_versions_by_run([r.info.run_id for r in runs]) if store else {}
-    return [CandidateRun(
-        run_id=r.info.run_id, experiment_id=r.info.experiment_id, run_name=r.info.run_name,
-        model_family=r.data.tags.get("model_family"),
-        start_time=_from_millis(r.info.start_time), metrics=dict(r.data.metrics),
-        params=dict(r.data.params), onnx_model_uri=r.data.tags.get("onnx_model_uri"),
-        published_versions=published.get(r.info.run_id, [])) for r in runs]
+    return [
+        CandidateRun(
+            run_id=r.info.run_id,
+            experiment_id=r.info.experiment_id,
+            run_name=r.info.run_name,
+            model_family=r.data.tags.get("model_family"),
+            start_time=_from_millis(r.info.start_time),
+            metrics=dict(r.data.metrics),
+            params=dict(r.data.params),
+            onnx_model_uri=r.data.tags.get("onnx_model_uri"),
+            published_versions=published.get(r.info.run_id, []),
+        )
+        for r in runs
+    ]
 
 
 def best_candidate_run_id(settings: Settings, experiment: str | None = None) -> str:
@@ -102,14 +126,23 @@ def best_candidate_run_id(settings: Settings, experiment: str | None = None) -> 
     """
     runs = list_candidate_runs(settings, None, experiment)
     if not runs:
-        raise RegistryError("NOT_FOUND", f"no candidate run (tag candidate=true) in MLflow "
-                            f"experiment {experiment or settings.mlflow.experiment!r}; "
-                            "run `make train` first")
+        raise RegistryError(
+            "NOT_FOUND",
+            f"no candidate run (tag candidate=true) in MLflow "
+            f"experiment {experiment or settings.mlflow.experiment!r}; "
+            "run `make train` first",
+        )
     return runs[0].run_id
 
 
-def publish_run(store: ModelStore, settings: Settings, run_id: str, name: str | None = None,
-                new_version: bool = False, by: str | None = None) -> PublishResult:
+def publish_run(
+    store: ModelStore,
+    settings: Settings,
+    run_id: str,
+    name: str | None = None,
+    new_version: bool = False,
+    by: str | None = None,
+) -> PublishResult:
     """Publish a candidate MLflow run as the next version of ``name`` (default ``MODEL_NAME``).
 
     A run already published returns its version (``created=False``) unless ``new_version``.
@@ -128,13 +161,17 @@ def publish_run(store: ModelStore, settings: Settings, run_id: str, name: str | 
         raise _mlflow_error(exc, settings, f"MLflow run {run_id!r}") from None
     tags = run.data.tags
     if tags.get("candidate") != "true":
-        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id} is not a candidate (no tag "
-                            "candidate=true); `bridge runs` lists the candidates")
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"MLflow run {run_id} is not a candidate (no tag "
+            "candidate=true); `bridge runs` lists the candidates",
+        )
     if not new_version:
         existing = store.find_published(name, run_id)
         if existing is not None:
-            _tag_run(client, settings, run_id, existing.name, existing.version,
-                     existing.artifact_file_id)
+            _tag_run(
+                client, settings, run_id, existing.name, existing.version, existing.artifact_file_id
+            )
             return PublishResult(existing, created=False)
     model_uri = tags.get("onnx_model_uri")
     if not model_uri:
@@ -146,16 +183,24 @@ def publish_run(store: ModelStore, settings: Settings, run_id: str, name: str | 
     what = f"refusing to publish MLflow run {run_id}"
     onnx_check.check_predictions(artifact, card["evaluation"], card["onnx"], card["classes"], what)
     draft = ModelVersionDraft(
-        name=name, run_id=run_id, experiment_id=run.info.experiment_id, source=model_uri,
+        name=name,
+        run_id=run_id,
+        experiment_id=run.info.experiment_id,
+        source=model_uri,
         model_family=tags.get("model_family") or card.get("model_family"),
         params=dict(run.data.params),
-        metrics={k: float(v) for k, v in run.data.metrics.items()
-                 if k.startswith(("cv_", "test_"))},
-        classes=[str(c) for c in card["classes"]], input_schema=list(card["input_schema"]),
+        metrics={
+            k: float(v) for k, v in run.data.metrics.items() if k.startswith(("cv_", "test_"))
+        },
+        classes=[str(c) for c in card["classes"]],
+        input_schema=list(card["input_schema"]),
         data_fingerprint=tags.get("data_fingerprint") or card.get("data_fingerprint"),
-        library_versions=libraries, onnx_io=dict(card["onnx"]),
+        library_versions=libraries,
+        onnx_io=dict(card["onnx"]),
         input_example=onnx_check.input_example(card["evaluation"]),
-        variant=tags.get("variant") or card.get("variant"), created_by=by or current_user())
+        variant=tags.get("variant") or card.get("variant"),
+        created_by=by or current_user(),
+    )
     result = store.publish_model_version(draft, artifact, new_version=new_version)
     version = result.version
     try:
@@ -167,8 +212,9 @@ def publish_run(store: ModelStore, settings: Settings, run_id: str, name: str | 
     return result
 
 
-def _tag_run(client: Any, settings: Settings, run_id: str, name: str, version: int,
-             file_id: str) -> None:
+def _tag_run(
+    client: Any, settings: Settings, run_id: str, name: str, version: int, file_id: str
+) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -179,23 +225,29 @@ def _tag_run(client: Any, settings: Settings, run_id: str, name: str, version: i
         raise _mlflow_error(exc, settings, f"tagging MLflow run {run_id}") from None
 
 
-def _download_onnx(settings: Settings, model_uri: str, destination: Path,
-                   run_id: str) -> tuple[bytes, Path]:
+def _download_onnx(
+    settings: Settings, model_uri: str, destination: Path, run_id: str
+) -> tuple[bytes, Path]:
     """The bytes of the ``.onnx`` file of an MLflow ONNX model, and the model's directory."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     destination.mkdir(parents=True)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=str(destination),
-            tracking_uri=settings.mlflow.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri,
+                dst_path=str(destination),
+                tracking_uri=settings.mlflow.tracking_uri,
+            )
+        )
     except (MlflowException, OSError) as exc:
         raise _mlflow_error(exc, settings, f"ONNX model {model_uri} of run {run_id}") from None
     files = sorted(local.rglob("*.onnx"))
     if not files:
-        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: the model {model_uri} holds "
-                            "no .onnx file")
+        raise RegistryError(
+            "INVALID_INPUT", f"MLflow run {run_id}: the model {model_uri} holds no .onnx file"
+        )
     return files[0].read_bytes(), local
 
 
@@ -208,25 +260,34 @@ def _read_card(client: Any, settings: Settings, run_id: str, destination: Path) 
         path = Path(client.download_artifacts(run_id, MODEL_CARD, str(destination)))
         card = json.loads(path.read_text(encoding="utf-8"))
     except (MlflowException, OSError) as exc:
-        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id} has no readable {MODEL_CARD}: "
-                            f"{str(exc).splitlines()[0]}") from None
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"MLflow run {run_id} has no readable {MODEL_CARD}: {str(exc).splitlines()[0]}",
+        ) from None
     except json.JSONDecodeError as exc:
-        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} is not JSON "
-                            f"(line {exc.lineno}: {exc.msg})") from None
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"MLflow run {run_id}: {MODEL_CARD} is not JSON (line {exc.lineno}: {exc.msg})",
+        ) from None
     if not isinstance(card, dict):
         raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} is not an object")
     missing = [key for key in _CARD_KEYS if not card.get(key)]
     evaluation = card.get("evaluation") or {}
-    missing += [f"evaluation.{key}" for key in ("inputs", "labels", "probabilities")
-                if "evaluation" not in missing and not evaluation.get(key)]
+    missing += [
+        f"evaluation.{key}"
+        for key in ("inputs", "labels", "probabilities")
+        if "evaluation" not in missing and not evaluation.get(key)
+    ]
     if missing:
-        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} lacks "
-                            f"{', '.join(missing)}")
+        raise RegistryError(
+            "INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} lacks {', '.join(missing)}"
+        )
     return card
 
 
-def _library_versions(client: Any, artifact: bytes, model_dir: Path,
-                      sklearn_uri: str | None) -> dict[str, str]:
+def _library_versions(
+    client: Any, artifact: bytes, model_dir: Path, sklearn_uri: str | None
+) -> dict[str, str]:
     """Versions the run recorded (requirements, MLmodel, ONNX producer), else this environment's."""
     recorded: dict[str, str] = {}
     recorded.update(_requirements(model_dir / "requirements.txt"))
@@ -282,7 +343,8 @@ def _sklearn_requirements(client: Any, sklearn_uri: str) -> dict[str, str]:
         location = client.get_logged_model(model_id).artifact_location
         with tempfile.TemporaryDirectory(prefix="bridge-req-") as tmp:
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{location.rstrip('/')}/requirements.txt", dst_path=tmp)
+                artifact_uri=f"{location.rstrip('/')}/requirements.txt", dst_path=tmp
+            )
             return _requirements(Path(path))
     except (MlflowException, OSError, AttributeError) as exc:
         log.info("no requirements of %s (%s); using this environment's versions", sklearn_uri, exc)
@@ -290,7 +352,6 @@ def _sklearn_requirements(client: Any, sklearn_uri: str) -> dict[str, str]:
 
 
 def _from_millis(value: int | None) -> Any:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return None if value is None else datetime.fromtimestamp(value / 1000, tz=timezone.utc)
-
+    return None if value is None else datetime.fromtimestamp(value / 1000, tz=UTC)

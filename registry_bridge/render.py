@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from registry_bridge.entities import (ActivationEvent, ActiveState, CandidateRun, ModelVersion,
-                                      json_safe)
+from registry_bridge.entities import (
+    ActivationEvent,
+    ActiveState,
+    CandidateRun,
+    ModelVersion,
+    json_safe,
+)
 
 MISSING = "-"
 
@@ -16,9 +22,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Left-aligned columns separated by two spaces, a dashed rule under the headers."""
     cells = [[MISSING if value is None else str(value) for value in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 
@@ -36,21 +46,38 @@ def number(value: float | None, digits: int = 4) -> str:
 
 def versions_table(versions: Sequence[ModelVersion], active: dict[str, ActiveState]) -> str:
     """``bridge list``: one row per version, ``*`` marking the active one."""
+
     def is_active(v: ModelVersion) -> bool:
         return v.name in active and active[v.name].active_version == v.version
 
-    rows = [("*" if is_active(v) else "", v.name, v.version, v.model_family,
-             number(v.metrics.get("test_f1_macro")), when(v.created_at), v.created_by, v.run_id)
-            for v in versions]
-    return table(["active", "name", "version", "family", "test_f1_macro", "created (UTC)",
-                  "by", "run id"], rows)
+    rows = [
+        (
+            "*" if is_active(v) else "",
+            v.name,
+            v.version,
+            v.model_family,
+            number(v.metrics.get("test_f1_macro")),
+            when(v.created_at),
+            v.created_by,
+            v.run_id,
+        )
+        for v in versions
+    ]
+    return table(
+        ["active", "name", "version", "family", "test_f1_macro", "created (UTC)", "by", "run id"],
+        rows,
+    )
 
 
 def version_details(version: ModelVersion, active: ActiveState | None) -> str:
     """``bridge show``: every field, one per line; mappings one entry per indented line."""
     fields = version.to_dict()
-    data = {"name": fields.pop("name"), "version": fields.pop("version"),
-            "active": bool(active and active.active_version == version.version), **fields}
+    data = {
+        "name": fields.pop("name"),
+        "version": fields.pop("version"),
+        "active": bool(active and active.active_version == version.version),
+        **fields,
+    }
     if version.status != "deleted":
         data.pop("deleted_at"), data.pop("deleted_by")
     width = max(len(key) for key in data)
@@ -58,8 +85,10 @@ def version_details(version: ModelVersion, active: ActiveState | None) -> str:
     for key, value in data.items():
         if key == "input_schema":
             lines.append(key)
-            lines += [f"  {c['name']:<26} {c.get('dtype')}  min {c.get('min')}  max {c.get('max')}"
-                      for c in value]
+            lines += [
+                f"  {c['name']:<26} {c.get('dtype')}  min {c.get('min')}  max {c.get('max')}"
+                for c in value
+            ]
         elif isinstance(value, dict) and key != "input_example" and value:
             inner = max(len(k) for k in value)
             lines.append(key)
@@ -72,18 +101,39 @@ def version_details(version: ModelVersion, active: ActiveState | None) -> str:
 
 def runs_table(runs: Sequence[CandidateRun], objective: str) -> str:
     """``bridge runs``: candidates best first with their metrics and published versions."""
-    rows = [(i, r.run_id, r.model_family, number(r.metrics.get(objective)),
-             number(r.metrics.get("test_f1_macro")), number(r.metrics.get("test_accuracy")),
-             when(r.start_time), ",".join(f"v{v}" for v in r.published_versions) or "no")
-            for i, r in enumerate(runs, start=1)]
-    return table(["rank", "run id", "family", objective, "test_f1_macro", "test_accuracy",
-                  "started (UTC)", "published"], rows)
+    rows = [
+        (
+            i,
+            r.run_id,
+            r.model_family,
+            number(r.metrics.get(objective)),
+            number(r.metrics.get("test_f1_macro")),
+            number(r.metrics.get("test_accuracy")),
+            when(r.start_time),
+            ",".join(f"v{v}" for v in r.published_versions) or "no",
+        )
+        for i, r in enumerate(runs, start=1)
+    ]
+    return table(
+        [
+            "rank",
+            "run id",
+            "family",
+            objective,
+            "test_f1_macro",
+            "test_accuracy",
+            "started (UTC)",
+            "published",
+        ],
+        rows,
+    )
 
 
 def history_table(events: Sequence[ActivationEvent]) -> str:
     """``bridge history``: the activation log, oldest first."""
-    rows = [(when(e.at), e.action, _v(e.from_version), _v(e.to_version), e.by, e.reason)
-            for e in events]
+    rows = [
+        (when(e.at), e.action, _v(e.from_version), _v(e.to_version), e.by, e.reason) for e in events
+    ]
     return table(["at (UTC)", "action", "from", "to", "by", "reason"], rows)
 
 
@@ -93,6 +143,7 @@ def _v(version: int | None) -> str:
 
 def as_json(value: Any) -> str:
     """Indented JSON of entities (``to_dict``) or plain values."""
+
     def plain(item: Any) -> Any:
         return item.to_dict() if hasattr(item, "to_dict") else json_safe(item)
 

@@ -37,10 +37,11 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import gridfs
 from bson import ObjectId
@@ -52,9 +53,16 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from conf.settings import RegistrySettings, Settings
 from registry_bridge import database, onnx_check
-from registry_bridge.entities import (ActivationEvent, ActiveState, ModelVersion,
-                                      ModelVersionDraft, PublishResult, VerificationReport,
-                                      current_user, utcnow)
+from registry_bridge.entities import (
+    ActivationEvent,
+    ActiveState,
+    ModelVersion,
+    ModelVersionDraft,
+    PublishResult,
+    VerificationReport,
+    current_user,
+    utcnow,
+)
 from registry_bridge.errors import RegistryError
 
 log = logging.getLogger(__name__)
@@ -73,16 +81,21 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
     """Turn driver errors escaping a store method into one RegistryError naming the server."""
 
     @functools.wraps(method)
-    def wrapper(self: "ModelStore", *args: Any, **kwargs: Any) -> T:
+    def wrapper(self: ModelStore, *args: Any, **kwargs: Any) -> T:
         try:
             return method(self, *args, **kwargs)
         except ConnectionFailure as exc:
-            raise RegistryError("REGISTRY_UNAVAILABLE", f"cannot reach the registry database at "
-                                f"{self.uri_label}: {_first_line(exc)}") from None
+            raise RegistryError(
+                "REGISTRY_UNAVAILABLE",
+                f"cannot reach the registry database at {self.uri_label}: {_first_line(exc)}",
+            ) from None
         except PyMongoError as exc:
-            raise RegistryError("REGISTRY_UNAVAILABLE", f"the registry database at "
-                                f"{self.uri_label} refused {method.__name__}: "
-                                f"{_first_line(exc)}") from None
+            raise RegistryError(
+                "REGISTRY_UNAVAILABLE",
+                f"the registry database at "
+                f"{self.uri_label} refused {method.__name__}: "
+                f"{_first_line(exc)}",
+            ) from None
 
     return wrapper
 
@@ -105,9 +118,12 @@ def artifact_filename(name: str, version: int) -> str:
 class ModelStore:
     """Published model versions, their bytes, the active pointer and its audit log."""
 
-    def __init__(self, client_or_db: MongoClient | Database,
-                 settings: Settings | RegistrySettings | None = None,
-                 ensure_indexes: bool = True):
+    def __init__(
+        self,
+        client_or_db: MongoClient | Database,
+        settings: Settings | RegistrySettings | None = None,
+        ensure_indexes: bool = True,
+    ):
         """Bind to the registry database and create the indexes (idempotent).
 
         Args:
@@ -116,8 +132,11 @@ class ModelStore:
             settings: project settings or their ``registry`` section (default: defaults).
             ensure_indexes: create the indexes now (the API and CLI keep the default).
         """
-        registry = settings.registry if isinstance(settings, Settings) else (
-            settings or RegistrySettings())
+        registry = (
+            settings.registry
+            if isinstance(settings, Settings)
+            else (settings or RegistrySettings())
+        )
         self.settings = registry
         if isinstance(client_or_db, Database):
             self.db = client_or_db
@@ -135,7 +154,7 @@ class ModelStore:
             self.ensure_indexes()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ModelStore":
+    def from_settings(cls, settings: Settings) -> ModelStore:
         """Connect (starting the embedded server when ``MONGODB_URI`` is unset) and bind.
 
         Raises:
@@ -155,10 +174,10 @@ class ModelStore:
     @_translated
     def ensure_indexes(self) -> None:
         """Create the registry's indexes; a no-op when they exist."""
-        self.versions.create_index([("name", ASCENDING), ("version", ASCENDING)],
-                                   unique=True, name="name_version_unique")
-        self.versions.create_index([("name", ASCENDING), ("run_id", ASCENDING)],
-                                   name="name_run_id")
+        self.versions.create_index(
+            [("name", ASCENDING), ("version", ASCENDING)], unique=True, name="name_version_unique"
+        )
+        self.versions.create_index([("name", ASCENDING), ("run_id", ASCENDING)], name="name_run_id")
         self.log.create_index([("name", ASCENDING), ("at", ASCENDING)], name="name_at")
 
     # --- reading ---------------------------------------------------------------------
@@ -174,8 +193,11 @@ class ModelStore:
     @_translated
     def list_active_states(self) -> dict[str, ActiveState]:
         """Every model name with an active version, mapped to its state."""
-        return {doc["_id"]: ActiveState.from_document(doc)
-                for doc in self.state.find({}) if doc.get("active_version") is not None}
+        return {
+            doc["_id"]: ActiveState.from_document(doc)
+            for doc in self.state.find({})
+            if doc.get("active_version") is not None
+        }
 
     @_translated
     def get_model_version(self, name: str, version: int) -> ModelVersion:
@@ -188,16 +210,21 @@ class ModelStore:
         doc = self.versions.find_one({"name": name, "version": version})
         if doc is None or doc.get("status") != READY:
             known = self._ready_numbers(name)
-            hint = (f"; published versions: {', '.join(map(str, known))}" if known
-                    else f"; no version of {name!r} is published")
+            hint = (
+                f"; published versions: {', '.join(map(str, known))}"
+                if known
+                else f"; no version of {name!r} is published"
+            )
             state = " was deleted" if doc is not None else " not found"
-            raise RegistryError("NOT_FOUND", f"model version name={name!r} version={version}"
-                                f"{state}{hint}")
+            raise RegistryError(
+                "NOT_FOUND", f"model version name={name!r} version={version}{state}{hint}"
+            )
         return ModelVersion.from_document(doc)
 
     @_translated
-    def search_model_versions(self, name: str | None = None,
-                              include_deleted: bool = False) -> list[ModelVersion]:
+    def search_model_versions(
+        self, name: str | None = None, include_deleted: bool = False
+    ) -> list[ModelVersion]:
         """Versions sorted by name then version; deleted ones only on request."""
         query: dict[str, Any] = {} if name is None else {"name": name}
         if not include_deleted:
@@ -208,16 +235,18 @@ class ModelStore:
     @_translated
     def find_published(self, name: str, run_id: str) -> ModelVersion | None:
         """The newest ready version of ``name`` published from MLflow run ``run_id``, if any."""
-        doc = self.versions.find_one({"name": name, "run_id": run_id, "status": READY},
-                                     sort=[("version", DESCENDING)])
+        doc = self.versions.find_one(
+            {"name": name, "run_id": run_id, "status": READY}, sort=[("version", DESCENDING)]
+        )
         return ModelVersion.from_document(doc) if doc else None
 
     @_translated
     def published_versions_by_run(self, run_ids: Iterable[str]) -> dict[str, list[int]]:
         """For each run id, the ready versions (any name) published from it."""
         found: dict[str, list[int]] = {}
-        docs = self.versions.find({"run_id": {"$in": list(run_ids)}, "status": READY},
-                                  {"run_id": 1, "version": 1})
+        docs = self.versions.find(
+            {"run_id": {"$in": list(run_ids)}, "status": READY}, {"run_id": 1, "version": 1}
+        )
         for doc in docs:
             found.setdefault(doc["run_id"], []).append(doc["version"])
         return {run: sorted(versions) for run, versions in found.items()}
@@ -234,9 +263,11 @@ class ModelStore:
         actual = sha256_hex(data)
         if actual != version.sha256 or len(data) != version.size_bytes:
             raise RegistryError(
-                "CONFLICT", f"{version.label}: checksum mismatch, the artifact in GridFS has "
+                "CONFLICT",
+                f"{version.label}: checksum mismatch, the artifact in GridFS has "
                 f"sha256 {actual} ({len(data)} bytes) but the version records "
-                f"{version.sha256} ({version.size_bytes} bytes)")
+                f"{version.sha256} ({version.size_bytes} bytes)",
+            )
         return data
 
     @_translated
@@ -251,11 +282,13 @@ class ModelStore:
         size = 0
         stream = self._open(version)
         try:
-            handle = tempfile.NamedTemporaryFile(dir=destination.parent or Path("."),
-                                                 prefix=f".{destination.name}.", delete=False)
+            handle = tempfile.NamedTemporaryFile(
+                dir=destination.parent or Path("."), prefix=f".{destination.name}.", delete=False
+            )
         except OSError as exc:
-            raise RegistryError("INVALID_INPUT", f"cannot write {destination}: "
-                                f"{exc.strerror or exc}") from None
+            raise RegistryError(
+                "INVALID_INPUT", f"cannot write {destination}: {exc.strerror or exc}"
+            ) from None
         partial = Path(handle.name)
         try:
             with handle:
@@ -265,13 +298,16 @@ class ModelStore:
                     handle.write(chunk)
             if digest.hexdigest() != version.sha256 or size != version.size_bytes:
                 raise RegistryError(
-                    "CONFLICT", f"{version.label}: checksum mismatch while downloading, got "
+                    "CONFLICT",
+                    f"{version.label}: checksum mismatch while downloading, got "
                     f"sha256 {digest.hexdigest()} ({size} bytes), the version records "
-                    f"{version.sha256} ({version.size_bytes} bytes); nothing written")
+                    f"{version.sha256} ({version.size_bytes} bytes); nothing written",
+                )
             os.replace(partial, destination)
         except OSError as exc:
-            raise RegistryError("INVALID_INPUT", f"cannot write {destination}: "
-                                f"{exc.strerror or exc}") from None
+            raise RegistryError(
+                "INVALID_INPUT", f"cannot write {destination}: {exc.strerror or exc}"
+            ) from None
         finally:
             partial.unlink(missing_ok=True)
         return destination
@@ -294,8 +330,9 @@ class ModelStore:
     # --- publishing ------------------------------------------------------------------
 
     @_translated
-    def publish_model_version(self, draft: ModelVersionDraft, artifact: bytes,
-                              new_version: bool = False) -> PublishResult:
+    def publish_model_version(
+        self, draft: ModelVersionDraft, artifact: bytes, new_version: bool = False
+    ) -> PublishResult:
         """Store ``artifact`` as the next version of ``draft.name``; visible only once verified.
 
         Re-publishing a run already published returns its version (``created=False``)
@@ -314,8 +351,14 @@ class ModelStore:
                 return PublishResult(existing, created=False)
         version = self._next_version(draft.name)
         checksum = sha256_hex(artifact)
-        metadata = {"name": draft.name, "version": version, "run_id": draft.run_id,
-                    "sha256": checksum, "format": FORMAT, "metrics": dict(draft.metrics)}
+        metadata = {
+            "name": draft.name,
+            "version": version,
+            "run_id": draft.run_id,
+            "sha256": checksum,
+            "format": FORMAT,
+            "metrics": dict(draft.metrics),
+        }
         filename = artifact_filename(draft.name, version)
         file_id: ObjectId | None = None
         try:
@@ -323,27 +366,45 @@ class ModelStore:
             stored = self.bucket.open_download_stream(file_id).read()
             if sha256_hex(stored) != checksum:
                 raise RegistryError(
-                    "CONFLICT", f"{draft.name} v{version}: GridFS returned different bytes than "
-                    f"were uploaded (sha256 {sha256_hex(stored)} instead of {checksum})")
-            doc = {**asdict(draft), "version": version, "created_at": utcnow(),
-                   "format": FORMAT, "artifact_file_id": file_id, "filename": filename,
-                   "sha256": checksum, "size_bytes": len(artifact), "status": READY}
+                    "CONFLICT",
+                    f"{draft.name} v{version}: GridFS returned different bytes than "
+                    f"were uploaded (sha256 {sha256_hex(stored)} instead of {checksum})",
+                )
+            doc = {
+                **asdict(draft),
+                "version": version,
+                "created_at": utcnow(),
+                "format": FORMAT,
+                "artifact_file_id": file_id,
+                "filename": filename,
+                "sha256": checksum,
+                "size_bytes": len(artifact),
+                "status": READY,
+            }
             self._insert_version(doc)
         except BaseException:
             if file_id is not None:
                 self._delete_file(file_id, f"{draft.name} v{version}")
             raise
-        log.info("published %s v%s (run %s, file %s, sha256 %s)", draft.name, version,
-                 draft.run_id, file_id, checksum)
+        log.info(
+            "published %s v%s (run %s, file %s, sha256 %s)",
+            draft.name,
+            version,
+            draft.run_id,
+            file_id,
+            checksum,
+        )
         return PublishResult(self.get_model_version(draft.name, version), created=True)
 
     def _insert_version(self, doc: dict[str, Any]) -> None:
         try:
             self.versions.insert_one(doc)
         except DuplicateKeyError:
-            raise RegistryError("CONFLICT", f"{doc['name']} v{doc['version']} already exists "
-                                "(was the counters collection edited?); nothing published"
-                                ) from None
+            raise RegistryError(
+                "CONFLICT",
+                f"{doc['name']} v{doc['version']} already exists "
+                "(was the counters collection edited?); nothing published",
+            ) from None
 
     def _next_version(self, name: str) -> int:
         """The next number for ``name``: atomic ``$inc``, never below an existing version."""
@@ -351,12 +412,14 @@ class ModelStore:
         for _ in range(5):
             try:
                 doc = self.counters.find_one_and_update(
-                    key, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+                    key, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+                )
             except DuplicateKeyError:  # two first publishes upserting at once: retry the $inc
                 continue
             number = int(doc["seq"])
-            highest = self.versions.find_one({"name": name}, {"version": 1},
-                                             sort=[("version", DESCENDING)])
+            highest = self.versions.find_one(
+                {"name": name}, {"version": 1}, sort=[("version", DESCENDING)]
+            )
             if highest is None or highest["version"] < number:
                 return number
             # The counter lags the versions (restored from a backup, dropped): catch up.
@@ -366,8 +429,9 @@ class ModelStore:
     # --- activation ------------------------------------------------------------------
 
     @_translated
-    def set_active_version(self, name: str, version: int, by: str | None = None,
-                           reason: str | None = None) -> ActiveState:
+    def set_active_version(
+        self, name: str, version: int, by: str | None = None, reason: str | None = None
+    ) -> ActiveState:
         """Make ``version`` the one served, after checking its bytes and its example.
 
         The pointer moves with one compare-and-set on the state read before validating,
@@ -397,25 +461,43 @@ class ModelStore:
         if current is None:
             raise RegistryError("CONFLICT", f"cannot roll back {name!r}: no version is active")
         if current.previous_version is None:
-            raise RegistryError("CONFLICT", f"cannot roll back {name!r}: v{current.active_version} "
-                                "is the first version activated, there is no previous one")
+            raise RegistryError(
+                "CONFLICT",
+                f"cannot roll back {name!r}: v{current.active_version} "
+                "is the first version activated, there is no previous one",
+            )
         try:
             target = self.get_model_version(name, current.previous_version)
         except RegistryError as exc:
-            raise RegistryError("CONFLICT", f"cannot roll back {name!r} to "
-                                f"v{current.previous_version}: {exc.message}") from None
+            raise RegistryError(
+                "CONFLICT",
+                f"cannot roll back {name!r} to v{current.previous_version}: {exc.message}",
+            ) from None
         self._validate(target, refusing=f"cannot roll back to {target.label}")
         return self._move_pointer(name, current, target.version, by, reason, "rollback")
 
-    def _move_pointer(self, name: str, current: ActiveState | None, to_version: int,
-                      by: str | None, reason: str | None, action: str) -> ActiveState:
+    def _move_pointer(
+        self,
+        name: str,
+        current: ActiveState | None,
+        to_version: int,
+        by: str | None,
+        reason: str | None,
+        action: str,
+    ) -> ActiveState:
         by = by or current_user()
         now = utcnow()
         from_version = current.active_version if current else None
         # The whole (small) document is replaced rather than $set: dates then stay BSON
         # dates on every server (the embedded one stores $set dates as text).
-        new_state = {"_id": name, "active_version": to_version, "previous_version": from_version,
-                     "activated_at": now, "activated_by": by, "reason": reason}
+        new_state = {
+            "_id": name,
+            "active_version": to_version,
+            "previous_version": from_version,
+            "activated_at": now,
+            "activated_by": by,
+            "reason": reason,
+        }
         doc: dict[str, Any] | None
         if current is None:
             try:
@@ -424,16 +506,30 @@ class ModelStore:
             except DuplicateKeyError:  # another activation created the state first
                 doc = None
         else:
-            doc = self.state.find_one_and_replace({"_id": name, "active_version": from_version},
-                                                  new_state, return_document=ReturnDocument.AFTER)
+            doc = self.state.find_one_and_replace(
+                {"_id": name, "active_version": from_version},
+                new_state,
+                return_document=ReturnDocument.AFTER,
+            )
         if doc is None:
             now_active = self.get_active_version(name)
             raise RegistryError(
-                "CONFLICT", f"the active version of {name!r} changed while this {action} ran "
+                "CONFLICT",
+                f"the active version of {name!r} changed while this {action} ran "
                 f"(expected v{from_version}, now v{now_active.active_version if now_active else None});"
-                " nothing changed, retry")
-        self.log.insert_one({"name": name, "from_version": from_version, "to_version": to_version,
-                             "at": now, "by": by, "reason": reason, "action": action})
+                " nothing changed, retry",
+            )
+        self.log.insert_one(
+            {
+                "name": name,
+                "from_version": from_version,
+                "to_version": to_version,
+                "at": now,
+                "by": by,
+                "reason": reason,
+                "action": action,
+            }
+        )
         log.info("%s %s: v%s -> v%s by %s", action, name, from_version, to_version, by)
         return ActiveState.from_document(doc)
 
@@ -441,15 +537,22 @@ class ModelStore:
         """Checksum, then load and re-score the input example; CONFLICT with ``refusing`` prefix."""
         try:
             artifact = self.read_artifact(version)
-            worst = onnx_check.check_predictions(artifact, version.input_example, version.onnx_io,
-                                                 version.classes, version.label)
+            worst = onnx_check.check_predictions(
+                artifact, version.input_example, version.onnx_io, version.classes, version.label
+            )
         except RegistryError as exc:
             if refusing is None:
                 raise
             detail = exc.message.removeprefix(f"{version.label}: ")
             raise RegistryError("CONFLICT", f"{refusing}: {detail}") from None
-        return VerificationReport(version.name, version.version, version.sha256,
-                                  version.size_bytes, len(version.input_example["inputs"]), worst)
+        return VerificationReport(
+            version.name,
+            version.version,
+            version.sha256,
+            version.size_bytes,
+            len(version.input_example["inputs"]),
+            worst,
+        )
 
     # --- deleting --------------------------------------------------------------------
 
@@ -466,14 +569,22 @@ class ModelStore:
         target = self.get_model_version(name, version)
         self._refuse_if_active(target)
         original = self.versions.find_one({"name": name, "version": target.version})
-        tombstone = {**original, "status": DELETED, "deleted_at": utcnow(),
-                     "deleted_by": by or current_user()}
+        tombstone = {
+            **original,
+            "status": DELETED,
+            "deleted_at": utcnow(),
+            "deleted_by": by or current_user(),
+        }
         changed = self.versions.find_one_and_replace(
-            {"_id": original["_id"], "status": READY}, tombstone,
-            return_document=ReturnDocument.AFTER)
+            {"_id": original["_id"], "status": READY},
+            tombstone,
+            return_document=ReturnDocument.AFTER,
+        )
         if changed is None:
-            raise RegistryError("NOT_FOUND", f"model version name={name!r} "
-                                f"version={target.version} was deleted meanwhile")
+            raise RegistryError(
+                "NOT_FOUND",
+                f"model version name={name!r} version={target.version} was deleted meanwhile",
+            )
         try:
             # An activation validated before our status change may have landed meanwhile.
             self._refuse_if_active(target)
@@ -499,30 +610,44 @@ class ModelStore:
     def _refuse_if_active(self, version: ModelVersion) -> None:
         state = self.get_active_version(version.name)
         if state is not None and state.active_version == version.version:
-            raise RegistryError("CONFLICT", f"{version.label} is the active version of "
-                                f"{version.name!r}; activate another version first")
+            raise RegistryError(
+                "CONFLICT",
+                f"{version.label} is the active version of "
+                f"{version.name!r}; activate another version first",
+            )
 
     @_translated
-    def collect_orphan_files(self, dry_run: bool = False,
-                             min_age_s: float = ORPHAN_MIN_AGE_S) -> list[dict[str, Any]]:
+    def collect_orphan_files(
+        self, dry_run: bool = False, min_age_s: float = ORPHAN_MIN_AGE_S
+    ) -> list[dict[str, Any]]:
         """GridFS files no ready version points to (a crashed publish or delete); removed unless dry_run.
 
         Files younger than ``min_age_s`` (by their ObjectId's time) are spared: they may
         belong to a publish that has not inserted its version document yet.
         """
-        referenced = {str(doc["artifact_file_id"]) for doc in
-                      self.versions.find({"status": READY}, {"artifact_file_id": 1})}
-        cutoff = datetime.now(timezone.utc).timestamp() - min_age_s
+        referenced = {
+            str(doc["artifact_file_id"])
+            for doc in self.versions.find({"status": READY}, {"artifact_file_id": 1})
+        }
+        cutoff = datetime.now(UTC).timestamp() - min_age_s
         orphans: list[dict[str, Any]] = []
         for listed in self.files.find({}, {"_id": 1}):
             # Re-read by _id: listing is the one query that may stray outside this database.
             doc = self.files.find_one({"_id": listed["_id"]}, {"filename": 1, "length": 1})
             if doc is None or str(doc["_id"]) in referenced:
                 continue
-            if not isinstance(doc["_id"], ObjectId) or doc["_id"].generation_time.timestamp() > cutoff:
+            if (
+                not isinstance(doc["_id"], ObjectId)
+                or doc["_id"].generation_time.timestamp() > cutoff
+            ):
                 continue
-            orphans.append({"file_id": str(doc["_id"]), "filename": doc.get("filename"),
-                            "length": doc.get("length")})
+            orphans.append(
+                {
+                    "file_id": str(doc["_id"]),
+                    "filename": doc.get("filename"),
+                    "length": doc.get("length"),
+                }
+            )
             if not dry_run:
                 self._delete_file(doc["_id"], doc.get("filename") or str(doc["_id"]))
         orphans += self._collect_orphan_chunks(dry_run, cutoff)
@@ -538,10 +663,16 @@ class ModelStore:
                 continue
             if self.files.find_one({"_id": files_id}, {"_id": 1}) is not None:
                 continue  # a file (kept or removed above through GridFS)
-            size = sum(len(c.get("data") or b"") for c in
-                       chunks.find({"files_id": files_id}, {"data": 1}))
-            found.append({"file_id": str(files_id), "filename": "(chunks of an unfinished upload)",
-                          "length": size})
+            size = sum(
+                len(c.get("data") or b"") for c in chunks.find({"files_id": files_id}, {"data": 1})
+            )
+            found.append(
+                {
+                    "file_id": str(files_id),
+                    "filename": "(chunks of an unfinished upload)",
+                    "length": size,
+                }
+            )
             if not dry_run:
                 chunks.delete_many({"files_id": files_id})
         return found
@@ -552,9 +683,12 @@ class ModelStore:
         try:
             return self.bucket.open_download_stream(ObjectId(version.artifact_file_id))
         except (NoFile, InvalidId):
-            raise RegistryError("NOT_FOUND", f"{version.label}: artifact file "
-                                f"{version.artifact_file_id} is missing from GridFS bucket "
-                                f"{self.settings.bucket!r}") from None
+            raise RegistryError(
+                "NOT_FOUND",
+                f"{version.label}: artifact file "
+                f"{version.artifact_file_id} is missing from GridFS bucket "
+                f"{self.settings.bucket!r}",
+            ) from None
 
     def _delete_file(self, file_id: ObjectId, what: str) -> None:
         """Delete a GridFS file by _id; a failure is logged (``bridge gc`` retries), not raised."""
@@ -563,24 +697,36 @@ class ModelStore:
         except NoFile:
             pass
         except PyMongoError as exc:
-            log.warning("could not delete GridFS file %s of %s (run `bridge gc`): %s",
-                        file_id, what, _first_line(exc))
+            log.warning(
+                "could not delete GridFS file %s of %s (run `bridge gc`): %s",
+                file_id,
+                what,
+                _first_line(exc),
+            )
 
     def _ready_numbers(self, name: str) -> list[int]:
-        return [doc["version"] for doc in
-                self.versions.find({"name": name, "status": READY}, {"version": 1})
-                .sort("version", ASCENDING)]
+        return [
+            doc["version"]
+            for doc in self.versions.find({"name": name, "status": READY}, {"version": 1}).sort(
+                "version", ASCENDING
+            )
+        ]
 
 
 def _version_number(version: Any) -> int:
     """A version number from an int or its text; INVALID_INPUT otherwise."""
     if isinstance(version, bool):
-        raise RegistryError("INVALID_INPUT", f"version must be a positive whole number, got {version!r}")
+        raise RegistryError(
+            "INVALID_INPUT", f"version must be a positive whole number, got {version!r}"
+        )
     try:
         number = int(str(version).strip().lstrip("vV"))
     except (TypeError, ValueError):
-        raise RegistryError("INVALID_INPUT",
-                            f"version must be a positive whole number, got {version!r}") from None
+        raise RegistryError(
+            "INVALID_INPUT", f"version must be a positive whole number, got {version!r}"
+        ) from None
     if number < 1:
-        raise RegistryError("INVALID_INPUT", f"version must be a positive whole number, got {number}")
+        raise RegistryError(
+            "INVALID_INPUT", f"version must be a positive whole number, got {number}"
+        )
     return number

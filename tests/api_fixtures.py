@@ -8,9 +8,10 @@ throwaway registry database through the real ``ModelStore``, so tests never shar
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,8 +53,15 @@ class Published:
 def _candidates(data_settings: Any, seed: int, test_size: float) -> dict[str, Candidate]:
     dataset = load_dataset(data_settings)
     split = split_dataset(dataset, test_size, seed)
-    schema = [{"name": f, "dtype": "float64", "min": float(split.x_train[f].min()),
-               "max": float(split.x_train[f].max())} for f in FEATURES]
+    schema = [
+        {
+            "name": f,
+            "dtype": "float64",
+            "min": float(split.x_train[f].min()),
+            "max": float(split.x_train[f].max()),
+        }
+        for f in FEATURES
+    ]
     found: dict[str, Candidate] = {}
     for family in FAMILIES:
         params = get_family(family).defaults()
@@ -61,16 +69,28 @@ def _candidates(data_settings: Any, seed: int, test_size: float) -> dict[str, Ca
         pipeline.fit(split.x_train, split.y_train)
         evaluation = evaluate(pipeline, split)
         artifact = convert_to_onnx(pipeline, family).SerializeToString()
-        block = {"inputs": split.x_test.to_numpy(dtype=float).tolist(),
-                 "labels": [str(x) for x in evaluation.labels],
-                 "probabilities": evaluation.probabilities.tolist()}
+        block = {
+            "inputs": split.x_test.to_numpy(dtype=float).tolist(),
+            "labels": [str(x) for x in evaluation.labels],
+            "probabilities": evaluation.probabilities.tolist(),
+        }
         draft = ModelVersionDraft(
-            name=MODEL, run_id=None, experiment_id=None, source=f"test:{family}",
-            model_family=family, params=params, metrics=evaluation.metrics,
-            classes=list(evaluation.classes), input_schema=schema,
-            data_fingerprint=dataset.fingerprint, library_versions={},
-            onnx_io=dict(onnx_check.DEFAULT_IO), input_example=onnx_check.input_example(block),
-            variant=dataset.variant, created_by="tests")
+            name=MODEL,
+            run_id=None,
+            experiment_id=None,
+            source=f"test:{family}",
+            model_family=family,
+            params=params,
+            metrics=evaluation.metrics,
+            classes=list(evaluation.classes),
+            input_schema=schema,
+            data_fingerprint=dataset.fingerprint,
+            library_versions={},
+            onnx_io=dict(onnx_check.DEFAULT_IO),
+            input_example=onnx_check.input_example(block),
+            variant=dataset.variant,
+            created_by="tests",
+        )
         found[family] = Candidate(draft, artifact, split.x_test.to_numpy(dtype=np.float32))
     return found
 
@@ -80,8 +100,7 @@ def publish_candidates(store: ModelStore, settings: Settings) -> Published:
     candidates = _candidates(settings.data, settings.training.seed, settings.training.test_size)
     versions = {}
     for family in FAMILIES:
-        result = store.publish_model_version(candidates[family].draft,
-                                             candidates[family].artifact)
+        result = store.publish_model_version(candidates[family].draft, candidates[family].artifact)
         versions[family] = result.version.version
     store.set_active_version(MODEL, versions[FAMILIES[0]], by="tests", reason="fixture")
     return Published(store, settings, versions, candidates)
@@ -96,6 +115,7 @@ def published(settings: Settings, mongo_client: Any) -> Iterator[Published]:
 
 def make_app(settings: Settings, client: Any = None, **config: Any) -> Flask:
     from api import create_app
+
     test_config: dict[str, Any] = {"TESTING": True, "SETTINGS": settings, **config}
     if client is not None:
         test_config["MONGO_CLIENT"] = client
@@ -119,7 +139,7 @@ def with_api(settings: Settings, **changes: Any) -> Settings:
 
 def record(row: np.ndarray) -> dict[str, float]:
     """One request record from a feature row."""
-    return {name: float(value) for name, value in zip(FEATURES, row)}
+    return {name: float(value) for name, value in zip(FEATURES, row, strict=False)}
 
 
 def output_dir(settings: Settings) -> Path:

@@ -14,15 +14,18 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from pymongo import MongoClient
 
 from conf.settings import EmbeddedSettings, Settings, load_settings
 from registry_bridge import database
+
+# The API fixtures (published, app, client) for every test, without star imports.
+pytest_plugins = ["api_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "vertebral_column" / "column_3C_weka.csv"
@@ -50,7 +53,9 @@ class MongoServer:
     def __init__(self, uri: str, kind: str, data_dir: Path | None = None):
         self.uri = uri
         self.kind = kind  # "external", "docker" or "embedded"
-        self.data_dir = data_dir  # the embedded server's SQLite files (tests that must go below the wire)
+        self.data_dir = (
+            data_dir  # the embedded server's SQLite files (tests that must go below the wire)
+        )
 
     @property
     def is_real_mongodb(self) -> bool:
@@ -68,8 +73,9 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
         with MongoDbContainer("mongo:7") as container:
             yield MongoServer(container.get_connection_url(), "docker")
         return
-    embedded = EmbeddedSettings(port=free_port(),
-                                data_dir=tmp_path_factory.mktemp("embedded-registry"))
+    embedded = EmbeddedSettings(
+        port=free_port(), data_dir=tmp_path_factory.mktemp("embedded-registry")
+    )
     database.start_embedded(embedded)
     try:
         yield MongoServer(database.embedded_uri(embedded), "embedded", embedded.data_dir)
@@ -79,8 +85,9 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
 
 @pytest.fixture(scope="session")
 def mongo_client(mongo_server: MongoServer) -> Iterator[MongoClient]:
-    client: MongoClient = MongoClient(mongo_server.uri, tz_aware=True,
-                                      serverSelectionTimeoutMS=5000)
+    client: MongoClient = MongoClient(
+        mongo_server.uri, tz_aware=True, serverSelectionTimeoutMS=5000
+    )
     yield client
     client.close()
 

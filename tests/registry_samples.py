@@ -24,10 +24,20 @@ from registry_bridge.entities import ModelVersionDraft
 from registry_bridge.onnx_check import input_example
 
 CLASSES = ["Hernia", "Normal", "Spondylolisthesis"]
-FEATURES = ["pelvic_incidence", "pelvic_tilt", "lumbar_lordosis_angle", "sacral_slope",
-            "pelvic_radius", "degree_spondylolisthesis"]
-ONNX_IO = {"input_name": "input", "input_type": "float32",
-           "label_output": "label", "probabilities_output": "probabilities"}
+FEATURES = [
+    "pelvic_incidence",
+    "pelvic_tilt",
+    "lumbar_lordosis_angle",
+    "sacral_slope",
+    "pelvic_radius",
+    "degree_spondylolisthesis",
+]
+ONNX_IO = {
+    "input_name": "input",
+    "input_type": "float32",
+    "label_output": "label",
+    "probabilities_output": "probabilities",
+}
 
 
 @functools.lru_cache(maxsize=8)
@@ -37,28 +47,46 @@ def onnx_model(seed: int = 0) -> tuple[bytes, dict[str, Any]]:
     features = rng.normal(size=(90, 6)).astype(np.float32)
     labels = np.array(CLASSES)[rng.integers(0, 3, 90)]
     model = LogisticRegression(max_iter=500).fit(features, labels)
-    proto = to_onnx(model, initial_types=[("input", FloatTensorType([None, 6]))],
-                    options={id(model): {"zipmap": False}}, target_opset=17)
-    evaluation = {"inputs": features[:12].tolist(),
-                  "labels": [str(x) for x in model.predict(features[:12])],
-                  "probabilities": model.predict_proba(features[:12]).tolist()}
+    proto = to_onnx(
+        model,
+        initial_types=[("input", FloatTensorType([None, 6]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=17,
+    )
+    evaluation = {
+        "inputs": features[:12].tolist(),
+        "labels": [str(x) for x in model.predict(features[:12])],
+        "probabilities": model.predict_proba(features[:12]).tolist(),
+    }
     return proto.SerializeToString(), evaluation
 
 
-def draft(name: str = "vertebral-column", run_id: str | None = "run-1", seed: int = 0,
-          **changes: Any) -> tuple[ModelVersionDraft, bytes]:
+def draft(
+    name: str = "vertebral-column", run_id: str | None = "run-1", seed: int = 0, **changes: Any
+) -> tuple[ModelVersionDraft, bytes]:
     """A draft as publish.py would build it, and the artifact it describes."""
     artifact, evaluation = onnx_model(seed)
     fields: dict[str, Any] = dict(
-        name=name, run_id=run_id, experiment_id="1", source=f"models:/m-{run_id}",
-        model_family="logistic_regression", params={"lr_C": "1.0"},
-        metrics={"cv_f1_macro_mean": 0.8 + seed / 1000, "test_f1_macro": 0.75 + seed / 1000,
-                 "test_accuracy": 0.8},
+        name=name,
+        run_id=run_id,
+        experiment_id="1",
+        source=f"models:/m-{run_id}",
+        model_family="logistic_regression",
+        params={"lr_C": "1.0"},
+        metrics={
+            "cv_f1_macro_mean": 0.8 + seed / 1000,
+            "test_f1_macro": 0.75 + seed / 1000,
+            "test_accuracy": 0.8,
+        },
         classes=list(CLASSES),
         input_schema=[{"name": f, "dtype": "float64", "min": -3.0, "max": 3.0} for f in FEATURES],
-        data_fingerprint="f" * 64, library_versions={"onnxruntime": "1.0", "skl2onnx": "1.0"},
-        onnx_io=dict(ONNX_IO), input_example=input_example(evaluation), variant="3C",
-        created_by="tester")
+        data_fingerprint="f" * 64,
+        library_versions={"onnxruntime": "1.0", "skl2onnx": "1.0"},
+        onnx_io=dict(ONNX_IO),
+        input_example=input_example(evaluation),
+        variant="3C",
+        created_by="tester",
+    )
     fields.update(changes)
     return ModelVersionDraft(**fields), artifact
 
@@ -97,5 +125,6 @@ def _tamper_sqlite(path: Path, bucket: str, file_id: str, data: bytes) -> None:
     with sqlite3.connect(path) as conn:
         row = conn.execute(f"SELECT id FROM {bucket}_files WHERE _id = ?", (file_id,)).fetchone()
         assert row is not None, f"file {file_id} not found in {path}"
-        conn.execute(f"UPDATE {bucket}_chunks SET data = ? WHERE files_id = ? AND n = 0",
-                     (data, row[0]))
+        conn.execute(
+            f"UPDATE {bucket}_chunks SET data = ? WHERE files_id = ? AND n = 0", (data, row[0])
+        )

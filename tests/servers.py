@@ -13,32 +13,44 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import requests
 import yaml
+from conftest import ROOT, data_path, free_port
 
 from conf.settings import EmbeddedSettings, Settings
-from conftest import ROOT, data_path, free_port
 from registry_bridge import database
 
 
 class ApiServer:
     """``python -m api`` on 127.0.0.1:<free port>, serving ``settings``' registry database."""
 
-    def __init__(self, settings: Settings, workdir: Path, workers: int = 2,
-                 env: Mapping[str, str] | None = None, config: Mapping[str, Any] | None = None,
-                 args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        workers: int = 2,
+        env: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"api-{self.port}.log"
-        self.env = {**os.environ, "MONGODB_URI": settings.registry.mongodb_uri or "",
-                    "REGISTRY_DB": settings.registry.database, "API_HOST": "127.0.0.1",
-                    "API_PORT": str(self.port), "API_WORKERS": str(workers),
-                    "MODEL_NAME": settings.api.model_name,
-                    "OUTPUT_DIR": str(settings.api.output_dir),
-                    "VERTEBRAL_DATA": str(data_path())}
+        self.env = {
+            **os.environ,
+            "MONGODB_URI": settings.registry.mongodb_uri or "",
+            "REGISTRY_DB": settings.registry.database,
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(self.port),
+            "API_WORKERS": str(workers),
+            "MODEL_NAME": settings.api.model_name,
+            "OUTPUT_DIR": str(settings.api.output_dir),
+            "VERTEBRAL_DATA": str(data_path()),
+        }
         self.env.pop("API_ADMIN_TOKEN", None)
         self.env.update(env or {})
         self.args = list(args)
@@ -48,16 +60,22 @@ class ApiServer:
             self.args += ["--config", str(config_path)]
         self.process: subprocess.Popen | None = None
 
-    def start(self, wait_for: str = "/ready", timeout: float = 60) -> "ApiServer":
+    def start(self, wait_for: str = "/ready", timeout: float = 60) -> ApiServer:
         """Start gunicorn and wait until ``wait_for`` answers 200."""
         with open(self.log_path, "ab") as sink:
-            self.process = subprocess.Popen([sys.executable, "-m", "api", *self.args], cwd=ROOT,
-                                            env=self.env, stdout=sink, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "api", *self.args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"the API exited with {self.process.returncode}: "
-                                     f"{self.log()[-2000:]}")
+                raise AssertionError(
+                    f"the API exited with {self.process.returncode}: {self.log()[-2000:]}"
+                )
             try:
                 if requests.get(self.base + wait_for, timeout=2).status_code == 200:
                     return self
@@ -65,8 +83,9 @@ class ApiServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise AssertionError(f"the API did not answer 200 on {wait_for} within {timeout:.0f}s: "
-                             f"{self.log()[-2000:]}")
+        raise AssertionError(
+            f"the API did not answer 200 on {wait_for} within {timeout:.0f}s: {self.log()[-2000:]}"
+        )
 
     def url(self, path: str) -> str:
         """The full URL of ``path`` on this server."""
@@ -87,7 +106,7 @@ class ApiServer:
             self.process.kill()
             self.process.wait(timeout=10)
 
-    def __enter__(self) -> "ApiServer":
+    def __enter__(self) -> ApiServer:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: Any) -> None:
@@ -101,7 +120,7 @@ class PrivateDatabase:
         self.embedded = EmbeddedSettings(port=free_port(), data_dir=data_dir)
         self.uri = database.embedded_uri(self.embedded)
 
-    def start(self) -> "PrivateDatabase":
+    def start(self) -> PrivateDatabase:
         """Start (or restart) on the same port with the same data dir."""
         database.start_embedded(self.embedded)
         return self
@@ -123,7 +142,7 @@ class PrivateDatabase:
         """Stop the server (SIGTERM, then SIGKILL)."""
         database.stop_embedded(self.embedded)
 
-    def __enter__(self) -> "PrivateDatabase":
+    def __enter__(self) -> PrivateDatabase:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -7,14 +7,19 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+from api_fixtures import FAMILIES, make_app, output_dir, with_api
 
-from api_fixtures import (FAMILIES, app, client, make_app, output_dir, published,  # noqa: F401
-                          with_api)
 from pipelines.data import FEATURES
 
 
-def _csv(rows: np.ndarray, delimiter: str = ",", newline: str = "\n", ids: bool = True,
-         bom: bool = False, quote: bool = False) -> bytes:
+def _csv(
+    rows: np.ndarray,
+    delimiter: str = ",",
+    newline: str = "\n",
+    ids: bool = True,
+    bom: bool = False,
+    quote: bool = False,
+) -> bytes:
     header = (["id"] if ids else []) + list(FEATURES) + (["note"] if ids else [])
     lines = [delimiter.join(f'"{h}"' if quote else h for h in header)]
     for i, row in enumerate(rows):
@@ -32,19 +37,26 @@ def _read(content: bytes) -> pd.DataFrame:
 def test_multipart_upload_keeps_order_and_columns(client, published):
     """Check that the answer keeps input order and columns, then the prediction columns."""
     rows = np.asarray(published.candidates[FAMILIES[0]].draft.input_example["inputs"])
-    response = client.post("/batch-predict", data={"file": (io.BytesIO(_csv(rows)), "in.csv")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/batch-predict",
+        data={"file": (io.BytesIO(_csv(rows)), "in.csv")},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 200, response.data[:500]
     assert response.mimetype == "text/csv"
     assert "attachment" in response.headers["Content-Disposition"]
     table = _read(response.data)
     classes = published.candidates[FAMILIES[0]].draft.classes
-    assert list(table.columns) == (["id", *FEATURES, "note", "prediction", "probability"]
-                                   + [f"prob_{c}" for c in classes] + ["model_version"])
+    assert list(table.columns) == (
+        ["id", *FEATURES, "note", "prediction", "probability"]
+        + [f"prob_{c}" for c in classes]
+        + ["model_version"]
+    )
     assert list(table["id"]) == [f"row-{i}" for i in range(len(rows))]
     assert table["note"][2] == 'a, b; "quoted" 2'
-    assert list(table["prediction"]) == published.candidates[FAMILIES[0]].draft.input_example[
-        "labels"]
+    assert (
+        list(table["prediction"]) == published.candidates[FAMILIES[0]].draft.input_example["labels"]
+    )
     assert set(table["model_version"]) == {str(published.versions[FAMILIES[0]])}
     probs = table[[f"prob_{c}" for c in classes]].astype(float).to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -53,9 +65,16 @@ def test_multipart_upload_keeps_order_and_columns(client, published):
     assert response.headers["X-Saved-Path"] == str(saved)
 
 
-@pytest.mark.parametrize("dialect", [
-    {"delimiter": ";"}, {"newline": "\r\n"}, {"bom": True}, {"quote": True},
-    {"delimiter": ";", "newline": "\r\n", "bom": True, "quote": True}])
+@pytest.mark.parametrize(
+    "dialect",
+    [
+        {"delimiter": ";"},
+        {"newline": "\r\n"},
+        {"bom": True},
+        {"quote": True},
+        {"delimiter": ";", "newline": "\r\n", "bom": True, "quote": True},
+    ],
+)
 def test_csv_dialects_give_the_same_predictions(client, published, dialect):
     """Check that BOM, CRLF, quoted headers and ';' are read like plain CSV."""
     rows = published.inputs[:30]
@@ -75,15 +94,19 @@ def test_json_summary_counts_per_class_and_job_file(client, published):
     assert sum(summary["counts"].values()) == len(rows)
     assert summary["model"]["version"] == published.versions[FAMILIES[0]]
     job = _read(open(summary["job_path"], "rb").read())
-    assert dict(job["prediction"].value_counts()) == {k: v for k, v in summary["counts"].items()
-                                                     if v}
+    assert dict(job["prediction"].value_counts()) == {
+        k: v for k, v in summary["counts"].items() if v
+    }
     assert open(summary["saved_path"], "rb").read() == open(summary["job_path"], "rb").read()
 
 
 def test_missing_columns_are_named(client, published):
     """Check that absent feature columns are a 400 naming each of them."""
-    data = _csv(published.inputs[:3]).replace(b"pelvic_tilt", b"tilt").replace(b"sacral_slope",
-                                                                               b"slope")
+    data = (
+        _csv(published.inputs[:3])
+        .replace(b"pelvic_tilt", b"tilt")
+        .replace(b"sacral_slope", b"slope")
+    )
     response = client.post("/batch-predict", data=data, content_type="text/csv")
     assert response.status_code == 400
     assert "pelvic_tilt, sacral_slope" in response.json["error"]["message"]
@@ -95,13 +118,16 @@ def test_bad_cell_is_400_naming_line_and_column_and_nothing_is_saved(client, pub
     cells = text[3].split(",")
     cells[2] = "abc"  # pelvic_tilt on file line 4
     text[3] = ",".join(cells)
-    response = client.post("/batch-predict", data="\n".join(text).encode(),
-                           content_type="text/csv")
+    response = client.post("/batch-predict", data="\n".join(text).encode(), content_type="text/csv")
     assert response.status_code == 400
     error = response.json["error"]
     assert error["message"].startswith("line 4, column pelvic_tilt")
-    assert error["details"][0] == {"line": 4, "field": "pelvic_tilt", "value": "abc",
-                                   "problem": "not a number ('abc')"}
+    assert error["details"][0] == {
+        "line": 4,
+        "field": "pelvic_tilt",
+        "value": "abc",
+        "problem": "not a number ('abc')",
+    }
     assert list(output_dir(published.settings).iterdir()) == []
 
 
@@ -111,8 +137,9 @@ def test_on_error_skip_keeps_the_row_with_an_error(client, published):
     cells = text[2].split(",")
     cells[1], cells[6] = "", "inf"
     text[2] = ",".join(cells)
-    response = client.post("/batch-predict?on_error=skip", data="\n".join(text).encode(),
-                           content_type="text/csv")
+    response = client.post(
+        "/batch-predict?on_error=skip", data="\n".join(text).encode(), content_type="text/csv"
+    )
     assert response.status_code == 200
     table = _read(response.data)
     assert len(table) == 5 and list(table.columns)[-1] == "error"
@@ -122,8 +149,14 @@ def test_on_error_skip_keeps_the_row_with_an_error(client, published):
     assert (table["prediction"].drop(index=1) != "").all()
 
 
-@pytest.mark.parametrize("body, fragment", [(b"", "empty"), (b"\xef\xbb\xbf\r\n", "empty"),
-                                            (",".join(FEATURES).encode() + b"\n", "no data rows")])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b"", "empty"),
+        (b"\xef\xbb\xbf\r\n", "empty"),
+        (",".join(FEATURES).encode() + b"\n", "no data rows"),
+    ],
+)
 def test_empty_file_is_400(client, published, body, fragment):
     """Check that an empty file or a header alone is refused."""
     response = client.post("/batch-predict", data=body, content_type="text/csv")
@@ -134,11 +167,16 @@ def test_empty_file_is_400(client, published, body, fragment):
 def test_wrong_upload_forms_are_refused(client, published):
     """Check 415 for a JSON body, 400 for a multipart without 'file' and for bad options."""
     assert client.post("/batch-predict", json={"a": 1}).status_code == 415
-    response = client.post("/batch-predict", data={"other": "x"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/batch-predict", data={"other": "x"}, content_type="multipart/form-data"
+    )
     assert response.status_code == 400 and "'file'" in response.json["error"]["message"]
-    assert client.post("/batch-predict?on_error=ignore", data=b"x",
-                       content_type="text/csv").status_code == 400
+    assert (
+        client.post(
+            "/batch-predict?on_error=ignore", data=b"x", content_type="text/csv"
+        ).status_code
+        == 400
+    )
 
 
 def test_upload_over_the_limit_is_413(published, mongo_client):
@@ -146,8 +184,11 @@ def test_upload_over_the_limit_is_413(published, mongo_client):
     app = make_app(with_api(published.settings, max_upload_mb=1), mongo_client)
     big = _csv(np.repeat(published.inputs, 300, axis=0))
     assert len(big) > 1024 * 1024
-    response = app.test_client().post("/batch-predict", data={"file": (io.BytesIO(big), "b.csv")},
-                                      content_type="multipart/form-data")
+    response = app.test_client().post(
+        "/batch-predict",
+        data={"file": (io.BytesIO(big), "b.csv")},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 413
     assert response.json["error"]["code"] == "PAYLOAD_TOO_LARGE"
 
@@ -163,8 +204,9 @@ def test_200k_rows_round_trip_in_order(published, mongo_client):
     frame = pd.DataFrame(rows, columns=list(FEATURES))
     frame.insert(0, "id", np.arange(n))
     body = frame.to_csv(index=False).encode()
-    response = app.test_client().post("/batch-predict?format=json", data=body,
-                                      content_type="text/csv")
+    response = app.test_client().post(
+        "/batch-predict?format=json", data=body, content_type="text/csv"
+    )
     assert response.status_code == 200, response.data[:300]
     assert response.json["rows"] == n == response.json["predicted"]
     result = pd.read_csv(response.json["saved_path"], usecols=["id", "prediction"])
@@ -173,10 +215,13 @@ def test_200k_rows_round_trip_in_order(published, mongo_client):
     assert result["prediction"].notna().all()
 
 
-@pytest.mark.parametrize("body, fragment", [
-    (",".join(FEATURES).encode() + b"\n1,2,3,4,5,6\n1,2,3,4,5,6,7,8\n", "malformed CSV"),
-    (",".join(FEATURES).encode() + b"\n1,2,3,4,5,\xff\xfe\n", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (",".join(FEATURES).encode() + b"\n1,2,3,4,5,6\n1,2,3,4,5,6,7,8\n", "malformed CSV"),
+        (",".join(FEATURES).encode() + b"\n1,2,3,4,5,\xff\xfe\n", "not UTF-8"),
+    ],
+)
 def test_malformed_or_undecodable_csv_is_400(client, published, body, fragment):
     """Check that a ragged row or non-UTF-8 bytes are a 400, not a 500."""
     response = client.post("/batch-predict", data=body, content_type="text/csv")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
-from api_fixtures import (FAMILIES, MODEL, app, client, make_app, published,  # noqa: F401
-                          record, with_api)
+from api_fixtures import FAMILIES, MODEL, make_app, record, with_api
 
 V1, V2 = FAMILIES
 
@@ -21,7 +19,8 @@ def test_list_marks_the_active_version(client, published):
     assert by_version[published.versions[V2]]["active"] is False
     assert by_version[published.versions[V2]]["model_family"] == "knn"
     assert {"sha256", "input_schema", "classes", "metrics", "created_at"} <= set(
-        by_version[published.versions[V1]])
+        by_version[published.versions[V1]]
+    )
     assert client.get("/models?name=other").json == {"models": [], "count": 0}
 
 
@@ -51,31 +50,38 @@ def test_activate_switches_predictions_then_rollback(client, published):
     v1, v2 = published.versions[V1], published.versions[V2]
     row = {"records": [record(r) for r in published.inputs]}
     before = client.post("/predict", json=row).json
-    answer = client.post("/models/activate", json={"name": MODEL, "version": v2,
-                                                   "reason": "try knn"})
+    answer = client.post(
+        "/models/activate", json={"name": MODEL, "version": v2, "reason": "try knn"}
+    )
     assert answer.status_code == 200, answer.json
     assert answer.json["active_version"] == v2 and answer.json["previous_version"] == v1
     after = client.post("/predict", json=row).json
     assert after["model"]["version"] == v2
-    assert [p["probabilities"] for p in after["predictions"]] != \
-        [p["probabilities"] for p in before["predictions"]]
+    assert [p["probabilities"] for p in after["predictions"]] != [
+        p["probabilities"] for p in before["predictions"]
+    ]
     back = client.post("/models/rollback", json={"name": MODEL})
     assert back.status_code == 200 and back.json["active_version"] == v1
     assert client.post("/predict", json=row).json == before
     events = client.get(f"/models/{MODEL}/history").json["events"]
-    assert [(e["action"], e["to_version"]) for e in events][-2:] == [("activate", v2),
-                                                                     ("rollback", v1)]
+    assert [(e["action"], e["to_version"]) for e in events][-2:] == [
+        ("activate", v2),
+        ("rollback", v1),
+    ]
     assert events[-2]["reason"] == "try knn"
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    ({"version": 1}, 400, "'name'"),
-    ({"name": MODEL}, 400, "'version'"),
-    ({"name": MODEL, "version": "two"}, 400, "'version'"),
-    ({"name": MODEL, "version": True}, 400, "'version'"),
-    ({"name": MODEL, "version": 42}, 404, "version=42"),
-    ({"name": "nope", "version": 1}, 404, "nope"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({"version": 1}, 400, "'name'"),
+        ({"name": MODEL}, 400, "'version'"),
+        ({"name": MODEL, "version": "two"}, 400, "'version'"),
+        ({"name": MODEL, "version": True}, 400, "'version'"),
+        ({"name": MODEL, "version": 42}, 404, "version=42"),
+        ({"name": "nope", "version": 1}, 404, "nope"),
+    ],
+)
 def test_activate_refuses_bad_requests(client, published, body, status, fragment):
     """Check that activation errors name the field or the version at fault."""
     response = client.post("/models/activate", json=body)
@@ -99,11 +105,16 @@ def test_admin_token_401_403_200(published, mongo_client):
     missing = http.post("/models/activate", json=body)
     assert missing.status_code == 401 and missing.json["error"]["code"] == "UNAUTHORIZED"
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
-    wrong = http.post("/models/rollback", json={"name": MODEL},
-                      headers={"Authorization": "Bearer guess"})
+    wrong = http.post(
+        "/models/rollback", json={"name": MODEL}, headers={"Authorization": "Bearer guess"}
+    )
     assert wrong.status_code == 403 and wrong.json["error"]["code"] == "FORBIDDEN"
-    assert http.post("/models/activate", json=body,
-                     headers={"Authorization": "Basic s3cret"}).status_code == 401
+    assert (
+        http.post(
+            "/models/activate", json=body, headers={"Authorization": "Basic s3cret"}
+        ).status_code
+        == 401
+    )
     ok = http.post("/models/activate", json=body, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
     # Reading stays open: only changing what is served needs the token.
@@ -119,15 +130,18 @@ def test_admin_endpoints_want_json(client, published):
 def test_artifact_with_a_wrong_checksum_is_409(client, published):
     """Check that bytes not matching the recorded sha256 are refused, not sent."""
     v2 = published.versions[V2]
-    published.store.versions.update_one({"name": MODEL, "version": v2},
-                                        {"$set": {"sha256": "0" * 64}})
+    published.store.versions.update_one(
+        {"name": MODEL, "version": v2}, {"$set": {"sha256": "0" * 64}}
+    )
     response = client.get(f"/models/{MODEL}/versions/{v2}/artifact")
     assert response.status_code == 409
     assert "checksum mismatch" in response.json["error"]["message"]
     refused = client.post("/models/activate", json={"name": MODEL, "version": v2})
     assert refused.status_code == 409
-    assert client.post("/predict", json=record(published.inputs[0])).json["model"]["version"] \
+    assert (
+        client.post("/predict", json=record(published.inputs[0])).json["model"]["version"]
         == published.versions[V1]
+    )
 
 
 def test_unloadable_active_version_keeps_the_loaded_one_serving(client, published, mongo_client):
@@ -135,8 +149,9 @@ def test_unloadable_active_version_keeps_the_loaded_one_serving(client, publishe
     v1, v2 = published.versions[V1], published.versions[V2]
     body = record(published.inputs[0])
     assert client.post("/predict", json=body).json["model"]["version"] == v1
-    published.store.versions.update_one({"name": MODEL, "version": v2},
-                                        {"$set": {"sha256": "0" * 64}})
+    published.store.versions.update_one(
+        {"name": MODEL, "version": v2}, {"$set": {"sha256": "0" * 64}}
+    )
     published.store.state.update_one({"_id": MODEL}, {"$set": {"active_version": v2}})
     for _ in range(3):
         served = client.post("/predict", json=body)

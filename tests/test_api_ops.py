@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
-from api_fixtures import FAMILIES, app, client, published, record  # noqa: F401
+from api_fixtures import FAMILIES, record
+
 from registry_bridge.errors import STATUS_BY_CODE
 
 

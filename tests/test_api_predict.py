@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from api_fixtures import FAMILIES, MODEL, make_app, record, with_api
 
-from api_fixtures import (FAMILIES, MODEL, app, client, make_app, published,  # noqa: F401
-                          record, with_api)
 from pipelines.data import FEATURES
 
 
@@ -32,8 +31,9 @@ def test_single_record_names_version_and_gives_every_class(client, published):
     assert list(prediction["probabilities"]) == classes
     assert math.isclose(sum(prediction["probabilities"].values()), 1.0, abs_tol=1e-5)
     assert prediction["probability"] == prediction["probabilities"][prediction["label"]]
-    assert prediction["label"] == max(prediction["probabilities"],
-                                      key=prediction["probabilities"].get)
+    assert prediction["label"] == max(
+        prediction["probabilities"], key=prediction["probabilities"].get
+    )
 
 
 def _expected_labels(published, rows):
@@ -42,9 +42,18 @@ def _expected_labels(published, rows):
     return example["labels"][: len(rows)]
 
 
-@pytest.mark.parametrize("shape", ["records", "dataframe_records", "dataframe_split",
-                                   "instances", "instances_lists", "instances_columns",
-                                   "bare_list"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "records",
+        "dataframe_records",
+        "dataframe_split",
+        "instances",
+        "instances_lists",
+        "instances_columns",
+        "bare_list",
+    ],
+)
 @pytest.mark.parametrize("path", ["/predict", "/invocations"])
 def test_every_json_shape_gives_the_same_answers(client, published, shape, path):
     """Check that each accepted JSON shape predicts the sklearn labels of the example rows."""
@@ -53,12 +62,12 @@ def test_every_json_shape_gives_the_same_answers(client, published, shape, path)
     bodies = {
         "records": {"records": records},
         "dataframe_records": {"dataframe_records": records},
-        "dataframe_split": {"dataframe_split": {"columns": list(FEATURES),
-                                                "data": rows.tolist()}},
+        "dataframe_split": {"dataframe_split": {"columns": list(FEATURES), "data": rows.tolist()}},
         "instances": {"instances": records},
         "instances_lists": {"instances": rows.tolist()},
-        "instances_columns": {"instances": {f: rows[:, i].tolist()
-                                            for i, f in enumerate(FEATURES)}},
+        "instances_columns": {
+            "instances": {f: rows[:, i].tolist() for i, f in enumerate(FEATURES)}
+        },
         "bare_list": records,
     }
     response = _post(client, bodies[shape], path)
@@ -88,39 +97,50 @@ def test_every_problem_is_listed_by_record_and_field(client, published):
         {**good, "lumbar_lordosis_angle": True},
         good,
     ]
-    text = json.dumps({"records": bad})[:-2] + ', {"pelvic_incidence": NaN, "pelvic_tilt": ' \
-        'Infinity, "lumbar_lordosis_angle": 1, "sacral_slope": 1, "pelvic_radius": 1, ' \
+    text = (
+        json.dumps({"records": bad})[:-2] + ', {"pelvic_incidence": NaN, "pelvic_tilt": '
+        'Infinity, "lumbar_lordosis_angle": 1, "sacral_slope": 1, "pelvic_radius": 1, '
         '"degree_spondylolisthesis": -Infinity}]}'
+    )
     response = client.post("/predict", data=text, content_type="application/json")
     assert response.status_code == 400
     error = response.json["error"]
     assert error["code"] == "INVALID_INPUT"
     found = {(d["record"], d["field"], d["problem"].split(" ")[0]) for d in error["details"]}
     assert found == {
-        (0, "pelvic_tilt", "missing"), (1, "colour", "unknown"), (2, "sacral_slope", "not"),
-        (3, "pelvic_radius", "null"), (4, "lumbar_lordosis_angle", "not"),
-        (6, "pelvic_incidence", "NaN"), (6, "pelvic_tilt", "infinite"),
-        (6, "degree_spondylolisthesis", "infinite")}
+        (0, "pelvic_tilt", "missing"),
+        (1, "colour", "unknown"),
+        (2, "sacral_slope", "not"),
+        (3, "pelvic_radius", "null"),
+        (4, "lumbar_lordosis_angle", "not"),
+        (6, "pelvic_incidence", "NaN"),
+        (6, "pelvic_tilt", "infinite"),
+        (6, "degree_spondylolisthesis", "infinite"),
+    }
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ({"records": []}, "empty"),
-    ([], "empty"),
-    ({"records": {"a": 1}}, "list of records"),
-    ({"dataframe_split": {"columns": ["a"]}}, "'columns' and 'data'"),
-    ({"records": [], "instances": []}, "exactly one"),
-    ({"records": [[1, 2]]}, "expected 6 values"),
-    ("just text", "JSON object"),
-    ({"records": [7]}, "must be an object"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"records": []}, "empty"),
+        ([], "empty"),
+        ({"records": {"a": 1}}, "list of records"),
+        ({"dataframe_split": {"columns": ["a"]}}, "'columns' and 'data'"),
+        ({"records": [], "instances": []}, "exactly one"),
+        ({"records": [[1, 2]]}, "expected 6 values"),
+        ("just text", "JSON object"),
+        ({"records": [7]}, "must be an object"),
+    ],
+)
 def test_wrong_shapes_are_400(client, published, body, fragment):
     """Check that malformed shapes and empty input are refused with a 400 saying why."""
     response = _post(client, body)
     assert response.status_code == 400
     error = response.json["error"]
     assert error["code"] == "INVALID_INPUT"
-    assert fragment in error["message"] or any(fragment in d.get("problem", "")
-                                               for d in error.get("details", []))
+    assert fragment in error["message"] or any(
+        fragment in d.get("problem", "") for d in error.get("details", [])
+    )
 
 
 def test_malformed_json_is_400_not_500(client, published):
@@ -131,10 +151,15 @@ def test_malformed_json_is_400_not_500(client, published):
     assert "malformed JSON" in response.json["error"]["message"]
 
 
-@pytest.mark.parametrize("content_type, path", [("text/plain", "/predict"),
-                                                ("text/csv", "/predict"),
-                                                ("application/xml", "/invocations"),
-                                                (None, "/predict")])
+@pytest.mark.parametrize(
+    "content_type, path",
+    [
+        ("text/plain", "/predict"),
+        ("text/csv", "/predict"),
+        ("application/xml", "/invocations"),
+        (None, "/predict"),
+    ],
+)
 def test_wrong_content_type_is_415(client, published, content_type, path):
     """Check that bodies other than JSON (and CSV on /invocations) are refused with 415."""
     kwargs = {"content_type": content_type} if content_type else {}
@@ -157,8 +182,9 @@ def test_more_records_than_the_limit_is_413(published, mongo_client):
 def test_body_over_the_upload_limit_is_413(published, mongo_client):
     """Check that a body larger than max_upload_mb is refused before it is parsed."""
     app = make_app(with_api(published.settings, max_upload_mb=1), mongo_client)
-    response = app.test_client().post("/predict", data=b"[" + b" " * (1024 * 1024 + 10) + b"]",
-                                      content_type="application/json")
+    response = app.test_client().post(
+        "/predict", data=b"[" + b" " * (1024 * 1024 + 10) + b"]", content_type="application/json"
+    )
     assert response.status_code == 413
     assert response.json["error"]["code"] == "PAYLOAD_TOO_LARGE"
 

@@ -8,11 +8,11 @@ import time
 
 import numpy as np
 import pytest
+from api_fixtures import FAMILIES, _candidates
+from conftest import data_path
 
 from api.active import SharedRead
 from api.runtime import SessionCache, load_model
-from api_fixtures import FAMILIES, _candidates  # noqa: F401
-from conftest import data_path
 from conf.settings import load_settings
 from registry_bridge.errors import RegistryError
 
@@ -20,14 +20,22 @@ from registry_bridge.errors import RegistryError
 @pytest.fixture(scope="module")
 def candidate():
     settings = load_settings(env={"VERTEBRAL_DATA": str(data_path())})
-    return _candidates(settings.data, settings.training.seed,
-                       settings.training.test_size)[FAMILIES[1]]
+    return _candidates(settings.data, settings.training.seed, settings.training.test_size)[
+        FAMILIES[1]
+    ]
 
 
 def _load(candidate, data=None, schema=None):
     draft = candidate.draft
-    return load_model(draft.name, 7, "run", draft.classes, schema or draft.input_schema,
-                      data if data is not None else candidate.artifact, onnx_io=draft.onnx_io)
+    return load_model(
+        draft.name,
+        7,
+        "run",
+        draft.classes,
+        schema or draft.input_schema,
+        data if data is not None else candidate.artifact,
+        onnx_io=draft.onnx_io,
+    )
 
 
 def test_session_from_bytes_matches_recorded_predictions(candidate):
@@ -64,8 +72,7 @@ def test_cache_loads_each_version_once_under_concurrency(candidate):
         time.sleep(0.05)
         return _load(candidate)
 
-    threads = [threading.Thread(target=cache.get_or_load, args=("m", 1, loader))
-               for _ in range(8)]
+    threads = [threading.Thread(target=cache.get_or_load, args=("m", 1, loader)) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -8,29 +8,29 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
-
-from api_fixtures import FAMILIES, MODEL, make_app, publish_candidates, published, record  # noqa: F401
-from conf.settings import EmbeddedSettings, load_settings
+from api_fixtures import FAMILIES, MODEL, make_app, publish_candidates, record
 from conftest import ROOT, data_path, free_port
+
+from conf.settings import EmbeddedSettings, load_settings
 from registry_bridge import database
 from registry_bridge.store import ModelStore
 
 pytestmark = pytest.mark.slow
 
 
-def _wait_ready(base: str, process: subprocess.Popen, log_file: Path,
-                timeout: float = 60) -> None:
+def _wait_ready(base: str, process: subprocess.Popen, log_file: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the API exited with {process.returncode}: "
-                                 f"{log_file.read_text()[-2000:]}")
+            raise AssertionError(
+                f"the API exited with {process.returncode}: {log_file.read_text()[-2000:]}"
+            )
         try:
             if requests.get(f"{base}/ready", timeout=2).status_code == 200:
                 return
@@ -44,14 +44,21 @@ def _wait_ready(base: str, process: subprocess.Popen, log_file: Path,
 def _gunicorn(uri: str, database_name: str, tmp_path: Path) -> Iterator[str]:
     """``python -m api`` with 2 workers on a free port; yields its base URL once ready."""
     port = free_port()
-    env = {**os.environ, "MONGODB_URI": uri, "REGISTRY_DB": database_name,
-           "API_PORT": str(port), "API_WORKERS": "2", "OUTPUT_DIR": str(tmp_path / "out"),
-           "VERTEBRAL_DATA": str(data_path())}
+    env = {
+        **os.environ,
+        "MONGODB_URI": uri,
+        "REGISTRY_DB": database_name,
+        "API_PORT": str(port),
+        "API_WORKERS": "2",
+        "OUTPUT_DIR": str(tmp_path / "out"),
+        "VERTEBRAL_DATA": str(data_path()),
+    }
     env.pop("API_ADMIN_TOKEN", None)
     log_file = tmp_path / "api.log"
     with open(log_file, "wb") as sink:  # a file, not a pipe: a full pipe would block the workers
-        process = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                                   stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, process, log_file)
@@ -75,8 +82,7 @@ def _until_both_workers(base: str, body: dict, each: int = 1) -> dict[str, list[
 
 def _predict(base: str, body: dict) -> requests.Response:
     # A new connection per request, so gunicorn hands requests to both workers.
-    return requests.post(f"{base}/predict", json=body, timeout=10,
-                         headers={"Connection": "close"})
+    return requests.post(f"{base}/predict", json=body, timeout=10, headers={"Connection": "close"})
 
 
 def test_every_worker_serves_the_new_version_after_activate(published, tmp_path):
@@ -86,8 +92,11 @@ def test_every_worker_serves_the_new_version_after_activate(published, tmp_path)
     body = {"records": [record(r) for r in published.inputs[:5]]}
     with _gunicorn(settings.registry.mongodb_uri, settings.registry.database, tmp_path) as base:
         seen = _until_both_workers(base, body, each=5)
-        assert all(a.status_code == 200 and a.json()["model"]["version"] == v1
-                   for answers in seen.values() for a in answers)
+        assert all(
+            a.status_code == 200 and a.json()["model"]["version"] == v1
+            for answers in seen.values()
+            for a in answers
+        )
 
         # Background load across the switch: nothing may fail, nothing may go back to v1
         # once the activation has returned.
@@ -110,8 +119,11 @@ def test_every_worker_serves_the_new_version_after_activate(published, tmp_path)
             thread.start()
         time.sleep(0.5)
         asked = time.monotonic()
-        activated = requests.post(f"{base}/models/activate", timeout=30,
-                                  json={"name": MODEL, "version": v2, "reason": "switch test"})
+        activated = requests.post(
+            f"{base}/models/activate",
+            timeout=30,
+            json={"name": MODEL, "version": v2, "reason": "switch test"},
+        )
         returned = time.monotonic()
         assert activated.status_code == 200, activated.text
         time.sleep(1.0)
@@ -125,9 +137,13 @@ def test_every_worker_serves_the_new_version_after_activate(published, tmp_path)
 
         after = _until_both_workers(base, body, each=10)
         assert set(after) == set(seen), "the same two workers answered after the switch"
-        assert all(a.status_code == 200 and a.headers["X-Model-Version"] == str(v2)
-                   and a.json()["model"]["version"] == v2
-                   for answers in after.values() for a in answers)
+        assert all(
+            a.status_code == 200
+            and a.headers["X-Model-Version"] == str(v2)
+            and a.json()["model"]["version"] == v2
+            for answers in after.values()
+            for a in answers
+        )
         metrics = requests.get(f"{base}/metrics", timeout=5).text
         assert f'api_predictions_total{{model="{MODEL}",version="{v2}"}}' in metrics
 
@@ -151,9 +167,14 @@ def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
     database.start_embedded(embedded)
     try:
         uri = database.embedded_uri(embedded)
-        settings = load_settings(env={"MONGODB_URI": uri, "REGISTRY_DB": "outage",
-                                      "VERTEBRAL_DATA": str(data_path()),
-                                      "OUTPUT_DIR": str(tmp_path / "out")})
+        settings = load_settings(
+            env={
+                "MONGODB_URI": uri,
+                "REGISTRY_DB": "outage",
+                "VERTEBRAL_DATA": str(data_path()),
+                "OUTPUT_DIR": str(tmp_path / "out"),
+            }
+        )
         settings = replace(settings, registry=replace(settings.registry, timeout_ms=500))
         store = ModelStore(database.connect(settings.registry), settings)
         published = publish_candidates(store, settings)
@@ -185,7 +206,10 @@ def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
                 assert time.monotonic() < deadline, "/ready did not recover on both workers"
                 time.sleep(0.2)
             back = _until_both_workers(base, body, each=2)
-            assert all(a.status_code == 200 and "X-Model-Stale" not in a.headers
-                       for answers in back.values() for a in answers)
+            assert all(
+                a.status_code == 200 and "X-Model-Stale" not in a.headers
+                for answers in back.values()
+                for a in answers
+            )
     finally:
         database.stop_embedded(embedded)

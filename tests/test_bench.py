@@ -33,8 +33,10 @@ def test_summarize_gives_median_range_and_spread():
     assert common.summarize([None, 4.0])["median"] == 4.0
 
 
-@pytest.mark.parametrize("numerator, denominator, expected", [
-    (6.0, 2.0, 3.0), (1.0, 3.0, 0.33), (None, 2.0, None), (2.0, 0.0, None), (-1.0, 2.0, None)])
+@pytest.mark.parametrize(
+    "numerator, denominator, expected",
+    [(6.0, 2.0, 3.0), (1.0, 3.0, 0.33), (None, 2.0, None), (2.0, 0.0, None), (-1.0, 2.0, None)],
+)
 def test_ratio_is_none_when_not_measurable(numerator, denominator, expected):
     """Check that a ratio with a missing or non-positive side is None, not a number."""
     assert common.ratio(numerator, denominator) == expected
@@ -54,9 +56,14 @@ def test_memory_of_a_child_process_is_measured(tmp_path):
 
 def test_process_tree_follows_children():
     """Check that the RSS of a process tree includes a child's memory."""
-    parent = subprocess.Popen([sys.executable, "-c",
-                               "import subprocess, sys; subprocess.run([sys.executable, '-c', "
-                               "'import time; b = bytearray(60_000_000); time.sleep(3)'])"])
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import time; b = bytearray(60_000_000); time.sleep(3)'])",
+        ]
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(common.process_tree(parent.pid)) < 2:
@@ -73,12 +80,14 @@ def test_failed_command_names_its_log(tmp_path):
     """Check that a failing measured command raises with its exit code and log path."""
     log_path = tmp_path / "fail.log"
     with pytest.raises(RuntimeError, match=r"exited with 3; see .*fail\.log"):
-        common.run_measured([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
-                            log_path)
+        common.run_measured(
+            [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log_path
+        )
     assert "boom" in log_path.read_text()
 
 
 # --- the quick run, end to end ---------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -91,17 +100,29 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench-quick")
     env = {**os.environ, "VERTEBRAL_DATA": str(data)}
     env.pop("MONGODB_URI", None)  # the harness runs its own private registry
-    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    docs = {name: json.loads((out / f"{name}.json").read_text())
-            for name in ("online", "batch", "activation")}
+    docs = {
+        name: json.loads((out / f"{name}.json").read_text())
+        for name in ("online", "batch", "activation")
+    }
     return {"docs": docs, "table": (out / "README-table.md").read_text(), "out": out}
 
 
 def _stat_ok(stat: dict[str, Any]) -> bool:
-    return (stat["median"] is not None and stat["min"] <= stat["median"] <= stat["max"]
-            and stat["spread"] is not None and stat["spread"] >= 0)
+    return (
+        stat["median"] is not None
+        and stat["min"] <= stat["median"] <= stat["max"]
+        and stat["spread"] is not None
+        and stat["spread"] >= 0
+    )
 
 
 @pytest.mark.slow
@@ -113,8 +134,7 @@ def test_quick_online_results_are_complete(quick_results):
     for name in ("api", "mlflow", "constant"):
         server = doc["results"][name]
         assert server["server"]["rss_idle_mb"] > 0
-        assert set(server["server"]["sequential_latency"]) == {"keep_alive_ms",
-                                                                "new_connection_ms"}
+        assert set(server["server"]["sequential_latency"]) == {"keep_alive_ms", "new_connection_ms"}
         assert all(ms > 0 for ms in server["server"]["sequential_latency"].values())
         for connections in plan["concurrencies"]:
             row = server["by_concurrency"][str(connections)]
@@ -162,7 +182,9 @@ def test_quick_activation_switches_cleanly(quick_results):
         assert entry["old_version_after_ack"] == entry["old_version_after_ack_marked_stale"]
         for run in entry["runs"]:
             assert run["workers_seen_new"] >= workers
-            assert 0 < run["acknowledged_s"] and run["all_workers_s"] >= run["first_new_prediction_s"]
+            assert (
+                0 < run["acknowledged_s"] and run["all_workers_s"] >= run["first_new_prediction_s"]
+            )
         versions = [run["version"] for run in entry["runs"]]
         assert len(set(versions)) == len(versions)  # every switch was to a fresh version
 

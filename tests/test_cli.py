@@ -8,10 +8,10 @@ import socket
 
 import pytest
 from click.testing import CliRunner
+from registry_samples import tamper_first_chunk
 
 from pipelines.candidate import quick_candidate_run
 from registry_bridge.cli import main
-from registry_samples import tamper_first_chunk
 
 pytestmark = pytest.mark.slow  # fits and logs real candidate runs
 
@@ -21,9 +21,13 @@ NAME = "vertebral-column"
 @pytest.fixture
 def bridge(settings, registry_db_name):
     """Run ``bridge ARGS`` with the test's registry database and MLflow store; returns the result."""
-    env = {"MONGODB_URI": settings.registry.mongodb_uri, "REGISTRY_DB": registry_db_name,
-           "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
-           "MODEL_NAME": NAME, "REGISTRY_USER": "cli-tester"}
+    env = {
+        "MONGODB_URI": settings.registry.mongodb_uri,
+        "REGISTRY_DB": registry_db_name,
+        "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
+        "MODEL_NAME": NAME,
+        "REGISTRY_USER": "cli-tester",
+    }
     runner = CliRunner()
 
     def run(*args: str, input: str | None = None, env_changes: dict | None = None):
@@ -55,17 +59,38 @@ def test_publish_list_show_activate_rollback_history(bridge, settings):
     assert bridge("publish", "--run-id", second, "--activate").exit_code == 0
 
     table = bridge("list").output.splitlines()
-    assert table[0].split() == ["active", "name", "version", "family", "test_f1_macro",
-                                "created", "(UTC)", "by", "run", "id"]
+    assert table[0].split() == [
+        "active",
+        "name",
+        "version",
+        "family",
+        "test_f1_macro",
+        "created",
+        "(UTC)",
+        "by",
+        "run",
+        "id",
+    ]
     rows = {line.split()[-1]: line for line in table[2:]}
     assert rows[second].lstrip().startswith("*") and "knn" in rows[second]
     assert not rows[first].lstrip().startswith("*") and "logistic_regression" in rows[first]
 
     listed = json.loads(bridge("list", "--json").output)
-    assert [(v["version"], v["active"], v["run_id"]) for v in listed] == [(1, False, first),
-                                                                         (2, True, second)]
-    assert {"sha256", "input_schema", "library_versions", "metrics", "params", "created_at",
-            "created_by", "data_fingerprint", "artifact_file_id"} <= set(listed[0])
+    assert [(v["version"], v["active"], v["run_id"]) for v in listed] == [
+        (1, False, first),
+        (2, True, second),
+    ]
+    assert {
+        "sha256",
+        "input_schema",
+        "library_versions",
+        "metrics",
+        "params",
+        "created_at",
+        "created_by",
+        "data_fingerprint",
+        "artifact_file_id",
+    } <= set(listed[0])
     assert listed[0]["created_by"] == "cli-tester"
 
     shown = bridge("show", NAME, "1")
@@ -79,7 +104,10 @@ def test_publish_list_show_activate_rollback_history(bridge, settings):
 
     log = json.loads(bridge("history", NAME, "--json").output)
     assert [(e["action"], e["from_version"], e["to_version"]) for e in log] == [
-        ("activate", None, 2), ("activate", 2, 1), ("rollback", 1, 2)]
+        ("activate", None, 2),
+        ("activate", 2, 1),
+        ("rollback", 1, 2),
+    ]
     assert log[1]["reason"] == "compare" and log[0]["by"] == "cli-tester"
     history = bridge("history", NAME).output
     assert "rollback" in history and "compare" in history
@@ -125,16 +153,19 @@ def test_delete_asks_and_refuses_the_active_version(bridge, settings):
     assert gc.exit_code == 0 and "removed 0 orphan file(s)" in gc.output
 
 
-@pytest.mark.parametrize("args, expected", [
-    (("show", NAME, "9"), "name='vertebral-column' version=9 not found"),
-    (("activate", NAME, "9"), "version=9 not found"),
-    (("verify", NAME, "x"), "version must be a positive whole number, got 'x'"),
-    (("rollback", NAME), "no version is active"),
-    (("publish", "--run-id", "0123abcd"), "MLflow run '0123abcd' not found"),
-    (("publish",), "give exactly one of --run-id ID or --best"),
-    (("publish", "--best"), "experiment 'vertebral-column' not found"),
-    (("runs", "--experiment", "missing"), "experiment 'missing' not found"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("show", NAME, "9"), "name='vertebral-column' version=9 not found"),
+        (("activate", NAME, "9"), "version=9 not found"),
+        (("verify", NAME, "x"), "version must be a positive whole number, got 'x'"),
+        (("rollback", NAME), "no version is active"),
+        (("publish", "--run-id", "0123abcd"), "MLflow run '0123abcd' not found"),
+        (("publish",), "give exactly one of --run-id ID or --best"),
+        (("publish", "--best"), "experiment 'vertebral-column' not found"),
+        (("runs", "--experiment", "missing"), "experiment 'missing' not found"),
+    ],
+)
 def test_failures_are_one_line(bridge, args, expected):
     """Check that each user mistake exits 1 with one line naming what was wrong."""
     assert expected in one_line_error(bridge(*args))
@@ -155,7 +186,18 @@ def test_unreachable_database_is_one_line_with_masked_uri(bridge, tmp_path):
 
 def test_every_registry_command_has_help(bridge):
     """Check that every command documents itself in --help."""
-    for command in ("runs", "publish", "list", "show", "activate", "rollback", "history",
-                    "download", "verify", "delete", "gc"):
+    for command in (
+        "runs",
+        "publish",
+        "list",
+        "show",
+        "activate",
+        "rollback",
+        "history",
+        "download",
+        "verify",
+        "delete",
+        "gc",
+    ):
         result = bridge(command, "--help")
         assert result.exit_code == 0 and len(result.output.splitlines()[2]) > 10, command

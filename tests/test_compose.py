@@ -86,12 +86,14 @@ def test_trainer_commands_use_real_options():
     words = command_words("trainer")
     assert words[:2] == ["sh", "-c"]
     steps = [shlex.split(step) for step in words[2].split("&&")]
-    assert [step[:3] for step in steps] == [["python", "-m", "pipelines.train"],
-                                            ["bridge", "publish", "--best"]]
+    assert [step[:3] for step in steps] == [
+        ["python", "-m", "pipelines.train"],
+        ["bridge", "publish", "--best"],
+    ]
     train_help = help_text(sys.executable, "-m", "pipelines.train", "--help")
     bridge = str(Path(sys.executable).with_name("bridge"))
     publish_help = help_text(bridge, "publish", "--help")
-    for step, text in zip(steps, (train_help, publish_help)):
+    for step, text in zip(steps, (train_help, publish_help), strict=False):
         for option in (w for w in step if w.startswith("--")):
             assert option in text, f"{option} is not an option of {' '.join(step[:3])}"
 
@@ -100,7 +102,7 @@ def test_dockerfile_installs_every_package():
     """Check that the image copies each package pyproject.toml installs."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r'include = \[(.*?)\]', pyproject).group(1)
+    packages = re.search(r"include = \[(.*?)\]", pyproject).group(1)
     for package in re.findall(r'"(\w+)\*?"', packages):
         assert f"COPY {package} ./{package}" in dockerfile, package
     assert 'CMD ["python", "-m", "api"]' in dockerfile

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from conf.settings import DataSettings
-from pipelines.data import (CACHE_FILE, FEATURES, DataError, cached_or_downloaded,
-                            load_dataset, read_dataset)
+from pipelines.data import (
+    CACHE_FILE,
+    FEATURES,
+    DataError,
+    cached_or_downloaded,
+    load_dataset,
+    read_dataset,
+)
 from tests.conftest import data_path
 
 ROWS_3C = [  # (six features, UCI .dat label, full label)
@@ -25,26 +31,35 @@ ABNORMAL = {"Hernia": "Abnormal", "Spondylolisthesis": "Abnormal", "Normal": "No
 
 def write_dat(path: Path, two_class: bool = False) -> Path:
     codes = {"DH": "AB", "SL": "AB", "NO": "NO"} if two_class else {}
-    path.write_text("".join(" ".join(f"{v:.2f}" for v in values) + f" {codes.get(code, code)}\n"
-                            for values, code, _ in ROWS_3C))
+    path.write_text(
+        "".join(
+            " ".join(f"{v:.2f}" for v in values) + f" {codes.get(code, code)}\n"
+            for values, code, _ in ROWS_3C
+        )
+    )
     return path
 
 
 def write_arff(path: Path, two_class: bool = False) -> Path:
     labels = "{Abnormal,Normal}" if two_class else "{Hernia,Spondylolisthesis,Normal}"
-    header = "@relation column\n\n" + "".join(
-        f"@attribute {name} numeric\n" for name in FEATURES) + f"@attribute class {labels}\n\n@data\n"
-    body = "".join(",".join(f"{v:.2f}" for v in values)
-                   + f",{ABNORMAL[label] if two_class else label}\n"
-                   for values, _, label in ROWS_3C)
+    header = (
+        "@relation column\n\n"
+        + "".join(f"@attribute {name} numeric\n" for name in FEATURES)
+        + f"@attribute class {labels}\n\n@data\n"
+    )
+    body = "".join(
+        ",".join(f"{v:.2f}" for v in values) + f",{ABNORMAL[label] if two_class else label}\n"
+        for values, _, label in ROWS_3C
+    )
     path.write_text(header + body)
     return path
 
 
 def write_csv(path: Path, header: list[str] | None = None, sep: str = ",", rows=ROWS_3C) -> Path:
     header = header or [*FEATURES, "status"]
-    lines = [sep.join(header)] + [sep.join([*(str(v) for v in values), label])
-                                  for values, _, label in rows]
+    lines = [sep.join(header)] + [
+        sep.join([*(str(v) for v in values), label]) for values, _, label in rows
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -88,9 +103,11 @@ def test_reads_every_format(tmp_path, writer, variant, expected):
 
 def test_formats_of_the_same_data_share_a_fingerprint(tmp_path):
     """Check that the fingerprint depends on the data, not on the file format."""
-    prints = {read_dataset(write_dat(tmp_path / "c.dat")).fingerprint,
-              read_dataset(write_arff(tmp_path / "c.arff")).fingerprint,
-              read_dataset(write_zip(tmp_path / "c.zip", tmp_path)).fingerprint}
+    prints = {
+        read_dataset(write_dat(tmp_path / "c.dat")).fingerprint,
+        read_dataset(write_arff(tmp_path / "c.arff")).fingerprint,
+        read_dataset(write_zip(tmp_path / "c.zip", tmp_path)).fingerprint,
+    }
     assert len(prints) == 1
     changed = ROWS_3C[:-1] + [((38.51, 16.96, 35.11, 21.54, 127.63, 8.0), "NO", "Normal")]
     assert read_dataset(write_csv(tmp_path / "other.csv", rows=changed)).fingerprint not in prints
@@ -99,8 +116,11 @@ def test_formats_of_the_same_data_share_a_fingerprint(tmp_path):
 def test_reference_csv_files():
     """Check the shared Kaggle exports: 310 rows, class counts, the 2C header quirk."""
     three = read_dataset(data_path(), "3C")
-    assert three.labels.value_counts().to_dict() == {"Spondylolisthesis": 150, "Normal": 100,
-                                                      "Hernia": 60}
+    assert three.labels.value_counts().to_dict() == {
+        "Spondylolisthesis": 150,
+        "Normal": 100,
+        "Hernia": 60,
+    }
     two_class_file = data_path().with_name("column_2C_weka.csv")
     if not two_class_file.exists():
         pytest.skip("the 2-class CSV is not beside VERTEBRAL_DATA")
@@ -113,18 +133,30 @@ def test_reference_csv_files():
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda lines: lines.__setitem__(2, lines[2].replace("39.06", "abc")),
-         r"line 3, column pelvic_incidence: expected a finite number, got 'abc'"),
-        (lambda lines: lines.__setitem__(1, lines[1].replace("22.55", "inf")),
-         r"line 2, column pelvic_tilt: expected a finite number, got 'inf'"),
-        (lambda lines: lines.__setitem__(3, lines[3].replace("42.32", "")),
-         r"line 4, column sacral_slope: expected a finite number, got ''"),
-        (lambda lines: lines.__setitem__(4, lines[4].replace("Spondylolisthesis", "Scoliosis")),
-         r"line 5, column label: unknown label 'Scoliosis'"),
-        (lambda lines: lines.__setitem__(0, lines[0].replace("pelvic_radius", "radius")),
-         r"missing column\(s\) pelvic_radius; unexpected column\(s\) radius"),
-        (lambda lines: lines.__setitem__(0, lines[0].replace("status", "diagnosis")),
-         r"line 1: no label column"),
+        (
+            lambda lines: lines.__setitem__(2, lines[2].replace("39.06", "abc")),
+            r"line 3, column pelvic_incidence: expected a finite number, got 'abc'",
+        ),
+        (
+            lambda lines: lines.__setitem__(1, lines[1].replace("22.55", "inf")),
+            r"line 2, column pelvic_tilt: expected a finite number, got 'inf'",
+        ),
+        (
+            lambda lines: lines.__setitem__(3, lines[3].replace("42.32", "")),
+            r"line 4, column sacral_slope: expected a finite number, got ''",
+        ),
+        (
+            lambda lines: lines.__setitem__(4, lines[4].replace("Spondylolisthesis", "Scoliosis")),
+            r"line 5, column label: unknown label 'Scoliosis'",
+        ),
+        (
+            lambda lines: lines.__setitem__(0, lines[0].replace("pelvic_radius", "radius")),
+            r"missing column\(s\) pelvic_radius; unexpected column\(s\) radius",
+        ),
+        (
+            lambda lines: lines.__setitem__(0, lines[0].replace("status", "diagnosis")),
+            r"line 1: no label column",
+        ),
         (lambda lines: lines.__delitem__(slice(1, None)), r"no data rows"),
     ],
 )
@@ -154,11 +186,14 @@ def test_two_class_file_cannot_become_three_classes(tmp_path):
         read_dataset(write_dat(tmp_path / "column_2C.dat", two_class=True), "3C")
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("missing.csv", None, "data file not found"),
-    ("broken.zip", b"not a zip", "not a valid zip file"),
-    ("latin1.csv", "pelvic_incidence\n\xe9".encode("latin-1"), "not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.csv", None, "data file not found"),
+        ("broken.zip", b"not a zip", "not a valid zip file"),
+        ("latin1.csv", "pelvic_incidence\n\xe9".encode("latin-1"), "not UTF-8 text"),
+    ],
+)
 def test_unreadable_files(tmp_path, name, content, message):
     """Check that missing, corrupt and mis-encoded files get a clear message."""
     path = tmp_path / name

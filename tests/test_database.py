@@ -63,12 +63,17 @@ def test_unreachable_uri_is_one_line_with_masked_password():
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("uri, masked", [
-    ("mongodb://u:p@h:1/db", "mongodb://u:***@h:1/db"),
-    ("mongodb+srv://user:s%40cret@cluster.example.net/?retryWrites=true",
-     "mongodb+srv://user:***@cluster.example.net/?retryWrites=true"),
-    ("mongodb://h:27017/", "mongodb://h:27017/"),
-])
+@pytest.mark.parametrize(
+    "uri, masked",
+    [
+        ("mongodb://u:p@h:1/db", "mongodb://u:***@h:1/db"),
+        (
+            "mongodb+srv://user:s%40cret@cluster.example.net/?retryWrites=true",
+            "mongodb+srv://user:***@cluster.example.net/?retryWrites=true",
+        ),
+        ("mongodb://h:27017/", "mongodb://h:27017/"),
+    ],
+)
 def test_mask_uri(uri, masked):
     """Check that passwords never survive mask_uri."""
     assert database.mask_uri(uri) == masked
@@ -77,8 +82,9 @@ def test_mask_uri(uri, masked):
 def test_bridge_db_commands(embedded, tmp_path):
     """Check `bridge db start|status|stop` through the real console script."""
     config = tmp_path / "conf.yaml"
-    config.write_text(f"registry:\n  embedded:\n    port: {embedded.port}\n"
-                      f"    data_dir: {embedded.data_dir}\n")
+    config.write_text(
+        f"registry:\n  embedded:\n    port: {embedded.port}\n    data_dir: {embedded.data_dir}\n"
+    )
     bridge = [str(Path(sys.executable).with_name("bridge")), "--config", str(config)]
     env = {"PATH": "/usr/bin:/bin"}
 
@@ -98,7 +104,12 @@ def test_bridge_db_commands(embedded, tmp_path):
 def test_bridge_reports_bad_setting_in_one_line(tmp_path):
     """Check that a bad environment value exits non-zero with a line naming the key."""
     bridge = str(Path(sys.executable).with_name("bridge"))
-    result = subprocess.run([bridge, "db", "status"], capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "API_PORT": "http"}, timeout=60)
+    result = subprocess.run(
+        [bridge, "db", "status"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "API_PORT": "http"},
+        timeout=60,
+    )
     assert result.returncode != 0
     assert result.stderr.strip() == "error: API_PORT: expected a port number 1..65535, got 'http'"

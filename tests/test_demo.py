@@ -15,26 +15,50 @@ from tests.conftest import data_path, free_port
 
 pytestmark = pytest.mark.slow
 
-SECTION_IDS = ("data", "study", "plots", "versions", "history", "requests", "batch", "cli",
-               "timings")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+SECTION_IDS = (
+    "data",
+    "study",
+    "plots",
+    "versions",
+    "history",
+    "requests",
+    "batch",
+    "cli",
+    "timings",
+)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, mongo_server):
     """Run `python -m demo` once with a small study, everything in a scratch directory."""
     workdir = tmp_path_factory.mktemp("demo")
-    env = {**os.environ,
-           "MONGODB_URI": mongo_server.uri,
-           "REGISTRY_DB": f"demo_{workdir.name[-12:]}".replace("-", "_"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
-           "VERTEBRAL_DATA": str(data_path()),
-           "API_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "MONGODB_URI": mongo_server.uri,
+        "REGISTRY_DB": f"demo_{workdir.name[-12:]}".replace("-", "_"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}",
+        "VERTEBRAL_DATA": str(data_path()),
+        "API_PORT": str(free_port()),
+    }
     env.pop("API_ADMIN_TOKEN", None)
-    result = subprocess.run([sys.executable, "-m", "demo", "--trials", "6"], cwd=workdir,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "demo", "--trials", "6"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return workdir, result
 
 
@@ -43,9 +67,16 @@ def test_demo_runs_the_whole_flow(demo_run):
     workdir, result = demo_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    for step in ("Registry database", "Train", "Publish the two best runs", "Start the API",
-                 "List models and predict", "Activate version", "Batch prediction",
-                 "Versions and activation history"):
+    for step in (
+        "Registry database",
+        "Train",
+        "Publish the two best runs",
+        "Start the API",
+        "List models and predict",
+        "Activate version",
+        "Batch prediction",
+        "Versions and activation history",
+    ):
         assert re.search(rf"== \d\. {re.escape(step)}", out), f"step missing: {step}"
     assert "after rollback /predict answers with version" in out
     with open(workdir / "outputs" / "predicciones.csv", newline="") as handle:
@@ -74,13 +105,18 @@ def test_report_renders_sections_and_images(demo_run, tmp_path):
     report = workdir / "reports" / "demo" / "index.html"
     # A copy with a probe that records, once loaded, how many images really decoded.
     probe = tmp_path / "probe.html"
-    probe.write_text(report.read_text().replace(
-        "</body>", "<script>window.addEventListener('load',()=>{document.body.dataset.decoded="
-                   "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;"
-                   "document.body.dataset.images=document.images.length;});</script></body>"))
+    probe.write_text(
+        report.read_text().replace(
+            "</body>",
+            "<script>window.addEventListener('load',()=>{document.body.dataset.decoded="
+            "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;"
+            "document.body.dataset.images=document.images.length;});</script></body>",
+        )
+    )
     chromium = [shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'u'}"]
-    dom = subprocess.run([*chromium, "--dump-dom", probe.as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [*chromium, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     for section in SECTION_IDS:
         assert f'<section id="{section}">' in dom, f"section {section} not rendered"
     images = int(re.search(r'data-images="(\d+)"', dom).group(1))
@@ -88,6 +124,9 @@ def test_report_renders_sections_and_images(demo_run, tmp_path):
     assert images >= 9 and decoded == images, f"{decoded} of {images} images decoded"
     assert "curl -s -X POST" in dom and "/predict" in dom
     shot = workdir / "reports" / "demo" / "screenshot.png"
-    subprocess.run([*chromium, "--window-size=1200,2400", f"--screenshot={shot}",
-                    report.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [*chromium, "--window-size=1200,2400", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.stat().st_size > 50_000

@@ -7,12 +7,12 @@ import json
 
 import pytest
 from mlflow.tracking import MlflowClient
+from registry_samples import file_ids
 
 from pipelines.candidate import MODEL_CARD, quick_candidate_run
 from registry_bridge import publish
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ModelStore
-from registry_samples import file_ids
 
 pytestmark = pytest.mark.slow  # each test fits and logs real candidate runs (about a second each)
 
@@ -38,24 +38,34 @@ def test_publish_records_the_run_and_tags_it(store, settings, mlflow_client, tmp
     assert version.source == run.data.tags["onnx_model_uri"]
     assert version.model_family == "logistic_regression" and version.created_by == "alice"
     assert version.metrics["test_f1_macro"] == pytest.approx(run.data.metrics["test_f1_macro"])
-    assert {k for k in version.metrics} == {k for k in run.data.metrics
-                                            if k.startswith(("cv_", "test_"))}
+    assert {k for k in version.metrics} == {
+        k for k in run.data.metrics if k.startswith(("cv_", "test_"))
+    }
     assert "onnx_parity_max_abs_diff" not in version.metrics
     assert version.params == run.data.params
     assert version.data_fingerprint == run.data.tags["data_fingerprint"]
-    card = json.loads(open(mlflow_client.download_artifacts(run_id, MODEL_CARD, str(tmp_path))).read())
+    card = json.loads(
+        open(mlflow_client.download_artifacts(run_id, MODEL_CARD, str(tmp_path))).read()
+    )
     assert version.classes == card["classes"] and version.input_schema == card["input_schema"]
     assert [c["name"] for c in version.input_schema] == card["features"]
     assert all(c["min"] < c["max"] for c in version.input_schema)
-    assert set(version.library_versions) >= {"onnxruntime", "onnx", "skl2onnx", "scikit-learn",
-                                              "mlflow"}
+    assert set(version.library_versions) >= {
+        "onnxruntime",
+        "onnx",
+        "skl2onnx",
+        "scikit-learn",
+        "mlflow",
+    }
     assert hashlib.sha256(store.read_artifact(version)).hexdigest() == version.sha256
     assert run.data.tags[publish.TAG_VERSION] == "1"
     assert run.data.tags[publish.TAG_FILE_ID] == version.artifact_file_id
     assert run.data.tags[publish.TAG_NAME] == version.name
 
 
-def test_second_run_is_v2_and_republish_returns_the_existing_version(store, settings, mlflow_client):
+def test_second_run_is_v2_and_republish_returns_the_existing_version(
+    store, settings, mlflow_client
+):
     """Check numbering across runs, idempotent re-publish, and --new-version."""
     first = quick_candidate_run(settings, family="logistic_regression")
     second = quick_candidate_run(settings, family="knn")
@@ -99,11 +109,17 @@ def test_unknown_and_non_candidate_runs_are_refused(store, settings, mlflow_clie
 def test_parity_mismatch_publishes_nothing(store, settings, mlflow_client, tmp_path):
     """Check that a model disagreeing with its recorded predictions is refused, leaving nothing."""
     run_id = quick_candidate_run(settings)
-    card = json.loads(open(mlflow_client.download_artifacts(run_id, MODEL_CARD, str(tmp_path))).read())
-    card["evaluation"]["probabilities"][3] = [round(p + 0.01, 6) if i == 0 else p
-                                              for i, p in enumerate(card["evaluation"]["probabilities"][3])]
+    card = json.loads(
+        open(mlflow_client.download_artifacts(run_id, MODEL_CARD, str(tmp_path))).read()
+    )
+    card["evaluation"]["probabilities"][3] = [
+        round(p + 0.01, 6) if i == 0 else p
+        for i, p in enumerate(card["evaluation"]["probabilities"][3])
+    ]
     mlflow_client.log_dict(run_id, card, MODEL_CARD)
-    with pytest.raises(RegistryError, match=f"refusing to publish MLflow run {run_id}: .*row 3") as err:
+    with pytest.raises(
+        RegistryError, match=f"refusing to publish MLflow run {run_id}: .*row 3"
+    ) as err:
         publish.publish_run(store, settings, run_id)
     assert err.value.code == "CONFLICT"
     assert store.search_model_versions(include_deleted=True) == []

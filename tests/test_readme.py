@@ -14,8 +14,12 @@ from registry_bridge.cli import main as bridge
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-SHELL_LINES = [line.strip() for block in re.findall(r"```bash\n(.*?)```", README, re.S)
-               for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+SHELL_LINES = [
+    line.strip()
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S)
+    for line in block.replace("\\\n", " ").splitlines()
+    if line.strip()
+]
 
 
 def commands(prefix: str) -> list[list[str]]:

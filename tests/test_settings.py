@@ -83,7 +83,10 @@ def test_config_file_overrides_defaults_and_cli_overrides_win(tmp_path):
         ({"API_PORT": "eighty"}, r"^API_PORT: expected a port number"),
         ({"API_PORT": "70000"}, r"^API_PORT: expected a port number"),
         ({"API_WORKERS": "0"}, r"^API_WORKERS: expected a number in 1\.\.64"),
-        ({"VERTEBRAL_DATA": "/no/such/file.csv"}, r"^VERTEBRAL_DATA: no such file: /no/such/file.csv"),
+        (
+            {"VERTEBRAL_DATA": "/no/such/file.csv"},
+            r"^VERTEBRAL_DATA: no such file: /no/such/file.csv",
+        ),
         ({"MODEL_NAME": " "}, r"^MODEL_NAME: expected a non-empty text"),
     ],
 )

@@ -12,17 +12,34 @@ import gridfs
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
+from registry_samples import draft, file_ids, tamper_first_chunk
+from registry_worker import publish_in_process
 
 from conf.settings import load_settings
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ModelStore
-from registry_samples import draft, file_ids, tamper_first_chunk
-from registry_worker import publish_in_process
 
-DESIGN_FIELDS = {"name", "version", "created_at", "created_by", "run_id", "experiment_id",
-                 "source", "model_family", "params", "metrics", "classes", "input_schema",
-                 "data_fingerprint", "format", "artifact_file_id", "sha256", "size_bytes",
-                 "library_versions", "status"}
+DESIGN_FIELDS = {
+    "name",
+    "version",
+    "created_at",
+    "created_by",
+    "run_id",
+    "experiment_id",
+    "source",
+    "model_family",
+    "params",
+    "metrics",
+    "classes",
+    "input_schema",
+    "data_fingerprint",
+    "format",
+    "artifact_file_id",
+    "sha256",
+    "size_bytes",
+    "library_versions",
+    "status",
+}
 
 
 @pytest.fixture
@@ -59,19 +76,32 @@ def test_version_document_and_gridfs_file_follow_the_design(store, registry_db):
     assert DESIGN_FIELDS <= set(doc)
     assert isinstance(doc["created_at"], datetime) and isinstance(doc["artifact_file_id"], ObjectId)
     assert doc["sha256"] == hashlib.sha256(artifact).hexdigest() == version.sha256
-    assert doc["size_bytes"] == len(artifact) and doc["format"] == "onnx" and doc["status"] == "ready"
+    assert (
+        doc["size_bytes"] == len(artifact) and doc["format"] == "onnx" and doc["status"] == "ready"
+    )
     assert doc["metrics"] == d.metrics and doc["params"] == d.params
-    assert doc["input_schema"][0] == {"name": "pelvic_incidence", "dtype": "float64",
-                                      "min": -3.0, "max": 3.0}
+    assert doc["input_schema"][0] == {
+        "name": "pelvic_incidence",
+        "dtype": "float64",
+        "min": -3.0,
+        "max": 3.0,
+    }
     assert doc["created_by"] == "tester" and doc["library_versions"] == d.library_versions
     grid_file = registry_db["models.files"].find_one({"_id": doc["artifact_file_id"]})
     assert grid_file["filename"] == "vertebral-column-v1.onnx"
-    assert grid_file["metadata"] == {"name": "vertebral-column", "version": 1, "run_id": "run-a",
-                                     "sha256": doc["sha256"], "format": "onnx",
-                                     "metrics": d.metrics}
+    assert grid_file["metadata"] == {
+        "name": "vertebral-column",
+        "version": 1,
+        "run_id": "run-a",
+        "sha256": doc["sha256"],
+        "format": "onnx",
+        "metrics": d.metrics,
+    }
     as_json = version.to_dict()
     assert DESIGN_FIELDS <= set(as_json)
-    assert as_json["created_at"].endswith("+00:00") and as_json["artifact_file_id"] == str(doc["artifact_file_id"])
+    assert as_json["created_at"].endswith("+00:00") and as_json["artifact_file_id"] == str(
+        doc["artifact_file_id"]
+    )
 
 
 def test_artifact_bytes_match_their_checksum(store, tmp_path):
@@ -86,7 +116,9 @@ def test_artifact_bytes_match_their_checksum(store, tmp_path):
 def test_unknown_version_is_named(store):
     """Check that a missing version raises NOT_FOUND naming the model and the version."""
     publish(store, "run-a")
-    with pytest.raises(RegistryError, match=r"name='vertebral-column' version=7 not found.*1") as err:
+    with pytest.raises(
+        RegistryError, match=r"name='vertebral-column' version=7 not found.*1"
+    ) as err:
         store.get_model_version("vertebral-column", 7)
     assert err.value.status == 404
     with pytest.raises(RegistryError, match="positive whole number") as err:
@@ -109,11 +141,15 @@ def test_activate_rollback_and_history(store):
     assert isinstance(back.activated_at, datetime) and back.activated_by == "carol"
     same = store.set_active_version("vertebral-column", 1, by="dave")
     assert same.activated_by == "carol"  # already active: nothing changed, nothing logged
-    history = [(e.action, e.from_version, e.to_version, e.by, e.reason)
-               for e in store.list_activation_log("vertebral-column")]
-    assert history == [("activate", None, 1, "alice", "first"),
-                       ("activate", 1, 2, "bob", "better"),
-                       ("rollback", 2, 1, "carol", "regression")]
+    history = [
+        (e.action, e.from_version, e.to_version, e.by, e.reason)
+        for e in store.list_activation_log("vertebral-column")
+    ]
+    assert history == [
+        ("activate", None, 1, "alice", "first"),
+        ("activate", 1, 2, "bob", "better"),
+        ("rollback", 2, 1, "carol", "regression"),
+    ]
     assert all(isinstance(e.at, datetime) for e in store.list_activation_log("vertebral-column"))
 
 
@@ -138,16 +174,22 @@ def test_activation_refuses_unknown_and_broken_versions(store):
     with pytest.raises(RegistryError, match="cannot activate vertebral-column v1: .*does not load"):
         store.set_active_version("vertebral-column", 1)
     d, artifact = draft(run_id="liar")
-    wrong = dict(d.input_example, labels=["Normal" if x != "Normal" else "Hernia"
-                                          for x in d.input_example["labels"]])
+    wrong = dict(
+        d.input_example,
+        labels=["Normal" if x != "Normal" else "Hernia" for x in d.input_example["labels"]],
+    )
     store.publish_model_version(draft(run_id="liar", input_example=wrong)[0], artifact)
-    with pytest.raises(RegistryError, match=r"cannot activate vertebral-column v2: row 0 .*labelled"):
+    with pytest.raises(
+        RegistryError, match=r"cannot activate vertebral-column v2: row 0 .*labelled"
+    ):
         store.set_active_version("vertebral-column", 2)
     assert store.get_active_version("vertebral-column") is None
     assert store.list_activation_log("vertebral-column") == []
 
 
-def test_tampered_chunk_fails_verify_download_and_activation(store, registry_db, mongo_server, tmp_path):
+def test_tampered_chunk_fails_verify_download_and_activation(
+    store, registry_db, mongo_server, tmp_path
+):
     """Check that changed bytes in GridFS make verify fail and activate refuse."""
     good = publish(store, "run-a").version
     assert store.verify_model_version("vertebral-column", 1).rows_scored == 5
@@ -155,7 +197,9 @@ def test_tampered_chunk_fails_verify_download_and_activation(store, registry_db,
     with pytest.raises(RegistryError, match="checksum mismatch") as err:
         store.verify_model_version("vertebral-column", 1)
     assert err.value.code == "CONFLICT" and good.sha256 in err.value.message
-    with pytest.raises(RegistryError, match="cannot activate vertebral-column v1: .*checksum mismatch"):
+    with pytest.raises(
+        RegistryError, match="cannot activate vertebral-column v1: .*checksum mismatch"
+    ):
         store.set_active_version("vertebral-column", 1)
     out_dir = tmp_path / "downloads"
     out_dir.mkdir()
@@ -180,12 +224,15 @@ def test_delete_refuses_the_active_version_and_removes_the_file(store, registry_
     with pytest.raises(RegistryError, match="version=2 was deleted"):
         store.get_model_version("vertebral-column", 2)
     with pytest.raises(gridfs.errors.NoFile):
-        gridfs.GridFSBucket(registry_db, "models").open_download_stream(ObjectId(two.artifact_file_id))
+        gridfs.GridFSBucket(registry_db, "models").open_download_stream(
+            ObjectId(two.artifact_file_id)
+        )
     assert publish(store, "run-c", seed=2).version.version == 3
 
 
 def test_failed_publish_leaves_no_version_and_no_file(store, registry_db, monkeypatch):
     """Check that a failure after the upload removes the file and shows no version."""
+
     def insert_fails(doc):
         raise RegistryError("REGISTRY_UNAVAILABLE", "database went away while inserting")
 
@@ -243,17 +290,24 @@ def test_ten_concurrent_publishes_get_ten_distinct_versions(registry_db, setting
 
 
 @pytest.mark.slow
-def test_concurrent_publishes_from_processes_get_distinct_versions(mongo_server, registry_db_name,
-                                                                   registry_db):
+def test_concurrent_publishes_from_processes_get_distinct_versions(
+    mongo_server, registry_db_name, registry_db
+):
     """Check that ten publishes from five processes at once get ten distinct numbers."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     drafts = [draft(run_id=f"proc-{i}", seed=i % 3) for i in range(10)]
     with ProcessPoolExecutor(5, mp_context=multiprocessing.get_context("spawn")) as pool:
-        versions = list(pool.map(publish_in_process, [mongo_server.uri] * 10,
-                                 [registry_db_name] * 10, [asdict(d) for d, _ in drafts],
-                                 [artifact for _, artifact in drafts]))
+        versions = list(
+            pool.map(
+                publish_in_process,
+                [mongo_server.uri] * 10,
+                [registry_db_name] * 10,
+                [asdict(d) for d, _ in drafts],
+                [artifact for _, artifact in drafts],
+            )
+        )
     assert sorted(versions) == list(range(1, 11))
     assert len(file_ids(registry_db)) == 10
 
@@ -290,8 +344,9 @@ def test_concurrent_activations_keep_the_log_a_chain(store, registry_db, setting
 def test_gc_removes_only_unreferenced_files(store, registry_db):
     """Check that gc deletes a file no version points to and keeps published ones."""
     kept = publish(store, "run-a").version
-    orphan = store.bucket.upload_from_stream("crashed-v9.onnx", b"half a publish",
-                                             metadata={"name": "crashed", "version": 9})
+    orphan = store.bucket.upload_from_stream(
+        "crashed-v9.onnx", b"half a publish", metadata={"name": "crashed", "version": 9}
+    )
     assert store.collect_orphan_files() == []  # too young: a publish may still be running
     found = store.collect_orphan_files(dry_run=True, min_age_s=0)
     assert [o["file_id"] for o in found] == [str(orphan)]
@@ -316,14 +371,18 @@ def test_unreachable_database_names_the_masked_uri():
     assert "s3cret" not in err.value.message
 
 
-@pytest.mark.needs_real_mongodb(reason="nx-27017 ignores writes to <bucket>.chunks (docs/embedded-mongo.md)")
+@pytest.mark.needs_real_mongodb(
+    reason="nx-27017 ignores writes to <bucket>.chunks (docs/embedded-mongo.md)"
+)
 def test_chunk_written_through_pymongo_changes_what_gridfs_returns(store, registry_db):
     """Check that on MongoDB a chunk edited as a plain document corrupts the artifact for verify."""
     version = publish(store, "run-a").version
     oid = ObjectId(version.artifact_file_id)
     chunk = registry_db["models.chunks"].find_one({"files_id": oid, "n": 0})
     changed = registry_db["models.chunks"].update_one(
-        {"_id": chunk["_id"]}, {"$set": {"data": bytes([chunk["data"][0] ^ 0xFF]) + chunk["data"][1:]}})
+        {"_id": chunk["_id"]},
+        {"$set": {"data": bytes([chunk["data"][0] ^ 0xFF]) + chunk["data"][1:]}},
+    )
     assert changed.modified_count == 1
     _, original = draft(run_id="run-a")
     assert gridfs.GridFSBucket(registry_db, "models").open_download_stream(oid).read() != original

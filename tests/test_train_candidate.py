@@ -11,8 +11,13 @@ import onnx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.candidate import (CandidateError, convert_to_onnx, onnx_predict,
-                                 quick_candidate_run, split_dataset)
+from pipelines.candidate import (
+    CandidateError,
+    convert_to_onnx,
+    onnx_predict,
+    quick_candidate_run,
+    split_dataset,
+)
 from pipelines.data import FEATURES, load_dataset
 from pipelines.families import build_pipeline, get_family
 
@@ -35,7 +40,9 @@ def test_quick_candidate_run_follows_the_run_contract(settings):
     assert tags["onnx_model_uri"].startswith("models:/m-")
     assert tags["sklearn_model_uri"].startswith("models:/m-")
     assert run.data.params["model_family"] == "knn"
-    assert run.data.params["knn_n_neighbors"] == str(get_family("knn").defaults()["knn_n_neighbors"])
+    assert run.data.params["knn_n_neighbors"] == str(
+        get_family("knn").defaults()["knn_n_neighbors"]
+    )
     for name in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_ovr", "log_loss"):
         assert f"cv_{name}_mean" in run.data.metrics and f"cv_{name}_std" in run.data.metrics
         assert f"test_{name}" in run.data.metrics
@@ -47,9 +54,15 @@ def test_quick_candidate_run_follows_the_run_contract(settings):
     root = settings.mlflow.artifact_root.resolve()
     assert run.info.artifact_uri.startswith(root.as_uri())
 
-    card = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="registry/model_card.json",
-        tracking_uri=settings.mlflow.tracking_uri)).read_text())
+    card = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path="registry/model_card.json",
+                tracking_uri=settings.mlflow.tracking_uri,
+            )
+        ).read_text()
+    )
     split = split_dataset(dataset, settings.training.test_size, settings.training.seed)
     assert card["classes"] == sorted(dataset.classes)
     assert card["features"] == list(FEATURES)
@@ -115,17 +128,32 @@ def test_family_falls_back_to_its_next_trial_when_onnx_parity_fails(settings):
     client = MlflowClient(settings.mlflow.tracking_uri)
     # Small gamma + large C (outside the searched space): onnxruntime's float32 SVM
     # drifts by ~3e-5 from scikit-learn on this split, past the 1e-5 bound.
-    drifting = {"svc_C": 24.84681858535477, "svc_gamma": 0.003441024578965233,
-                "svc_class_weight": "balanced"}
+    drifting = {
+        "svc_C": 24.84681858535477,
+        "svc_gamma": 0.003441024578965233,
+        "svc_class_weight": "balanced",
+    }
     trials = []
-    for number, (score, params) in enumerate([(0.9, drifting),
-                                              (0.8, get_family("svc").defaults())]):
+    for number, (score, params) in enumerate(
+        [(0.9, drifting), (0.8, get_family("svc").defaults())]
+    ):
         run = client.create_run(experiment_id)
         client.set_terminated(run.info.run_id)
-        trials.append(TrialOutcome(number, "svc", "complete", score, 0.1, run.info.run_id,
-                                   {"model_family": "svc", **params}, {}))
-    result = StudyResult("parent", experiment_id, "f1_macro", dataset, split,
-                         optuna.create_study(), trials)
+        trials.append(
+            TrialOutcome(
+                number,
+                "svc",
+                "complete",
+                score,
+                0.1,
+                run.info.run_id,
+                {"model_family": "svc", **params},
+                {},
+            )
+        )
+    result = StudyResult(
+        "parent", experiment_id, "f1_macro", dataset, split, optuna.create_study(), trials
+    )
     rejected = []
     _make_candidates(result, None, lambda trial, error: rejected.append((trial.number, error)))
 

@@ -27,7 +27,8 @@ def _sampled_params(family: str, seed: int) -> dict:
 
 
 CASES = [(name, "defaults", None) for name in FAMILIES] + [
-    (name, f"sampled-{seed}", seed) for name in FAMILIES for seed in (1, 2)]
+    (name, f"sampled-{seed}", seed) for name in FAMILIES for seed in (1, 2)
+]
 
 
 @pytest.mark.parametrize(("family", "label", "seed"), CASES, ids=[f"{f}-{l}" for f, l, _ in CASES])
@@ -55,8 +56,13 @@ def test_knn_manhattan_types_are_trusted(split):
 def test_scaling_only_where_the_family_needs_it():
     """Check that distance and margin models scale their inputs and trees do not."""
     scaled = {name: build_pipeline(name, {}, 0).steps[0][0] == "scale" for name in FAMILIES}
-    assert scaled == {"logistic_regression": True, "svc": True, "knn": True,
-                      "random_forest": False, "gradient_boosting": False}
+    assert scaled == {
+        "logistic_regression": True,
+        "svc": True,
+        "knn": True,
+        "random_forest": False,
+        "gradient_boosting": False,
+    }
 
 
 def test_unknown_family_is_named():

@@ -50,20 +50,31 @@ class StudyRun:
 
 def _run_cli(tmp: Path, *extra: str) -> StudyRun:
     config = tmp / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
-                   "artifact_root": str(tmp / "mlruns" / "artifacts")},
-        "training": {"reports_dir": str(tmp / "reports")},
-    }))
-    env = {"VERTEBRAL_CONFIG": str(config), "VERTEBRAL_DATA": str(data_path()),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "mlflow": {
+                    "tracking_uri": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+                    "artifact_root": str(tmp / "mlruns" / "artifacts"),
+                },
+                "training": {"reports_dir": str(tmp / "reports")},
+            }
+        )
+    )
+    env = {
+        "VERTEBRAL_CONFIG": str(config),
+        "VERTEBRAL_DATA": str(data_path()),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+    }
     result = CliRunner().invoke(main, ["--trials", str(TRIALS), "--seed", "7", *extra], env=env)
     assert result.exit_code == 0, result.output + str(result.exception)
     settings = load_settings(config, env=env, overrides={"training.seed": 7})
-    parent = next(line.split()[2] for line in result.output.splitlines()
-                  if line.startswith("Parent run:"))
-    return StudyRun(settings, env, result.output, parent,
-                    MlflowClient(settings.mlflow.tracking_uri))
+    parent = next(
+        line.split()[2] for line in result.output.splitlines() if line.startswith("Parent run:")
+    )
+    return StudyRun(
+        settings, env, result.output, parent, MlflowClient(settings.mlflow.tracking_uri)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +86,9 @@ def _children(study: StudyRun) -> list:
     parent = study.client.get_run(study.parent_run_id)
     return study.client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{study.parent_run_id}'", max_results=1000)
+        filter_string=f"tags.mlflow.parentRunId = '{study.parent_run_id}'",
+        max_results=1000,
+    )
 
 
 def test_parent_run_holds_the_study_setup(study: StudyRun) -> None:
@@ -88,9 +101,15 @@ def test_parent_run_holds_the_study_setup(study: StudyRun) -> None:
     assert run.data.params["data_fingerprint"] == dataset.fingerprint
     [data_input] = run.inputs.dataset_inputs
     assert data_input.dataset.name == "vertebral-column-3C"
-    space = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=study.parent_run_id, artifact_path="search_space.json",
-        tracking_uri=study.settings.mlflow.tracking_uri)).read_text())
+    space = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=study.parent_run_id,
+                artifact_path="search_space.json",
+                tracking_uri=study.settings.mlflow.tracking_uri,
+            )
+        ).read_text()
+    )
     assert space["model_family"] == list(FAMILIES)
     assert "svc_gamma" in space["svc"]
 
@@ -126,18 +145,24 @@ def test_best_trial_of_each_family_is_a_candidate(study: StudyRun) -> None:
     assert {r.data.tags["model_family"] for r in candidates} == set(FAMILIES)
     for run in candidates:
         family = run.data.tags["model_family"]
-        same_family = [r for r in children if r.data.params["model_family"] == family
-                       and r.data.tags["state"] == "complete"]
+        same_family = [
+            r
+            for r in children
+            if r.data.params["model_family"] == family and r.data.tags["state"] == "complete"
+        ]
         assert run.data.metrics["cv_f1_macro_mean"] == max(
-            r.data.metrics["cv_f1_macro_mean"] for r in same_family)
+            r.data.metrics["cv_f1_macro_mean"] for r in same_family
+        )
         assert run.data.tags["onnx_model_uri"].startswith("models:/m-")
         assert run.data.tags["sklearn_model_uri"].startswith("models:/m-")
         assert "test_roc_auc_ovr" in run.data.metrics
         assert "test_recall_Hernia" in run.data.metrics
     winner = study.client.get_run(
-        study.client.get_run(study.parent_run_id).data.tags["best_run_id"])
+        study.client.get_run(study.parent_run_id).data.tags["best_run_id"]
+    )
     assert winner.data.metrics["cv_f1_macro_mean"] == max(
-        r.data.metrics["cv_f1_macro_mean"] for r in candidates)
+        r.data.metrics["cv_f1_macro_mean"] for r in candidates
+    )
 
 
 def test_plots_are_logged_and_written(study: StudyRun) -> None:
@@ -153,7 +178,8 @@ def test_plots_are_logged_and_written(study: StudyRun) -> None:
 def test_winner_in_both_flavours_with_onnx_parity(study: StudyRun) -> None:
     """Check that the winner's sklearn and ONNX models load and agree on the test split."""
     winner = study.client.get_run(
-        study.client.get_run(study.parent_run_id).data.tags["best_run_id"])
+        study.client.get_run(study.parent_run_id).data.tags["best_run_id"]
+    )
     mlflow.set_tracking_uri(study.settings.mlflow.tracking_uri)
     dataset = load_dataset(study.settings.data)
     split = split_dataset(dataset, study.settings.training.test_size, 7)
@@ -168,32 +194,42 @@ def test_winner_in_both_flavours_with_onnx_parity(study: StudyRun) -> None:
         assert info.saved_input_example_info is not None
     # Artifacts live under the configured root, not in the working directory.
     assert winner.info.artifact_uri.startswith(
-        Path(study.settings.mlflow.artifact_root).resolve().as_uri())
+        Path(study.settings.mlflow.artifact_root).resolve().as_uri()
+    )
 
 
 def test_output_has_a_line_per_trial_and_the_summary(study: StudyRun) -> None:
     """Check that the CLI prints a progress line per trial, the table and the next step."""
     trial_lines = [line for line in study.output.splitlines() if line.startswith("trial ")]
     assert len(trial_lines) == TRIALS
-    assert all(any(f in line for f in FAMILIES) and ("complete" in line or "pruned" in line)
-               and line.rstrip().endswith("s") for line in trial_lines)
+    assert all(
+        any(f in line for f in FAMILIES)
+        and ("complete" in line or "pruned" in line)
+        and line.rstrip().endswith("s")
+        for line in trial_lines
+    )
     assert "Best trial per model family" in study.output
-    table = [line.split() for line in study.output.splitlines()
-             if line.split()[:1] and line.split()[0].isdigit()]
+    table = [
+        line.split()
+        for line in study.output.splitlines()
+        if line.split()[:1] and line.split()[0].isdigit()
+    ]
     assert [row[1] for row in table] and sorted(row[1] for row in table) == sorted(FAMILIES)
     assert f"Parent run: {study.parent_run_id}" in study.output
     assert "make mlflow-ui" in study.output
 
 
-def test_same_seed_and_data_give_the_same_result(study: StudyRun,
-                                                 tmp_path: Path) -> None:
+def test_same_seed_and_data_give_the_same_result(study: StudyRun, tmp_path: Path) -> None:
     """Check that a second study with the same seed picks the same params and test scores."""
     again = _run_cli(tmp_path)
     first = study.client.get_run(study.parent_run_id).data
     second = again.client.get_run(again.parent_run_id).data
     assert first.tags["best_model_family"] == second.tags["best_model_family"]
-    family_params = {k: v for k, v in first.params.items() if "_" in k and k.split("_")[0]
-                     in ("lr", "svc", "knn", "rf", "gb")}
+    family_params = {
+        k: v
+        for k, v in first.params.items()
+        if "_" in k and k.split("_")[0] in ("lr", "svc", "knn", "rf", "gb")
+    }
     assert family_params
     assert family_params == {k: second.params[k] for k in family_params}
     tests = {k: v for k, v in first.metrics.items() if k.startswith("test_")}
@@ -206,11 +242,15 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     missing = runner.invoke(main, ["--data", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 1
     assert missing.stderr.strip().splitlines() == [
-        f"error: data.path: no such file: {tmp_path / 'nope.csv'}"]
+        f"error: data.path: no such file: {tmp_path / 'nope.csv'}"
+    ]
     bad = tmp_path / "bad.csv"
     bad.write_text("pelvic_incidence,class\n1,Hernia\n")
-    invalid = runner.invoke(main, ["--data", str(bad), "--trials", "1"],
-                            env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    invalid = runner.invoke(
+        main,
+        ["--data", str(bad), "--trials", "1"],
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"},
+    )
     assert invalid.exit_code == 1
     assert len(invalid.stderr.strip().splitlines()) == 1
     assert "Traceback" not in invalid.output
@@ -224,15 +264,22 @@ def test_mlflow_ui_lists_the_experiment_and_runs(study: StudyRun) -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.mlflow_ui", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, **study.env}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=ROOT,
+        env={**os.environ, **study.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                answer = requests.get(f"{base}/experiments/get-by-name",
-                                      params={"experiment_name": "vertebral-column"}, timeout=5)
+                answer = requests.get(
+                    f"{base}/experiments/get-by-name",
+                    params={"experiment_name": "vertebral-column"},
+                    timeout=5,
+                )
                 if answer.status_code == 200:
                     break
             except requests.ConnectionError:
@@ -241,9 +288,11 @@ def test_mlflow_ui_lists_the_experiment_and_runs(study: StudyRun) -> None:
             assert time.monotonic() < deadline, "MLflow UI did not answer within 90 s"
             time.sleep(0.5)
         experiment = answer.json()["experiment"]
-        runs = requests.post(f"{base}/runs/search", json={
-            "experiment_ids": [experiment["experiment_id"]], "max_results": 100},
-            timeout=10).json()["runs"]
+        runs = requests.post(
+            f"{base}/runs/search",
+            json={"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
+            timeout=10,
+        ).json()["runs"]
         run_ids = {r["info"]["run_id"] for r in runs}
         assert study.parent_run_id in run_ids
         assert len(run_ids) == TRIALS + 1
@@ -259,16 +308,20 @@ def test_mlflow_ui_lists_the_experiment_and_runs(study: StudyRun) -> None:
             process.wait()
 
 
-def test_mlflow_ui_command_uses_an_absolute_store_on_loopback(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_ui_command_uses_an_absolute_store_on_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Check that the UI serves the configured store, made absolute, on 127.0.0.1:5000."""
     from conf.settings import MlflowSettings
     from pipelines.mlflow_ui import server_command
 
     monkeypatch.chdir(tmp_path)
-    command = server_command(MlflowSettings(tracking_uri="sqlite:///mlruns/mlflow.db",
-                                            artifact_root=Path("mlruns/artifacts")))
-    option = dict(zip(command[4::2], command[5::2]))
+    command = server_command(
+        MlflowSettings(
+            tracking_uri="sqlite:///mlruns/mlflow.db", artifact_root=Path("mlruns/artifacts")
+        )
+    )
+    option = dict(zip(command[4::2], command[5::2], strict=False))
     assert option["--backend-store-uri"] == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     assert option["--default-artifact-root"] == (tmp_path / "mlruns" / "artifacts").as_uri()
     assert (option["--host"], option["--port"]) == ("127.0.0.1", "5000")

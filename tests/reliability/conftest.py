@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import ROOT
 
 SUMMARY = ROOT / "reports" / "reliability" / "summary.json"
@@ -46,8 +45,9 @@ def _format(value: Any) -> str:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """The summary as Markdown table lines (what the terminal and docs/reliability.md show)."""
     lines = ["| area | figure | value | bound |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['area']} | {r['figure']} | {_format(r['value'])} | {r['bound']} |"
-              for r in rows]
+    lines += [
+        f"| {r['area']} | {r['figure']} | {_format(r['value'])} | {r['bound']} |" for r in rows
+    ]
     return lines
 
 
@@ -61,10 +61,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _FIGURES:
         return
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-    SUMMARY.write_text(json.dumps({"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                time.gmtime()),
-                                   "exit_status": int(exitstatus), "figures": ordered(_FIGURES)},
-                                  indent=2, default=str) + "\n")
+    SUMMARY.write_text(
+        json.dumps(
+            {
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "exit_status": int(exitstatus),
+                "figures": ordered(_FIGURES),
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import requests
-
 from api_fixtures import FAMILIES, MODEL, Published, record
 
 ROWS_PER_REQUEST = (1, 4)
@@ -56,8 +56,9 @@ def expected_probabilities(published: Published) -> dict[int, np.ndarray]:
     for family in FAMILIES:
         candidate = published.candidates[family]
         session = ort.InferenceSession(candidate.artifact, providers=["CPUExecutionProvider"])
-        _, probabilities = session.run(["label", "probabilities"],
-                                       {"input": published.inputs.astype(np.float32)})
+        _, probabilities = session.run(
+            ["label", "probabilities"], {"input": published.inputs.astype(np.float32)}
+        )
         expected[published.versions[family]] = np.asarray(probabilities, dtype=np.float64)
     return expected
 
@@ -71,8 +72,9 @@ def distinguishing_rows(expected: dict[int, np.ndarray], margin: float = 1e-3) -
 class Load:
     """``clients`` threads posting /predict to ``base`` until ``stop()``."""
 
-    def __init__(self, base: str, published: Published, rows: list[int], clients: int = 8,
-                 seed: int = 0):
+    def __init__(
+        self, base: str, published: Published, rows: list[int], clients: int = 8, seed: int = 0
+    ):
         self.base = base
         self.inputs = published.inputs
         self.rows = rows
@@ -96,20 +98,28 @@ class Load:
             headers = {"Connection": "close"} if sent % RECONNECT_EVERY == 0 else {}
             started = time.monotonic()
             try:
-                response = session.post(f"{self.base}/predict", json=body, timeout=15,
-                                        headers=headers)
+                response = session.post(
+                    f"{self.base}/predict", json=body, timeout=15, headers=headers
+                )
             except requests.RequestException as exc:
                 found.append(Answer(started, time.monotonic(), 0, rows, error=repr(exc)))
                 session = requests.Session()
                 continue
-            answer = Answer(started, time.monotonic(), response.status_code, rows,
-                            stale=response.headers.get("X-Model-Stale") == "true",
-                            worker=response.headers.get("X-Worker-Pid"))
+            answer = Answer(
+                started,
+                time.monotonic(),
+                response.status_code,
+                rows,
+                stale=response.headers.get("X-Model-Stale") == "true",
+                worker=response.headers.get("X-Worker-Pid"),
+            )
             if response.status_code == 200:
                 payload = response.json()
                 answer.version = payload["model"]["version"]
-                answer.probabilities = [[p["probabilities"][c] for c in p["probabilities"]]
-                                        for p in payload["predictions"]]
+                answer.probabilities = [
+                    [p["probabilities"][c] for c in p["probabilities"]]
+                    for p in payload["predictions"]
+                ]
                 if response.headers.get("X-Model-Version") != str(answer.version):
                     answer.error = "X-Model-Version header differs from the body"
             else:
@@ -118,9 +128,11 @@ class Load:
         with self._lock:
             self.answers.extend(found)
 
-    def start(self) -> "Load":
-        self._threads = [threading.Thread(target=self._client, args=(n,), daemon=True)
-                         for n in range(self.clients)]
+    def start(self) -> Load:
+        self._threads = [
+            threading.Thread(target=self._client, args=(n,), daemon=True)
+            for n in range(self.clients)
+        ]
         for thread in self._threads:
             thread.start()
         return self
@@ -133,22 +145,28 @@ class Load:
         return self.answers
 
 
-def activate(base: str, version: int, token: str | None = None,
-             reason: str = "reliability flip") -> Activation:
+def activate(
+    base: str, version: int, token: str | None = None, reason: str = "reliability flip"
+) -> Activation:
     """POST /models/activate, timed."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     started = time.monotonic()
     try:
-        response = requests.post(f"{base}/models/activate", timeout=30, headers=headers,
-                                 json={"name": MODEL, "version": version, "reason": reason})
+        response = requests.post(
+            f"{base}/models/activate",
+            timeout=30,
+            headers=headers,
+            json={"name": MODEL, "version": version, "reason": reason},
+        )
         status, body = response.status_code, response.json()
     except (requests.RequestException, ValueError) as exc:
         status, body = 0, {"error": repr(exc)}
     return Activation(started, time.monotonic(), version, status, body)
 
 
-def mismatches(answers: list[Answer], expected: dict[int, np.ndarray],
-               tolerance: float = 1e-6) -> list[str]:
+def mismatches(
+    answers: list[Answer], expected: dict[int, np.ndarray], tolerance: float = 1e-6
+) -> list[str]:
     """Answers whose probabilities are not those of the version they name, row by row."""
     found = []
     for answer in answers:
@@ -160,8 +178,10 @@ def mismatches(answers: list[Answer], expected: dict[int, np.ndarray],
         got = np.asarray(answer.probabilities, dtype=np.float64)
         want = expected[answer.version][answer.rows]
         if got.shape != want.shape or np.abs(got - want).max() > tolerance:
-            found.append(f"rows {answer.rows} named v{answer.version} but differ by "
-                         f"{np.abs(got - want).max() if got.shape == want.shape else got.shape}")
+            found.append(
+                f"rows {answer.rows} named v{answer.version} but differ by "
+                f"{np.abs(got - want).max() if got.shape == want.shape else got.shape}"
+            )
     return found
 
 
@@ -173,13 +193,20 @@ def stale_after_activation(answers: list[Answer], activations: list[Activation])
     it has, marked ``X-Model-Stale``, for a back-off second: the client is told.)"""
     done = sorted((a for a in activations if a.status == 200), key=lambda a: a.started)
     found = []
-    for current, following in zip(done, done[1:] + [None]):
+    for current, following in zip(done, done[1:] + [None], strict=False):
         until = following.started if following else float("inf")
         for answer in answers:
-            if (answer.status == 200 and not answer.stale and current.ended < answer.started
-                    and answer.ended < until and answer.version != current.target):
-                found.append(f"request at {answer.started:.3f} served v{answer.version} after "
-                             f"v{current.target} was activated at {current.ended:.3f}")
+            if (
+                answer.status == 200
+                and not answer.stale
+                and current.ended < answer.started
+                and answer.ended < until
+                and answer.version != current.target
+            ):
+                found.append(
+                    f"request at {answer.started:.3f} served v{answer.version} after "
+                    f"v{current.target} was activated at {current.ended:.3f}"
+                )
     return found
 
 

@@ -12,11 +12,11 @@ import time
 
 import pytest
 import requests
-
-from api_fixtures import FAMILIES, MODEL, published, record  # noqa: F401
-from conf.settings import load_settings
+from api_fixtures import FAMILIES, MODEL, record
 from conftest import ROOT, data_path, free_port
 from servers import ApiServer
+
+from conf.settings import load_settings
 
 AREA = "6 access"
 
@@ -33,15 +33,20 @@ def test_admin_calls_need_the_token_which_never_leaks(published, tmp_path, figur
     token = secrets.token_urlsafe(24)
     wrong = secrets.token_urlsafe(24)
     v2 = published.versions[FAMILIES[1]]
-    calls = {"/models/activate": {"name": MODEL, "version": v2, "reason": "access test"},
-             "/models/rollback": {"name": MODEL, "reason": "access test"}}
+    calls = {
+        "/models/activate": {"name": MODEL, "version": v2, "reason": "access test"},
+        "/models/rollback": {"name": MODEL, "reason": "access test"},
+    }
     seen: dict[str, list[int]] = {}
     bodies = []
     with ApiServer(published.settings, tmp_path, env={"API_ADMIN_TOKEN": token}) as server:
         for path, body in calls.items():
-            for label, headers in (("none", {}), ("wrong", _bearer(wrong)),
-                                   ("basic", {"Authorization": f"Basic {token}"}),
-                                   ("right", _bearer(token))):
+            for label, headers in (
+                ("none", {}),
+                ("wrong", _bearer(wrong)),
+                ("basic", {"Authorization": f"Basic {token}"}),
+                ("right", _bearer(token)),
+            ):
                 answer = requests.post(server.url(path), json=body, headers=headers, timeout=30)
                 seen.setdefault(path, []).append(answer.status_code)
                 bodies.append(answer.text)
@@ -56,16 +61,25 @@ def test_admin_calls_need_the_token_which_never_leaks(published, tmp_path, figur
                     assert answer.status_code == 200, (path, answer.text)
         # Reads stay open; only changing what is served needs the token.
         assert requests.get(server.url("/models"), timeout=30).status_code == 200
-        predicted = requests.post(server.url("/predict"), json=record(published.inputs[0]),
-                                  headers=_bearer(wrong), timeout=30)
+        predicted = requests.post(
+            server.url("/predict"),
+            json=record(published.inputs[0]),
+            headers=_bearer(wrong),
+            timeout=30,
+        )
         assert predicted.status_code == 200
         time.sleep(0.5)  # let the workers flush their last log lines
         log = server.log()
-    figure("admin calls: no / wrong / Basic / right token",
-           "; ".join(f"{p} {'/'.join(map(str, s))}" for p, s in seen.items()),
-           "401/403/401/200")
-    leaks = [where for where, text in (("log", log), *(("answer", b) for b in bodies))
-             if token in text or wrong in text]
+    figure(
+        "admin calls: no / wrong / Basic / right token",
+        "; ".join(f"{p} {'/'.join(map(str, s))}" for p, s in seen.items()),
+        "401/403/401/200",
+    )
+    leaks = [
+        where
+        for where, text in (("log", log), *(("answer", b) for b in bodies))
+        if token in text or wrong in text
+    ]
     figure("answers and log lines containing a token", len(leaks), "= 0")
     assert '"path": "/models/activate"' in log, "the log holds the admin calls"
     assert not leaks
@@ -78,22 +92,31 @@ def test_database_password_never_appears_in_logs_or_answers(tmp_path, figure):
     dead_port = free_port()  # nothing listens there
     uri = f"mongodb://registry:{password}@127.0.0.1:{dead_port}/?authSource=admin"
     token = secrets.token_urlsafe(24)
-    settings = load_settings(env={"MONGODB_URI": uri, "REGISTRY_DB": "secrets",
-                                  "VERTEBRAL_DATA": str(data_path()),
-                                  "OUTPUT_DIR": str(tmp_path / "out")})
+    settings = load_settings(
+        env={
+            "MONGODB_URI": uri,
+            "REGISTRY_DB": "secrets",
+            "VERTEBRAL_DATA": str(data_path()),
+            "OUTPUT_DIR": str(tmp_path / "out"),
+        }
+    )
     answers = []
     with ApiServer(settings, tmp_path, env={"API_ADMIN_TOKEN": token}).start(
-            wait_for="/health") as server:
-        for method, path, body in (("GET", "/ready", None), ("POST", "/predict", {"a": 1}),
-                                   ("GET", "/models", None),
-                                   ("POST", "/models/activate", {"name": MODEL, "version": 1})):
-            answer = requests.request(method, server.url(path), json=body, timeout=30,
-                                      headers=_bearer(token))
+        wait_for="/health"
+    ) as server:
+        for method, path, body in (
+            ("GET", "/ready", None),
+            ("POST", "/predict", {"a": 1}),
+            ("GET", "/models", None),
+            ("POST", "/models/activate", {"name": MODEL, "version": 1}),
+        ):
+            answer = requests.request(
+                method, server.url(path), json=body, timeout=30, headers=_bearer(token)
+            )
             answers.append(answer)
         log = server.log()
     statuses = [a.status_code for a in answers]
-    figure("registry unreachable: /ready, /predict, /models, activate", statuses,
-           "503 each")
+    figure("registry unreachable: /ready, /predict, /models, activate", statuses, "503 each")
     leaked = [a.url for a in answers if password in a.text] + (["log"] if password in log else [])
     figure("answers and log lines containing the DB password", len(leaked), "= 0")
     assert statuses == [503, 503, 503, 503], [a.text for a in answers]
@@ -107,11 +130,16 @@ def test_exposed_bind_without_a_token_refuses_to_start(host, figure):
     """Check that binding a non-loopback address without API_ADMIN_TOKEN exits 2, says why,
     and never opens the port."""
     port = free_port()
-    env = {**os.environ, "API_HOST": host, "API_PORT": str(port),
-           "VERTEBRAL_DATA": str(data_path())}
+    env = {
+        **os.environ,
+        "API_HOST": host,
+        "API_PORT": str(port),
+        "VERTEBRAL_DATA": str(data_path()),
+    }
     env.pop("API_ADMIN_TOKEN", None)
-    result = subprocess.run([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "api"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     figure(f"bind {host} without a token: exit code", result.returncode, "2, port never opened")
     assert result.returncode == 2, result.stderr
     assert "API_ADMIN_TOKEN" in result.stderr and len(result.stderr.strip().splitlines()) == 1

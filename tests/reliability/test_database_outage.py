@@ -7,15 +7,22 @@ import time
 
 import pytest
 import requests
-
 from api_fixtures import FAMILIES, MODEL, publish_candidates
-from conf.settings import load_settings
 from conftest import throwaway_settings
+from servers import ApiServer, PrivateDatabase
+
+from conf.settings import load_settings
 from registry_bridge import database
 from registry_bridge.store import ModelStore
-from reliability.load import (Load, activate, distinguishing_rows, expected_probabilities,
-                              mismatches, percentiles, run_for)
-from servers import ApiServer, PrivateDatabase
+from reliability.load import (
+    Load,
+    activate,
+    distinguishing_rows,
+    expected_probabilities,
+    mismatches,
+    percentiles,
+    run_for,
+)
 
 AREA = "2 database outage"
 OUTAGE_SECONDS = 10
@@ -37,14 +44,15 @@ class ReadyProbe:
         while not self._stop.is_set():
             at = time.monotonic()
             try:
-                status = requests.get(f"{self.base}/ready", timeout=5,
-                                      headers={"Connection": "close"}).status_code
+                status = requests.get(
+                    f"{self.base}/ready", timeout=5, headers={"Connection": "close"}
+                ).status_code
             except requests.RequestException:
                 status = 0
             self.seen.append((at, status, time.monotonic()))
             time.sleep(0.1)
 
-    def start(self) -> "ReadyProbe":
+    def start(self) -> ReadyProbe:
         self._thread.start()
         return self
 
@@ -83,8 +91,13 @@ def test_outage_serves_stale_then_recovers_and_refuses_activation(tmp_path, figu
             load = Load(server.base, published, distinguishing_rows(expected), seed=2).start()
             probe = ReadyProbe(server.base).start()
             flips: list = []
-            run_for(5, lambda: flips.append(activate(server.base, v2 if len(flips) % 2 == 0
-                                                     else v1, TOKEN)), interval=0.4)
+            run_for(
+                5,
+                lambda: flips.append(
+                    activate(server.base, v2 if len(flips) % 2 == 0 else v1, TOKEN)
+                ),
+                interval=0.4,
+            )
             before = _registry_state(db.uri, "outage")
 
             db.kill()
@@ -103,8 +116,13 @@ def test_outage_serves_stale_then_recovers_and_refuses_activation(tmp_path, figu
                 time.sleep(0.1)
             after = _registry_state(db.uri, "outage")
             # Keep the load and the flips going past the 5 s bound to see it fully recovered.
-            run_for(listening + 7 - time.monotonic(), lambda: flips.append(
-                activate(server.base, v2 if len(flips) % 2 == 0 else v1, TOKEN)), interval=0.4)
+            run_for(
+                listening + 7 - time.monotonic(),
+                lambda: flips.append(
+                    activate(server.base, v2 if len(flips) % 2 == 0 else v1, TOKEN)
+                ),
+                interval=0.4,
+            )
             probe.stop()
             answers = load.stop()
 
@@ -118,8 +136,9 @@ def test_outage_serves_stale_then_recovers_and_refuses_activation(tmp_path, figu
     for name, value in percentiles([a.ended - a.started for a in during]).items():
         figure(f"latency {name} while down (ms)", value)
     figure("/ready 503 after the kill (s)", (down - killed) if down else "never", "<= 2")
-    figure("/ready 200 after the restart command (s)",
-           (back - restarting) if back else "never", "<= 5")
+    figure(
+        "/ready 200 after the restart command (s)", (back - restarting) if back else "never", "<= 5"
+    )
     figure("server restart to listening (s)", listening - restarting)
     figure("activations tried while down (all 503, nothing changed)", len(refused))
 
@@ -130,8 +149,9 @@ def test_outage_serves_stale_then_recovers_and_refuses_activation(tmp_path, figu
     assert recovered and not any(a.stale for a in recovered)
     assert down is not None and down - killed <= 2.0
     # Only probes answered before the restart: one in flight may see the database back.
-    assert all(status == 503 for at, status, answered in probe.seen
-               if down <= at and answered < restarting)
+    assert all(
+        status == 503 for at, status, answered in probe.seen if down <= at and answered < restarting
+    )
     assert back is not None and back - restarting <= 5.0
     assert all(status == 200 for at, status, _ in probe.seen if at > restarting + 5)
     assert refused and all(a.status == 503 for a in refused), [a.status for a in refused]

@@ -9,19 +9,20 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
-
 from api_fixtures import MODEL, publish_candidates, record
 from conftest import throwaway_settings
+from servers import ApiServer
+
 from pipelines.data import FEATURES
 from registry_bridge.store import ModelStore
 from reliability.conftest import SUMMARY
-from servers import ApiServer
 
 AREA = "5 hostile input"
 TOKEN = "fuzz-admin-token"
@@ -35,15 +36,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(mongo_client: Any, mongo_server: Any,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def server(
+    mongo_client: Any, mongo_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
     """The API under gunicorn on a database of its own with v1 active, admin token set."""
     tmp = tmp_path_factory.mktemp("hostile")
     db_name = f"test_{uuid.uuid4().hex[:12]}"
     settings = throwaway_settings(mongo_server.uri, db_name, tmp)
     publish_candidates(ModelStore(mongo_client, settings), settings)
-    api = ApiServer(settings, tmp, env={"API_ADMIN_TOKEN": TOKEN},
-                    config={"api": {"max_upload_mb": UPLOAD_LIMIT_MB}})
+    api = ApiServer(
+        settings,
+        tmp,
+        env={"API_ADMIN_TOKEN": TOKEN},
+        config={"api": {"max_upload_mb": UPLOAD_LIMIT_MB}},
+    )
     with api:
         yield api
     mongo_client.drop_database(db_name)
@@ -76,8 +82,10 @@ def _csv(header: list[str], rows: list[list[str]]) -> bytes:
 
 
 def _raw(path: str, body: bytes, length: int, content_type: str = "application/json") -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -94,110 +102,274 @@ def cases() -> list[Case]:
         Case("malformed JSON", "/predict", b'{"pelvic_incidence": 1,', names=("malformed json",)),
         Case("truncated JSON array", "/predict", b'[{"a": 1}', names=("malformed json",)),
         Case("empty JSON body", "/predict", b"", names=("malformed json", "empty")),
-        Case("deeply nested arrays", "/predict", b"[" * 100_000 + b"]" * 100_000,
-             names=("nest",)),
-        Case("deeply nested objects", "/predict",
-             b'{"a":' * 50_000 + b"1" + b"}" * 50_000, names=("nest",)),
-        Case("deeply nested admin body", "/models/activate",
-             b'{"name":' + b"[" * 100_000 + b"]" * 100_000 + b"}", headers=admin,
-             names=("nest",)),
-        Case("10 MB string value", "/predict", _json({**GOOD, "pelvic_tilt": ten_mb}),
-             names=("not a number",)),
-        Case("10 MB field name", "/predict", _json({**GOOD, ten_mb: 1.0}),
-             names=("unknown field",)),
-        Case("10 MB model name", "/models/activate", _json({"name": ten_mb, "version": 1}),
-             headers=admin, names=("at most 80 characters",)),
-        Case("number as string", "/predict", _json({**GOOD, "sacral_slope": "12.5"}),
-             names=("not a number",)),
-        Case("NaN literal", "/predict",
-             good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": NaN').encode(),
-             names=("nan",)),
-        Case("Infinity literal", "/predict",
-             good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": Infinity').encode(),
-             names=("infinite",)),
-        Case("-Infinity literal", "/predict",
-             good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": -Infinity').encode(),
-             names=("infinite",)),
-        Case("number overflowing to infinity", "/predict",
-             good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": 1e999').encode(),
-             names=("infinite",)),
-        Case("5000-digit integer", "/predict",
-             good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": ' + "9" * 5000).encode(),
-             names=("malformed json", "digit")),
-        Case("duplicate keys", "/predict",
-             good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": 1.0, "pelvic_tilt": 9.0')
-             .encode(), names=("duplicate",)),
-        Case("duplicate keys in admin body", "/models/activate",
-             b'{"name": "x", "name": "' + MODEL.encode() + b'", "version": 1}', headers=admin,
-             names=("duplicate",)),
-        Case("boolean value", "/predict", _json({**GOOD, "pelvic_tilt": True}),
-             names=("boolean",)),
+        Case("deeply nested arrays", "/predict", b"[" * 100_000 + b"]" * 100_000, names=("nest",)),
+        Case(
+            "deeply nested objects",
+            "/predict",
+            b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+            names=("nest",),
+        ),
+        Case(
+            "deeply nested admin body",
+            "/models/activate",
+            b'{"name":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            headers=admin,
+            names=("nest",),
+        ),
+        Case(
+            "10 MB string value",
+            "/predict",
+            _json({**GOOD, "pelvic_tilt": ten_mb}),
+            names=("not a number",),
+        ),
+        Case(
+            "10 MB field name", "/predict", _json({**GOOD, ten_mb: 1.0}), names=("unknown field",)
+        ),
+        Case(
+            "10 MB model name",
+            "/models/activate",
+            _json({"name": ten_mb, "version": 1}),
+            headers=admin,
+            names=("at most 80 characters",),
+        ),
+        Case(
+            "number as string",
+            "/predict",
+            _json({**GOOD, "sacral_slope": "12.5"}),
+            names=("not a number",),
+        ),
+        Case(
+            "NaN literal",
+            "/predict",
+            good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": NaN').encode(),
+            names=("nan",),
+        ),
+        Case(
+            "Infinity literal",
+            "/predict",
+            good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": Infinity').encode(),
+            names=("infinite",),
+        ),
+        Case(
+            "-Infinity literal",
+            "/predict",
+            good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": -Infinity').encode(),
+            names=("infinite",),
+        ),
+        Case(
+            "number overflowing to infinity",
+            "/predict",
+            good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": 1e999').encode(),
+            names=("infinite",),
+        ),
+        Case(
+            "5000-digit integer",
+            "/predict",
+            good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": ' + "9" * 5000).encode(),
+            names=("malformed json", "digit"),
+        ),
+        Case(
+            "duplicate keys",
+            "/predict",
+            good_text.replace(
+                '"pelvic_tilt": 1.0', '"pelvic_tilt": 1.0, "pelvic_tilt": 9.0'
+            ).encode(),
+            names=("duplicate",),
+        ),
+        Case(
+            "duplicate keys in admin body",
+            "/models/activate",
+            b'{"name": "x", "name": "' + MODEL.encode() + b'", "version": 1}',
+            headers=admin,
+            names=("duplicate",),
+        ),
+        Case("boolean value", "/predict", _json({**GOOD, "pelvic_tilt": True}), names=("boolean",)),
         Case("null value", "/predict", _json({**GOOD, "pelvic_tilt": None}), names=("null",)),
-        Case("record of the wrong width", "/predict", _json({"records": [[1.0, 2.0]]}),
-             names=("expected 6 values",)),
-        Case("NUL in a field name", "/predict", _json({**GOOD, "pelvic\u0000tilt": 1}),
-             names=("unknown field",)),
-        Case("operator object as model name", "/models/activate",
-             _json({"name": {"$ne": None}, "version": 1}), headers=admin, names=("'name'",)),
-        Case("version beyond 64 bits", "/models/activate",
-             _json({"name": MODEL, "version": 10 ** 30}), headers=admin, names=("version",)),
-        Case("version beyond 64 bits in the path", f"/models/{MODEL}/versions/{10 ** 30}",
-             method="GET", content_type=None, names=("version",)),
-        Case("negative version", "/models/activate", _json({"name": MODEL, "version": -1}),
-             headers=admin, names=("positive",)),
-        Case("more records than allowed", "/predict", _json({"records": [GOOD] * 10_001}),
-             names=("limit",)),
-        Case("1M keys in one record", "/predict",
-             _json({**GOOD, **{name: 0 for name in million}}), names=("unknown field",)),
+        Case(
+            "record of the wrong width",
+            "/predict",
+            _json({"records": [[1.0, 2.0]]}),
+            names=("expected 6 values",),
+        ),
+        Case(
+            "NUL in a field name",
+            "/predict",
+            _json({**GOOD, "pelvic\u0000tilt": 1}),
+            names=("unknown field",),
+        ),
+        Case(
+            "operator object as model name",
+            "/models/activate",
+            _json({"name": {"$ne": None}, "version": 1}),
+            headers=admin,
+            names=("'name'",),
+        ),
+        Case(
+            "version beyond 64 bits",
+            "/models/activate",
+            _json({"name": MODEL, "version": 10**30}),
+            headers=admin,
+            names=("version",),
+        ),
+        Case(
+            "version beyond 64 bits in the path",
+            f"/models/{MODEL}/versions/{10**30}",
+            method="GET",
+            content_type=None,
+            names=("version",),
+        ),
+        Case(
+            "negative version",
+            "/models/activate",
+            _json({"name": MODEL, "version": -1}),
+            headers=admin,
+            names=("positive",),
+        ),
+        Case(
+            "more records than allowed",
+            "/predict",
+            _json({"records": [GOOD] * 10_001}),
+            names=("limit",),
+        ),
+        Case(
+            "1M keys in one record",
+            "/predict",
+            _json({**GOOD, **{name: 0 for name in million}}),
+            names=("unknown field",),
+        ),
         Case("UTF-16 JSON", "/predict", good_text.encode("utf-16"), names=("utf-8",)),
-        Case("Latin-1 JSON", "/predict",
-             good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": "\u00e9"').encode("latin-1"),
-             names=("utf-8",)),
-        Case("XML body", "/predict", b"<predict/>", content_type="application/xml",
-             names=("content-type",)),
-        Case("no content type", "/predict", _json(GOOD), content_type=None,
-             names=("content-type",)),
-        Case("CSV of binary garbage (batch)", "/batch-predict", os.urandom(64 * 1024),
-             content_type="text/csv", names=("utf-8", "csv")),
-        Case("CSV of binary garbage (invocations)", "/invocations", os.urandom(64 * 1024),
-             content_type="text/csv", names=("utf-8", "csv")),
-        Case("CSV with NUL bytes in cells", "/batch-predict",
-             _csv(csv_header, [["\x00\x00"] * len(FEATURES)]), content_type="text/csv",
-             names=("not a number",)),
-        Case("UTF-16 CSV", "/batch-predict", _csv(csv_header, [csv_row]).decode().encode("utf-16"),
-             content_type="text/csv", names=("utf-8",)),
-        Case("Latin-1 CSV", "/batch-predict",
-             _csv(["note", *csv_header], [["caf\u00e9", *csv_row]]).decode().encode("latin-1"),
-             content_type="text/csv", names=("utf-8",)),
-        Case("CSV with 1M columns (batch)", "/batch-predict", _csv(million, [["1"] * 1_000_000]),
-             content_type="text/csv", names=("columns; at most",)),
-        Case("CSV with 1M columns (invocations)", "/invocations",
-             _csv([*csv_header, *million], [[*csv_row, *["1"] * 1_000_000]]),
-             content_type="text/csv", names=("columns; at most",)),
-        Case("CSV header only (batch)", "/batch-predict", _csv(csv_header, []),
-             content_type="text/csv", names=("no data rows",)),
-        Case("CSV header only (invocations)", "/invocations", _csv(csv_header, []),
-             content_type="text/csv", names=("no records", "empty")),
-        Case("CSV with an unclosed quote", "/batch-predict",
-             b",".join(f.encode() for f in FEATURES) + b'\n"1.5,2\n' + b"1," * 5 + b"1\n",
-             content_type="text/csv", names=("malformed csv", "eof", "line")),
-        Case("CSV row with extra cells", "/invocations",
-             _csv(csv_header, [[*csv_row, "9", "9"]]), content_type="text/csv",
-             names=("line 2",)),
-        Case("unknown batch format", "/batch-predict?format=xml", _csv(csv_header, [csv_row]),
-             content_type="text/csv", names=("format",)),
-        Case("multipart without a file", "/batch-predict", content_type=None,
-             files={"other": ("x.csv", b"a,b\n1,2\n")}, names=("'file'",)),
-        Case("oversized multipart", "/batch-predict", content_type=None,
-             files={"file": ("big.csv", oversized)}, names=("larger than the limit",)),
-        Case("Content-Length longer than the body", "/predict",
-             raw=_raw("/predict", _json(GOOD), len(_json(GOOD)) + 1000),
-             names=("content-length", "ended", "incomplete")),
-        Case("Content-Length shorter than the body", "/predict",
-             raw=_raw("/predict", _json(GOOD), 10), names=("malformed json",)),
-        Case("Content-Length over the limit", "/predict",
-             raw=_raw("/predict", b"{}", (UPLOAD_LIMIT_MB + 1) * 1024 * 1024),
-             names=("larger than the limit",)),
+        Case(
+            "Latin-1 JSON",
+            "/predict",
+            good_text.replace('"pelvic_tilt": 1.0', '"pelvic_tilt": "\u00e9"').encode("latin-1"),
+            names=("utf-8",),
+        ),
+        Case(
+            "XML body",
+            "/predict",
+            b"<predict/>",
+            content_type="application/xml",
+            names=("content-type",),
+        ),
+        Case(
+            "no content type", "/predict", _json(GOOD), content_type=None, names=("content-type",)
+        ),
+        Case(
+            "CSV of binary garbage (batch)",
+            "/batch-predict",
+            os.urandom(64 * 1024),
+            content_type="text/csv",
+            names=("utf-8", "csv"),
+        ),
+        Case(
+            "CSV of binary garbage (invocations)",
+            "/invocations",
+            os.urandom(64 * 1024),
+            content_type="text/csv",
+            names=("utf-8", "csv"),
+        ),
+        Case(
+            "CSV with NUL bytes in cells",
+            "/batch-predict",
+            _csv(csv_header, [["\x00\x00"] * len(FEATURES)]),
+            content_type="text/csv",
+            names=("not a number",),
+        ),
+        Case(
+            "UTF-16 CSV",
+            "/batch-predict",
+            _csv(csv_header, [csv_row]).decode().encode("utf-16"),
+            content_type="text/csv",
+            names=("utf-8",),
+        ),
+        Case(
+            "Latin-1 CSV",
+            "/batch-predict",
+            _csv(["note", *csv_header], [["caf\u00e9", *csv_row]]).decode().encode("latin-1"),
+            content_type="text/csv",
+            names=("utf-8",),
+        ),
+        Case(
+            "CSV with 1M columns (batch)",
+            "/batch-predict",
+            _csv(million, [["1"] * 1_000_000]),
+            content_type="text/csv",
+            names=("columns; at most",),
+        ),
+        Case(
+            "CSV with 1M columns (invocations)",
+            "/invocations",
+            _csv([*csv_header, *million], [[*csv_row, *["1"] * 1_000_000]]),
+            content_type="text/csv",
+            names=("columns; at most",),
+        ),
+        Case(
+            "CSV header only (batch)",
+            "/batch-predict",
+            _csv(csv_header, []),
+            content_type="text/csv",
+            names=("no data rows",),
+        ),
+        Case(
+            "CSV header only (invocations)",
+            "/invocations",
+            _csv(csv_header, []),
+            content_type="text/csv",
+            names=("no records", "empty"),
+        ),
+        Case(
+            "CSV with an unclosed quote",
+            "/batch-predict",
+            b",".join(f.encode() for f in FEATURES) + b'\n"1.5,2\n' + b"1," * 5 + b"1\n",
+            content_type="text/csv",
+            names=("malformed csv", "eof", "line"),
+        ),
+        Case(
+            "CSV row with extra cells",
+            "/invocations",
+            _csv(csv_header, [[*csv_row, "9", "9"]]),
+            content_type="text/csv",
+            names=("line 2",),
+        ),
+        Case(
+            "unknown batch format",
+            "/batch-predict?format=xml",
+            _csv(csv_header, [csv_row]),
+            content_type="text/csv",
+            names=("format",),
+        ),
+        Case(
+            "multipart without a file",
+            "/batch-predict",
+            content_type=None,
+            files={"other": ("x.csv", b"a,b\n1,2\n")},
+            names=("'file'",),
+        ),
+        Case(
+            "oversized multipart",
+            "/batch-predict",
+            content_type=None,
+            files={"file": ("big.csv", oversized)},
+            names=("larger than the limit",),
+        ),
+        Case(
+            "Content-Length longer than the body",
+            "/predict",
+            raw=_raw("/predict", _json(GOOD), len(_json(GOOD)) + 1000),
+            names=("content-length", "ended", "incomplete"),
+        ),
+        Case(
+            "Content-Length shorter than the body",
+            "/predict",
+            raw=_raw("/predict", _json(GOOD), 10),
+            names=("malformed json",),
+        ),
+        Case(
+            "Content-Length over the limit",
+            "/predict",
+            raw=_raw("/predict", b"{}", (UPLOAD_LIMIT_MB + 1) * 1024 * 1024),
+            names=("larger than the limit",),
+        ),
     ]
 
 
@@ -246,8 +418,14 @@ def send(server: ApiServer, case: Case) -> Outcome:
     if case.content_type:
         headers["Content-Type"] = case.content_type
     try:
-        response = requests.request(case.method, server.url(case.path), data=case.body,
-                                    files=case.files, headers=headers, timeout=CASE_TIMEOUT_S)
+        response = requests.request(
+            case.method,
+            server.url(case.path),
+            data=case.body,
+            files=case.files,
+            headers=headers,
+            timeout=CASE_TIMEOUT_S,
+        )
     except requests.Timeout:
         return Outcome(-1, b"no answer within the timeout", None)
     except requests.ConnectionError as exc:
@@ -264,7 +442,9 @@ def test_hand_written_hostile_inputs_get_a_4xx_naming_the_problem(server, figure
     for case in tried:
         outcome = send(server, case)
         error = outcome.error or {}
-        text = (error.get("message", "") + " " + json.dumps(error.get("details", []))[:2000]).lower()
+        text = (
+            error.get("message", "") + " " + json.dumps(error.get("details", []))[:2000]
+        ).lower()
         if not 400 <= outcome.status < 500:
             problems.append(f"{case.name}: status {outcome.status}: {outcome.body[:300]!r}")
         elif not error.get("code") or not error.get("message"):
@@ -283,33 +463,63 @@ def test_hand_written_hostile_inputs_get_a_4xx_naming_the_problem(server, figure
     assert "Traceback" not in log, log[-3000:]
 
 
-def test_fuzzing_from_the_openapi_spec_finds_no_5xx_and_no_spec_violation(server, tmp_path,
-                                                                           figure):
+def test_fuzzing_from_the_openapi_spec_finds_no_5xx_and_no_spec_violation(server, tmp_path, figure):
     """Check with schemathesis, driven by the served /openapi.json, that no generated request
     gets a 5xx and every answer conforms to the spec (status, content type, schema, headers)."""
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert cli, "schemathesis is a dev dependency: pip install -e '.[dev]'"
     report = tmp_path / "junit.xml"
-    command = [cli, "run", server.url("/openapi.json"), "--url", server.base,
-               "--checks", "not_a_server_error,status_code_conformance,"
-               "content_type_conformance,response_schema_conformance,"
-               "response_headers_conformance",
-               "--phases", "examples,coverage,fuzzing",
-               "--max-examples", str(FUZZ_EXAMPLES), "--seed", "8",
-               "--header", f"Authorization: Bearer {TOKEN}",
-               "--report", "junit", "--report-junit-path", str(report),
-               "--generation-database", "none", "--request-timeout", "60",
-               "--no-color", "--workers", "2", "--suppress-health-check", "all"]
+    command = [
+        cli,
+        "run",
+        server.url("/openapi.json"),
+        "--url",
+        server.base,
+        "--checks",
+        "not_a_server_error,status_code_conformance,"
+        "content_type_conformance,response_schema_conformance,"
+        "response_headers_conformance",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        str(FUZZ_EXAMPLES),
+        "--seed",
+        "8",
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(report),
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "60",
+        "--no-color",
+        "--workers",
+        "2",
+        "--suppress-health-check",
+        "all",
+    ]
     # cwd: schemathesis keeps a crash cache (.schemathesis/) where it runs.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_BUDGET_S,
-                            cwd=tmp_path, env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_BUDGET_S,
+        cwd=tmp_path,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+    )
     output = result.stdout + result.stderr
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     (SUMMARY.parent / "schemathesis.log").write_text(output)
     calls = _fuzz_calls(output)
     figure("schemathesis test cases (generated requests)", calls)
-    figure("schemathesis failures (5xx or spec violations)",
-           0 if result.returncode == 0 else "see log", "= 0")
+    figure(
+        "schemathesis failures (5xx or spec violations)",
+        0 if result.returncode == 0 else "see log",
+        "= 0",
+    )
     assert result.returncode == 0, output[-6000:]
     assert calls > 0, output[-3000:]
     assert "Traceback" not in server.log()

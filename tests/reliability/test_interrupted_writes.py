@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-
-from api_fixtures import output_dir, published  # noqa: F401
+from api_fixtures import output_dir
 from conftest import ROOT
-from pipelines.data import FEATURES
-from registry_bridge.store import COUNTERS, VERSIONS, ModelStore, artifact_filename
 from registry_samples import draft
 from servers import ApiServer
+
+from pipelines.data import FEATURES
+from registry_bridge.store import COUNTERS, VERSIONS, ModelStore, artifact_filename
 
 AREA = "3 interrupted writes"
 ARTIFACT_MB = 30
@@ -57,9 +57,12 @@ print(publish_in_process(uri, db_name, fields, artifact), flush=True)
 
 def _files_named(store: ModelStore, filename: str) -> list[str]:
     # Listing may stray into other databases on the embedded server: confirm each by _id.
-    return [str(doc["_id"]) for doc in store.files.find({}, {"_id": 1, "filename": 1})
-            if doc.get("filename") == filename
-            and store.files.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None]
+    return [
+        str(doc["_id"])
+        for doc in store.files.find({}, {"_id": 1, "filename": 1})
+        if doc.get("filename") == filename
+        and store.files.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None
+    ]
 
 
 def _leftovers(store: ModelStore, server) -> str:
@@ -77,24 +80,42 @@ def _orphan_chunks(store: ModelStore, server) -> int:
     if server.kind == "embedded":
         path = Path(server.data_dir) / f"{store.db.name}.db"
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            return conn.execute("SELECT count(*) FROM models_chunks WHERE files_id NOT IN "
-                                "(SELECT id FROM models_files)").fetchone()[0]
+            return conn.execute(
+                "SELECT count(*) FROM models_chunks WHERE files_id NOT IN "
+                "(SELECT id FROM models_files)"
+            ).fetchone()[0]
     chunks = store.db[f"{store.settings.bucket}.chunks"]
-    return sum(1 for doc in chunks.find({}, {"files_id": 1})
-               if store.files.find_one({"_id": doc["files_id"]}, {"_id": 1}) is None)
+    return sum(
+        1
+        for doc in chunks.find({}, {"files_id": 1})
+        if store.files.find_one({"_id": doc["files_id"]}, {"_id": 1}) is None
+    )
 
 
 def _publisher(settings, artifact: Path, stage: str = "random") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
-    process = subprocess.Popen([sys.executable, "-c", PUBLISHER, settings.registry.mongodb_uri,
-                                settings.registry.database, str(artifact), stage],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PUBLISHER,
+            settings.registry.mongodb_uri,
+            settings.registry.database,
+            str(artifact),
+            stage,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout.readline().strip() == "uploading"
     return process
 
 
-def _kill_mid_upload(settings, artifact: Path, upload_s: float, rng: random.Random
-                     ) -> tuple[float, int]:
+def _kill_mid_upload(
+    settings, artifact: Path, upload_s: float, rng: random.Random
+) -> tuple[float, int]:
     """Start a publishing process and SIGKILL it at a random moment of ``upload_s``."""
     process = _publisher(settings, artifact)
     delay = rng.uniform(0.15, 1.0) * upload_s
@@ -104,8 +125,9 @@ def _kill_mid_upload(settings, artifact: Path, upload_s: float, rng: random.Rand
     return delay, process.returncode
 
 
-def test_killed_publish_leaves_no_version_and_gc_removes_its_bytes(settings, mongo_client,
-                                                                   mongo_server, tmp_path, figure):
+def test_killed_publish_leaves_no_version_and_gc_removes_its_bytes(
+    settings, mongo_client, mongo_server, tmp_path, figure
+):
     """Check that a publish killed while uploading 30 MB leaves no visible version, the next
     publish gets the next number, and `bridge gc` removes what the upload left."""
     store = ModelStore(mongo_client, settings)
@@ -143,36 +165,48 @@ def test_killed_publish_leaves_no_version_and_gc_removes_its_bytes(settings, mon
         assert process.wait(timeout=120) == -9
         taken = store.db[COUNTERS].find_one({"_id": f"{VERSIONS}:{name}"})["seq"]
         assert store.db[VERSIONS].find_one({"name": name, "version": taken}) is None
-        kills.append((-1.0, f"self-kill once {stage.replace('-', ' ')}: "
-                      f"{_leftovers(store, mongo_server)}"))
+        kills.append(
+            (-1.0, f"self-kill once {stage.replace('-', ' ')}: {_leftovers(store, mongo_server)}")
+        )
         killed_version = taken
     figure("full 30 MB publish (s)", upload_s)
-    figure("kills: after (s) -> where it landed",
-           "; ".join(f"{d:.2f} s -> {where}" if d >= 0 else where for d, where in kills))
+    figure(
+        "kills: after (s) -> where it landed",
+        "; ".join(f"{d:.2f} s -> {where}" if d >= 0 else where for d, where in kills),
+    )
     assert any(where.startswith("during") for _, where in kills)
     assert [v.version for v in store.search_model_versions(name)] == visible
     assert store.db[VERSIONS].find_one({"name": name, "version": killed_version}) is None
     nxt_draft, small = draft(run_id=None, seed=12)
     nxt = store.publish_model_version(nxt_draft, small).version
-    figure("versions: visible / taken by the killed publishes / next publish",
-           f"{visible} / v{visible[-1] + 1}-v{killed_version} / v{nxt.version}")
+    figure(
+        "versions: visible / taken by the killed publishes / next publish",
+        f"{visible} / v{visible[-1] + 1}-v{killed_version} / v{nxt.version}",
+    )
     assert nxt.version == killed_version + 1 > first.version
     assert nxt.filename == artifact_filename(name, nxt.version)
     assert [v.version for v in store.search_model_versions(name)] == [*visible, nxt.version]
 
     bridge = Path(sys.executable).with_name("bridge")
-    env = {**os.environ, "MONGODB_URI": settings.registry.mongodb_uri,
-           "REGISTRY_DB": settings.registry.database}
+    env = {
+        **os.environ,
+        "MONGODB_URI": settings.registry.mongodb_uri,
+        "REGISTRY_DB": settings.registry.database,
+    }
     orphans_before = store.collect_orphan_files(dry_run=True, min_age_s=0)
     assert any(o["filename"] == artifact_filename(name, killed_version) for o in orphans_before)
-    gc = subprocess.run([str(bridge), "gc", "--min-age", "0"], env=env, capture_output=True,
-                        text=True, timeout=120)
+    gc = subprocess.run(
+        [str(bridge), "gc", "--min-age", "0"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert gc.returncode == 0, gc.stderr
     after_chunks = _orphan_chunks(store, mongo_server)
     figure("`bridge gc`: orphans removed", gc.stdout.strip().splitlines()[-1])
     after_files = store.collect_orphan_files(dry_run=True, min_age_s=0)
-    figure("orphan files / chunks left after `bridge gc`", f"{len(after_files)} / {after_chunks}",
-           "0 / 0")
+    figure(
+        "orphan files / chunks left after `bridge gc`",
+        f"{len(after_files)} / {after_chunks}",
+        "0 / 0",
+    )
     assert _files_named(store, artifact_filename(name, killed_version)) == []
     assert after_files == [] and after_chunks == 0
     # What gc keeps is intact (read_artifact checks the sha256).
@@ -195,7 +229,7 @@ def _leave_half_way(server: ApiServer, out: Path, head: bytes, body: bytes) -> b
         sock.sendall(head)
         half = len(body) // 2
         for start in range(0, half, 1 << 20):
-            sock.sendall(body[start:min(start + (1 << 20), half)])
+            sock.sendall(body[start : min(start + (1 << 20), half)])
             seen_partial |= any(out.glob(".batch-*"))
         deadline = time.monotonic() + 5
         while not seen_partial and time.monotonic() < deadline:
@@ -208,12 +242,17 @@ def _wait_for_status(server: ApiServer, count: int, timeout: float = 60) -> list
     """The access-log lines of /batch-predict, once there are ``count`` of them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = [json.loads(line[line.index("{"):]) for line in server.log().splitlines()
-                 if "api.access" in line and '"/batch-predict"' in line]
+        lines = [
+            json.loads(line[line.index("{") :])
+            for line in server.log().splitlines()
+            if "api.access" in line and '"/batch-predict"' in line
+        ]
         if len(lines) >= count:
             return lines
         time.sleep(0.2)
-    raise AssertionError(f"the server did not finish {count} batch requests: {server.log()[-2000:]}")
+    raise AssertionError(
+        f"the server did not finish {count} batch requests: {server.log()[-2000:]}"
+    )
 
 
 def test_batch_whose_client_leaves_half_way_saves_nothing(published, tmp_path, figure):
@@ -223,27 +262,42 @@ def test_batch_whose_client_leaves_half_way_saves_nothing(published, tmp_path, f
     body = _big_csv(published)
     with ApiServer(published.settings, tmp_path) as server:
         small = body[:20_000].rsplit(b"\n", 1)[0] + b"\n"
-        first = requests.post(server.url("/batch-predict"), data=small,
-                              headers={"Content-Type": "text/csv"}, timeout=60)
+        first = requests.post(
+            server.url("/batch-predict"),
+            data=small,
+            headers={"Content-Type": "text/csv"},
+            timeout=60,
+        )
         assert first.status_code == 200, first.text[:300]
         before = (out / "predicciones.csv").read_bytes()
         jobs_before = sorted(p.name for p in out.glob("predicciones-*.csv"))
 
-        head = (f"POST /batch-predict HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /batch-predict HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         partial_csv = _leave_half_way(server, out, head, body)
         boundary = "reliability-boundary"
-        multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                     f"filename=\"big.csv\"\r\nContent-Type: text/csv\r\n\r\n").encode() + body + \
-            f"\r\n--{boundary}--\r\n".encode()
-        head = (f"POST /batch-predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-                f"boundary={boundary}\r\nContent-Length: {len(multipart)}\r\n\r\n").encode()
+        multipart = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="big.csv"\r\nContent-Type: text/csv\r\n\r\n'
+            ).encode()
+            + body
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        head = (
+            f"POST /batch-predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            f"boundary={boundary}\r\nContent-Length: {len(multipart)}\r\n\r\n"
+        ).encode()
         _leave_half_way(server, out, head, multipart)
         lines = _wait_for_status(server, 3)
         log = server.log()
 
     statuses = [line["status"] for line in lines[1:]]
-    figure("batch uploads cut half-way (CSV body, multipart): answers", statuses, "4xx, nothing saved")
+    figure(
+        "batch uploads cut half-way (CSV body, multipart): answers", statuses, "4xx, nothing saved"
+    )
     figure("partial result file seen while the CSV upload ran", partial_csv)
     assert all(400 <= status < 500 for status in statuses), statuses
     assert (out / "predicciones.csv").read_bytes() == before

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import pytest
-
-from api_fixtures import FAMILIES, published  # noqa: F401
-from reliability.load import (Load, activate, distinguishing_rows, expected_probabilities,
-                              mismatches, percentiles, run_for, stale_after_activation)
+from api_fixtures import FAMILIES
 from servers import ApiServer
+
+from reliability.load import (
+    Load,
+    activate,
+    distinguishing_rows,
+    expected_probabilities,
+    mismatches,
+    percentiles,
+    run_for,
+    stale_after_activation,
+)
 
 AREA = "1 load during activation"
 LOAD_SECONDS = 60
@@ -25,8 +33,9 @@ def test_no_failed_or_mixed_answer_while_the_version_flips(published, tmp_path, 
     rows = distinguishing_rows(expected)
     assert len(rows) >= 10, "the two versions must disagree on enough rows to show mixing"
     v1, v2 = published.versions[FAMILIES[0]], published.versions[FAMILIES[1]]
-    with ApiServer(published.settings, tmp_path, workers=2,
-                   env={"API_ADMIN_TOKEN": TOKEN}) as server:
+    with ApiServer(
+        published.settings, tmp_path, workers=2, env={"API_ADMIN_TOKEN": TOKEN}
+    ) as server:
         activations = []
         load = Load(server.base, published, rows, clients=CLIENTS).start()
 
@@ -52,10 +61,11 @@ def test_no_failed_or_mixed_answer_while_the_version_flips(published, tmp_path, 
     mixed = mismatches(answers, expected)
     late = stale_after_activation(answers, activations)
     figure("answers not matching the named version", len(mixed), "= 0")
-    figure("answers by the old version after activate returned, not marked stale", len(late),
-           "= 0")
-    figure("answers marked stale (pointer read over 250 ms: served the loaded version)",
-           sum(a.stale for a in answers))
+    figure("answers by the old version after activate returned, not marked stale", len(late), "= 0")
+    figure(
+        "answers marked stale (pointer read over 250 ms: served the loaded version)",
+        sum(a.stale for a in answers),
+    )
 
     assert not failed, f"{len(failed)} failed requests, first: {failed[0]}"
     assert [a for a in activations if a.status != 200] == [], "an activation was refused"
