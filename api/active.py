@@ -111,11 +111,6 @@ class ActiveModel:
         self._failed_until: dict[int, float] = {}
         self._failed_reason: dict[int, str] = {}  # repeated during the back-off
 
-    @property
-    def current(self) -> LoadedModel | None:
-        """The version last served (None before the first successful load)."""
-        return self._current
-
     def _outage(self, exc: BaseException) -> RegistryError:
         with self._lock:
             if self.registry_reachable:

@@ -4,7 +4,7 @@ Accepted: the Kaggle CSV export (header row, label column ``status`` or ``class`
 the UCI ``.dat`` files (space separated, labels DH/SL/NO or AB/NO), the UCI
 ``.arff`` files, and the official UCI zip holding them. Whatever the source, the
 result is the same six float columns in :data:`FEATURES` order, one label per row
-from :func:`classes_for`, and a fingerprint of that normalised table.
+from :data:`CLASSES`, and a fingerprint of that normalised table.
 """
 
 from __future__ import annotations
@@ -79,11 +79,6 @@ class Dataset:
         return CLASSES[self.variant]
 
 
-def classes_for(variant: str) -> tuple[str, ...]:
-    """The class names of a variant ("3C" or "2C")."""
-    return CLASSES[variant]
-
-
 # --- readers: each returns (raw table with FEATURES + "label" columns, first data line) --
 
 
@@ -135,9 +130,9 @@ def _read_arff(text: str) -> tuple[pd.DataFrame, int]:
             attributes.append(_normalise_header(match.group(1)) if match else "")
         elif stripped.lower().startswith("@data"):
             numbered = [
-                (n, [v.strip().strip("'\"") for v in l.split(",")])
-                for n, l in enumerate(lines[number:], start=number + 1)
-                if l.strip() and not l.strip().startswith("%")
+                (n, [v.strip().strip("'\"") for v in line.split(",")])
+                for n, line in enumerate(lines[number:], start=number + 1)
+                if line.strip() and not line.strip().startswith("%")
             ]
             for n, row in numbered:
                 if len(row) != len(attributes):

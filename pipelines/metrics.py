@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 # The metrics every trial reports (cv_<m>_mean / cv_<m>_std) and every candidate
 # reports on the test split (test_<m>); see docs/run-contract.md.
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_ovr", "log_loss")
-# Metrics where lower is better; the study only maximises the others.
-LOWER_IS_BETTER = frozenset({"log_loss"})
 
 
 def classification_metrics(

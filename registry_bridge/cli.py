@@ -1,48 +1,52 @@
 """The ``bridge`` command: publish MLflow runs to the MongoDB registry and manage versions.
 
 Every command exits 0 on success, or non-zero with one line naming what was wrong.
+
+Adding a command: append a function at the end of this file, decorated with
+``@main.command("name")`` and ``@pass_state`` (its first parameter is the :class:`CliState`).
+Raise :class:`RegistryError` for a failure (the group prints it as one line, exit 1) and
+``click.UsageError`` for options that do not go together; take the store from
+:func:`open_store` (opened once, closed when the command ends).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from conf.settings import Settings, SettingsError, load_settings
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
-
-if TYPE_CHECKING:
-    from registry_bridge.store import ModelStore
+from registry_bridge.store import ORPHAN_MIN_AGE_S, ModelStore, artifact_filename
 
 
-class Context:
-    """What every command shares: settings, loaded once from --config and the environment."""
+class CliState:
+    """What every command shares: the settings (loaded once) and the store, opened on demand."""
 
     def __init__(self, config: str | None):
         self.settings: Settings = load_settings(config)
+        self.store: ModelStore | None = None
 
 
-def fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the project's errors into one line on stderr and exit code 1 (no traceback)."""
+pass_state = click.make_pass_decorator(CliState)
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+class BridgeGroup(click.Group):
+    """A command group that reports the project's errors as one line on stderr, exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; RegistryError or SettingsError becomes one ``error:`` line."""
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except (RegistryError, SettingsError) as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
+            ctx.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=BridgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     envvar="VERTEBRAL_CONFIG",
@@ -61,13 +65,19 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
         # MLflow logs INFO on its own handler (e.g. creating tables); keep output to one line.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
-        ctx.obj = Context(config)
+        ctx.obj = CliState(config)
     except SettingsError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        ctx.exit(2)
 
 
-pass_context = click.make_pass_decorator(Context)
+def open_store(state: CliState) -> ModelStore:
+    """The command's model store, connected once (starts the embedded server if needed)."""
+    if state.store is None:
+        state.store = ModelStore.from_settings(state.settings)
+        # Close the client (its monitor threads and sockets) however the command ends.
+        click.get_current_context().call_on_close(state.store.close)
+    return state.store
 
 
 @main.group()
@@ -76,25 +86,23 @@ def db() -> None:
 
 
 @db.command("start")
-@pass_context
-@fail_cleanly
-def db_start(ctx: Context) -> None:
+@pass_state
+def db_start(state: CliState) -> None:
     """Start the embedded server (a no-op when it already runs)."""
-    if ctx.settings.registry.mongodb_uri:
+    if state.settings.registry.mongodb_uri:
         click.echo(
-            f"MONGODB_URI is set ({database.mask_uri(ctx.settings.registry.mongodb_uri)}); "
+            f"MONGODB_URI is set ({database.mask_uri(state.settings.registry.mongodb_uri)}); "
             "nothing to start"
         )
         return
-    click.echo(database.start_embedded(ctx.settings.registry.embedded).describe())
+    click.echo(database.start_embedded(state.settings.registry.embedded).describe())
 
 
 @db.command("stop")
-@pass_context
-@fail_cleanly
-def db_stop(ctx: Context) -> None:
+@pass_state
+def db_stop(state: CliState) -> None:
     """Stop the embedded server started by this project."""
-    embedded = ctx.settings.registry.embedded
+    embedded = state.settings.registry.embedded
     stopped = database.stop_embedded(embedded)
     click.echo(
         f"stopped the embedded registry database at {database.embedded_uri(embedded)}"
@@ -104,11 +112,10 @@ def db_stop(ctx: Context) -> None:
 
 
 @db.command("status")
-@pass_context
-@fail_cleanly
-def db_status(ctx: Context) -> None:
+@pass_state
+def db_status(state: CliState) -> None:
     """Say which database is used and whether it answers (exit 1 when it does not)."""
-    registry = ctx.settings.registry
+    registry = state.settings.registry
     if registry.mongodb_uri:
         client = database.connect(registry, start=False)
         client.close()
@@ -123,35 +130,23 @@ def db_status(ctx: Context) -> None:
 # --- registry commands ------------------------------------------------------------------
 
 
-def open_store(ctx: Context) -> ModelStore:
-    """The command's model store, connected once (starts the embedded server if needed)."""
-    from registry_bridge.store import ModelStore
-
-    store = getattr(ctx, "_store", None)
-    if store is None:
-        store = ModelStore.from_settings(ctx.settings)
-        ctx._store = store  # type: ignore[attr-defined]
-    return store
-
-
 @main.command("runs")
 @click.option("--experiment", help="MLflow experiment (default mlflow.experiment).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@pass_context
-@fail_cleanly
-def runs_command(ctx: Context, experiment: str | None, as_json: bool) -> None:
+@pass_state
+def runs_command(state: CliState, experiment: str | None, as_json: bool) -> None:
     """List candidate MLflow runs, best first, with their metrics and published versions."""
     from registry_bridge import publish, render
 
-    runs = publish.list_candidate_runs(ctx.settings, open_store(ctx), experiment)
+    runs = publish.list_candidate_runs(state.settings, open_store(state), experiment)
     if as_json:
         click.echo(render.as_json(runs))
     elif not runs:
         click.echo(
-            f"no candidate runs in experiment {experiment or ctx.settings.mlflow.experiment!r}"
+            f"no candidate runs in experiment {experiment or state.settings.mlflow.experiment!r}"
         )
     else:
-        click.echo(render.runs_table(runs, f"cv_{ctx.settings.training.objective}_mean"))
+        click.echo(render.runs_table(runs, f"cv_{state.settings.training.objective}_mean"))
 
 
 @main.command("publish")
@@ -165,10 +160,9 @@ def runs_command(ctx: Context, experiment: str | None, as_json: bool) -> None:
 )
 @click.option("--reason", help="Reason recorded in the activation log (with --activate).")
 @click.option("--json", "as_json", is_flag=True, help="Print the version as JSON.")
-@pass_context
-@fail_cleanly
+@pass_state
 def publish_command(
-    ctx: Context,
+    state: CliState,
     run_id: str | None,
     best: bool,
     experiment: str | None,
@@ -186,12 +180,12 @@ def publish_command(
     # MLflow draws download progress bars on stderr; one result line is what users read.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if bool(run_id) == best:
-        raise RegistryError("INVALID_INPUT", "give exactly one of --run-id ID or --best")
+        raise click.UsageError("give exactly one of --run-id ID or --best")
     if experiment and not best:
-        raise RegistryError("INVALID_INPUT", "--experiment only applies with --best")
-    store = open_store(ctx)
-    chosen = run_id or publish.best_candidate_run_id(ctx.settings, experiment)
-    result = publish.publish_run(store, ctx.settings, chosen, name, new_version=new_version)
+        raise click.UsageError("--experiment only applies with --best")
+    store = open_store(state)
+    chosen = run_id or publish.best_candidate_run_id(state.settings, experiment)
+    result = publish.publish_run(store, state.settings, chosen, name, new_version=new_version)
     version = result.version
     state = None
     if activate:
@@ -225,13 +219,12 @@ def publish_command(
     "--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table."
 )
 @click.option("--all", "include_deleted", is_flag=True, help="Include deleted versions.")
-@pass_context
-@fail_cleanly
-def list_command(ctx: Context, name: str | None, as_json: bool, include_deleted: bool) -> None:
+@pass_state
+def list_command(state: CliState, name: str | None, as_json: bool, include_deleted: bool) -> None:
     """List published versions: version, family, test macro F1, created, run id, active marker."""
     from registry_bridge import render
 
-    store = open_store(ctx)
+    store = open_store(state)
     versions = store.search_model_versions(name, include_deleted=include_deleted)
     active = store.list_active_states()
     if as_json:
@@ -256,13 +249,12 @@ def list_command(ctx: Context, name: str | None, as_json: bool, include_deleted:
 @click.argument("name")
 @click.argument("version")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of key/value lines.")
-@pass_context
-@fail_cleanly
-def show_command(ctx: Context, name: str, version: str, as_json: bool) -> None:
+@pass_state
+def show_command(state: CliState, name: str, version: str, as_json: bool) -> None:
     """Show every metadata field of one version."""
     from registry_bridge import render
 
-    store = open_store(ctx)
+    store = open_store(state)
     found = store.get_model_version(name, version)
     state = store.get_active_version(name)
     if as_json:
@@ -276,11 +268,10 @@ def show_command(ctx: Context, name: str, version: str, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("version")
 @click.option("--reason", help="Why, recorded in the activation log.")
-@pass_context
-@fail_cleanly
-def activate_command(ctx: Context, name: str, version: str, reason: str | None) -> None:
+@pass_state
+def activate_command(state: CliState, name: str, version: str, reason: str | None) -> None:
     """Make a version the one served, after checking its sha256 and re-scoring its example."""
-    store = open_store(ctx)
+    store = open_store(state)
     before = store.get_active_version(name)
     state = store.set_active_version(name, version, reason=reason)
     if before is not None and before.active_version == state.active_version:
@@ -295,24 +286,22 @@ def activate_command(ctx: Context, name: str, version: str, reason: str | None) 
 @main.command("rollback")
 @click.argument("name")
 @click.option("--reason", help="Why, recorded in the activation log.")
-@pass_context
-@fail_cleanly
-def rollback_command(ctx: Context, name: str, reason: str | None) -> None:
+@pass_state
+def rollback_command(state: CliState, name: str, reason: str | None) -> None:
     """Return to the version active before the current one (checked like activate)."""
-    state = open_store(ctx).rollback(name, reason=reason)
+    state = open_store(state).rollback(name, reason=reason)
     click.echo(f"rolled back {name} to v{state.active_version} (from v{state.previous_version})")
 
 
 @main.command("history")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@pass_context
-@fail_cleanly
-def history_command(ctx: Context, name: str, as_json: bool) -> None:
+@pass_state
+def history_command(state: CliState, name: str, as_json: bool) -> None:
     """Print the activation log of a model name, oldest first."""
     from registry_bridge import render
 
-    events = open_store(ctx).list_activation_log(name)
+    events = open_store(state).list_activation_log(name)
     if as_json:
         click.echo(render.as_json(events))
     elif not events:
@@ -330,15 +319,12 @@ def history_command(ctx: Context, name: str, as_json: bool) -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Where to write the ONNX file (default <name>-v<version>.onnx here).",
 )
-@pass_context
-@fail_cleanly
-def download_command(ctx: Context, name: str, version: str, output: str | None) -> None:
+@pass_state
+def download_command(state: CliState, name: str, version: str, output: str | None) -> None:
     """Write a version's ONNX file, verifying its sha256 while writing."""
     from pathlib import Path
 
-    from registry_bridge.store import artifact_filename
-
-    store = open_store(ctx)
+    store = open_store(state)
     found = store.get_model_version(name, version)
     path = store.download_artifact(
         found, Path(output or artifact_filename(found.name, found.version))
@@ -349,11 +335,10 @@ def download_command(ctx: Context, name: str, version: str, output: str | None) 
 @main.command("verify")
 @click.argument("name")
 @click.argument("version")
-@pass_context
-@fail_cleanly
-def verify_command(ctx: Context, name: str, version: str) -> None:
+@pass_state
+def verify_command(state: CliState, name: str, version: str) -> None:
     """Check a version's sha256 and re-score its input example (exit 1 on any mismatch)."""
-    report = open_store(ctx).verify_model_version(name, version)
+    report = open_store(state).verify_model_version(name, version)
     click.echo(
         f"{name} v{report.version}: sha256 {report.sha256} matches ({report.size_bytes} "
         f"bytes); {report.rows_scored} example rows re-scored, max |Δp| "
@@ -365,11 +350,10 @@ def verify_command(ctx: Context, name: str, version: str) -> None:
 @click.argument("name")
 @click.argument("version")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@pass_context
-@fail_cleanly
-def delete_command(ctx: Context, name: str, version: str, yes: bool) -> None:
+@pass_state
+def delete_command(state: CliState, name: str, version: str, yes: bool) -> None:
     """Delete a version's file and hide its metadata (the active version is refused)."""
-    store = open_store(ctx)
+    store = open_store(state)
     found = store.get_model_version(name, version)
     if not yes:
         click.confirm(f"delete {found.label} (run {found.run_id}) and its ONNX file?", abort=True)
@@ -382,15 +366,14 @@ def delete_command(ctx: Context, name: str, version: str, yes: bool) -> None:
 @click.option(
     "--min-age",
     type=click.FloatRange(min=0),
-    default=600.0,
+    default=ORPHAN_MIN_AGE_S,
     show_default=True,
     help="Spare files younger than this many seconds (a publish may be running).",
 )
-@pass_context
-@fail_cleanly
-def gc_command(ctx: Context, dry_run: bool, min_age: float) -> None:
+@pass_state
+def gc_command(state: CliState, dry_run: bool, min_age: float) -> None:
     """Remove GridFS files no version points to (left by a crashed publish or delete)."""
-    orphans = open_store(ctx).collect_orphan_files(dry_run=dry_run, min_age_s=min_age)
+    orphans = open_store(state).collect_orphan_files(dry_run=dry_run, min_age_s=min_age)
     verb = "would remove" if dry_run else "removed"
     for orphan in orphans:
         click.echo(f"{verb} {orphan['file_id']} {orphan['filename']} ({orphan['length']} bytes)")

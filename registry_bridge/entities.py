@@ -109,11 +109,6 @@ class ModelVersion(_VersionDescription):
     deleted_by: str | None = None
 
     @property
-    def features(self) -> list[str]:
-        """Feature names in the order the ONNX input expects them."""
-        return [column["name"] for column in self.input_schema]
-
-    @property
     def label(self) -> str:
         """``name vN``, how messages name a version."""
         return f"{self.name} v{self.version}"
@@ -152,7 +147,7 @@ class ActiveState(_Entity):
 
 @dataclass(frozen=True)
 class ActivationEvent(_Entity):
-    """One ``activation_log`` entry (append-only): ``action`` is activate, rollback or deactivate."""
+    """One ``activation_log`` entry (append-only); ``action``: activate, rollback or deactivate."""
 
     name: str
     from_version: int | None

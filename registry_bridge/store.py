@@ -72,7 +72,6 @@ READY, DELETED = "ready", "deleted"
 VERSIONS, STATE, LOG, COUNTERS = "model_versions", "registry_state", "activation_log", "counters"
 # A file younger than this may belong to a publish still in progress: gc leaves it alone.
 ORPHAN_MIN_AGE_S = 600.0
-_CAS_ATTEMPTS = 3
 
 T = TypeVar("T")
 

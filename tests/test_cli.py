@@ -20,7 +20,7 @@ NAME = "vertebral-column"
 
 @pytest.fixture
 def bridge(settings, registry_db_name):
-    """Run ``bridge ARGS`` with the test's registry database and MLflow store; returns the result."""
+    """Run ``bridge ARGS`` against the test's registry database and MLflow store."""
     env = {
         "MONGODB_URI": settings.registry.mongodb_uri,
         "REGISTRY_DB": registry_db_name,
@@ -161,7 +161,6 @@ def test_delete_asks_and_refuses_the_active_version(bridge, settings):
         (("verify", NAME, "x"), "version must be a positive whole number, got 'x'"),
         (("rollback", NAME), "no version is active"),
         (("publish", "--run-id", "0123abcd"), "MLflow run '0123abcd' not found"),
-        (("publish",), "give exactly one of --run-id ID or --best"),
         (("publish", "--best"), "experiment 'vertebral-column' not found"),
         (("runs", "--experiment", "missing"), "experiment 'missing' not found"),
     ],
@@ -169,6 +168,32 @@ def test_delete_asks_and_refuses_the_active_version(bridge, settings):
 def test_failures_are_one_line(bridge, args, expected):
     """Check that each user mistake exits 1 with one line naming what was wrong."""
     assert expected in one_line_error(bridge(*args))
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("publish",), "give exactly one of --run-id ID or --best"),
+        (("publish", "--run-id", "abc", "--best"), "give exactly one of --run-id ID or --best"),
+        (("publish", "--run-id", "abc", "--experiment", "x"), "--experiment only applies"),
+    ],
+)
+def test_option_conflicts_are_usage_errors(bridge, args, expected):
+    """Check that options that do not go together exit 2 with Click's usage message."""
+    result = bridge(*args)
+    assert result.exit_code == 2, result.output
+    assert f"Error: {expected}" in result.stderr and "Traceback" not in result.output
+
+
+def test_the_store_client_is_closed_when_a_command_fails(bridge, monkeypatch):
+    """Check that the store opened by a command is closed on exit, also after an error."""
+    from registry_bridge.store import ModelStore
+
+    closed = []
+    real_close = ModelStore.close
+    monkeypatch.setattr(ModelStore, "close", lambda self: closed.append(self) or real_close(self))
+    assert "version=9 not found" in one_line_error(bridge("show", NAME, "9"))
+    assert len(closed) == 1
 
 
 def test_unreachable_database_is_one_line_with_masked_uri(bridge, tmp_path):
