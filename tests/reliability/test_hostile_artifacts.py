@@ -110,7 +110,9 @@ def test_a_pickle_stored_as_a_version_is_never_executed(published, tmp_path, fig
     evil = store.publish_model_version(replace(knn.draft, source="attacker"), payload).version
     assert store.read_artifact(evil) == payload
     attempts = {}
-    with ApiServer(published.settings, tmp_path) as server:
+    # One worker: the 'keeps v1, stale' answer below needs the worker that served v1; with two,
+    # the second request may reach a worker that never loaded anything (it fails closed, 503).
+    with ApiServer(published.settings, tmp_path, workers=1) as server:
         refused = requests.post(
             server.url("/models/activate"),
             timeout=30,
