@@ -1,15 +1,18 @@
-"""Always serve the active version: one cheap registry read per request, stale on outage.
+"""Always serve the active version: a leased read of the pointer, stale on outage.
 
-Every request reads ``registry_state`` for the model name (one ``find_one`` by ``_id``
-through ``ModelStore.get_active_version``) and serves the version it names, loading
-it on first use. Because the pointer is read when the request starts, a request that
-starts after ``POST /models/activate`` (or ``bridge activate``) returned is served by
-the new version on every worker and every API instance, and no request fails during
-the switch: until the new session is loaded the request that loads it simply waits.
+A request is served from a read of ``registry_state`` (one ``find_one`` by ``_id``
+through ``ModelStore.get_active_version``) that *began* at most one lease
+(``api.pointer_lease_ms``, bounded by the ``lease_ms`` stored with the pointer) before
+the request reached this code; otherwise it reads again. Activations and rollbacks
+acknowledge only after that lease has passed since their write was acknowledged
+(``registry_bridge/lease.py``), so a request that starts after ``POST /models/activate``
+(or ``bridge activate``) returned is still served by the new version on every worker
+and every API instance; no request fails during the switch: until the new session is
+loaded the request that loads it simply waits. With a lease of 0 every request reads.
 
-Concurrent requests of one worker share a read: a request waits for the first read
-that *started after it arrived* (single-flight), so under load a worker issues about
-one read per read-duration instead of one per request, without weakening the rule.
+Concurrent requests of one worker share a read: when the lease has run out a request
+waits for the first read that *started after it arrived* (single-flight), so under load
+a worker issues about one read per lease instead of one per request.
 
 When the database does not answer within ``CHECK_TIMEOUT_S`` the loaded version keeps
 serving, marked stale, and the database is not asked again for ``BACKOFF_S`` so an
@@ -30,7 +33,10 @@ from pymongo.errors import PyMongoError
 
 from api.metrics import REGISTRY_READS
 from api.runtime import LoadedModel, SessionCache, load_model
+from registry_bridge import onnx_check
+from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
+from registry_bridge.lease import reuse_window_s
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +45,23 @@ BACKOFF_S = 1.0
 
 
 class SharedRead:
-    """Single-flight reads: each caller gets the outcome of a read that began after it called."""
+    """Single-flight leased reads: each caller gets a read that began at most
+    ``window(value)`` seconds before it called, else one that began after it called."""
 
-    def __init__(self, read: Callable[[], Any]):
+    def __init__(self, read: Callable[[], Any], window: Callable[[Any], float] = lambda _: 0.0):
         self._read = read
+        self._window = window
         self._cond = threading.Condition()
         self._started = 0  # reads begun so far
         self._done = 0  # number of the last finished read
         self._in_flight = False
         self._outcome: tuple[Any, BaseException | None] = (None, None)
+        self._fresh: tuple[float, Any] | None = None  # (monotonic start, value) of the last success
 
     def __call__(self) -> Any:
+        fresh = self._fresh  # one attribute read: no lock on the hot path
+        if fresh is not None and time.monotonic() - fresh[0] <= self._window(fresh[1]):
+            return fresh[1]
         with self._cond:
             wanted = self._started + 1  # the first read to begin after this call
             while True:
@@ -65,12 +77,15 @@ class SharedRead:
                     break
                 self._cond.wait()
         outcome: tuple[Any, BaseException | None]
+        began = time.monotonic()
         try:
             outcome = (self._read(), None)
         except BaseException as exc:  # handed to every waiter, then re-raised here too
             outcome = (None, exc)
         with self._cond:
             self._done, self._outcome, self._in_flight = number, outcome, False
+            if outcome[1] is None:
+                self._fresh = (began, outcome[0])
             self._cond.notify_all()
         if outcome[1] is not None:
             raise outcome[1]
@@ -96,6 +111,7 @@ class ActiveModel:
         cache: SessionCache | None = None,
         check_timeout_s: float = CHECK_TIMEOUT_S,
         backoff_s: float = BACKOFF_S,
+        lease_ms: int | None = None,
     ):
         self.store = store
         self.name = name
@@ -106,7 +122,9 @@ class ActiveModel:
         self._retry_at = 0.0
         self._lock = threading.Lock()
         self.registry_reachable = True
-        self._read_pointer = SharedRead(self._read_active_state)
+        # The store's setting unless told otherwise: the same value it writes and waits for.
+        self.lease_ms = getattr(store, "pointer_lease_ms", 0) if lease_ms is None else lease_ms
+        self._read_pointer = SharedRead(self._read_active_state, self._reuse_window)
         # version -> monotonic time before which a failed load is not retried
         self._failed_until: dict[int, float] = {}
         self._failed_reason: dict[int, str] = {}  # repeated during the back-off
@@ -148,6 +166,9 @@ class ActiveModel:
             log.info("registry database reachable again")
             self.registry_reachable = True
         return None if state is None else state.active_version
+
+    def _reuse_window(self, state: Any) -> float:
+        return reuse_window_s(self.lease_ms, state.lease_ms) if state is not None else 0.0
 
     def _read_active_state(self) -> Any:
         REGISTRY_READS.inc()
@@ -235,3 +256,24 @@ class ActiveModel:
     def load_version(self, version: int) -> LoadedModel:
         """Load (or reuse) one version, e.g. to warm it before it is activated."""
         return self.cache.get_or_load(self.name, version, lambda: self._load(version))
+
+    def check_version(self, meta: ModelVersion, refusing: str) -> LoadedModel:
+        """Load ``meta`` into this worker's cache and re-score its input example there:
+        the activation's validation, without building a second session.
+
+        Raises:
+            RegistryError: CONFLICT starting with ``refusing`` when it cannot be served.
+        """
+        try:
+            model = self.load_version(meta.version)
+            inputs = meta.input_example.get("inputs") or []
+            if not inputs:
+                raise RegistryError("CONFLICT", f"{meta.label}: no input example to score")
+            scores = onnx_check.score(model.session, inputs, meta.onnx_io, meta.label)
+            onnx_check.compare(meta.input_example, scores, meta.classes, meta.label)
+        except RegistryError as exc:
+            if exc.code != "CONFLICT":
+                raise
+            detail = exc.message.removeprefix(f"{meta.label}: ")
+            raise RegistryError("CONFLICT", f"{refusing}: {detail}") from None
+        return model

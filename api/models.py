@@ -169,10 +169,14 @@ def activate() -> Response:
     version = _version_field(body.get("version"))
     reason = _text_field(body, "reason", required=False)
     handle = registry()
+    check = None
     if name == handle.active.name:
-        # Load it here first: a version this API cannot run is refused before it serves.
-        handle.active.load_version(version)
-    state = handle.store.set_active_version(name, version, by=_actor(), reason=reason)
+        # Validate by loading it into this worker's cache: refused before it serves, and
+        # loaded once (the store's own check would build a second session).
+        def check(meta: Any) -> Any:
+            return handle.active.check_version(meta, f"cannot activate {meta.label}")
+
+    state = handle.store.set_active_version(name, version, by=_actor(), reason=reason, check=check)
     return jsonify(_state(state))
 
 

@@ -83,6 +83,8 @@ class ApiSettings:
     max_upload_mb: int = 512
     batch_chunk_rows: int = 50000
     output_dir: Path = Path("outputs")
+    pointer_lease_ms: int = 50
+    prepare_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,16 @@ def _optional_seconds(value: Any) -> float | None:
         raise ValueError(f"expected seconds as a number, got {value!r}") from None
     if number <= 0:
         raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+def _seconds(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected seconds as a number, got {value!r}") from None
+    if not 0 <= number <= 3600:
+        raise ValueError(f"expected a number of seconds in 0..3600, got {value!r}")
     return number
 
 
@@ -219,6 +231,8 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "max_upload_mb"): _int(1),
     ("api", "batch_chunk_rows"): _int(1),
     ("api", "output_dir"): _path,
+    ("api", "pointer_lease_ms"): _int(0, 10000),
+    ("api", "prepare_timeout_s"): _seconds,
 }
 
 # The environment variables of DESIGN.md and the key each overrides.

@@ -131,6 +131,9 @@ class ActiveState(_Entity):
     activated_at: datetime | None
     activated_by: str | None
     reason: str | None
+    # How long workers may reuse a read of this document (ms); 0 when written without one.
+    lease_ms: int = 0
+    staged_version: int | None = None  # being loaded by the workers before the switch
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> ActiveState:
@@ -142,6 +145,8 @@ class ActiveState(_Entity):
             activated_at=doc.get("activated_at"),
             activated_by=doc.get("activated_by"),
             reason=doc.get("reason"),
+            lease_ms=int(doc.get("lease_ms") or 0),
+            staged_version=doc.get("staged_version"),
         )
 
 

@@ -37,6 +37,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -47,12 +48,12 @@ import gridfs
 from bson import ObjectId
 from bson.errors import InvalidId
 from gridfs.errors import NoFile
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReadPreference, ReturnDocument, WriteConcern
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from conf.settings import RegistrySettings, Settings
-from registry_bridge import database, onnx_check
+from conf.settings import ApiSettings, RegistrySettings, Settings
+from registry_bridge import database, lease, onnx_check
 from registry_bridge.entities import (
     ActivationEvent,
     ActiveState,
@@ -137,6 +138,9 @@ class ModelStore:
             else (settings or RegistrySettings())
         )
         self.settings = registry
+        # The lease this process writes with the pointer and waits for (registry_bridge/lease.py).
+        api = settings.api if isinstance(settings, Settings) else ApiSettings()
+        self.pointer_lease_ms = api.pointer_lease_ms
         if isinstance(client_or_db, Database):
             self.db = client_or_db
         else:
@@ -144,7 +148,11 @@ class ModelStore:
         self.uri_label = database.mask_uri(database.resolve_uri(registry, start=False))
         self._owned_client: MongoClient | None = None
         self.versions = self.db[VERSIONS]
-        self.state = self.db[STATE]
+        # The pointer's commit wait is only sound if an acknowledged write survives a failover
+        # and reads see it: majority writes, reads from the primary (docs/api.md).
+        self.state = self.db.get_collection(
+            STATE, write_concern=WriteConcern("majority"), read_preference=ReadPreference.PRIMARY
+        )
         self.log = self.db[LOG]
         self.counters = self.db[COUNTERS]
         self.bucket = gridfs.GridFSBucket(self.db, bucket_name=registry.bucket)
@@ -429,7 +437,12 @@ class ModelStore:
 
     @_translated
     def set_active_version(
-        self, name: str, version: int, by: str | None = None, reason: str | None = None
+        self,
+        name: str,
+        version: int,
+        by: str | None = None,
+        reason: str | None = None,
+        check: Callable[[ModelVersion], Any] | None = None,
     ) -> ActiveState:
         """Make ``version`` the one served, after checking its bytes and its example.
 
@@ -440,12 +453,20 @@ class ModelStore:
         Raises:
             RegistryError: NOT_FOUND for an unknown version; CONFLICT when its checksum
                 does not match, it does not predict its example, or the state changed meanwhile.
+
+        ``check`` replaces the validation (raising CONFLICT the same way): the API passes
+        one that loads the version into its own session cache, so it is loaded once.
         """
         target = self.get_model_version(name, version)
         current = self.get_active_version(name)
         if current is not None and current.active_version == target.version:
+            # It may have been written by an activation still in its commit wait.
+            lease.wait_after(time.monotonic(), lease.commit_wait_ms(0, current.lease_ms))
             return current
-        self._validate(target, refusing=f"cannot activate {target.label}")
+        if check is None:
+            self._validate(target, refusing=f"cannot activate {target.label}")
+        else:
+            check(target)
         return self._move_pointer(name, current, target.version, by, reason, "activate")
 
     @_translated
@@ -496,21 +517,23 @@ class ModelStore:
             "activated_at": now,
             "activated_by": by,
             "reason": reason,
+            "lease_ms": self.pointer_lease_ms,
         }
-        doc: dict[str, Any] | None
+        replaced: dict[str, Any] | None
         if current is None:
             try:
                 self.state.insert_one(new_state)
-                doc = new_state
+                replaced = {}
             except DuplicateKeyError:  # another activation created the state first
-                doc = None
+                replaced = None
         else:
-            doc = self.state.find_one_and_replace(
+            replaced = self.state.find_one_and_replace(
                 {"_id": name, "active_version": from_version},
                 new_state,
-                return_document=ReturnDocument.AFTER,
+                return_document=ReturnDocument.BEFORE,
             )
-        if doc is None:
+        acknowledged_at = time.monotonic()
+        if replaced is None:
             now_active = self.get_active_version(name)
             raise RegistryError(
                 "CONFLICT",
@@ -530,7 +553,10 @@ class ModelStore:
             }
         )
         log.info("%s %s: v%s -> v%s by %s", action, name, from_version, to_version, by)
-        return ActiveState.from_document(doc)
+        # Commit wait: reads that began before the write expire before we acknowledge.
+        wait_ms = lease.commit_wait_ms(self.pointer_lease_ms, int(replaced.get("lease_ms") or 0))
+        lease.wait_after(acknowledged_at, wait_ms)
+        return ActiveState.from_document(new_state)
 
     def _validate(self, version: ModelVersion, refusing: str | None = None) -> VerificationReport:
         """Checksum, then load and re-score the input example; CONFLICT with ``refusing`` prefix."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 from api_fixtures import FAMILIES, MODEL, make_app, record, with_api
@@ -153,6 +154,8 @@ def test_unloadable_active_version_keeps_the_loaded_one_serving(client, publishe
         {"name": MODEL, "version": v2}, {"$set": {"sha256": "0" * 64}}
     )
     published.store.state.update_one({"_id": MODEL}, {"$set": {"active_version": v2}})
+    # A raw write gets no commit wait: wait out the lease as an activation does.
+    time.sleep(published.store.pointer_lease_ms / 1000)
     for _ in range(3):
         served = client.post("/predict", json=body)
         assert served.status_code == 200 and served.json["model"]["version"] == v1

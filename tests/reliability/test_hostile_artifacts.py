@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,6 +136,8 @@ def test_a_pickle_stored_as_a_version_is_never_executed(published, tmp_path, fig
 
         # Someone with write access to the database points the registry at it directly.
         store.state.update_one({"_id": MODEL}, {"$set": {"active_version": evil.version}})
+        # A raw write gets no commit wait: wait out the lease as an activation does.
+        time.sleep(store.pointer_lease_ms / 1000)
         answer = requests.post(server.url("/predict"), json=record(published.inputs[0]), timeout=30)
         ready = requests.get(server.url("/ready"), timeout=10)
         log = server.log()

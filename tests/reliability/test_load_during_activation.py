@@ -1,4 +1,8 @@
-"""Point 1: 8 clients on /predict for 60 s while the active version flips 100+ times."""
+"""Point 1: 8 clients on /predict for 60 s while the active version flips 100+ times.
+
+Two API instances on different ports share the database, each with its own workers and
+its own leased pointer reads; the flips go through either instance in turn, so an
+acknowledgement by one must hold for the workers of the other (issue 13, point 1)."""
 
 from __future__ import annotations
 
@@ -33,20 +37,28 @@ def test_no_failed_or_mixed_answer_while_the_version_flips(published, tmp_path, 
     rows = distinguishing_rows(expected)
     assert len(rows) >= 10, "the two versions must disagree on enough rows to show mixing"
     v1, v2 = published.versions[FAMILIES[0]], published.versions[FAMILIES[1]]
-    with ApiServer(
-        published.settings, tmp_path, workers=2, env={"API_ADMIN_TOKEN": TOKEN}
-    ) as server:
+    env = {"API_ADMIN_TOKEN": TOKEN}
+    with (
+        ApiServer(published.settings, tmp_path, workers=2, env=env) as first,
+        ApiServer(published.settings, tmp_path, workers=2, env=env) as second,
+    ):
+        servers = (first, second)
         activations = []
-        load = Load(server.base, published, rows, clients=CLIENTS).start()
+        loads = [
+            Load(server.base, published, rows, clients=CLIENTS // 2, seed=n).start()
+            for n, server in enumerate(servers)
+        ]
 
         def flip() -> None:
             target = v2 if len(activations) % 2 == 0 else v1
-            activations.append(activate(server.base, target, TOKEN))
+            # Alternate the instance too: each one's acknowledgement binds the other.
+            through = servers[(len(activations) // 2) % 2]
+            activations.append(activate(through.base, target, TOKEN))
 
         # Spread the flips over the whole minute, ~2.5 per second.
         run_for(LOAD_SECONDS, flip, interval=LOAD_SECONDS / (MIN_FLIPS * 1.5))
-        answers = load.stop()
-        log = server.log()
+        answers = sorted((a for load in loads for a in load.stop()), key=lambda a: a.started)
+        log = first.log() + second.log()
 
     failed = [a for a in answers if a.status != 200 or a.error]
     flips = [a for a in activations if a.status == 200]
@@ -73,7 +85,7 @@ def test_no_failed_or_mixed_answer_while_the_version_flips(published, tmp_path, 
     assert not mixed, mixed[:5]
     assert not late, late[:5]
     workers = {a.worker for a in answers}
-    assert len(workers) >= 2, f"only workers {workers} answered"
+    assert len(workers) >= 4, f"only workers {workers} answered (2 instances x 2 workers)"
     served = {a.version for a in answers}
     assert served == {v1, v2}, f"versions served: {served}"
     assert "Traceback" not in log, log[-3000:]

@@ -1,0 +1,116 @@
+"""The leased active pointer: reads reused within the lease, activations wait it out."""
+
+from __future__ import annotations
+
+import threading
+
+import onnxruntime
+import pytest
+from api_fixtures import FAMILIES, MODEL, make_app, record, with_api
+
+from api.active import SharedRead
+from registry_bridge import lease
+from registry_bridge.store import ModelStore
+
+V1, V2 = FAMILIES
+
+
+class CountingRead:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self.lock:
+            self.calls += 1
+            return self.calls
+
+
+def test_a_read_is_reused_within_its_lease_and_not_after():
+    """Check that callers share a read while its window lasts, and read again at window 0."""
+    read = CountingRead()
+    leased = SharedRead(read, window=lambda value: 3600.0)
+    assert [leased() for _ in range(5)] == [1] * 5
+    unleased = SharedRead(read, window=lambda value: 0.0)
+    assert [unleased() for _ in range(3)] == [2, 3, 4]
+
+
+def test_a_failed_read_is_not_reused():
+    """Check that an error reaches the caller and the next call reads again."""
+    outcomes = iter([RuntimeError("down"), 7])
+
+    def read() -> int:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    shared = SharedRead(read, window=lambda value: 3600.0)
+    with pytest.raises(RuntimeError, match="down"):
+        shared()
+    assert shared() == 7
+
+
+def test_workers_use_the_shorter_lease_and_activations_wait_the_longer():
+    """Check the agreement rule: a worker never reuses longer than the stored lease, and an
+    activation waits for the lease of the pointer it replaces when it is the longer."""
+    assert lease.reuse_window_s(1000, 30) == 0.03
+    assert lease.reuse_window_s(20, 30) == 0.02
+    assert lease.reuse_window_s(50, 0) == 0.0  # a pointer written without a lease
+    assert lease.commit_wait_ms(30, 80) == 80
+    assert lease.commit_wait_ms(80, 0) == 80
+
+
+def test_activation_and_rollback_wait_the_lease_after_the_write(
+    published, mongo_client, settings, monkeypatch
+):
+    """Check that activate and rollback return only after waiting, from the moment the database
+    acknowledged the write, the longer of their own lease and the replaced pointer's."""
+    waits: list[tuple[int, int | None]] = []
+
+    def record_wait(acknowledged_at: float, wait_ms: int) -> None:
+        # The write is acknowledged, so it is what every read sees now.
+        state = published.store.get_active_version(MODEL)
+        waits.append((wait_ms, state.active_version))
+
+    monkeypatch.setattr(lease, "wait_after", record_wait)
+    v1, v2 = published.versions[V1], published.versions[V2]
+    long = ModelStore(mongo_client, with_api(settings, pointer_lease_ms=400))
+    short = ModelStore(mongo_client, with_api(settings, pointer_lease_ms=30))
+    assert long.set_active_version(MODEL, v2).lease_ms == 400
+    assert short.rollback(MODEL).lease_ms == 30
+    short.set_active_version(MODEL, v2)
+    assert waits == [(400, v2), (400, v1), (30, v2)]
+    assert long.get_active_version(MODEL).lease_ms == 30  # what workers now use
+
+
+def test_lease_zero_reads_the_pointer_for_every_request(published, mongo_client):
+    """Check that with pointer_lease_ms 0 each request reads the pointer (today's behaviour)."""
+    from api.metrics import REGISTRY_READS
+
+    zero = with_api(published.settings, pointer_lease_ms=0)
+    ModelStore(mongo_client, zero).set_active_version(MODEL, published.versions[V2])
+    client = make_app(zero, mongo_client).test_client()
+    before = REGISTRY_READS._value.get()
+    for _ in range(5):
+        assert client.post("/predict", json=record(published.inputs[0])).status_code == 200
+    assert REGISTRY_READS._value.get() - before == 5
+
+
+def test_the_answering_worker_loads_an_activated_version_once(client, published, monkeypatch):
+    """Check that POST /models/activate builds one onnxruntime session for the new version
+    (its validation reuses the session the worker then serves with)."""
+    built = []
+    real = onnxruntime.InferenceSession
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counting)
+    v2 = published.versions[V2]
+    answer = client.post("/models/activate", json={"name": MODEL, "version": v2})
+    assert answer.status_code == 200, answer.json
+    served = client.post("/predict", json=record(published.inputs[0]))
+    assert served.json["model"]["version"] == v2
+    assert len(built) == 1
