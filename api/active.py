@@ -32,11 +32,12 @@ import pymongo
 from pymongo.errors import PyMongoError
 
 from api.metrics import REGISTRY_READS
-from api.runtime import LoadedModel, SessionCache, load_model
+from api.runtime import LoadedModel, SessionCache
 from registry_bridge import onnx_check
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
 from registry_bridge.lease import reuse_window_s
+from registry_bridge.scoring import model_from_version
 
 log = logging.getLogger(__name__)
 
@@ -242,16 +243,7 @@ class ActiveModel:
     def _load(self, version: int) -> LoadedModel:
         meta = self.store.get_model_version(self.name, version)
         data = self.store.read_artifact(meta)  # sha256-checked by the store
-        return load_model(
-            meta.name,
-            meta.version,
-            meta.run_id,
-            meta.classes,
-            meta.input_schema,
-            data,
-            meta.sha256,
-            onnx_io=meta.onnx_io,
-        )
+        return model_from_version(meta, data)
 
     def load_version(self, version: int) -> LoadedModel:
         """Load (or reuse) one version, e.g. to warm it before it is activated."""

@@ -18,19 +18,20 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-from pyarrow import compute as pa_compute
 from pyarrow import csv as pa_csv
 
-from api.runtime import LoadedModel
-from api.validation import FLOAT32_MAX, check_width, invalid, missing_columns, sniff_delimiter
+from api.validation import check_width, invalid, sniff_delimiter
+from registry_bridge.scoring import LoadedModel, check_columns, output_names, score_batch
+from registry_bridge.scoring.chunk import ScoredBatch
 
 log = logging.getLogger(__name__)
 
@@ -141,71 +142,6 @@ def _open_csv(stream: IO[bytes]) -> tuple[IO[bytes], str, list[str]]:
     return io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 20), delimiter, names
 
 
-class _Chunk:
-    """One block of rows as Arrow text columns; a pandas view only when a cell is bad."""
-
-    def __init__(self, batch: pa.RecordBatch, names: list[str]):
-        self.batch = batch
-        self.index = {name: i for i, name in enumerate(names)}
-        self._frame: pd.DataFrame | None = None
-
-    def __len__(self) -> int:
-        return self.batch.num_rows
-
-    def column(self, name: str) -> pa.Array:
-        return self.batch.column(self.index[name])
-
-    def __getitem__(self, name: str) -> pd.Series:
-        """The column as pandas text (slow path: error details, ``on_error=skip``)."""
-        if self._frame is None:
-            self._frame = pd.DataFrame(
-                {n: self.batch.column(i).to_pandas() for n, i in self.index.items()}
-            )
-        return self._frame[name]
-
-
-def _parse_features(
-    chunk: _Chunk, features: tuple[str, ...]
-) -> tuple[np.ndarray, np.ndarray, list[tuple[str, np.ndarray]]]:
-    """float32 matrix, per-row ok mask, and per column the mask of bad cells."""
-    matrix = np.empty((len(chunk), len(features)), dtype=np.float32)
-    ok = np.ones(len(chunk), dtype=bool)
-    bad_by_column: list[tuple[str, np.ndarray]] = []
-    for col, name in enumerate(features):
-        try:  # fast path: a clean column converts in one vectorised cast, in Arrow
-            values = pa_compute.cast(chunk.column(name), pa.float64()).to_numpy(
-                zero_copy_only=False
-            )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            # some cell is not a plain number: find which, cell by cell
-            values = pd.to_numeric(chunk[name].str.strip(), errors="coerce").to_numpy(
-                dtype=np.float64, na_value=np.nan
-            )
-        # Beyond float32's range a value would reach the model as infinity.
-        bad = ~(np.abs(values) <= FLOAT32_MAX)
-        if bad.any():
-            bad_by_column.append((name, bad))
-            ok &= ~bad
-            values = np.where(bad, 0.0, values)
-        matrix[:, col] = values
-    return matrix, ok, bad_by_column
-
-
-def _problem(value: str) -> str:
-    text = value.strip()
-    if text == "":
-        return "empty"
-    if text.lower() in ("nan", "+nan", "-nan"):
-        return "NaN"
-    if text.lower().lstrip("+-") in ("inf", "infinity"):
-        return "infinite"
-    try:
-        float(text)
-    except ValueError:
-        return f"not a number ({text[:40]!r})"
-    return f"beyond the model's float32 range (|x| <= {FLOAT32_MAX:.3g})"
-
-
 def run_batch(
     stream: IO[bytes],
     model: LoadedModel,
@@ -225,108 +161,101 @@ def run_batch(
             CSV or (unless skipping) a bad cell.
     """
     started = time.perf_counter()
-    features = model.schema.features
-    classes = model.classes
-    prob_columns = [f"prob_{c}" for c in classes]
-    reserved = {"prediction", "probability", "model_version", "error", *prob_columns}
-    # Absolute, because Flask's send_file reads relative paths from the app's package.
-    output_dir = output_dir.resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    job_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    job_path = output_dir / f"predicciones-{job_id}.csv"
-    latest_path = output_dir / LATEST_NAME
-    handle = tempfile.NamedTemporaryFile(
-        "wb", dir=output_dir, prefix=".batch-", suffix=".tmp", delete=False
-    )
-    tmp_path = Path(handle.name)
-    rows = predicted = 0
-    counts = np.zeros(len(classes), dtype=np.int64)
-    column_of = model.column_of
-    writer: _ChunkWriter | None = None
-    try:
-        with handle:
-            if expected_bytes is not None:
-                stream = _Exact(stream, expected_bytes)
-            source, delimiter, raw_names = _open_csv(stream)
-            names = [name.strip() for name in raw_names]
-            absent = missing_columns(names, model.schema)
-            if absent:
-                raise invalid(
-                    f"line 1: missing required column(s): {', '.join(absent)}",
-                    [{"line": 1, "field": n, "problem": "missing column"} for n in absent],
-                )
-            taken = [c for c in names if c in reserved]
-            if taken:
-                raise invalid(
-                    f"line 1: column(s) {', '.join(taken)} would be overwritten "
-                    "by the output; rename or drop them",
-                    [{"line": 1, "field": n, "problem": "reserved column"} for n in taken],
-                )
-            for batch in _read(source, delimiter, len(names), chunk_rows):
-                chunk = _Chunk(batch, names)
-                matrix, ok, bad_by_column = _parse_features(chunk, features)
-                if bad_by_column and on_error != "skip":
-                    _raise_bad_cells(chunk, bad_by_column, first_line=rows + 2)
-                n = len(chunk)
-                labels = np.full(n, "", dtype=object)
-                # float32 as the model computes them: written in their shortest exact form
-                probs = np.full((n, len(classes)), np.nan, dtype=np.float32)
-                probability = np.full(n, np.nan, dtype=np.float32)
-                if ok.any():
-                    scored = model.predict(matrix[ok] if not ok.all() else matrix)
-                    # hash each label once (np.unique would sort a million strings)
-                    codes, found = pd.factorize(np.asarray(scored.labels, dtype=object))
-                    chosen = np.array([column_of.get(label, 0) for label in found], dtype=np.intp)[
-                        codes
-                    ]
-                    counts += np.bincount(chosen, minlength=len(classes))
-                    labels[ok] = scored.labels
-                    probs[ok] = scored.probabilities
-                    probability[ok] = probs[ok][np.arange(len(chosen)), chosen]
-                    predicted += len(chosen)
-                columns = dict(zip(names, batch.columns, strict=False))
-                columns["prediction"] = pa.array(labels, type=pa.string())
-                columns["probability"] = pa.array(probability, from_pandas=True)
-                for name, values in zip(prob_columns, probs.T, strict=False):
-                    columns[name] = pa.array(values, from_pandas=True)
-                columns["model_version"] = pa.array(np.full(n, model.version, dtype=np.int64))
-                if on_error == "skip":
-                    columns["error"] = pa.array(
-                        _row_errors(chunk, bad_by_column, n), type=pa.string()
-                    )
-                writer = writer or _ChunkWriter(handle)
-                writer.write(pa.table(columns))
-                rows += n
-            if writer is not None:
-                writer.close()
-        if rows == 0:
+    if expected_bytes is not None:
+        stream = cast(IO[bytes], _Exact(stream, expected_bytes))
+    source, delimiter, names = _read_header(stream, model)
+    tally = _Tally(model.classes)
+    with _atomic_output(output_dir) as output:
+        writer = _ChunkWriter(output.handle)
+        for first_line, batch in _read(source, delimiter, names, chunk_rows):
+            scored = score_batch(model, batch, on_error, first_row=first_line, row_key="line")
+            writer.write(scored.batch)
+            tally.add(scored)
+        writer.close()
+        if tally.rows == 0:
             raise invalid("the CSV has a header but no data rows")
-        os.replace(tmp_path, job_path)
-        _publish_latest(job_path, latest_path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
     duration = time.perf_counter() - started
     log.info(
         "batch %s: %d rows (%d predicted) with %s v%s in %.2fs",
-        job_id,
-        rows,
-        predicted,
+        output.job_id,
+        tally.rows,
+        tally.predicted,
         model.name,
         model.version,
         duration,
     )
     return BatchResult(
-        job_id,
-        job_path,
-        latest_path,
-        rows,
-        predicted,
-        rows - predicted,
-        {c: int(counts[i]) for i, c in enumerate(classes)},
+        output.job_id,
+        output.job_path,
+        output.latest_path,
+        tally.rows,
+        tally.predicted,
+        tally.rows - tally.predicted,
+        {c: int(n) for c, n in zip(model.classes, tally.counts, strict=True)},
         duration,
         model.identity(),
     )
+
+
+def _read_header(stream: IO[bytes], model: LoadedModel) -> tuple[IO[bytes], str, list[str]]:
+    """The stream positioned for the reader, its delimiter, and the checked column names."""
+    source, delimiter, raw_names = _open_csv(stream)
+    names = [name.strip() for name in raw_names]
+    check_columns(
+        names, model.schema, output_names(model.classes), where="line 1", detail={"line": 1}
+    )
+    return source, delimiter, names
+
+
+class _Tally:
+    """Rows seen and predicted so far, and predictions per class."""
+
+    def __init__(self, classes: tuple[str, ...]):
+        self.rows = self.predicted = 0
+        self.counts = np.zeros(len(classes), dtype=np.int64)
+
+    def add(self, scored: ScoredBatch) -> None:
+        self.rows += scored.batch.num_rows
+        self.predicted += scored.predicted
+        self.counts += scored.counts
+
+
+@dataclass
+class _Output:
+    """The files of one job: the temporary file written, and the names it will take."""
+
+    handle: IO[bytes]
+    job_id: str
+    job_path: Path
+    latest_path: Path
+
+
+@contextmanager
+def _atomic_output(output_dir: Path) -> Iterator[_Output]:
+    """A temporary file beside the outputs, renamed to the job's file only on success.
+
+    On success ``predicciones.csv`` is pointed at the job's file; on any error the
+    temporary file is removed, so a failed batch leaves no half-written result.
+    """
+    # Absolute, because Flask's send_file reads relative paths from the app's package.
+    output_dir = output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    job_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    handle = tempfile.NamedTemporaryFile(
+        "wb", dir=output_dir, prefix=".batch-", suffix=".tmp", delete=False
+    )
+    tmp_path = Path(handle.name)
+    output = _Output(
+        handle, job_id, output_dir / f"predicciones-{job_id}.csv", output_dir / LATEST_NAME
+    )
+    try:
+        with handle:
+            yield output
+        os.replace(tmp_path, output.job_path)
+        _publish_latest(output.job_path, output.latest_path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
 
 
 class _ChunkWriter:
@@ -340,7 +269,8 @@ class _ChunkWriter:
         self._writer: pa_csv.CSVWriter | None = None
         self._schema: pa.Schema | None = None
 
-    def write(self, table: pa.Table) -> None:
+    def write(self, batch: pa.RecordBatch) -> None:
+        table = pa.Table.from_batches([batch])
         if self._writer is None:
             # Fix the column types on the first chunk so every chunk writes alike.
             self._schema = pa.schema(
@@ -359,15 +289,19 @@ class _ChunkWriter:
             self._writer.close()
 
 
-def _read(source: IO[bytes], delimiter: str, width: int, chunk_rows: int) -> Any:
-    """Yield record batches of text cells, turning Arrow's parse errors into a 400 naming the line.
+def _read(
+    source: IO[bytes], delimiter: str, names: list[str], chunk_rows: int
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Yield (line of the first row, record batch of text cells named as the header).
 
-    One reader thread: measured faster than Arrow's thread pool on 1M rows here, and
-    only then does Arrow know the line number of a malformed row.
+    Arrow's parse errors become a 400 naming the line. One reader thread: measured
+    faster than Arrow's thread pool on 1M rows here, and only then does Arrow know the
+    line number of a malformed row.
     """
     block = min(max(chunk_rows * _BYTES_PER_ROW, _MIN_BLOCK), _MAX_BLOCK)
-    # Positional names: the header (already read) may repeat or blank a name.
-    keys = [f"c{i}" for i in range(width)]
+    # Positional names for the reader: the header may repeat or blank a passed-through name.
+    keys = [f"c{i}" for i in range(len(names))]
+    line = 2
     try:
         reader = pa_csv.open_csv(
             source,
@@ -383,53 +317,14 @@ def _read(source: IO[bytes], delimiter: str, width: int, chunk_rows: int) -> Any
         )
         for batch in reader:
             if batch.num_rows:
-                yield batch
+                yield line, pa.RecordBatch.from_arrays(batch.columns, names=names)
+                line += batch.num_rows
     except pa.ArrowInvalid as exc:
         detail = str(exc)
         if "UTF8" in detail:
             raise invalid(f"the CSV is not UTF-8 text ({detail})") from None
         detail = detail.replace("CSV parse error: ", "").replace("Row #", "line ")
         raise invalid(f"malformed CSV: {detail[:300]}") from None
-
-
-def _raise_bad_cells(
-    chunk: pd.DataFrame, bad_by_column: list[tuple[str, np.ndarray]], first_line: int
-) -> None:
-    details: list[dict[str, Any]] = []
-    total = 0
-    for name, bad in bad_by_column:
-        positions = np.flatnonzero(bad)
-        total += len(positions)
-        for pos in positions[:MAX_DETAILS]:
-            value = chunk[name].iat[pos]
-            details.append(
-                {
-                    "line": first_line + int(pos),
-                    "field": name,
-                    "value": value[:40],
-                    "problem": _problem(value),
-                }
-            )
-    details.sort(key=lambda d: (d["line"], d["field"]))
-    details = details[:MAX_DETAILS]
-    first = details[0]
-    raise invalid(
-        f"line {first['line']}, column {first['field']}: {first['problem']}"
-        f" ({total} bad cell(s) in this part of the file; add ?on_error=skip "
-        f"to keep such rows with an error column)",
-        details,
-    )
-
-
-def _row_errors(
-    chunk: pd.DataFrame, bad_by_column: list[tuple[str, np.ndarray]], n: int
-) -> list[str]:
-    errors = [""] * n
-    for name, bad in bad_by_column:
-        for pos in np.flatnonzero(bad):
-            text = f"{name}: {_problem(chunk[name].iat[pos])}"
-            errors[pos] = f"{errors[pos]}; {text}" if errors[pos] else text
-    return errors
 
 
 def _publish_latest(job_path: Path, latest_path: Path) -> None:

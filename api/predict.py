@@ -11,16 +11,9 @@ from api import registry
 from api.active import Resolved
 from api.batch import run_batch
 from api.metrics import BATCH_ROWS, PREDICTIONS
-from api.validation import (
-    MAX_DETAILS,
-    check_count,
-    csv_records,
-    extract_records,
-    invalid,
-    parse_json,
-    validate_records,
-)
+from api.validation import check_count, csv_records, extract_records, invalid, parse_json
 from registry_bridge.errors import RegistryError
+from registry_bridge.scoring import MAX_DETAILS, decide, validate_records
 
 bp = Blueprint("predict", __name__)
 
@@ -60,8 +53,8 @@ def _predict(accept_csv: bool) -> Response:
     check_count(records, registry().settings.api.max_records)
     model = serving().model
     checked = validate_records(records, model.schema, from_text=from_text)
-    scored = model.predict(checked.matrix)
-    unscored = np.flatnonzero(~np.isfinite(scored.probabilities).all(axis=1))
+    decision = decide(model, model.predict(checked.matrix))
+    unscored = np.flatnonzero(~decision.finite)
     if unscored.size:  # extreme (if finite) values overflow inside the model
         raise invalid(
             f"the model gives no finite probabilities for {unscored.size} record(s): "
@@ -76,19 +69,21 @@ def _predict(accept_csv: bool) -> Response:
             ],
         )
     classes = model.classes
-    column_of = model.column_of
-    predictions = []
-    for label, row, flags in zip(
-        scored.labels, scored.probabilities.tolist(), checked.out_of_range, strict=False
-    ):
-        predictions.append(
-            {
-                "label": label,
-                "probability": row[column_of[label]],
-                "probabilities": dict(zip(classes, row, strict=False)),
-                "out_of_range": flags,
-            }
+    predictions = [
+        {
+            "label": label,
+            "probability": probability,
+            "probabilities": dict(zip(classes, row, strict=True)),
+            "out_of_range": flags,
+        }
+        for label, probability, row, flags in zip(
+            decision.labels.tolist(),
+            decision.probability.tolist(),
+            decision.probabilities.tolist(),
+            checked.out_of_range,
+            strict=True,
         )
+    ]
     PREDICTIONS.labels(model.name, str(model.version)).inc(len(predictions))
     return jsonify({"model": model.identity(), "predictions": predictions})
 

@@ -47,6 +47,7 @@ from pipelines.metrics import (
     summarise_folds,
 )
 from pipelines.tracking import ensure_experiment
+from registry_bridge.scoring.session import build_session
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,7 @@ def onnx_predict(
     features: pd.DataFrame | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of an ONNX candidate model (onnxruntime, CPU)."""
-    session = onnxruntime.InferenceSession(
-        model.SerializeToString(), providers=["CPUExecutionProvider"]
-    )
+    session = build_session(model.SerializeToString(), f"ONNX candidate {model.graph.name}")
     inputs = np.asarray(features, dtype=np.float32)
     labels, probabilities = session.run([ONNX_LABEL, ONNX_PROBABILITIES], {ONNX_INPUT: inputs})
     return labels, probabilities

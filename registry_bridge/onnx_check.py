@@ -36,24 +36,15 @@ class Scores:
 
 
 def load_session(artifact: bytes, what: str) -> Any:
-    """An onnxruntime session over ``artifact`` (bytes in memory, CPU only).
+    """An onnxruntime session over ``artifact``, built by the scoring core's one builder.
 
     Raises:
         RegistryError: CONFLICT naming ``what`` when onnxruntime cannot load the bytes.
     """
-    import onnxruntime as ort  # heavy import, only where a model is actually run
+    # Imported here: the CLI imports this module, and only some commands run a model.
+    from registry_bridge.scoring.session import build_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # onnxruntime warns on stderr otherwise; errors still raise
-    try:
-        return ort.InferenceSession(
-            artifact, sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # onnxruntime raises its own untyped errors on a bad graph
-        raise RegistryError(
-            "CONFLICT",
-            f"{what}: the ONNX model does not load in onnxruntime: {str(exc).splitlines()[0]}",
-        ) from None
+    return build_session(artifact, what)
 
 
 def score(
@@ -114,10 +105,10 @@ def compare(
     differences = np.abs(wanted - actual.probabilities)
     worst = float(differences.max()) if differences.size else 0.0
     if worst > tolerance:
-        row, column = np.unravel_index(int(differences.argmax()), differences.shape)
+        at_row, column = (int(i) for i in np.unravel_index(differences.argmax(), differences.shape))
         raise RegistryError(
             "CONFLICT",
-            f"{what}: probability of {classes[column]!r} on row {row} differs by "
+            f"{what}: probability of {classes[column]!r} on row {at_row} differs by "
             f"{worst:.3g} from the recorded model (tolerance {tolerance:g})",
         )
     return worst

@@ -1,0 +1,59 @@
+"""The one place a prediction's label, its probability and ``prob_<class>`` are derived.
+
+Every output (``/predict``'s JSON, ``/batch-predict``'s CSV, Spark's columns) takes
+them from ``decide``, so a decision rule (e.g. a binary version's threshold) applies
+everywhere at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from registry_bridge.scoring.session import LoadedModel, Prediction
+
+PREDICTION = "prediction"
+PROBABILITY = "probability"
+MODEL_VERSION = "model_version"
+ERROR = "error"
+
+
+def probability_column(label: str) -> str:
+    """The output column holding the probability of class ``label``."""
+    return f"prob_{label}"
+
+
+def output_names(classes: Sequence[str]) -> list[str]:
+    """The columns scoring adds to its input, in order (``error`` only with on_error=skip)."""
+    return [PREDICTION, PROBABILITY, *map(probability_column, classes), MODEL_VERSION, ERROR]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Per scored row: the label, its probability, all probabilities, and usability.
+
+    ``finite`` is False for a row whose probabilities are not all finite (extreme inputs
+    can overflow inside the model): such a row has no usable prediction.
+    """
+
+    labels: np.ndarray  # object array of class names
+    probability: np.ndarray  # float32, probability of the chosen label
+    probabilities: np.ndarray  # float32 (rows, classes), columns in model.classes order
+    column: np.ndarray  # intp, index of the chosen label in model.classes
+    finite: np.ndarray  # bool
+
+
+def decide(model: LoadedModel, prediction: Prediction) -> Decision:
+    """Derive label and probability of each row from what the model gave."""
+    probabilities = np.asarray(prediction.probabilities, dtype=np.float32)
+    labels = np.asarray(prediction.labels, dtype=object)
+    # Hash each label once (np.unique would sort a million strings).
+    codes, found = pd.factorize(labels)
+    column_of = model.column_of
+    column = np.array([column_of.get(label, 0) for label in found], dtype=np.intp)[codes]
+    rows = np.arange(len(labels))
+    finite = np.asarray(np.isfinite(probabilities).all(axis=1), dtype=bool)
+    return Decision(labels, probabilities[rows, column], probabilities, column, finite)
