@@ -65,8 +65,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         test_config: Flask config overrides; ``SETTINGS`` (a :class:`Settings`) replaces
             ``load_settings()``, ``MONGO_CLIENT`` an existing client to share.
     """
-    from api import errors, models, ops, predict
+    from api import errors, models, monitoring, ops, predict
     from api.active import ActiveModel
+    from api.capture import EXTENSION as CAPTURE
+    from api.capture import Capture
     from registry_bridge.store import ModelStore
 
     app = Flask(__name__)
@@ -85,11 +87,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     store = ModelStore(client, settings, ensure_indexes=False)
     active = ActiveModel(store, settings.api.model_name)
     app.extensions[EXTENSION] = Registry(client, store, active, settings)
+    app.extensions[CAPTURE] = Capture(client[settings.registry.database], settings.capture)
 
     errors.init_app(app)
     app.register_blueprint(predict.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(monitoring.bp)
     _init_request_hooks(app)
     return app
 

@@ -47,6 +47,13 @@ REGISTRY_READS = Counter(
 STALE_RESPONSES = Counter(
     "api_stale_responses_total", "Responses served while the registry database was unreachable"
 )
+CAPTURE_WRITTEN = Counter("api_capture_written_total", "Captured records written to inference_log")
+CAPTURE_DROPPED = Counter(
+    "api_capture_dropped_total", "Captured records dropped because the capture queue was full"
+)
+CAPTURE_FAILED = Counter(
+    "api_capture_failed_total", "Captured records lost because the database refused the write"
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, g, jsonify, request, send_file
 from api import registry
 from api.active import Resolved
 from api.batch import run_batch
+from api.capture import current as capture_of_app
 from api.metrics import BATCH_ROWS, PREDICTIONS
 from api.validation import check_count, csv_records, extract_records, invalid, parse_json
 from registry_bridge.errors import RegistryError
@@ -68,6 +69,11 @@ def _predict(accept_csv: bool) -> Response:
                 for i in unscored[:MAX_DETAILS]
             ],
         )
+    # Off the request path: records only enter a bounded queue (api/capture.py).
+    capture = capture_of_app()
+    if capture.sampled():
+        source = request.path.strip("/")
+        capture.record(source, model, checked.matrix, scored.labels, scored.probabilities)
     classes = model.classes
     predictions = [
         {

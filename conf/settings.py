@@ -88,12 +88,29 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class CaptureSettings:
+    sample_percent: float = 20.0
+    retention_days: float = 30.0
+    queue_size: int = 10000
+    max_rows_per_request: int = 1000
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    psi_threshold: float = 0.2
+    ks_threshold: float = 0.2
+    min_samples: int = 50
+
+
+@dataclass(frozen=True)
 class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     data: DataSettings = field(default_factory=DataSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
     config_file: Path = DEFAULT_CONFIG
 
 
@@ -139,6 +156,25 @@ def _fraction(value: Any) -> float:
     if not 0.0 < number < 1.0:
         raise ValueError(f"expected a number between 0 and 1, got {value!r}")
     return number
+
+
+def _number(
+    low: float, high: float | None = None, *, above: bool = False
+) -> Callable[[Any], float]:
+    """A parser of numbers in [low, high] (or (low, high] when ``above``)."""
+
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if number != number or number < low or (above and number == low):
+            raise ValueError(f"expected a number {'>' if above else '>='} {low:g}, got {value!r}")
+        if high is not None and number > high:
+            raise ValueError(f"expected a number <= {high:g}, got {value!r}")
+        return number
+
+    return parse
 
 
 def _optional_seconds(value: Any) -> float | None:
@@ -233,6 +269,13 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "output_dir"): _path,
     ("api", "pointer_lease_ms"): _int(0, 10000),
     ("api", "prepare_timeout_s"): _seconds,
+    ("capture", "sample_percent"): _number(0, 100),
+    ("capture", "retention_days"): _number(0, above=True),
+    ("capture", "queue_size"): _int(1),
+    ("capture", "max_rows_per_request"): _int(1),
+    ("monitor", "psi_threshold"): _number(0, above=True),
+    ("monitor", "ks_threshold"): _number(0, 1, above=True),
+    ("monitor", "min_samples"): _int(1),
 }
 
 # The environment variables of DESIGN.md and the key each overrides.
@@ -247,6 +290,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_WORKERS": ("api", "workers"),
     "API_ADMIN_TOKEN": ("api", "admin_token"),
     "OUTPUT_DIR": ("api", "output_dir"),
+    "CAPTURE_SAMPLE_PERCENT": ("capture", "sample_percent"),
 }
 
 
@@ -336,5 +380,7 @@ def load_settings(
         data=section("data", DataSettings),
         training=section("training", TrainingSettings),
         api=section("api", ApiSettings),
+        capture=section("capture", CaptureSettings),
+        monitor=section("monitor", MonitorSettings),
         config_file=config_path,
     )

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from conf.settings import Settings
-from registry_bridge import onnx_check
+from registry_bridge import monitor, onnx_check
 from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishResult, current_user
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ModelStore
@@ -209,6 +209,8 @@ def publish_run(
         if result.created:  # a version whose run does not point back to it is half-published
             store.unpublish_model_version(version.name, version.version)
         raise
+    if result.created:  # the training baseline drift is measured against (never fails this)
+        monitor.attach_baseline(store, settings, version, card, draft.data_fingerprint)
     return result
 
 

@@ -119,6 +119,8 @@ def throwaway_settings(uri: str, db_name: str, tmp_path: Path) -> Settings:
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
         "VERTEBRAL_DATA": str(data_path()),
         "OUTPUT_DIR": str(tmp_path / "outputs"),
+        # No capture thread writing into a test's database unless the test asks for one.
+        "CAPTURE_SAMPLE_PERCENT": "0",
     }
     (tmp_path / "mlruns").mkdir()
     loaded = load_settings(env=env)

@@ -52,6 +52,7 @@ def test_environment_wins_over_file(tmp_path):
         "API_WORKERS": "4",
         "API_ADMIN_TOKEN": "s3cret",
         "OUTPUT_DIR": str(tmp_path / "out"),
+        "CAPTURE_SAMPLE_PERCENT": "100",
     }
     assert set(env) == set(ENV_OVERRIDES)
     s = load_settings(env=env)
@@ -63,6 +64,7 @@ def test_environment_wins_over_file(tmp_path):
     assert (s.api.host, s.api.port, s.api.workers) == ("0.0.0.0", 9000, 4)
     assert s.api.admin_token == "s3cret"
     assert s.api.output_dir == tmp_path / "out"
+    assert s.capture.sample_percent == 100
 
 
 def test_config_file_overrides_defaults_and_cli_overrides_win(tmp_path):
@@ -125,3 +127,12 @@ def test_missing_config_file_is_named(tmp_path):
 def test_empty_mongodb_uri_means_embedded():
     """Check that MONGODB_URI='' (as docker compose may pass) selects the embedded server."""
     assert load_settings(env={"MONGODB_URI": ""}).registry.mongodb_uri is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("CAPTURE_SAMPLE_PERCENT", "101"), ("CAPTURE_SAMPLE_PERCENT", "-1")]
+)
+def test_capture_share_outside_0_to_100_is_refused(variable, value):
+    """Check that a sampling percentage outside 0..100 fails at start-up naming the variable."""
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(env={variable: value})

@@ -1,0 +1,260 @@
+"""Data capture: a sample of what the served version is asked and answers, kept for monitoring.
+
+A sampled ``/predict`` or ``/invocations`` request (``capture.sample_percent``) and a
+sample of ``/batch-predict`` rows become ``inference_log`` documents, one per record:
+``{name, version, at, source, request_id, features, label, probabilities, latency_ms}``.
+Those are patients' measurements: they are kept ``capture.retention_days`` days.
+
+Nothing is written on the request path. The request only puts records into a bounded
+in-memory queue (``put_nowait``); a background thread per worker process writes them in
+batches. A full queue drops records and counts them (``api_capture_dropped_total``); a
+failing database loses the batch and counts it (``api_capture_failed_total``): a capture
+problem never fails or slows a prediction.
+
+Retention: a TTL index on ``at`` where the server has them, and the writer thread also
+deletes expired records itself every ``PURGE_INTERVAL_S``, so it holds on servers whose TTL
+monitor does not run (or does not exist, like the embedded one's might not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from flask import after_this_request, current_app, g, request
+from pymongo import ASCENDING
+
+from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED, CAPTURE_WRITTEN
+from conf.settings import CaptureSettings
+from registry_bridge.monitor import INFERENCE_LOG
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH = 500  # documents per insert_many
+FLUSH_INTERVAL_S = 1.0  # a partial batch waits at most this long
+PURGE_INTERVAL_S = 3600.0
+REQUEST_ID_HEADER = "X-Request-Id"
+EXTENSION = "capture"  # key in app.extensions
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class Capture:
+    """One per worker process: the sampling decision, the queue and its writer thread."""
+
+    def __init__(self, db: Any, settings: CaptureSettings):
+        self.settings = settings
+        self.enabled = settings.sample_percent > 0
+        self._share = settings.sample_percent / 100.0
+        self._collection = db[INFERENCE_LOG]
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=settings.queue_size)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._next_purge = 0.0
+
+    # --- request side: cheap, never raises ------------------------------------------
+
+    def sampled(self) -> bool:
+        """Whether this request is captured (decided once per request)."""
+        return self.enabled and (self._share >= 1.0 or random.random() < self._share)
+
+    def record_rows(
+        self, model: Any, matrix: np.ndarray, labels: Sequence[str], probabilities: np.ndarray
+    ) -> None:
+        """Queue a sample of one /batch-predict chunk's scored rows (each row drawn alone).
+
+        At most ``max_rows_per_request`` rows of one upload are kept, over all its chunks.
+        """
+        if not self.enabled:
+            return
+        try:
+            budget = g.get("capture_budget", self.settings.max_rows_per_request)
+            if budget <= 0:
+                return
+            n = len(labels)
+            rows = (
+                np.arange(n)
+                if self._share >= 1.0
+                else np.flatnonzero(np.random.random(n) < self._share)
+            )
+            rows = rows[:budget]
+            g.capture_budget = budget - len(rows)
+            self.record("batch", model, matrix, labels, probabilities, rows)
+        except Exception:
+            log.exception("capture failed on a batch chunk; the prediction is unaffected")
+
+    def record(
+        self,
+        source: str,
+        model: Any,
+        matrix: np.ndarray,
+        labels: Sequence[str],
+        probabilities: np.ndarray,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        """Queue the scored records of a sampled request (``rows``: which of them, else all)."""
+        try:
+            self._record(source, model, matrix, labels, probabilities, rows)
+        except Exception:  # capture must never fail a prediction
+            log.exception("capture failed on %s; the prediction is unaffected", source)
+
+    def _record(
+        self,
+        source: str,
+        model: Any,
+        matrix: np.ndarray,
+        labels: Sequence[str],
+        probabilities: np.ndarray,
+        rows: np.ndarray | None,
+    ) -> None:
+        limit = self.settings.max_rows_per_request
+        if rows is None:
+            rows = np.arange(min(len(labels), limit))
+        elif len(rows) > limit:
+            rows = rows[:limit]
+        if not len(rows):
+            return
+        at = datetime.now(UTC)
+        started = g.get("started")
+        latency = round((time.perf_counter() - started) * 1000, 3) if started else None
+        request_id = _request_id()
+        features = model.schema.features
+        classes = model.classes
+        values = matrix[rows].tolist()
+        probs = probabilities[rows].tolist()
+        for i, row in enumerate(rows.tolist()):
+            self._offer(
+                {
+                    "name": model.name,
+                    "version": model.version,
+                    "at": at,
+                    "source": source,
+                    "request_id": request_id,
+                    "row": row,
+                    "features": dict(zip(features, values[i], strict=False)),
+                    "label": labels[row],
+                    "probabilities": dict(zip(classes, probs[i], strict=False)),
+                    "latency_ms": latency,
+                }
+            )
+
+    def _offer(self, doc: dict[str, Any]) -> None:
+        self._ensure_writer()
+        try:
+            self._queue.put_nowait(doc)
+        except queue.Full:
+            CAPTURE_DROPPED.inc()
+
+    # --- writer side ----------------------------------------------------------------
+
+    def _ensure_writer(self) -> None:
+        # Started lazily in the process that captures: gunicorn forks workers after import.
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="capture-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        self._prepare()
+        while True:
+            batch = self._take()
+            if batch:
+                self._write(batch)
+                for _ in batch:
+                    self._queue.task_done()
+            if time.monotonic() >= self._next_purge:
+                self.purge()
+
+    def _take(self) -> list[dict[str, Any]]:
+        """Wait for a record, then gather up to WRITE_BATCH within FLUSH_INTERVAL_S."""
+        try:
+            first = self._queue.get(timeout=FLUSH_INTERVAL_S)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + FLUSH_INTERVAL_S
+        while len(batch) < WRITE_BATCH:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            self._collection.insert_many(batch, ordered=False)
+            CAPTURE_WRITTEN.inc(len(batch))
+        except Exception as exc:  # the database is down or refuses: lose this batch, go on
+            CAPTURE_FAILED.inc(len(batch))
+            log.warning("capture: %d record(s) not written: %s", len(batch), str(exc)[:200])
+
+    def _prepare(self) -> None:
+        """Indexes for the reports and the TTL (best effort: the API runs without them)."""
+        retention = int(self.settings.retention_days * 86400)
+        try:
+            self._collection.create_index(
+                [("name", ASCENDING), ("version", ASCENDING), ("at", ASCENDING)],
+                name="name_version_at",
+            )
+            self._collection.create_index("at", expireAfterSeconds=retention, name="at_ttl")
+        except Exception as exc:
+            log.info("capture: indexes not created (%s); purging by query only", str(exc)[:200])
+
+    def purge(self) -> int:
+        """Delete records older than the retention; returns how many went."""
+        self._next_purge = time.monotonic() + PURGE_INTERVAL_S
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.retention_days)
+        try:
+            return int(self._collection.delete_many({"at": {"$lt": cutoff}}).deleted_count)
+        except Exception as exc:
+            log.warning("capture: expired records not purged: %s", str(exc)[:200])
+            return 0
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued record was written or failed (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._queue.unfinished_tasks:
+                return True
+            time.sleep(0.02)
+        return False
+
+
+def current() -> Capture:
+    """The current app's capture."""
+    return current_app.extensions[EXTENSION]
+
+
+def _request_id() -> str:
+    """The client's X-Request-Id when it is a plain token, else a new one; echoed in the answer."""
+    rid = g.get("request_id")
+    if rid is None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = g.request_id = given if _CLIENT_ID.match(given) else uuid.uuid4().hex
+
+        @after_this_request
+        def _echo(response: Any) -> Any:
+            response.headers[REQUEST_ID_HEADER] = rid
+            return response
+
+    return rid

@@ -1,0 +1,122 @@
+"""Monitoring and the console: ``GET /models/<name>/monitoring``, its plots, and ``GET /``.
+
+The console is one server-rendered page (api/templates/console.html) with its script and
+style served from here too, so it needs no build step, no external asset and no inline
+code (a ``script-src 'self'`` policy allows it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, render_template, request
+
+from api import registry
+from registry_bridge import monitor
+from registry_bridge.errors import RegistryError
+
+bp = Blueprint("monitoring", __name__)
+
+TEMPLATES = Path(__file__).with_name("templates")
+_ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}
+# Same-origin only; images may be the plots or a blob (the batch result link is one).
+CONSOLE_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+def _since() -> str:
+    return request.args.get("since", monitor.DEFAULT_SINCE)
+
+
+@bp.get("/models/<name>/monitoring")
+def monitoring(name: str) -> Response:
+    """Drift of one version (``?version=``, default the active one) over ``?since=`` (24h)."""
+    store = registry().store
+    report = monitor.drift_report(
+        store, registry().settings, name, request.args.get("version"), _since()
+    )
+    report["captured_total"] = monitor.count_captured(store.db, name, report["version"])
+    report["capture"] = {
+        "sample_percent": registry().settings.capture.sample_percent,
+        "retention_days": registry().settings.capture.retention_days,
+    }
+    return jsonify(report)
+
+
+@bp.get("/models/<name>/monitoring/plots/<feature>.png")
+def monitoring_plot(name: str, feature: str) -> Response:
+    """The baseline-against-live histogram of one feature, as a PNG."""
+    version = request.args.get("version")
+    if version is None:
+        version = monitor.resolve_version(registry().store, name, None).version
+    png = monitor.feature_plot(registry().store, name, version, feature, _since())
+    response = Response(png, mimetype="image/png")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/")
+def console() -> Response:
+    """The console: versions, activations, capture and drift, and forms to predict."""
+    name = request.args.get("name") or registry().settings.api.model_name
+    page = render_template("console.html", **_console_data(name))
+    response = Response(page, mimetype="text/html")
+    response.headers.setdefault("Content-Security-Policy", CONSOLE_POLICY)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/console/<asset>")
+def console_asset(asset: str) -> Response:
+    """The console's script and style (same origin, so no inline code is needed)."""
+    if asset not in _ASSETS:
+        raise RegistryError("NOT_FOUND", f"no console asset {asset!r}")
+    body = (TEMPLATES / asset).read_text(encoding="utf-8")
+    return Response(body, mimetype=_ASSETS[asset])
+
+
+def _console_data(name: str) -> dict[str, Any]:
+    """What the console shows; a part the registry cannot give is shown as unavailable."""
+    store = registry().store
+    settings = registry().settings
+    data: dict[str, Any] = {
+        "name": name,
+        "versions": [],
+        "active": None,
+        "history": [],
+        "report": None,
+        "error": None,
+        "capture": settings.capture,
+        "captured_total": None,
+        "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "features": [],
+    }
+    try:
+        versions = store.search_model_versions(name)
+        state = store.get_active_version(name)
+        data["active"] = state.active_version if state else None
+        data["versions"] = [
+            {
+                "version": v.version,
+                "family": v.model_family,
+                "f1": v.metrics.get("test_f1_macro"),
+                "accuracy": v.metrics.get("test_accuracy"),
+                "created_at": v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "",
+                "run_id": v.run_id or "",
+                "active": state is not None and v.version == state.active_version,
+            }
+            for v in reversed(versions)
+        ]
+        data["history"] = list(reversed(store.list_activation_log(name)))[:20]
+        if versions:
+            shown = next((v for v in versions if v.version == data["active"]), versions[-1])
+            data["features"] = shown.input_schema
+            data["captured_total"] = monitor.count_captured(store.db, name)
+            data["report"] = monitor.drift_report(store, settings, name, shown.version)
+    except RegistryError as exc:
+        data["error"] = exc.message
+    return data

@@ -1,0 +1,564 @@
+"""Drift of what a version is asked against what it learned from: baselines, statistics, plots.
+
+A **baseline** is stored with each version (field ``baseline`` of its ``model_versions``
+document): per feature of the training split its count, mean, std, min, max, 101
+quantiles (enough for a KS test) and ten decile bins (for the PSI); and the predicted-class
+mix on the test split. It holds summaries only, never a patient's row.
+
+The **drift report** compares the records captured in ``inference_log`` (api/capture.py)
+since a time with that baseline: per feature the KS statistic (scipy's one-sample test
+against the baseline's CDF), the PSI over the baseline's bins, the share of missing and of
+out-of-range values and the sample size; the predicted-class mix against the baseline's.
+A feature drifts when its PSI or KS reaches ``monitor.psi_threshold`` /
+``monitor.ks_threshold``. The CLI (``bridge monitor``) and the API
+(``GET /models/<name>/monitoring``) both call :func:`drift_report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from conf.settings import MonitorSettings, Settings
+from registry_bridge.entities import ModelVersion
+from registry_bridge.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+INFERENCE_LOG = "inference_log"
+BASELINE_FIELD = "baseline"
+QUANTILES = np.linspace(0.0, 1.0, 101)
+PSI_BINS = 10
+# An empty bin would make the PSI infinite: its share is floored at this.
+PSI_FLOOR = 1e-4
+# Live records read for one report (the newest first): bounds memory and time.
+MAX_LIVE_RECORDS = 100_000
+DEFAULT_SINCE = "24h"
+_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+# --- baselines ------------------------------------------------------------------------
+
+
+def feature_baseline(values: np.ndarray) -> dict[str, Any]:
+    """Summary statistics of one feature's training values (finite values only)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError("no finite value to summarise")
+    quantiles = np.quantile(values, QUANTILES)
+    # Decile edges, repeated values merged (a feature with many equal values has fewer bins).
+    inner = np.unique(quantiles[10:-1:10])
+    counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(inner) + 1)
+    return {
+        "count": int(values.size),
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "quantiles": [float(q) for q in quantiles],
+        "bin_edges": [float(e) for e in inner],
+        "bin_counts": [int(c) for c in counts],
+    }
+
+
+def build_baseline(
+    train: Mapping[str, np.ndarray], test_predictions: Sequence[str], source: str
+) -> dict[str, Any]:
+    """The baseline of a version: training-split feature statistics, test-split class mix.
+
+    Args:
+        train: feature name -> its values on the training split, in the model's order.
+        test_predictions: the model's predicted labels on the test split.
+        source: where the statistics came from (said by ``bridge monitor``).
+    """
+    mix = Counter(str(label) for label in test_predictions)
+    total = sum(mix.values()) or 1
+    return {
+        "features": {name: feature_baseline(values) for name, values in train.items()},
+        "class_mix": {label: count / total for label, count in sorted(mix.items())},
+        "test_rows": int(sum(mix.values())),
+        "source": source,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def training_rows(dataset: Any, test_inputs: Sequence[Sequence[float]]) -> np.ndarray:
+    """The data set's rows that are not in the test split (the training split).
+
+    The run's model card holds the whole test split; the training split is the rest of
+    the data set it was cut from, whatever seed cut it.
+
+    Raises:
+        ValueError: a test row is not in the data set (it is not the run's data).
+    """
+    from pipelines.data import FEATURES
+
+    table = dataset.features[list(FEATURES)].to_numpy(dtype=float)
+    remaining = Counter(tuple(np.round(row, 6)) for row in np.asarray(test_inputs, dtype=float))
+    expected = sum(remaining.values())
+    keep = np.ones(len(table), dtype=bool)
+    for i, row in enumerate(table):
+        key = tuple(np.round(row, 6))
+        if remaining.get(key):
+            remaining[key] -= 1
+            keep[i] = False
+    if sum(remaining.values()):
+        raise ValueError(
+            f"{sum(remaining.values())} of the {expected} test rows are not in the data set"
+        )
+    return table[keep]
+
+
+def baseline_from_card(
+    settings: Settings, card: Mapping[str, Any], fingerprint: str | None, run_id: str
+) -> dict[str, Any]:
+    """A version's baseline from its run's model card and the data set it was trained on.
+
+    Raises:
+        RegistryError: NOT_FOUND when the configured data is not the run's (fingerprint
+            differs) or cannot be read; the message says which.
+    """
+    from pipelines.data import FEATURES, DataError, load_dataset
+
+    try:
+        dataset = load_dataset(settings.data)
+    except (DataError, OSError) as exc:
+        raise RegistryError(
+            "NOT_FOUND", f"run {run_id}: its training data cannot be read ({exc})"
+        ) from None
+    if fingerprint and dataset.fingerprint != fingerprint:
+        raise RegistryError(
+            "NOT_FOUND",
+            f"run {run_id} was trained on data {fingerprint[:12]}…, the configured data "
+            f"({dataset.source}) is {dataset.fingerprint[:12]}…; set VERTEBRAL_DATA to its file",
+        )
+    evaluation = card.get("evaluation") or {}
+    try:
+        train = training_rows(dataset, evaluation.get("inputs") or [])
+    except ValueError as exc:
+        raise RegistryError("NOT_FOUND", f"run {run_id}: {exc}") from None
+    features = [c["name"] for c in card.get("input_schema") or []] or list(FEATURES)
+    columns = {name: train[:, FEATURES.index(name)] for name in features}
+    return build_baseline(columns, evaluation.get("labels") or [], f"run {run_id}")
+
+
+def store_baseline(store: Any, version: ModelVersion, baseline: Mapping[str, Any]) -> None:
+    """Keep ``baseline`` in the version's document."""
+    store.versions.update_one(
+        {"name": version.name, "version": version.version},
+        {"$set": {BASELINE_FIELD: dict(baseline)}},
+    )
+
+
+def read_baseline(store: Any, name: str, version: int) -> dict[str, Any] | None:
+    """The stored baseline of a version, or None."""
+    doc = store.versions.find_one({"name": name, "version": int(version)}, {BASELINE_FIELD: 1})
+    return (doc or {}).get(BASELINE_FIELD)
+
+
+def attach_baseline(
+    store: Any,
+    settings: Settings,
+    version: ModelVersion,
+    card: Mapping[str, Any],
+    fingerprint: str | None,
+) -> dict[str, Any] | None:
+    """Compute and store a just-published version's baseline; a failure is logged, not raised.
+
+    A version without a baseline still serves; ``bridge monitor`` says it has none.
+    """
+    try:
+        baseline = baseline_from_card(settings, card, fingerprint, version.run_id or "?")
+        store_baseline(store, version, baseline)
+        return baseline
+    except Exception as exc:  # never fail a publish over monitoring
+        log.warning("%s published without a baseline: %s", version.label, exc)
+        return None
+
+
+def backfill_baseline(store: Any, settings: Settings, version: ModelVersion) -> tuple[bool, str]:
+    """Give an older version its baseline from its MLflow run.
+
+    Returns:
+        (stored now, a sentence saying what happened).
+
+    Raises:
+        RegistryError: NOT_FOUND naming why the version has no baseline and cannot get one.
+    """
+    if read_baseline(store, version.name, version.version) is not None:
+        return False, f"{version.label} already has a baseline"
+    if not version.run_id:
+        raise RegistryError(
+            "NOT_FOUND", f"{version.label} has no baseline and no MLflow run to compute one from"
+        )
+    import tempfile
+
+    from registry_bridge import publish
+
+    client = publish._client(settings)
+    with tempfile.TemporaryDirectory(prefix="bridge-baseline-") as tmp:
+        card = publish._read_card(client, settings, version.run_id, Path(tmp) / "card")
+    baseline = baseline_from_card(settings, card, version.data_fingerprint, version.run_id)
+    store_baseline(store, version, baseline)
+    rows = next(iter(baseline["features"].values()))["count"]
+    return (
+        True,
+        f"{version.label}: baseline stored from run {version.run_id} ({rows} training rows)",
+    )
+
+
+# --- live data ------------------------------------------------------------------------
+
+
+def parse_since(text: str) -> timedelta:
+    """``"24h"``, ``"30m"``, ``"7d"``… as a duration.
+
+    Raises:
+        RegistryError: INVALID_INPUT naming the value.
+    """
+    match = _SINCE.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"since must be a positive duration such as 30m, 24h or 7d, got {text!r}",
+            [{"field": "since", "problem": "not a duration"}],
+        )
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+@dataclass(frozen=True)
+class LiveSample:
+    """Captured records of one version: a feature matrix (NaN = missing) and the labels."""
+
+    features: tuple[str, ...]
+    matrix: np.ndarray
+    labels: list[str]
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+
+def read_live(
+    db: Any, name: str, version: int, features: Sequence[str], since: datetime
+) -> LiveSample:
+    """The version's captured records since ``since`` (the newest MAX_LIVE_RECORDS)."""
+    cursor = (
+        db[INFERENCE_LOG]
+        .find(
+            {"name": name, "version": int(version), "at": {"$gte": since}},
+            {"features": 1, "label": 1, "_id": 0},
+        )
+        .sort("at", -1)
+        .limit(MAX_LIVE_RECORDS)
+    )
+    return live_sample(features, cursor)
+
+
+def live_sample(features: Sequence[str], records: Iterable[Mapping[str, Any]]) -> LiveSample:
+    """A :class:`LiveSample` from ``inference_log`` documents (or anything shaped alike)."""
+    rows: list[list[float]] = []
+    labels: list[str] = []
+    for doc in records:
+        values = doc.get("features") or {}
+        rows.append([_number(values.get(name)) for name in features])
+        labels.append(str(doc.get("label") or ""))
+    matrix = np.array(rows, dtype=float).reshape(len(rows), len(features))
+    return LiveSample(tuple(features), matrix, labels)
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value) if value is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# --- statistics -----------------------------------------------------------------------
+
+
+def baseline_cdf(feature: Mapping[str, Any]) -> Any:
+    """The baseline's CDF, interpolated between its quantiles (0 below min, 1 above max)."""
+    xs = np.asarray(feature["quantiles"], dtype=float)
+    # Equal quantiles (an atom): keep the highest probability at that value.
+    xs, last = np.unique(xs[::-1], return_index=True)
+    ps = QUANTILES[::-1][last]
+
+    def cdf(x: np.ndarray) -> np.ndarray:
+        return np.interp(x, xs, ps, left=0.0, right=1.0)
+
+    return cdf
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of two share vectors over the same bins."""
+    e = np.maximum(np.asarray(expected, dtype=float), PSI_FLOOR)
+    a = np.maximum(np.asarray(actual, dtype=float), PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def bin_shares(feature: Mapping[str, Any], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(baseline shares, live shares) over the baseline's bins (outer bins open-ended)."""
+    edges = np.asarray(feature["bin_edges"], dtype=float)
+    base = np.asarray(feature["bin_counts"], dtype=float)
+    live = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(base))
+    return base / max(base.sum(), 1.0), live / max(live.sum(), 1)
+
+
+def feature_drift(
+    name: str, feature: Mapping[str, Any], column: np.ndarray, thresholds: MonitorSettings
+) -> dict[str, Any]:
+    """One feature's drift figures (``drift`` is None when the sample is too small)."""
+    present = column[np.isfinite(column)]
+    n = int(column.size)
+    result: dict[str, Any] = {
+        "name": name,
+        "sample_size": int(present.size),
+        "missing_share": float(1 - present.size / n) if n else 0.0,
+        "out_of_range_share": (
+            float(np.mean((present < feature["min"]) | (present > feature["max"])))
+            if present.size
+            else 0.0
+        ),
+        "baseline_mean": feature["mean"],
+        "live_mean": float(present.mean()) if present.size else None,
+        "ks": None,
+        "ks_pvalue": None,
+        "psi": None,
+        "drift": None,
+    }
+    if present.size == 0:
+        return result
+    test = stats.kstest(present, baseline_cdf(feature))
+    expected, actual = bin_shares(feature, present)
+    result.update(ks=float(test.statistic), ks_pvalue=float(test.pvalue), psi=psi(expected, actual))
+    if present.size >= thresholds.min_samples:
+        result["drift"] = bool(
+            result["ks"] >= thresholds.ks_threshold or result["psi"] >= thresholds.psi_threshold
+        )
+    return result
+
+
+def class_mix_drift(
+    baseline_mix: Mapping[str, float], labels: Sequence[str], thresholds: MonitorSettings
+) -> dict[str, Any]:
+    """Predicted-class shares live against the baseline's, with their PSI."""
+    counts = Counter(labels)
+    total = sum(counts.values())
+    classes = sorted(set(baseline_mix) | set(counts))
+    live = {c: (counts.get(c, 0) / total if total else 0.0) for c in classes}
+    value = psi(
+        np.array([baseline_mix.get(c, 0.0) for c in classes]),
+        np.array([live[c] for c in classes]),
+    )
+    return {
+        "baseline": {c: float(baseline_mix.get(c, 0.0)) for c in classes},
+        "live": live,
+        "psi": value if total else None,
+        "drift": bool(value >= thresholds.psi_threshold)
+        if total >= thresholds.min_samples
+        else None,
+    }
+
+
+def compare(
+    baseline: Mapping[str, Any], sample: LiveSample, thresholds: MonitorSettings
+) -> dict[str, Any]:
+    """Per-feature drift and the class mix of ``sample`` against ``baseline``."""
+    features = [
+        feature_drift(name, baseline["features"][name], sample.matrix[:, i], thresholds)
+        for i, name in enumerate(sample.features)
+        if name in baseline["features"]
+    ]
+    mix = class_mix_drift(baseline.get("class_mix") or {}, sample.labels, thresholds)
+    drifted = [f["name"] for f in features if f["drift"]]
+    if sample.size < thresholds.min_samples:
+        status = "insufficient_data"
+    elif drifted or mix["drift"]:
+        status = "drift"
+    else:
+        status = "ok"
+    return {
+        "sample_size": sample.size,
+        "status": status,
+        "drift": status == "drift",
+        "drifted_features": drifted,
+        "features": features,
+        "class_mix": mix,
+        "thresholds": {
+            "psi": thresholds.psi_threshold,
+            "ks": thresholds.ks_threshold,
+            "min_samples": thresholds.min_samples,
+        },
+    }
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+def resolve_version(store: Any, name: str, version: int | str | None) -> ModelVersion:
+    """The asked version, else the active one, else the newest.
+
+    Raises:
+        RegistryError: NOT_FOUND when ``name`` has no version.
+    """
+    if version is not None:
+        return store.get_model_version(name, version)
+    state = store.get_active_version(name)
+    if state is not None:
+        return store.get_model_version(name, state.active_version)
+    versions = store.search_model_versions(name)
+    if not versions:
+        raise RegistryError("NOT_FOUND", f"no version of {name!r} is published")
+    return versions[-1]
+
+
+def drift_report(
+    store: Any,
+    settings: Settings,
+    name: str,
+    version: int | str | None = None,
+    since: str = DEFAULT_SINCE,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """What ``bridge monitor`` and ``GET /models/<name>/monitoring`` answer.
+
+    ``status`` is ``drift``, ``ok``, ``insufficient_data`` or ``no_baseline``.
+
+    Raises:
+        RegistryError: NOT_FOUND for an unknown name or version, INVALID_INPUT for ``since``.
+    """
+    window = parse_since(since)
+    found = resolve_version(store, name, version)
+    until = now or datetime.now(UTC)
+    start = until - window
+    head = {
+        "name": found.name,
+        "version": found.version,
+        "since": start.isoformat(),
+        "until": until.isoformat(),
+        "window": since,
+    }
+    baseline = read_baseline(store, found.name, found.version)
+    if baseline is None:
+        return {
+            **head,
+            "status": "no_baseline",
+            "drift": False,
+            "message": f"{found.label} has no baseline; `bridge verify {found.name} "
+            f"{found.version} --baseline` computes it from its MLflow run",
+            "sample_size": count_captured(store.db, found.name, found.version, start),
+            "features": [],
+        }
+    features = [c["name"] for c in found.input_schema]
+    sample = read_live(store.db, found.name, found.version, features, start)
+    return {
+        **head,
+        "baseline_source": baseline.get("source"),
+        **compare(baseline, sample, settings.monitor),
+    }
+
+
+def count_captured(
+    db: Any, name: str, version: int | None = None, since: datetime | None = None
+) -> int:
+    """Captured records of ``name`` (one version, since a time, when given)."""
+    query: dict[str, Any] = {"name": name}
+    if version is not None:
+        query["version"] = int(version)
+    if since is not None:
+        query["at"] = {"$gte": since}
+    return int(db[INFERENCE_LOG].count_documents(query))
+
+
+# --- plots ----------------------------------------------------------------------------
+
+
+def plot_feature(feature: Mapping[str, Any], values: np.ndarray, title: str) -> bytes:
+    """PNG of the baseline's histogram against the live one, over the baseline's bins."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    from matplotlib.figure import Figure
+
+    values = values[np.isfinite(values)]
+    edges = np.asarray(feature["bin_edges"], dtype=float)
+    low = min(feature["min"], float(values.min()) if values.size else feature["min"])
+    high = max(feature["max"], float(values.max()) if values.size else feature["max"])
+    full = np.concatenate([[low], edges, [high if high > edges[-1] else edges[-1] + 1e-9]])
+    widths = np.maximum(np.diff(full), 1e-9)
+    base_share, live_share = bin_shares(feature, values)
+    figure = Figure(figsize=(5, 3), dpi=90)
+    axes = figure.subplots()
+    axes.stairs(base_share / widths, full, fill=True, alpha=0.4, label="training baseline")
+    if values.size:
+        axes.stairs(
+            live_share / widths, full, linewidth=2, label=f"live (n={values.size})", color="C3"
+        )
+    axes.set_title(title, fontsize=10)
+    axes.set_ylabel("density")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _plot_inputs(
+    store: Any, name: str, version: int | str, features: Sequence[str] | None, since: str
+) -> tuple[ModelVersion, dict[str, Any], LiveSample]:
+    found = store.get_model_version(name, version)
+    baseline = read_baseline(store, found.name, found.version)
+    known = (baseline or {}).get("features", {})
+    wanted = list(features) if features is not None else list(known)
+    unknown = [f for f in wanted if f not in known]
+    if baseline is None or unknown:
+        raise RegistryError(
+            "NOT_FOUND",
+            f"{found.label} has no baseline"
+            + (f" for feature {', '.join(unknown)}" if baseline is not None else ""),
+            [{"field": "feature", "problem": "unknown or no baseline"}],
+        )
+    start = datetime.now(UTC) - parse_since(since)
+    return found, known, read_live(store.db, found.name, found.version, wanted, start)
+
+
+def feature_plot(
+    store: Any, name: str, version: int | str, feature: str, since: str = DEFAULT_SINCE
+) -> bytes:
+    """The PNG of one feature of one version (what the console shows).
+
+    Raises:
+        RegistryError: NOT_FOUND for an unknown feature or a version without a baseline.
+    """
+    found, known, sample = _plot_inputs(store, name, version, [feature], since)
+    return plot_feature(known[feature], sample.matrix[:, 0], f"{feature} ({found.label})")
+
+
+def write_plots(
+    store: Any, name: str, version: int | str, directory: Path, since: str = DEFAULT_SINCE
+) -> list[Path]:
+    """One PNG per feature of a version with a baseline, in ``directory``; returns the paths."""
+    found, known, sample = _plot_inputs(store, name, version, None, since)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, feature in enumerate(sample.features):
+        path = directory / f"drift-{found.name}-v{found.version}-{feature}.png"
+        path.write_bytes(
+            plot_feature(known[feature], sample.matrix[:, i], f"{feature} ({found.label})")
+        )
+        paths.append(path)
+    return paths
