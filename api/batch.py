@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -149,10 +149,12 @@ def run_batch(
     chunk_rows: int,
     on_error: str = "fail",
     expected_bytes: int | None = None,
+    on_chunk: Callable[[pa.RecordBatch], None] | None = None,
 ) -> BatchResult:
     """Score every row of the CSV ``stream`` with ``model`` and save the result.
 
     Args:
+        on_chunk: called with each scored chunk (data capture samples rows from it).
         on_error: ``"fail"`` (a bad cell is a 400 naming line and column) or ``"skip"``
             (the row is kept with an ``error`` column and no prediction).
 
@@ -171,6 +173,8 @@ def run_batch(
             scored = score_batch(model, batch, on_error, first_row=first_line, row_key="line")
             writer.write(scored.batch)
             tally.add(scored)
+            if on_chunk is not None:
+                on_chunk(scored.batch)
         writer.close()
         if tally.rows == 0:
             raise invalid("the CSV has a header but no data rows")

@@ -31,12 +31,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from flask import after_this_request, current_app, g, request
 from pymongo import ASCENDING
 
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED, CAPTURE_WRITTEN
 from conf.settings import CaptureSettings
 from registry_bridge.monitor import INFERENCE_LOG
+from registry_bridge.scoring.columns import PREDICTION, probability_column
 
 log = logging.getLogger(__name__)
 
@@ -68,30 +70,48 @@ class Capture:
         """Whether this request is captured (decided once per request)."""
         return self.enabled and (self._share >= 1.0 or random.random() < self._share)
 
-    def record_rows(
-        self, model: Any, matrix: np.ndarray, labels: Sequence[str], probabilities: np.ndarray
-    ) -> None:
-        """Queue a sample of one /batch-predict chunk's scored rows (each row drawn alone).
+    def record_batch_rows(self, model: Any, scored: pa.RecordBatch) -> None:
+        """Queue a sample of one scored /batch-predict chunk (each row drawn on its own).
 
-        At most ``max_rows_per_request`` rows of one upload are kept, over all its chunks.
+        At most ``max_rows_per_request`` rows of one upload are kept, over all its chunks;
+        a row whose cell was not a number is kept with that feature missing.
         """
         if not self.enabled:
             return
         try:
-            budget = g.get("capture_budget", self.settings.max_rows_per_request)
-            if budget <= 0:
-                return
-            n = len(labels)
-            rows = (
-                np.arange(n)
-                if self._share >= 1.0
-                else np.flatnonzero(np.random.random(n) < self._share)
-            )
-            rows = rows[:budget]
-            g.capture_budget = budget - len(rows)
-            self.record("batch", model, matrix, labels, probabilities, rows)
-        except Exception:
+            self._record_batch_rows(model, scored)
+        except Exception:  # capture must never fail a prediction
             log.exception("capture failed on a batch chunk; the prediction is unaffected")
+
+    def _record_batch_rows(self, model: Any, scored: pa.RecordBatch) -> None:
+        budget = g.get("capture_budget", self.settings.max_rows_per_request)
+        n = scored.num_rows
+        if budget <= 0 or n == 0:
+            return
+        if self._share >= 1.0:
+            rows = np.arange(min(n, budget))
+        else:
+            rows = np.flatnonzero(np.random.random(n) < self._share)[:budget]
+        g.capture_budget = budget - len(rows)
+        if not len(rows):
+            return
+        table = scored.take(pa.array(rows)).to_pydict()
+        features = model.schema.features
+        classes = model.classes
+        meta = self._meta("batch", model)
+        for i, row in enumerate(rows.tolist()):
+            label = table[PREDICTION][i]
+            self._offer(
+                {
+                    **meta,
+                    "row": row,
+                    "features": {f: _number(table[f][i]) for f in features},
+                    "label": label or None,
+                    "probabilities": {c: _number(table[probability_column(c)][i]) for c in classes}
+                    if label
+                    else None,
+                }
+            )
 
     def record(
         self,
@@ -124,10 +144,7 @@ class Capture:
             rows = rows[:limit]
         if not len(rows):
             return
-        at = datetime.now(UTC)
-        started = g.get("started")
-        latency = round((time.perf_counter() - started) * 1000, 3) if started else None
-        request_id = _request_id()
+        meta = self._meta(source, model)
         features = model.schema.features
         classes = model.classes
         values = matrix[rows].tolist()
@@ -135,18 +152,26 @@ class Capture:
         for i, row in enumerate(rows.tolist()):
             self._offer(
                 {
-                    "name": model.name,
-                    "version": model.version,
-                    "at": at,
-                    "source": source,
-                    "request_id": request_id,
+                    **meta,
                     "row": row,
                     "features": dict(zip(features, values[i], strict=False)),
-                    "label": labels[row],
+                    "label": str(labels[row]),
                     "probabilities": dict(zip(classes, probs[i], strict=False)),
-                    "latency_ms": latency,
                 }
             )
+
+    @staticmethod
+    def _meta(source: str, model: Any) -> dict[str, Any]:
+        """What every record of this request shares (a new dict per record is made from it)."""
+        started = g.get("started")
+        return {
+            "name": model.name,
+            "version": model.version,
+            "at": datetime.now(UTC),
+            "source": source,
+            "request_id": _request_id(),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3) if started else None,
+        }
 
     def _offer(self, doc: dict[str, Any]) -> None:
         self._ensure_writer()
@@ -238,6 +263,15 @@ class Capture:
                 return True
             time.sleep(0.02)
         return False
+
+
+def _number(value: Any) -> float | None:
+    """A cell as a float, None when it is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def current() -> Capture:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ def _predict(accept_csv: bool) -> Response:
     capture = capture_of_app()
     if capture.sampled():
         source = request.path.strip("/")
-        capture.record(source, model, checked.matrix, scored.labels, scored.probabilities)
+        capture.record(source, model, checked.matrix, decision.labels, decision.probabilities)
     classes = model.classes
     predictions = [
         {
@@ -134,6 +135,7 @@ def batch_predict() -> Response:
         raise _unsupported(f"multipart/form-data with a 'file' field, or {CSV_TYPE}")
     model = serving().model
     settings = registry().settings.api
+    capture = capture_of_app()
     result = run_batch(
         stream,
         model,
@@ -141,6 +143,7 @@ def batch_predict() -> Response:
         settings.batch_chunk_rows,
         on_error,
         expected_bytes=expected,
+        on_chunk=functools.partial(capture.record_batch_rows, model) if capture.enabled else None,
     )
     version = str(model.version)
     BATCH_ROWS.labels(model.name, version, "predicted").inc(result.predicted)

@@ -59,6 +59,25 @@ def test_predict_and_invocations_are_captured_with_their_request_id(capturing, p
     assert db[INFERENCE_LOG].find_one({"source": "invocations"})["row"] == 0
 
 
+def test_batch_rows_are_captured(capturing, published):
+    """Check /batch-predict rows are captured with source batch, skipped rows with the
+    bad cell missing."""
+    app, db = capturing
+    lines = [",".join(FEATURES)] + [",".join(map(str, r)) for r in published.inputs[:4]]
+    lines.append(lines[1].replace(lines[1].split(",")[0], "n/a", 1))
+    body = "\n".join(lines) + "\n"
+    answer = app.test_client().post(
+        "/batch-predict?on_error=skip", data=body, content_type="text/csv"
+    )
+    assert answer.status_code == 200
+    with app.app_context():
+        assert current_capture().flush()
+    docs = list(db[INFERENCE_LOG].find({"source": "batch"}).sort("row", 1))
+    assert len(docs) == 5 and docs[4]["label"] is None
+    assert docs[4]["features"]["pelvic_incidence"] is None
+    assert docs[0]["features"]["pelvic_tilt"] == pytest.approx(float(published.inputs[0][1]))
+
+
 def test_capture_off_writes_nothing(published, mongo_client):
     """Check sample_percent 0 keeps nothing and answers without a request id."""
     app = make_app(with_capture(published.settings, 0), mongo_client)

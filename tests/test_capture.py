@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from flask import Flask
 
@@ -62,21 +63,39 @@ def test_sampled_records_are_written_with_what_monitoring_needs(registry_db, req
     assert "latency_ms" in first
 
 
+def scored_chunk(n: int) -> pa.RecordBatch:
+    """A scored /batch-predict chunk: input cells as text, then the outputs."""
+    return pa.RecordBatch.from_pydict(
+        {
+            "a": [str(i) for i in range(n)],
+            "b": ["oops"] + ["1.5"] * (n - 1),
+            "prediction": [""] + ["y"] * (n - 1),
+            "prob_x": [None] + [0.25] * (n - 1),
+            "prob_y": [None] + [0.75] * (n - 1),
+        }
+    )
+
+
 def test_batch_rows_are_capped_per_upload(registry_db, request_context):
-    """Check that at most max_rows_per_request rows of one upload are kept, over its chunks."""
+    """Check at most max_rows_per_request rows of one upload are kept over its chunks, and a
+    row without a prediction is kept with its bad cell missing."""
     capture = Capture(registry_db, CaptureSettings(sample_percent=100, max_rows_per_request=5))
-    capture.record_rows(Model, *scored(3))
-    capture.record_rows(Model, *scored(3))
+    capture.record_batch_rows(Model, scored_chunk(3))
+    capture.record_batch_rows(Model, scored_chunk(3))
     assert capture.flush()
-    sources = [d["source"] for d in registry_db[INFERENCE_LOG].find({})]
-    assert sources == ["batch"] * 5
+    docs = list(registry_db[INFERENCE_LOG].find({}, {"_id": 0}))
+    assert [d["source"] for d in docs] == ["batch"] * 5
+    bad = [d for d in docs if d["label"] is None]
+    assert len(bad) == 2 and bad[0]["features"] == {"a": 0.0, "b": None}
+    good = next(d for d in docs if d["label"] == "y")
+    assert good["features"]["b"] == 1.5 and good["probabilities"] == {"x": 0.25, "y": 0.75}
 
 
 def test_zero_percent_captures_nothing_and_starts_no_thread(registry_db, request_context):
     """Check that sample_percent 0 turns capture off."""
     capture = Capture(registry_db, CaptureSettings(sample_percent=0))
     assert not capture.enabled and not any(capture.sampled() for _ in range(100))
-    capture.record_rows(Model, *scored(3))
+    capture.record_batch_rows(Model, scored_chunk(3))
     assert capture._thread is None
     assert registry_db[INFERENCE_LOG].count_documents({}) == 0
 
