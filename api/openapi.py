@@ -369,6 +369,7 @@ def spec() -> dict[str, Any]:
                     },
                 }
             },
+            **_monitoring_paths(version_path[:1]),
             "/health": {
                 "get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}
             },
@@ -395,5 +396,62 @@ def spec() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
             },
+        },
+    }
+
+
+def _monitoring_paths(name_path: list[dict[str, Any]]) -> dict[str, Any]:
+    """Drift, its plots and the console page."""
+    query = [
+        {"name": "version", "in": "query", "schema": {"type": "integer"}},
+        {
+            "name": "since",
+            "in": "query",
+            "description": "window such as 30m, 24h (default) or 7d",
+            "schema": {"type": "string"},
+        },
+    ]
+    feature = {"name": "feature", "in": "path", "required": True, "schema": {"type": "string"}}
+    html = {"content": {"text/html": {"schema": {"type": "string"}}}}
+    return {
+        "/models/{name}/monitoring": {
+            "get": {
+                "summary": "Drift of a version (default the active one) against its baseline: "
+                "per feature KS, PSI, missing and out-of-range shares; predicted-class mix",
+                "parameters": [*name_path, *query],
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    **_errors("INVALID_INPUT", "NOT_FOUND", "REGISTRY_UNAVAILABLE"),
+                },
+            }
+        },
+        "/models/{name}/monitoring/plots/{feature}.png": {
+            "get": {
+                "summary": "Baseline against live histogram of one feature",
+                "parameters": [*name_path, feature, *query],
+                "responses": {
+                    "200": {
+                        "description": "PNG",
+                        "content": {"image/png": {"schema": {"type": "string"}}},
+                    },
+                    **_errors("INVALID_INPUT", "NOT_FOUND", "REGISTRY_UNAVAILABLE"),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The console page (HTML)",
+                "parameters": [{"name": "name", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "HTML", **html}},
+            }
+        },
+        "/console/{asset}": {
+            "get": {
+                "summary": "The console's script and style",
+                "parameters": [
+                    {"name": "asset", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "text"}, **_errors("NOT_FOUND")},
+            }
         },
     }
