@@ -11,11 +11,10 @@ from flask import Blueprint, Response, jsonify, request
 
 from api import registry
 from api.validation import MAX_NAME_CHARS, invalid, parse_json
+from conf.contract import ContractError, parse_version
 from registry_bridge.errors import RegistryError
 
 bp = Blueprint("models", __name__, url_prefix="/models")
-
-MAX_VERSION = 2**63 - 1
 
 
 def admin_required(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -79,29 +78,10 @@ def _text_field(body: dict[str, Any], key: str, required: bool = True) -> str | 
 
 
 def _version_field(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise invalid(
-            f"'version' must be a positive whole number, got {value!r}",
-            [{"field": "version", "problem": "missing" if value is None else "not a whole number"}],
-        )
     try:
-        number = int(str(value).strip().lstrip("vV"))
-    except ValueError:
-        raise invalid(
-            f"'version' must be a positive whole number, got {value!r}",
-            [{"field": "version", "problem": "not a whole number"}],
-        ) from None
-    if number < 1:
-        raise invalid(
-            f"'version' must be a positive whole number, got {number}",
-            [{"field": "version", "problem": "not positive"}],
-        )
-    if number > MAX_VERSION:  # BSON integers are 64-bit: the driver would fail on more
-        raise invalid(
-            f"'version' must be at most {MAX_VERSION}, got a {len(str(number))}-digit number",
-            [{"field": "version", "problem": "too large"}],
-        )
-    return number
+        return parse_version(value)
+    except ContractError as exc:
+        raise RegistryError.refusing(exc) from None
 
 
 def _state(state: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pipelines.data import FEATURES
+from conf.contract import FEATURES
 from registry_bridge.errors import STATUS_BY_CODE
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

@@ -46,7 +46,8 @@ def make_csv(settings: Any, rows: int, path: Path, seed: int = SEED) -> Path:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    from pipelines.data import FEATURES, load_dataset
+    from conf.contract import FEATURES
+    from pipelines.data import load_dataset
 
     if path.exists():
         return path
@@ -69,7 +70,7 @@ def _count_lines(path: Path) -> int:
 
 
 def api_batch(url: str, server_pid: int, source: Path, target: Path) -> dict[str, Any]:
-    """Stream ``source`` to ``/batch-predict``, stream the CSV answer to ``target``; time and RSS."""
+    """Stream ``source`` to ``/batch-predict`` and the CSV answer to ``target``; time and RSS."""
     import requests
 
     sampler = RssSampler(server_pid, interval_s=0.02)

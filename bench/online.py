@@ -58,7 +58,8 @@ end
 
 def request_body(settings: Any) -> bytes:
     """One real record of the data set in MLflow's ``dataframe_records`` shape."""
-    from pipelines.data import FEATURES, load_dataset
+    from conf.contract import FEATURES
+    from pipelines.data import load_dataset
 
     row = load_dataset(settings.data).features.iloc[0]
     return json.dumps({"dataframe_records": [{f: float(row[f]) for f in FEATURES}]}).encode()
@@ -154,7 +155,7 @@ def start_servers(ws: Workspace, model: BenchModel, workers: int) -> dict[str, S
     try:
         for server in servers.values():
             server.start()
-        for name, server in servers.items():
+        for name in servers:
             server.wait_ready(PATHS[name][1], timeout_s=180)
             log.info("%s ready after %.1fs on port %d", name, server.ready_s, server.port)
     except BaseException:

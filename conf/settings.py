@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from conf.contract import FAMILIES
+
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 CONFIG_ENV = "VERTEBRAL_CONFIG"
 
@@ -62,13 +64,7 @@ class TrainingSettings:
     test_size: float = 0.2
     cv_folds: int = 5
     objective: str = "f1_macro"
-    families: tuple[str, ...] = (
-        "logistic_regression",
-        "svc",
-        "knn",
-        "random_forest",
-        "gradient_boosting",
-    )
+    families: tuple[str, ...] = FAMILIES
     reports_dir: Path = Path("reports/training")
 
 
@@ -223,7 +219,9 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
 
 
 def _families(value: Any) -> tuple[str, ...]:
-    known = TrainingSettings().families
+    known = FAMILIES
+    if value is None:  # left empty in the YAML: every family of the contract
+        return known
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, (list, tuple)) or not value:

@@ -1,4 +1,4 @@
-"""The demo's evidence report: one self-contained HTML page a teacher reads without running anything."""
+"""The demo's evidence report: one self-contained HTML page, read without running anything."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.data import FEATURES
+from conf.contract import FEATURES, cv_mean_key, cv_std_key
 from pipelines.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -92,8 +92,8 @@ def study_section(run: DemoRun) -> str:
             rank,
             c.family,
             c.trial.number,
-            _fmt(c.trial.cv_metrics[f"cv_{objective}_mean"]),
-            _fmt(c.trial.cv_metrics[f"cv_{objective}_std"]),
+            _fmt(c.trial.cv_metrics[cv_mean_key(objective)]),
+            _fmt(c.trial.cv_metrics[cv_std_key(objective)]),
             _fmt(c.evaluation.metrics[f"test_{objective}"]),
             c.run_id,
         )

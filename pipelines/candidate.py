@@ -37,8 +37,18 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
+from conf.contract import (
+    EXAMPLE_ROWS,
+    FEATURES,
+    MODEL_CARD,
+    ONNX_INPUT,
+    ONNX_IO,
+    ONNX_LABEL,
+    ONNX_PROBABILITIES,
+    PARITY_TOLERANCE,
+)
 from conf.settings import Settings
-from pipelines.data import FEATURES, Dataset, load_dataset
+from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline, get_family
 from pipelines.metrics import (
     classification_metrics,
@@ -51,14 +61,8 @@ from registry_bridge.scoring.session import build_session
 
 log = logging.getLogger(__name__)
 
-ONNX_INPUT = "input"
-ONNX_LABEL = "label"
-ONNX_PROBABILITIES = "probabilities"
-PARITY_TOLERANCE = 1e-5
-MODEL_CARD = "registry/model_card.json"
 SKLEARN_MODEL_NAME = "sklearn_model"
 ONNX_MODEL_NAME = "onnx_model"
-INPUT_EXAMPLE_ROWS = 5
 
 
 class CandidateError(RuntimeError):
@@ -161,7 +165,7 @@ def check_parity(
         The largest absolute probability difference.
 
     Raises:
-        CandidateError: a label differs or a probability differs by more than 1e-5.
+        CandidateError: a label differs or a probability differs by more than PARITY_TOLERANCE.
     """
     labels, probabilities = onnx_predict(model, split.x_test[list(FEATURES)])
     mismatched = np.flatnonzero(labels.astype(str) != evaluation.labels.astype(str))
@@ -200,12 +204,7 @@ def model_card(
             for name in FEATURES
         ],
         "data_fingerprint": dataset.fingerprint,
-        "onnx": {
-            "input_name": ONNX_INPUT,
-            "input_type": "float32",
-            "label_output": ONNX_LABEL,
-            "probabilities_output": ONNX_PROBABILITIES,
-        },
+        "onnx": dict(ONNX_IO),
         "evaluation": {
             "inputs": split.x_test[list(FEATURES)].to_numpy(dtype=float).tolist(),
             "labels": [str(label) for label in evaluation.labels],
@@ -242,7 +241,7 @@ def _log_models(
     family: str,
 ) -> tuple[str, str]:
     """Log both flavours in the active run; returns (sklearn_uri, onnx_uri)."""
-    example = split.x_test[list(FEATURES)].head(INPUT_EXAMPLE_ROWS)
+    example = split.x_test[list(FEATURES)].head(EXAMPLE_ROWS)
     sklearn_signature = infer_signature(split.x_train[list(FEATURES)], evaluation.labels)
     onnx_signature = infer_signature(
         split.x_train[list(FEATURES)],

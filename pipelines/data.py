@@ -24,18 +24,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from conf.contract import FEATURES
 from conf.settings import DataSettings
 
 log = logging.getLogger(__name__)
 
-FEATURES: tuple[str, ...] = (
-    "pelvic_incidence",
-    "pelvic_tilt",
-    "lumbar_lordosis_angle",
-    "sacral_slope",
-    "pelvic_radius",
-    "degree_spondylolisthesis",
-)
 CLASSES = {
     "3C": ("Hernia", "Spondylolisthesis", "Normal"),
     "2C": ("Abnormal", "Normal"),

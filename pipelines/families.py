@@ -21,6 +21,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from conf import contract
+
 # scikit-learn 1.9 deprecates SVC(probability=True) in favour of CalibratedClassifierCV,
 # which skl2onnx does not convert the same way; the issue asks for SVC with probabilities.
 warnings.filterwarnings("ignore", category=FutureWarning, message=r".*probab.*deprecated")
@@ -145,7 +147,7 @@ _KNN_TYPES = (
     "sklearn.metrics._dist_metrics.ManhattanDistance64",
 )
 
-FAMILIES: dict[str, Family] = {
+_SPECS: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
@@ -211,6 +213,15 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
+
+
+if set(_SPECS) != set(contract.FAMILIES):  # a family is its contract name plus its spec here
+    raise ImportError(
+        f"pipelines.families and conf.contract.FAMILIES disagree: "
+        f"{sorted(set(_SPECS) ^ set(contract.FAMILIES))}"
+    )
+# In the contract's order, which is the order plots and tables show them in.
+FAMILIES: dict[str, Family] = {name: _SPECS[name] for name in contract.FAMILIES}
 
 
 def get_family(name: str) -> Family:

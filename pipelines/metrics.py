@@ -17,6 +17,8 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedKFold
 
+from conf.contract import cv_mean_key, cv_std_key
+
 if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
@@ -68,8 +70,8 @@ def summarise_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
     summary: dict[str, float] = {}
     for name in METRICS:
         values = np.array([fold[name] for fold in fold_metrics], dtype=float)
-        summary[f"cv_{name}_mean"] = float(values.mean())
-        summary[f"cv_{name}_std"] = float(values.std())
+        summary[cv_mean_key(name)] = float(values.mean())
+        summary[cv_std_key(name)] = float(values.std())
     return summary
 
 

@@ -30,7 +30,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pipelines.data import FEATURES  # noqa: E402
+from conf.contract import FAMILIES, FEATURES, cv_mean_key, cv_std_key  # noqa: E402
 from pipelines.families import get_family  # noqa: E402
 
 if TYPE_CHECKING:
@@ -49,13 +49,11 @@ PLOT_FILES: tuple[str, ...] = (
     "permutation_importance.png",
     "feature_distributions.png",
 )
-_FAMILY_COLOURS = {
-    "logistic_regression": "tab:blue",
-    "svc": "tab:orange",
-    "knn": "tab:green",
-    "random_forest": "tab:red",
-    "gradient_boosting": "tab:purple",
-}
+
+
+def _family_colour(family: str) -> str | None:
+    # Matplotlib's cycle by the family's position: stable across plots, no table to extend.
+    return f"C{FAMILIES.index(family) % 10}" if family in FAMILIES else None
 
 
 def _label(name: str) -> str:
@@ -70,7 +68,7 @@ def optimization_history(result: StudyResult) -> Figure:
         done = [t for t in result.trials if t.family == family and t.score is not None]
         complete = [t for t in done if t.state == "complete"]
         pruned = [t for t in done if t.state == "pruned"]
-        colour = _FAMILY_COLOURS.get(family)
+        colour = _family_colour(family)
         ax.scatter(
             [t.number for t in complete],
             [t.score for t in complete],
@@ -138,7 +136,7 @@ def hyperparameter_importances(result: StudyResult, seed: int) -> Figure:
             ax.barh(
                 [k.split("_", 1)[1] for k in keys],
                 [importances[k] for k in keys],
-                color=_FAMILY_COLOURS.get(family),
+                color=_family_colour(family),
             )
             ax.set_xlim(0, 1)
         else:
@@ -161,9 +159,8 @@ def best_score_by_family(result: StudyResult) -> Figure:
     """The best trial's CV score (± std) and test score of each family."""
     candidates = result.candidates
     x = np.arange(len(candidates))
-    key = f"cv_{result.objective}"
-    cv = [c.trial.cv_metrics[f"{key}_mean"] for c in candidates]
-    std = [c.trial.cv_metrics[f"{key}_std"] for c in candidates]
+    cv = [c.trial.cv_metrics[cv_mean_key(result.objective)] for c in candidates]
+    std = [c.trial.cv_metrics[cv_std_key(result.objective)] for c in candidates]
     test = [c.evaluation.metrics[f"test_{result.objective}"] for c in candidates]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.bar(x - 0.2, cv, 0.4, yerr=std, capsize=4, label="CV (train split)", color="tab:blue")
@@ -257,7 +254,7 @@ def calibration_curves(result: StudyResult) -> Figure:
                 true_rate,
                 marker="o",
                 label=_label(candidate.family),
-                color=_FAMILY_COLOURS.get(candidate.family),
+                color=_family_colour(candidate.family),
             )
         ax.set(
             title=f"{cls} vs rest",

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from sklearn.pipeline import Pipeline
 
+from conf.contract import cv_mean_key
 from conf.settings import Settings
 from pipelines.candidate import (
     CandidateError,
@@ -182,14 +183,14 @@ def _objective(split: Split, settings: Settings) -> Callable[[optuna.Trial], flo
             summary = summarise_folds(scores)
             # Kept on the trial so a pruned trial's run still shows what was measured.
             trial.set_user_attr("cv_metrics", summary)
-            trial.report(summary[f"cv_{training.objective}_mean"], index)
+            trial.report(summary[cv_mean_key(training.objective)], index)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
         folds = cross_validate(
             pipeline, split.x_train, split.y_train, training.cv_folds, training.seed, on_fold
         )
-        return summarise_folds(folds)[f"cv_{training.objective}_mean"]
+        return summarise_folds(folds)[cv_mean_key(training.objective)]
 
     return objective
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from conf.contract import cv_mean_key, cv_std_key
 from conf.settings import Settings, SettingsError, load_settings
 from pipelines.candidate import CandidateError
 from pipelines.data import DataError
@@ -98,7 +99,7 @@ def format_report(result: StudyResult, elapsed: float) -> str:
         cv = candidate.trial.cv_metrics
         lines.append(
             f"  {rank:<5}{candidate.family:<20}{candidate.trial.number:>6}  "
-            f"{cv[f'cv_{objective}_mean']:>8.4f} {cv[f'cv_{objective}_std']:>7.4f}  "
+            f"{cv[cv_mean_key(objective)]:>8.4f} {cv[cv_std_key(objective)]:>7.4f}  "
             f"{candidate.evaluation.metrics[f'test_{objective}']:>7.4f}  "
             f"{candidate.run_id}"
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from conf.contract import cv_mean_key
 from conf.settings import Settings, SettingsError, load_settings
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
@@ -146,7 +147,7 @@ def runs_command(state: CliState, experiment: str | None, as_json: bool) -> None
             f"no candidate runs in experiment {experiment or state.settings.mlflow.experiment!r}"
         )
     else:
-        click.echo(render.runs_table(runs, f"cv_{state.settings.training.objective}_mean"))
+        click.echo(render.runs_table(runs, cv_mean_key(state.settings.training.objective)))
 
 
 @main.command("publish")

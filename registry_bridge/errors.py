@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from conf.contract import ContractError
+
 # The only place an error code meets an HTTP status (DESIGN.md, "HTTP API").
 STATUS_BY_CODE: dict[str, int] = {
     "INVALID_INPUT": 400,
@@ -32,6 +34,11 @@ class RegistryError(Exception):
         self.code = code
         self.message = message
         self.details = details or []
+
+    @classmethod
+    def refusing(cls, exc: ContractError) -> RegistryError:
+        """INVALID_INPUT for a value the run contract refused, naming its field."""
+        return cls("INVALID_INPUT", str(exc), [{"field": exc.field, "problem": exc.problem}])
 
     @property
     def status(self) -> int:

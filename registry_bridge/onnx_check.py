@@ -13,18 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from conf.contract import EXAMPLE_ROWS, ONNX_IO, PARITY_TOLERANCE
 from registry_bridge.errors import RegistryError
-
-# The run contract's values (docs/run-contract.md). pipelines.candidate, the writer, has
-# its own copy: importing it here would pull MLflow and skops into every API worker.
-PARITY_TOLERANCE = 1e-5
-EXAMPLE_ROWS = 5
-DEFAULT_IO = {
-    "input_name": "input",
-    "input_type": "float32",
-    "label_output": "label",
-    "probabilities_output": "probabilities",
-}
 
 
 @dataclass(frozen=True)
@@ -55,7 +45,7 @@ def score(
     Raises:
         RegistryError: CONFLICT naming ``what`` when the graph refuses the input or lacks an output.
     """
-    io = {**DEFAULT_IO, **onnx_io}
+    io = {**ONNX_IO, **onnx_io}
     try:
         batch = np.asarray(inputs, dtype=np.dtype(io["input_type"]))
         labels, probabilities = session.run(

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from conf.contract import MODEL_CARD, cv_mean_key
 from conf.settings import Settings
 from registry_bridge import monitor, onnx_check
 from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishResult, current_user
@@ -27,7 +28,6 @@ from registry_bridge.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-MODEL_CARD = "registry/model_card.json"
 CANDIDATE_FILTER = "tags.candidate = 'true'"
 # Tags written back onto a published run.
 TAG_NAME, TAG_VERSION, TAG_FILE_ID = "registry_name", "registry_version", "registry_file_id"
@@ -65,7 +65,7 @@ def _mlflow_error(exc: Exception, settings: Settings, what: str) -> RegistryErro
 
 
 def _objective_key(settings: Settings) -> str:
-    return f"cv_{settings.training.objective}_mean"
+    return cv_mean_key(settings.training.objective)
 
 
 def list_candidate_runs(

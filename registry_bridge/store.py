@@ -52,6 +52,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReadPreference, ReturnDo
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
+from conf.contract import ContractError, parse_version
 from conf.settings import ApiSettings, RegistrySettings, Settings
 from registry_bridge import database, lease, onnx_check
 from registry_bridge.entities import (
@@ -739,19 +740,8 @@ class ModelStore:
 
 
 def _version_number(version: Any) -> int:
-    """A version number from an int or its text; INVALID_INPUT otherwise."""
-    if isinstance(version, bool):
-        raise RegistryError(
-            "INVALID_INPUT", f"version must be a positive whole number, got {version!r}"
-        )
+    """A version number by the run contract's rule; INVALID_INPUT naming the field otherwise."""
     try:
-        number = int(str(version).strip().lstrip("vV"))
-    except (TypeError, ValueError):
-        raise RegistryError(
-            "INVALID_INPUT", f"version must be a positive whole number, got {version!r}"
-        ) from None
-    if number < 1:
-        raise RegistryError(
-            "INVALID_INPUT", f"version must be a positive whole number, got {number}"
-        )
-    return number
+        return parse_version(version)
+    except ContractError as exc:
+        raise RegistryError.refusing(exc) from None

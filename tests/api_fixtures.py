@@ -18,9 +18,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from conf.contract import FEATURES, ONNX_IO
 from conf.settings import Settings
 from pipelines.candidate import convert_to_onnx, evaluate, split_dataset
-from pipelines.data import FEATURES, load_dataset
+from pipelines.data import load_dataset
 from pipelines.families import build_pipeline, get_family
 from registry_bridge import onnx_check
 from registry_bridge.entities import ModelVersionDraft
@@ -86,7 +87,7 @@ def _candidates(data_settings: Any, seed: int, test_size: float) -> dict[str, Ca
             input_schema=schema,
             data_fingerprint=dataset.fingerprint,
             library_versions={},
-            onnx_io=dict(onnx_check.DEFAULT_IO),
+            onnx_io=dict(ONNX_IO),
             input_example=onnx_check.input_example(block),
             variant=dataset.variant,
             created_by="tests",

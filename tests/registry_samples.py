@@ -20,24 +20,11 @@ from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 
+from conf.contract import FEATURES, ONNX_INPUT, ONNX_IO
 from registry_bridge.entities import ModelVersionDraft
 from registry_bridge.onnx_check import input_example
 
 CLASSES = ["Hernia", "Normal", "Spondylolisthesis"]
-FEATURES = [
-    "pelvic_incidence",
-    "pelvic_tilt",
-    "lumbar_lordosis_angle",
-    "sacral_slope",
-    "pelvic_radius",
-    "degree_spondylolisthesis",
-]
-ONNX_IO = {
-    "input_name": "input",
-    "input_type": "float32",
-    "label_output": "label",
-    "probabilities_output": "probabilities",
-}
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,7 +36,7 @@ def onnx_model(seed: int = 0) -> tuple[bytes, dict[str, Any]]:
     model = LogisticRegression(max_iter=500).fit(features, labels)
     proto = to_onnx(
         model,
-        initial_types=[("input", FloatTensorType([None, 6]))],
+        initial_types=[(ONNX_INPUT, FloatTensorType([None, len(FEATURES)]))],
         options={id(model): {"zipmap": False}},
         target_opset=17,
     )

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from api_fixtures import FAMILIES, make_app, output_dir, with_api
 
-from pipelines.data import FEATURES
+from conf.contract import FEATURES
 
 
 def _csv(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from api_fixtures import FAMILIES, MODEL, make_app, record, with_api
 
-from pipelines.data import FEATURES
+from conf.contract import FEATURES
 
 
 def _post(client, body, path="/predict", **kw):

@@ -158,7 +158,7 @@ def test_delete_asks_and_refuses_the_active_version(bridge, settings):
     [
         (("show", NAME, "9"), "name='vertebral-column' version=9 not found"),
         (("activate", NAME, "9"), "version=9 not found"),
-        (("verify", NAME, "x"), "version must be a positive whole number, got 'x'"),
+        (("verify", NAME, "x"), "'version' must be a positive whole number, got 'x'"),
         (("rollback", NAME), "no version is active"),
         (("publish", "--run-id", "0123abcd"), "MLflow run '0123abcd' not found"),
         (("publish", "--best"), "experiment 'vertebral-column' not found"),

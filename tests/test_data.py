@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from conf.contract import FEATURES
 from conf.settings import DataSettings
 from pipelines.data import (
     CACHE_FILE,
-    FEATURES,
     DataError,
     cached_or_downloaded,
     load_dataset,

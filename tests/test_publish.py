@@ -9,7 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from registry_samples import file_ids
 
-from pipelines.candidate import MODEL_CARD, quick_candidate_run
+from conf.contract import MODEL_CARD, cv_mean_key
+from pipelines.candidate import quick_candidate_run
 from registry_bridge import publish
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ModelStore
@@ -28,7 +29,7 @@ def mlflow_client(settings) -> MlflowClient:
 
 
 def test_publish_records_the_run_and_tags_it(store, settings, mlflow_client, tmp_path):
-    """Check that a candidate run becomes v1 with its metrics, schema and versions, and is tagged."""
+    """Check that a candidate run becomes v1 with metrics, schema and versions, and is tagged."""
     run_id = quick_candidate_run(settings, family="logistic_regression")
     result = publish.publish_run(store, settings, run_id, by="alice")
     version = result.version
@@ -85,7 +86,7 @@ def test_runs_are_listed_best_first_with_their_published_versions(store, setting
     ids = [quick_candidate_run(settings, family=f) for f in ("knn", "logistic_regression")]
     publish.publish_run(store, settings, ids[0])
     runs = publish.list_candidate_runs(settings, store)
-    key = f"cv_{settings.training.objective}_mean"
+    key = cv_mean_key(settings.training.objective)
     assert {r.run_id for r in runs} == set(ids)
     assert [r.metrics[key] for r in runs] == sorted((r.metrics[key] for r in runs), reverse=True)
     assert {r.run_id: r.published_versions for r in runs} == {ids[0]: [1], ids[1]: []}

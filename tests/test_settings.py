@@ -105,7 +105,10 @@ def test_bad_environment_value_names_the_variable(env, message):
         ("api:\n  port: abc\n", r"^api\.port: expected a port number"),
         ("data:\n  variant: 4C\n", r"^data\.variant: expected one of 3C, 2C"),
         ("training:\n  test_size: 2\n", r"^training\.test_size: expected a number between 0 and 1"),
-        ("training:\n  families: [xgboost]\n", r"^training\.families: unknown model families"),
+        (
+            "training:\n  families: [nope]\n",
+            r"^training\.families: unknown model families",
+        ),
         ("api:\n  colour: blue\n", r"^api\.colour: unknown setting"),
         ("api: [1, 2\n", r"is not valid YAML"),
     ],

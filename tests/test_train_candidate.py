@@ -11,6 +11,14 @@ import onnx
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conf.contract import (
+    FEATURES,
+    MODEL_CARD,
+    ONNX_INPUT,
+    PARITY_TOLERANCE,
+    cv_mean_key,
+    cv_std_key,
+)
 from pipelines.candidate import (
     CandidateError,
     convert_to_onnx,
@@ -18,7 +26,7 @@ from pipelines.candidate import (
     quick_candidate_run,
     split_dataset,
 )
-from pipelines.data import FEATURES, load_dataset
+from pipelines.data import load_dataset
 from pipelines.families import build_pipeline, get_family
 
 # SVC(probability=True) is deprecated in scikit-learn 1.9 but is what skl2onnx converts.
@@ -44,7 +52,7 @@ def test_quick_candidate_run_follows_the_run_contract(settings):
         get_family("knn").defaults()["knn_n_neighbors"]
     )
     for name in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_ovr", "log_loss"):
-        assert f"cv_{name}_mean" in run.data.metrics and f"cv_{name}_std" in run.data.metrics
+        assert cv_mean_key(name) in run.data.metrics and cv_std_key(name) in run.data.metrics
         assert f"test_{name}" in run.data.metrics
     for cls in dataset.classes:
         for kind in ("precision", "recall", "f1"):
@@ -58,7 +66,7 @@ def test_quick_candidate_run_follows_the_run_contract(settings):
         Path(
             mlflow.artifacts.download_artifacts(
                 run_id=run_id,
-                artifact_path="registry/model_card.json",
+                artifact_path=MODEL_CARD,
                 tracking_uri=settings.mlflow.tracking_uri,
             )
         ).read_text()
@@ -77,10 +85,13 @@ def test_quick_candidate_run_follows_the_run_contract(settings):
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     onnx_dir = Path(mlflow.artifacts.download_artifacts(tags["onnx_model_uri"]))
     model = onnx.load(str(onnx_dir / "model.onnx"))
-    assert [i.name for i in model.graph.input] == ["input"]
+    assert [i.name for i in model.graph.input] == [ONNX_INPUT]
     labels, probabilities = onnx_predict(model, np.array(card["evaluation"]["inputs"]))
     assert list(labels) == card["evaluation"]["labels"]
-    assert np.max(np.abs(probabilities - np.array(card["evaluation"]["probabilities"]))) <= 1e-5
+    assert (
+        np.max(np.abs(probabilities - np.array(card["evaluation"]["probabilities"])))
+        <= PARITY_TOLERANCE
+    )
 
     # The sklearn flavour loads (skops with the trusted KD-tree types) and agrees.
     sk_model = mlflow.sklearn.load_model(tags["sklearn_model_uri"])

@@ -24,6 +24,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from conf.contract import FAMILIES, PARITY_TOLERANCE, cv_mean_key, cv_std_key
 from conf.settings import Settings, load_settings
 from pipelines.candidate import onnx_predict, split_dataset
 from pipelines.data import load_dataset
@@ -36,7 +37,6 @@ from tests.conftest import ROOT, data_path, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 TRIALS = 7
-FAMILIES = ("logistic_regression", "svc", "knn", "random_forest", "gradient_boosting")
 
 
 @dataclass
@@ -131,8 +131,8 @@ def test_one_nested_run_per_trial_with_its_metrics(study: StudyRun) -> None:
         assert run.data.params["model_family"] in FAMILIES
         assert run.data.metrics["duration_seconds"] >= 0
         for name in METRICS:
-            assert f"cv_{name}_mean" in run.data.metrics
-            assert f"cv_{name}_std" in run.data.metrics
+            assert cv_mean_key(name) in run.data.metrics
+            assert cv_std_key(name) in run.data.metrics
         assert 0 < run.data.metrics["cv_f1_macro_mean"] <= 1
     # The five families are all tried, each first with its default hyperparameters.
     assert {r.data.params["model_family"] for r in children} == set(FAMILIES)
@@ -187,7 +187,7 @@ def test_winner_in_both_flavours_with_onnx_parity(study: StudyRun) -> None:
     onnx_dir = Path(mlflow.artifacts.download_artifacts(winner.data.tags["onnx_model_uri"]))
     labels, probabilities = onnx_predict(onnx.load(str(onnx_dir / "model.onnx")), split.x_test)
     assert list(labels) == list(sk_model.predict(split.x_test))
-    assert np.max(np.abs(probabilities - sk_model.predict_proba(split.x_test))) <= 1e-5
+    assert np.max(np.abs(probabilities - sk_model.predict_proba(split.x_test))) <= PARITY_TOLERANCE
     for uri in (winner.data.tags["sklearn_model_uri"], winner.data.tags["onnx_model_uri"]):
         info = mlflow.models.get_model_info(uri)
         assert info.signature is not None

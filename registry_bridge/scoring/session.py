@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from conf.contract import ONNX_LABEL, ONNX_PROBABILITIES
 from registry_bridge.errors import RegistryError
 from registry_bridge.scoring.schema import InputSchema
 
@@ -108,8 +109,8 @@ def _pick_outputs(session: ort.InferenceSession, onnx_io: Mapping[str, str]) -> 
     label, probs = onnx_io.get("label_output"), onnx_io.get("probabilities_output")
     if label in names and probs in names:
         return str(label), str(probs)
-    if "label" in names and "probabilities" in names:
-        return "label", "probabilities"
+    if ONNX_LABEL in names and ONNX_PROBABILITIES in names:
+        return ONNX_LABEL, ONNX_PROBABILITIES
     label = next((o.name for o in outputs if "float" not in o.type), None)
     probs = next((o.name for o in outputs if "float" in o.type), None)
     if label is None or probs is None:

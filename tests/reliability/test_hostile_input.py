@@ -20,7 +20,7 @@ from api_fixtures import MODEL, publish_candidates, record
 from conftest import throwaway_settings
 from servers import ApiServer
 
-from pipelines.data import FEATURES
+from conf.contract import FEATURES
 from registry_bridge.store import ModelStore
 from reliability.conftest import SUMMARY
 

@@ -21,7 +21,7 @@ from conftest import ROOT
 from registry_samples import draft
 from servers import ApiServer
 
-from pipelines.data import FEATURES
+from conf.contract import FEATURES
 from registry_bridge.store import COUNTERS, VERSIONS, ModelStore, artifact_filename
 
 AREA = "3 interrupted writes"
