@@ -65,7 +65,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         test_config: Flask config overrides; ``SETTINGS`` (a :class:`Settings`) replaces
             ``load_settings()``, ``MONGO_CLIENT`` an existing client to share.
     """
-    from api import errors, models, monitoring, ops, predict
+    from api import errors, fleet, models, monitoring, ops, predict
     from api.active import ActiveModel
     from api.capture import EXTENSION as CAPTURE
     from api.capture import Capture
@@ -94,6 +94,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(models.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(monitoring.bp)
+    app.register_blueprint(fleet.bp)
+    if not app.testing:  # a gunicorn worker: report to the fleet (tests drive Heartbeat)
+        fleet.Heartbeat(store, active, settings.api.port).start()
     _init_request_hooks(app)
     return app
 

@@ -129,6 +129,19 @@ class ActiveModel:
         # version -> monotonic time before which a failed load is not retried
         self._failed_until: dict[int, float] = {}
         self._failed_reason: dict[int, str] = {}  # repeated during the back-off
+        # What the worker reports to the fleet (api/fleet.py), and prepare-then-switch:
+        self._count_lock = threading.Lock()
+        self.requests = 0  # requests that resolved the active version
+        self.stale_answers = 0
+        self.staged_version: int | None = None  # as last read with the pointer
+        self.prepare_errors: dict[int, str] = {}  # staged versions that failed to load here
+        self.on_staged: Callable[[int], None] | None = None  # wakes the background loader
+
+    @property
+    def serving_version(self) -> int | None:
+        """The version this worker last served (None before the first)."""
+        current = self._current
+        return None if current is None else current.version
 
     def _outage(self, exc: BaseException) -> RegistryError:
         with self._lock:
@@ -166,7 +179,13 @@ class ActiveModel:
         if not self.registry_reachable:
             log.info("registry database reachable again")
             self.registry_reachable = True
-        return None if state is None else state.active_version
+        if state is None:
+            return None
+        if state.staged_version != self.staged_version:
+            self.staged_version = state.staged_version
+            if state.staged_version is not None and self.on_staged is not None:
+                self.on_staged(state.staged_version)  # load it off the request path
+        return state.active_version
 
     def _reuse_window(self, state: Any) -> float:
         return reuse_window_s(self.lease_ms, state.lease_ms) if state is not None else 0.0
@@ -177,12 +196,21 @@ class ActiveModel:
             return self.store.get_active_version(self.name)
 
     def resolve(self) -> Resolved:
-        """The version to serve now.
+        """The version to serve now (counted for the fleet report).
 
         Raises:
             RegistryError: NO_ACTIVE_MODEL when no version is active, REGISTRY_UNAVAILABLE
                 when the database is down and nothing is loaded.
         """
+        with self._count_lock:
+            self.requests += 1
+        resolved = self._resolve()
+        if resolved.stale:
+            with self._count_lock:
+                self.stale_answers += 1
+        return resolved
+
+    def _resolve(self) -> Resolved:
         current = self._current
         try:
             version = self.active_version()
@@ -248,6 +276,21 @@ class ActiveModel:
     def load_version(self, version: int) -> LoadedModel:
         """Load (or reuse) one version, e.g. to warm it before it is activated."""
         return self.cache.get_or_load(self.name, version, lambda: self._load(version))
+
+    def loaded_versions(self) -> list[int]:
+        """The versions of this model loaded in this worker."""
+        return self.cache.versions(self.name)
+
+    def prepare(self, version: int) -> None:
+        """Load a staged version ahead of the switch (bytes verified, session built, one
+        warm-up prediction); a failure is kept in ``prepare_errors`` for the fleet report."""
+        try:
+            self.load_version(version)
+        except RegistryError as exc:
+            if exc.code == "REGISTRY_UNAVAILABLE":
+                return  # not the version's fault: tried again at the next heartbeat
+            self.prepare_errors[version] = exc.message
+            log.error("cannot prepare %s v%s: %s", self.name, version, exc.message)
 
     def check_version(self, meta: ModelVersion, refusing: str) -> LoadedModel:
         """Load ``meta`` into this worker's cache and re-score its input example there:

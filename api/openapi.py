@@ -396,6 +396,28 @@ def spec() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
             },
+            "/fleet": {
+                "get": {
+                    "summary": "Every API worker's last heartbeat and whether they converged",
+                    "parameters": [{"name": "name", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "active_version": {"type": ["integer", "null"]},
+                                    "staged_version": {"type": ["integer", "null"]},
+                                    "live_workers": {"type": "integer"},
+                                    "converged": {"type": "boolean"},
+                                    "workers": {"type": "array", "items": {"type": "object"}},
+                                },
+                            }
+                        ),
+                        **_errors("REGISTRY_UNAVAILABLE"),
+                    },
+                }
+            },
         },
     }
 

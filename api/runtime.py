@@ -30,6 +30,10 @@ class SessionCache:
         """The loaded version, or None (no I/O: the hot path)."""
         return self._models.get((name, version))
 
+    def versions(self, name: str) -> list[int]:
+        """The versions of ``name`` loaded now (what the worker reports to the fleet)."""
+        return sorted(v for n, v in list(self._models) if n == name)
+
     def get_or_load(
         self, name: str, version: int, loader: Callable[[], LoadedModel]
     ) -> LoadedModel:

@@ -381,5 +381,25 @@ def gc_command(state: CliState, dry_run: bool, min_age: float) -> None:
     click.echo(f"{verb} {len(orphans)} orphan file(s)")
 
 
+@main.command("fleet")
+@click.option("--name", help="Only the workers serving this model name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the workers as a JSON list.")
+@pass_state
+def fleet_command(state: CliState, name: str | None, as_json: bool) -> None:
+    """List the API workers from their heartbeats and whether they serve the active version
+    (a worker silent for 3 heartbeats is shown as gone, then removed)."""
+    import json
+
+    from registry_bridge import fleet, render
+
+    store = open_store(state)
+    active = {n: s.active_version for n, s in store.list_active_states().items()}
+    workers = fleet.to_json(fleet.list_workers(store.db, name, active))
+    if as_json:
+        click.echo(json.dumps(workers, indent=2))
+        return
+    click.echo(render.fleet_table(workers) if workers else "no API worker has reported")
+
+
 if __name__ == "__main__":
     main()

@@ -149,3 +149,25 @@ def as_json(value: Any) -> str:
 
     payload = [plain(v) for v in value] if isinstance(value, (list, tuple)) else plain(value)
     return json.dumps(payload, indent=2, sort_keys=True)
+
+
+def fleet_table(workers: Sequence[dict[str, Any]]) -> str:
+    """``bridge fleet``: one row per worker heartbeat."""
+    rows = [
+        (
+            w.get("model"),
+            w.get("host"),
+            w.get("pid"),
+            w.get("port"),
+            w.get("serving_version"),
+            ",".join(str(v) for v in w.get("loaded_versions") or []) or MISSING,
+            w.get("requests"),
+            w.get("stale_answers"),
+            f"{w['age_s']}s ago" if w.get("age_s") is not None else MISSING,
+            "gone" if w.get("gone") else "live",
+            "yes" if w.get("converged") else "no",
+        )
+        for w in workers
+    ]
+    headers = ("model", "host", "pid", "port", "serving", "loaded", "requests", "stale")
+    return table((*headers, "last seen", "state", "converged"), rows)

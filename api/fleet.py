@@ -1,0 +1,105 @@
+"""``GET /fleet`` and each worker's heartbeat thread (the documents: registry_bridge/fleet.py).
+
+The heartbeat runs off the request path, one daemon thread per gunicorn worker: every
+``fleet.INTERVAL_S`` it refreshes the pointer (through the lease, so an idle worker
+still notices a staged version), loads a staged version it does not have yet, and
+upserts its document. A request that reads a staged mark wakes it at once, so under
+traffic a staged version starts loading within one lease.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from api import registry
+from registry_bridge import fleet
+from registry_bridge.entities import utcnow
+from registry_bridge.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("fleet", __name__)
+
+
+@bp.get("/fleet")
+def fleet_view() -> Response:
+    """The workers serving ``?name=`` (default: this API's model) and whether they converged."""
+    handle = registry()
+    name = request.args.get("name") or handle.active.name
+    return jsonify(fleet.summary(handle.store, name))
+
+
+class Heartbeat:
+    """One worker's reporter and background loader (a daemon thread)."""
+
+    def __init__(self, store: Any, active: Any, port: int | None):
+        self.store = store
+        self.active = active
+        self.port = port
+        self.host = fleet.this_host()
+        self.pid = os.getpid()
+        self.started_at = utcnow()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-heartbeat", daemon=True)
+        active.on_staged = lambda version: self._wake.set()
+
+    def start(self) -> Heartbeat:
+        """Start beating; the document is removed when the process exits normally."""
+        self._thread.start()
+        atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        """Stop and remove this worker's document (best effort)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        try:
+            fleet.forget(self.store.db, self.host, self.pid)
+        except Exception as exc:  # the database may be gone at shutdown: it expires anyway
+            log.debug("could not remove the heartbeat of %s: %s", self.pid, exc)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception as exc:  # never let the thread die: the next beat retries
+                log.warning("heartbeat failed: %s", str(exc).splitlines()[0][:200])
+            self._wake.wait(fleet.INTERVAL_S)
+            self._wake.clear()
+
+    def beat(self) -> None:
+        """Refresh the pointer, load a staged version if needed, then report."""
+        try:
+            self.active.active_version()
+        except RegistryError:
+            pass  # reported as is; the request path marks its answers stale meanwhile
+        staged = self.active.staged_version
+        if (
+            staged is not None
+            and staged not in self.active.loaded_versions()
+            and staged not in self.active.prepare_errors
+        ):
+            self.active.prepare(staged)
+        fleet.report(
+            self.store.db,
+            fleet.heartbeat_document(
+                self.host,
+                self.pid,
+                self.active.name,
+                self.port,
+                self.started_at,
+                self.active.loaded_versions(),
+                self.active.serving_version,
+                self.active.requests,
+                self.active.stale_answers,
+                self.active.prepare_errors,
+            ),
+        )

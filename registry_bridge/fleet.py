@@ -1,0 +1,151 @@
+"""What every API worker serves: one heartbeat document per worker in ``serving_workers``.
+
+Each gunicorn worker upserts its document about every ``INTERVAL_S`` seconds from a
+background thread (``api/fleet.py``), never from the request path. Readers (``bridge
+fleet``, ``GET /fleet``, activation waiting for workers to load a staged version) call
+:func:`list_workers`, which marks a document older than ``GONE_AFTER_INTERVALS``
+intervals as gone and removes it. No TTL index: the embedded server has none, and a
+TTL monitor runs only once a minute on MongoDB anyway.
+
+``last_seen`` is the worker's wall-clock time (UTC); judging "gone" compares it with
+the reader's clock, so machines sharing a registry need clocks within a second or so
+(NTP), far less than the 6 s it takes to call a worker gone.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pymongo.database import Database
+
+from registry_bridge.entities import json_safe, utcnow
+
+COLLECTION = "serving_workers"
+INTERVAL_S = 2.0
+GONE_AFTER_INTERVALS = 3
+
+
+def worker_id(host: str, pid: int) -> str:
+    """The document ``_id`` of one worker process."""
+    return f"{host}:{pid}"
+
+
+def this_host() -> str:
+    """The name this machine's workers report."""
+    return socket.gethostname()
+
+
+def report(db: Database, doc: Mapping[str, Any]) -> None:
+    """Upsert one worker's heartbeat (the whole document, so dates stay BSON dates)."""
+    db[COLLECTION].replace_one({"_id": doc["_id"]}, dict(doc), upsert=True)
+
+
+def forget(db: Database, host: str, pid: int) -> None:
+    """Remove one worker's document (it is shutting down)."""
+    db[COLLECTION].delete_one({"_id": worker_id(host, pid)})
+
+
+def _age_s(last_seen: Any, now: datetime) -> float:
+    if not isinstance(last_seen, datetime):  # unreadable date: treat as long gone
+        return float("inf")
+    if last_seen.tzinfo is None:
+        last_seen = last_seen.replace(tzinfo=now.tzinfo)
+    return (now - last_seen).total_seconds()
+
+
+def list_workers(
+    db: Database,
+    name: str | None = None,
+    active: Mapping[str, int | None] | None = None,
+    now: datetime | None = None,
+    remove_gone: bool = True,
+) -> list[dict[str, Any]]:
+    """Every worker's last heartbeat (of model ``name``, or all), oldest first.
+
+    Each entry gets ``gone`` (no heartbeat for ``GONE_AFTER_INTERVALS`` intervals),
+    ``age_s`` and, when ``active`` maps its model to the active version, ``converged``
+    (serving that version). Gone workers are listed once more, then removed.
+    """
+    now = now or utcnow()
+    limit = INTERVAL_S * GONE_AFTER_INTERVALS
+    query = {} if name is None else {"model": name}
+    workers: list[dict[str, Any]] = []
+    gone: list[tuple[str, Any]] = []
+    for doc in db[COLLECTION].find(query):
+        entry = {k: v for k, v in doc.items() if k != "_id"}
+        age = _age_s(doc.get("last_seen"), now)
+        entry["age_s"] = round(age, 1) if age != float("inf") else None
+        entry["gone"] = age > limit
+        if active is not None:
+            wanted = active.get(str(doc.get("model")))
+            entry["converged"] = wanted is not None and doc.get("serving_version") == wanted
+        if entry["gone"]:
+            gone.append((doc["_id"], doc.get("last_seen")))
+        workers.append(entry)
+    if remove_gone:
+        for key, seen in gone:
+            # Only that heartbeat: a worker that reported meanwhile keeps its document.
+            db[COLLECTION].delete_one({"_id": key, "last_seen": seen})
+    workers.sort(key=lambda w: (str(w.get("model")), str(w.get("host")), w.get("pid") or 0))
+    return workers
+
+
+def live(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The workers not gone."""
+    return [w for w in workers if not w["gone"]]
+
+
+def to_json(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """JSON-safe copies (dates as ISO 8601 text)."""
+    return [{k: json_safe(v) for k, v in w.items()} for w in workers]
+
+
+def heartbeat_document(
+    host: str,
+    pid: int,
+    model: str,
+    port: int | None,
+    started_at: datetime,
+    loaded_versions: list[int],
+    serving_version: int | None,
+    requests: int,
+    stale_answers: int,
+    load_errors: Mapping[int, str] | None = None,
+) -> dict[str, Any]:
+    """The document one worker reports (the contract of ``bridge fleet --json``)."""
+    return {
+        "_id": worker_id(host, pid),
+        "host": host,
+        "pid": pid,
+        "port": port,
+        "model": model,
+        "loaded_versions": sorted(loaded_versions),
+        "serving_version": serving_version,
+        "requests": requests,
+        "stale_answers": stale_answers,
+        "load_errors": [
+            {"version": v, "reason": r} for v, r in sorted((load_errors or {}).items())
+        ],
+        "started_at": started_at,
+        "last_seen": utcnow(),
+    }
+
+
+def summary(store: Any, name: str) -> dict[str, Any]:
+    """``GET /fleet``: ``{name, active_version, staged_version, live_workers, converged,
+    workers}`` for one model, gone workers listed (and removed) too."""
+    state = store.get_active_version(name)
+    active = state.active_version if state else None
+    workers = list_workers(store.db, name, {name: active})
+    alive = live(workers)
+    return {
+        "name": name,
+        "active_version": active,
+        "staged_version": state.staged_version if state else None,
+        "live_workers": len(alive),
+        "converged": bool(alive) and all(w["converged"] for w in alive),
+        "workers": to_json(workers),
+    }
