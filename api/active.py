@@ -270,7 +270,7 @@ class ActiveModel:
 
     def _load(self, version: int) -> LoadedModel:
         meta = self.store.get_model_version(self.name, version)
-        data = self.store.read_artifact(meta)  # sha256-checked by the store
+        data = self.store.artifacts.read(meta)  # sha256-checked there
         return model_from_version(meta, data)
 
     def load_version(self, version: int) -> LoadedModel:

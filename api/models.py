@@ -131,7 +131,7 @@ def download_artifact(name: str, version: str) -> Response:
     """The ONNX bytes, checked against their sha256 before they are sent."""
     store = registry().store
     found = store.get_model_version(name, _version_field(version))
-    data = store.read_artifact(found)
+    data = store.artifacts.read(found)
     response = Response(data, mimetype="application/octet-stream")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="{found.filename or f"{name}-v{found.version}.onnx"}"'

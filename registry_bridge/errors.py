@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from conf.contract import ContractError
 
@@ -52,3 +56,36 @@ class RegistryError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+T = TypeVar("T")
+
+
+def first_line(exc: BaseException) -> str:
+    """The useful part of a driver error (pymongo appends timeouts and a topology dump)."""
+    return str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0].splitlines()[0]
+
+
+def translate_driver_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn driver errors escaping a method into one RegistryError naming ``self.uri_label``.
+
+    For the store and the artifacts classes, whose ``uri_label`` is the masked server URI.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except ConnectionFailure as exc:
+            raise RegistryError(
+                "REGISTRY_UNAVAILABLE",
+                f"cannot reach the registry database at {self.uri_label}: {first_line(exc)}",
+            ) from None
+        except PyMongoError as exc:
+            raise RegistryError(
+                "REGISTRY_UNAVAILABLE",
+                f"the registry database at {self.uri_label} refused {method.__name__}: "
+                f"{first_line(exc)}",
+            ) from None
+
+    return wrapper

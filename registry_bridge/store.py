@@ -1,10 +1,10 @@
-"""The model store: ONNX bytes in GridFS, their metadata and activation state in collections.
+"""The model store: versions' metadata, numbering and activation state in collections.
 
 The one store used by the ``bridge`` CLI and the API. Data model (DESIGN.md):
 
-- GridFS bucket ``models`` (``registry.bucket``): one file per version, named
-  ``<name>-v<version>.onnx``, metadata ``{name, version, run_id, sha256, format, metrics}``
-  (no dates: the embedded server cannot store them there); read and deleted by ``_id`` only.
+- GridFS bucket ``models`` (``registry.bucket``): the bytes, one file per version, handled
+  by :class:`registry_bridge.artifacts.GridFSArtifacts` (``store.artifacts``), the one
+  place a checksum is checked.
 - ``model_versions``: one document per version, unique ``(name, version)``.
 - ``registry_state``: ``_id = name``, the active pointer, changed by one atomic
   compare-and-set (``find_one_and_replace`` filtered on the expected active version).
@@ -18,13 +18,13 @@ Used by the API (keep these signatures stable):
     get_model_version(name, version) -> ModelVersion   NOT_FOUND naming name and version
     search_model_versions(name=None) -> list[ModelVersion]
     list_active_states() -> dict[name, ActiveState]     for the ``active`` flag of GET /models
-    read_artifact(version) -> bytes                     sha256-verified, CONFLICT on mismatch
+    artifacts.read(version) -> bytes                    sha256-verified, CONFLICT on mismatch
     set_active_version(name, version, by, reason) -> ActiveState
     rollback(name, by, reason) -> ActiveState
     list_activation_log(name) -> list[ActivationEvent]
     delete_model_version(name, version, by) -> ModelVersion
 Used by the CLI as well: publish_model_version, verify_model_version, download_artifact,
-collect_orphan_files.
+collect_orphan_files (read_artifact and download_artifact hand over to ``artifacts``).
 
 Every method raises :class:`RegistryError` only: driver errors are translated here
 (unreachable server -> REGISTRY_UNAVAILABLE naming the masked URI).
@@ -32,29 +32,22 @@ Every method raises :class:`RegistryError` only: driver errors are translated he
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import gridfs
-from bson import ObjectId
-from bson.errors import InvalidId
-from gridfs.errors import NoFile
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReadPreference, ReturnDocument, WriteConcern
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from conf.contract import ContractError, parse_version
 from conf.settings import ApiSettings, RegistrySettings, Settings
 from registry_bridge import database, lease, onnx_check
+from registry_bridge.artifacts import FORMAT, ORPHAN_MIN_AGE_S, GridFSArtifacts
+from registry_bridge.artifacts import artifact_filename as artifact_filename  # the CLI's import
 from registry_bridge.entities import (
     ActivationEvent,
     ActiveState,
@@ -66,54 +59,12 @@ from registry_bridge.entities import (
     utcnow,
 )
 from registry_bridge.errors import RegistryError
+from registry_bridge.errors import translate_driver_errors as _translated
 
 log = logging.getLogger(__name__)
 
-FORMAT = "onnx"
 READY, DELETED = "ready", "deleted"
 VERSIONS, STATE, LOG, COUNTERS = "model_versions", "registry_state", "activation_log", "counters"
-# A file younger than this may belong to a publish still in progress: gc leaves it alone.
-ORPHAN_MIN_AGE_S = 600.0
-
-T = TypeVar("T")
-
-
-def _translated(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn driver errors escaping a store method into one RegistryError naming the server."""
-
-    @functools.wraps(method)
-    def wrapper(self: ModelStore, *args: Any, **kwargs: Any) -> T:
-        try:
-            return method(self, *args, **kwargs)
-        except ConnectionFailure as exc:
-            raise RegistryError(
-                "REGISTRY_UNAVAILABLE",
-                f"cannot reach the registry database at {self.uri_label}: {_first_line(exc)}",
-            ) from None
-        except PyMongoError as exc:
-            raise RegistryError(
-                "REGISTRY_UNAVAILABLE",
-                f"the registry database at "
-                f"{self.uri_label} refused {method.__name__}: "
-                f"{_first_line(exc)}",
-            ) from None
-
-    return wrapper
-
-
-def _first_line(exc: BaseException) -> str:
-    # pymongo appends timeouts and a topology dump; the first clause is what helps.
-    return str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0].splitlines()[0]
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def artifact_filename(name: str, version: int) -> str:
-    """The GridFS filename of a version: ``<name>-v<version>.onnx``."""
-    return f"{name}-v{version}.{FORMAT}"
 
 
 class ModelStore:
@@ -156,8 +107,10 @@ class ModelStore:
         )
         self.log = self.db[LOG]
         self.counters = self.db[COUNTERS]
-        self.bucket = gridfs.GridFSBucket(self.db, bucket_name=registry.bucket)
-        self.files = self.db[f"{registry.bucket}.files"]
+        # The bytes: every read of an artifact is sha256-checked there (and only there).
+        self.artifacts = GridFSArtifacts(self.db, registry.bucket, self.uri_label)
+        self.bucket = self.artifacts.bucket
+        self.files = self.artifacts.files
         if ensure_indexes:
             self.ensure_indexes()
 
@@ -259,66 +212,21 @@ class ModelStore:
             found.setdefault(doc["run_id"], []).append(doc["version"])
         return {run: sorted(versions) for run, versions in found.items()}
 
-    @_translated
     def read_artifact(self, version: ModelVersion) -> bytes:
-        """The ONNX bytes of ``version``, checked against its recorded sha256.
+        """The ONNX bytes of ``version``, sha256-checked (``GridFSArtifacts.read``).
 
         Raises:
-            RegistryError: NOT_FOUND when the GridFS file is missing; CONFLICT naming the
-                expected and actual checksums when the bytes changed.
+            RegistryError: NOT_FOUND when the file is missing, CONFLICT on checksum mismatch.
         """
-        data = self._open(version).read()
-        actual = sha256_hex(data)
-        if actual != version.sha256 or len(data) != version.size_bytes:
-            raise RegistryError(
-                "CONFLICT",
-                f"{version.label}: checksum mismatch, the artifact in GridFS has "
-                f"sha256 {actual} ({len(data)} bytes) but the version records "
-                f"{version.sha256} ({version.size_bytes} bytes)",
-            )
-        return data
+        return self.artifacts.read(version)
 
-    @_translated
     def download_artifact(self, version: ModelVersion, destination: Path) -> Path:
-        """Write the ONNX bytes to ``destination``, hashing while writing; nothing left on mismatch.
+        """Write the ONNX bytes to ``destination``, checked while writing (``artifacts.download``).
 
         Raises:
             RegistryError: CONFLICT on checksum mismatch, INVALID_INPUT when the path is unwritable.
         """
-        destination = Path(destination)
-        digest = hashlib.sha256()
-        size = 0
-        stream = self._open(version)
-        try:
-            handle = tempfile.NamedTemporaryFile(
-                dir=destination.parent or Path("."), prefix=f".{destination.name}.", delete=False
-            )
-        except OSError as exc:
-            raise RegistryError(
-                "INVALID_INPUT", f"cannot write {destination}: {exc.strerror or exc}"
-            ) from None
-        partial = Path(handle.name)
-        try:
-            with handle:
-                for chunk in iter(lambda: stream.read(1024 * 1024), b""):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    handle.write(chunk)
-            if digest.hexdigest() != version.sha256 or size != version.size_bytes:
-                raise RegistryError(
-                    "CONFLICT",
-                    f"{version.label}: checksum mismatch while downloading, got "
-                    f"sha256 {digest.hexdigest()} ({size} bytes), the version records "
-                    f"{version.sha256} ({version.size_bytes} bytes); nothing written",
-                )
-            os.replace(partial, destination)
-        except OSError as exc:
-            raise RegistryError(
-                "INVALID_INPUT", f"cannot write {destination}: {exc.strerror or exc}"
-            ) from None
-        finally:
-            partial.unlink(missing_ok=True)
-        return destination
+        return self.artifacts.download(version, destination)
 
     @_translated
     def verify_model_version(self, name: str, version: int) -> VerificationReport:
@@ -351,56 +259,43 @@ class ModelStore:
             RegistryError: INVALID_INPUT for an empty artifact, CONFLICT when the stored
                 bytes differ from those sent, REGISTRY_UNAVAILABLE on database failure.
         """
-        if not artifact:
+        if not artifact:  # before a number is spent on it
             raise RegistryError("INVALID_INPUT", f"{draft.name}: the artifact is empty")
         if draft.run_id and not new_version:
             existing = self.find_published(draft.name, draft.run_id)
             if existing is not None:
                 return PublishResult(existing, created=False)
         version = self._next_version(draft.name)
-        checksum = sha256_hex(artifact)
-        metadata = {
-            "name": draft.name,
-            "version": version,
-            "run_id": draft.run_id,
-            "sha256": checksum,
-            "format": FORMAT,
-            "metrics": dict(draft.metrics),
-        }
-        filename = artifact_filename(draft.name, version)
-        file_id: ObjectId | None = None
+        stored = self.artifacts.upload(
+            draft.name,
+            version,
+            artifact,
+            {"run_id": draft.run_id, "metrics": dict(draft.metrics)},
+        )
         try:
-            file_id = self.bucket.upload_from_stream(filename, artifact, metadata=metadata)
-            stored = self.bucket.open_download_stream(file_id).read()
-            if sha256_hex(stored) != checksum:
-                raise RegistryError(
-                    "CONFLICT",
-                    f"{draft.name} v{version}: GridFS returned different bytes than "
-                    f"were uploaded (sha256 {sha256_hex(stored)} instead of {checksum})",
-                )
-            doc = {
-                **asdict(draft),
-                "version": version,
-                "created_at": utcnow(),
-                "format": FORMAT,
-                "artifact_file_id": file_id,
-                "filename": filename,
-                "sha256": checksum,
-                "size_bytes": len(artifact),
-                "status": READY,
-            }
-            self._insert_version(doc)
+            self._insert_version(
+                {
+                    **asdict(draft),
+                    "version": version,
+                    "created_at": utcnow(),
+                    "format": FORMAT,
+                    "artifact_file_id": stored.file_id,
+                    "filename": stored.filename,
+                    "sha256": stored.sha256,
+                    "size_bytes": stored.size_bytes,
+                    "status": READY,
+                }
+            )
         except BaseException:
-            if file_id is not None:
-                self._delete_file(file_id, f"{draft.name} v{version}")
+            self.artifacts.delete(stored.file_id, f"{draft.name} v{version}")
             raise
         log.info(
             "published %s v%s (run %s, file %s, sha256 %s)",
             draft.name,
             version,
             draft.run_id,
-            file_id,
-            checksum,
+            stored.file_id,
+            stored.sha256,
         )
         return PublishResult(self.get_model_version(draft.name, version), created=True)
 
@@ -423,6 +318,8 @@ class ModelStore:
                     key, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
                 )
             except DuplicateKeyError:  # two first publishes upserting at once: retry the $inc
+                continue
+            if doc is None:  # cannot happen with upsert + AFTER; keeps the retry honest
                 continue
             number = int(doc["seq"])
             highest = self.versions.find_one(
@@ -539,8 +436,9 @@ class ModelStore:
             raise RegistryError(
                 "CONFLICT",
                 f"the active version of {name!r} changed while this {action} ran "
-                f"(expected v{from_version}, now v{now_active.active_version if now_active else None});"
-                " nothing changed, retry",
+                f"(expected v{from_version}, "
+                f"now v{now_active.active_version if now_active else None}); "
+                "nothing changed, retry",
             )
         self.log.insert_one(
             {
@@ -595,6 +493,8 @@ class ModelStore:
         target = self.get_model_version(name, version)
         self._refuse_if_active(target)
         original = self.versions.find_one({"name": name, "version": target.version})
+        if original is None:  # removed (unpublished) since it was read just above
+            raise RegistryError("NOT_FOUND", f"{target.label} was removed meanwhile")
         tombstone = {
             **original,
             "status": DELETED,
@@ -617,7 +517,7 @@ class ModelStore:
         except RegistryError:
             self.versions.replace_one({"_id": original["_id"]}, original)
             raise
-        self._delete_file(ObjectId(target.artifact_file_id), target.label)
+        self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("deleted %s (file %s)", target.label, target.artifact_file_id)
         return ModelVersion.from_document(changed)
 
@@ -630,7 +530,7 @@ class ModelStore:
         target = self.get_model_version(name, version)
         self._refuse_if_active(target)
         self.versions.delete_one({"name": name, "version": target.version})
-        self._delete_file(ObjectId(target.artifact_file_id), target.label)
+        self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("unpublished %s", target.label)
 
     def _refuse_if_active(self, version: ModelVersion) -> None:
@@ -646,7 +546,7 @@ class ModelStore:
     def collect_orphan_files(
         self, dry_run: bool = False, min_age_s: float = ORPHAN_MIN_AGE_S
     ) -> list[dict[str, Any]]:
-        """GridFS files no ready version points to (a crashed publish or delete); removed unless dry_run.
+        """Files no ready version points to (a crashed publish or delete); removed unless dry_run.
 
         Files younger than ``min_age_s`` (by their ObjectId's time) are spared: they may
         belong to a publish that has not inserted its version document yet.
@@ -655,80 +555,9 @@ class ModelStore:
             str(doc["artifact_file_id"])
             for doc in self.versions.find({"status": READY}, {"artifact_file_id": 1})
         }
-        cutoff = datetime.now(UTC).timestamp() - min_age_s
-        orphans: list[dict[str, Any]] = []
-        for listed in self.files.find({}, {"_id": 1}):
-            # Re-read by _id: listing is the one query that may stray outside this database.
-            doc = self.files.find_one({"_id": listed["_id"]}, {"filename": 1, "length": 1})
-            if doc is None or str(doc["_id"]) in referenced:
-                continue
-            if (
-                not isinstance(doc["_id"], ObjectId)
-                or doc["_id"].generation_time.timestamp() > cutoff
-            ):
-                continue
-            orphans.append(
-                {
-                    "file_id": str(doc["_id"]),
-                    "filename": doc.get("filename"),
-                    "length": doc.get("length"),
-                }
-            )
-            if not dry_run:
-                self._delete_file(doc["_id"], doc.get("filename") or str(doc["_id"]))
-        orphans += self._collect_orphan_chunks(dry_run, cutoff)
-        return orphans
-
-    def _collect_orphan_chunks(self, dry_run: bool, cutoff: float) -> list[dict[str, Any]]:
-        """Chunks whose files document never came: GridFS writes it last, so an upload
-        killed in between leaves them (the embedded server cannot list such chunks)."""
-        chunks = self.db[f"{self.settings.bucket}.chunks"]
-        found: list[dict[str, Any]] = []
-        for files_id in {doc.get("files_id") for doc in chunks.find({}, {"files_id": 1})}:
-            if not isinstance(files_id, ObjectId) or files_id.generation_time.timestamp() > cutoff:
-                continue
-            if self.files.find_one({"_id": files_id}, {"_id": 1}) is not None:
-                continue  # a file (kept or removed above through GridFS)
-            size = sum(
-                len(c.get("data") or b"") for c in chunks.find({"files_id": files_id}, {"data": 1})
-            )
-            found.append(
-                {
-                    "file_id": str(files_id),
-                    "filename": "(chunks of an unfinished upload)",
-                    "length": size,
-                }
-            )
-            if not dry_run:
-                chunks.delete_many({"files_id": files_id})
-        return found
+        return self.artifacts.collect_orphans(referenced, dry_run=dry_run, min_age_s=min_age_s)
 
     # --- helpers ---------------------------------------------------------------------
-
-    def _open(self, version: ModelVersion) -> Any:
-        try:
-            return self.bucket.open_download_stream(ObjectId(version.artifact_file_id))
-        except (NoFile, InvalidId):
-            raise RegistryError(
-                "NOT_FOUND",
-                f"{version.label}: artifact file "
-                f"{version.artifact_file_id} is missing from GridFS bucket "
-                f"{self.settings.bucket!r}",
-            ) from None
-
-    def _delete_file(self, file_id: ObjectId, what: str) -> None:
-        """Delete a GridFS file by _id; a failure is logged (``bridge gc`` retries), not raised."""
-        try:
-            self.bucket.delete(file_id)
-        except NoFile:
-            pass
-        except PyMongoError as exc:
-            log.warning(
-                "could not delete GridFS file %s of %s (run `bridge gc`): %s",
-                file_id,
-                what,
-                _first_line(exc),
-            )
 
     def _ready_numbers(self, name: str) -> list[int]:
         return [

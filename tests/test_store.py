@@ -258,7 +258,7 @@ def test_bytes_changed_on_the_way_are_refused(store, registry_db, monkeypatch):
 
     monkeypatch.setattr(store.bucket, "open_download_stream", lambda fid: Corrupted(real_open(fid)))
     d, artifact = draft()
-    with pytest.raises(RegistryError, match="GridFS returned different bytes"):
+    with pytest.raises(RegistryError, match="after upload: GridFS returned different bytes"):
         store.publish_model_version(d, artifact)
     assert registry_db.model_versions.count_documents({}) == 0
     assert file_ids(registry_db) == set()

@@ -22,7 +22,8 @@ from registry_samples import draft
 from servers import ApiServer
 
 from conf.contract import FEATURES
-from registry_bridge.store import COUNTERS, VERSIONS, ModelStore, artifact_filename
+from registry_bridge.artifacts import artifact_filename
+from registry_bridge.store import COUNTERS, VERSIONS, ModelStore
 
 AREA = "3 interrupted writes"
 ARTIFACT_MB = 30
