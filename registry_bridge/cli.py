@@ -336,8 +336,13 @@ def download_command(state: CliState, name: str, version: str, output: str | Non
 @main.command("verify")
 @click.argument("name")
 @click.argument("version")
+@click.option(
+    "--baseline",
+    is_flag=True,
+    help="Also give the version its drift baseline from its MLflow run when it has none.",
+)
 @pass_state
-def verify_command(state: CliState, name: str, version: str) -> None:
+def verify_command(state: CliState, name: str, version: str, baseline: bool) -> None:
     """Check a version's sha256 and re-score its input example (exit 1 on any mismatch)."""
     report = open_store(state).verify_model_version(name, version)
     click.echo(
@@ -345,6 +350,8 @@ def verify_command(state: CliState, name: str, version: str) -> None:
         f"bytes); {report.rows_scored} example rows re-scored, max |Δp| "
         f"{report.max_probability_difference:.2e}"
     )
+    if baseline:
+        _backfill_baseline(state, name, report.version)
 
 
 @main.command("delete")
@@ -399,6 +406,57 @@ def fleet_command(state: CliState, name: str | None, as_json: bool) -> None:
         click.echo(json.dumps(workers, indent=2))
         return
     click.echo(render.fleet_table(workers) if workers else "no API worker has reported")
+
+
+def _backfill_baseline(state: CliState, name: str, version: int) -> None:
+    """``verify --baseline``: compute a missing baseline from the run, or say why there is none."""
+    from registry_bridge import monitor
+
+    store = open_store(state)
+    found = store.get_model_version(name, version)
+    try:
+        _, message = monitor.backfill_baseline(store, state.settings, found)
+    except RegistryError as exc:
+        message = f"{found.label} has no baseline: {exc.message}"
+    click.echo(message)
+
+
+@main.command("monitor")
+@click.argument("name")
+@click.option("--version", help="Version to check (default: the active one).")
+@click.option(
+    "--since",
+    default="24h",
+    show_default=True,
+    help="Window of captured requests: 30m, 24h, 7d...",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False),
+    help="Write one PNG per feature (baseline against live) into this directory.",
+)
+@pass_state
+def monitor_command(
+    state: CliState, name: str, version: str | None, since: str, as_json: bool, plots: str | None
+) -> None:
+    """Compare captured requests with the version's training baseline (exit 3 on drift)."""
+    from pathlib import Path
+
+    from registry_bridge import monitor, render
+
+    store = open_store(state)
+    report = monitor.drift_report(store, state.settings, name, version, since)
+    if as_json:
+        click.echo(render.as_json(report))
+    else:
+        click.echo(render.drift_table(report))
+    if plots and report["features"]:
+        written = monitor.write_plots(store, name, report["version"], Path(plots), since)
+        if not as_json:
+            click.echo(f"wrote {len(written)} plot(s) to {plots}")
+    if report["drift"]:
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -171,3 +171,46 @@ def fleet_table(workers: Sequence[dict[str, Any]]) -> str:
     ]
     headers = ("model", "host", "pid", "port", "serving", "loaded", "requests", "stale")
     return table((*headers, "last seen", "state", "converged"), rows)
+
+
+def drift_table(report: dict[str, Any]) -> str:
+    """``bridge monitor``: the verdict, then one row per feature and the class mix."""
+    verdict = report["status"].replace("_", " ")
+    lines = [
+        f"{report['name']} v{report['version']}, last {report['window']}: {verdict} "
+        f"({report['sample_size']} captured record(s))"
+    ]
+    if report.get("message"):
+        lines.append(report["message"])
+    if report.get("drifted_features"):
+        lines.append(f"drifting: {', '.join(report['drifted_features'])}")
+    if not report.get("features"):
+        return "\n".join(lines)
+    thresholds = report["thresholds"]
+    rows = [
+        (
+            f["name"],
+            f["sample_size"],
+            number(f["ks"], 3),
+            number(f["psi"], 3),
+            f"{100 * f['missing_share']:.1f}%",
+            f"{100 * f['out_of_range_share']:.1f}%",
+            number(f["baseline_mean"], 2),
+            number(f["live_mean"], 2),
+            {True: "DRIFT", False: "ok", None: "too few"}[f["drift"]],
+        )
+        for f in report["features"]
+    ]
+    headers = ["feature", "n", "KS", "PSI", "missing", "out of range", "base mean", "live mean"]
+    lines.append(table([*headers, "drift"], rows))
+    mix = report["class_mix"]
+    shares = "; ".join(
+        f"{c} {100 * mix['baseline'][c]:.0f}% -> {100 * mix['live'][c]:.0f}%"
+        for c in mix["baseline"]
+    )
+    lines.append(f"predicted classes (baseline -> live): {shares}; PSI {number(mix['psi'], 3)}")
+    lines.append(
+        f"thresholds: KS >= {thresholds['ks']:g} or PSI >= {thresholds['psi']:g}, "
+        f"judged from {thresholds['min_samples']} records"
+    )
+    return "\n".join(lines)
