@@ -29,6 +29,7 @@ FAMILIES: tuple[str, ...] = (
     "knn",
     "random_forest",
     "gradient_boosting",
+    "xgboost",
 )
 
 # The ONNX graph: one float32 input, a label output and a probabilities tensor (zipmap off).

@@ -66,6 +66,8 @@ class TrainingSettings:
     objective: str = "f1_macro"
     families: tuple[str, ...] = FAMILIES
     reports_dir: Path = Path("reports/training")
+    threshold_rule: str = "youden"
+    validation_size: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,31 @@ def _number(
     return parse
 
 
+def _share(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number in [0, 1), got {value!r}") from None
+    if not 0.0 <= number < 1.0:
+        raise ValueError(f"expected a number in [0, 1), got {value!r}")
+    return number
+
+
+def _threshold_rule(value: Any) -> str:
+    text = _text(value).lower()
+    if text in ("youden", "f1"):
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(
+            f"expected youden, f1 or a fixed threshold between 0 and 1, got {value!r}"
+        ) from None
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"expected a fixed threshold between 0 and 1, got {value!r}")
+    return repr(number)
+
+
 def _optional_seconds(value: Any) -> float | None:
     if value in (None, ""):
         return None
@@ -256,6 +283,8 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("training", "objective"): _choice("f1_macro", "balanced_accuracy", "accuracy", "roc_auc_ovr"),
     ("training", "families"): _families,
     ("training", "reports_dir"): _path,
+    ("training", "threshold_rule"): _threshold_rule,
+    ("training", "validation_size"): _share,
     ("api", "model_name"): _text,
     ("api", "host"): _text,
     ("api", "port"): _port,

@@ -32,7 +32,7 @@ import pandas as pd
 import sklearn
 import skops
 from mlflow.models import infer_signature
-from skl2onnx import convert_sklearn
+from skl2onnx import convert_sklearn, get_latest_tested_opset_version
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -47,17 +47,20 @@ from conf.contract import (
     ONNX_PROBABILITIES,
     PARITY_TOLERANCE,
 )
-from conf.settings import Settings
+from conf.settings import Settings, TrainingSettings
 from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline, get_family
 from pipelines.metrics import (
+    binary_metrics,
     classification_metrics,
     cross_validate,
     per_class_metrics,
     summarise_folds,
 )
+from pipelines.threshold import Threshold, choose_threshold
 from pipelines.tracking import ensure_experiment
 from registry_bridge.scoring.session import build_session
+from registry_bridge.threshold import decide
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,11 @@ class CandidateError(RuntimeError):
 
 @dataclass(frozen=True)
 class Split:
-    """The stratified train/test split every trial and candidate of a study shares."""
+    """The stratified train/test split every trial and candidate of a study shares.
+
+    With a validation share (the lab's 80/10/10), ``x_val``/``y_val`` hold it; the
+    study never trains on them, so every model is compared on the same test rows.
+    """
 
     x_train: pd.DataFrame
     x_test: pd.DataFrame
@@ -79,6 +86,8 @@ class Split:
     y_test: pd.Series
     seed: int
     test_size: float
+    x_val: pd.DataFrame | None = None
+    y_val: pd.Series | None = None
 
 
 @dataclass(frozen=True)
@@ -89,31 +98,94 @@ class Evaluation:
     probabilities: np.ndarray
     classes: tuple[str, ...]
     metrics: dict[str, float]  # test_* keys, per-class ones included
+    threshold: Threshold | None = None  # binary models: labels come from it
+
+    @property
+    def positive_scores(self) -> np.ndarray:
+        """P(positive class) of each test row (binary models only)."""
+        assert self.threshold is not None
+        return self.probabilities[:, list(self.classes).index(self.threshold.positive_class)]
 
 
-def split_dataset(dataset: Dataset, test_size: float, seed: int) -> Split:
-    """The stratified train/test split of ``dataset`` (same seed, same rows)."""
-    x_train, x_test, y_train, y_test = train_test_split(
+def split_dataset(
+    dataset: Dataset, test_size: float, seed: int, validation_size: float = 0.0
+) -> Split:
+    """The stratified train/(validation/)test split of ``dataset`` (same seed, same rows).
+
+    With ``validation_size`` the held-out share (test + validation) is split off first
+    and then halved the same way, as the course lab's notebook does (80/10/10 with
+    ``test_size`` = ``validation_size`` = 0.1).
+    """
+    # A binary variant stratifies on the lab's 0/1 coding (positive = 1): the order of
+    # the classes decides which rows are drawn, and these are the lab's rows.
+    positive = dataset.positive_class
+
+    def strata(labels: pd.Series) -> pd.Series:
+        return labels if positive is None else (labels == positive).astype(int)
+
+    held_out = test_size + validation_size
+    x_train, x_rest, y_train, y_rest = train_test_split(
         dataset.features,
         dataset.labels,
-        test_size=test_size,
-        stratify=dataset.labels,
+        test_size=held_out,
+        stratify=strata(dataset.labels),
         random_state=seed,
     )
-    return Split(x_train, x_test, y_train, y_test, seed, test_size)
+    if not validation_size:
+        return Split(x_train, x_rest, y_train, y_rest, seed, test_size)
+    x_test, x_val, y_test, y_val = train_test_split(
+        x_rest,
+        y_rest,
+        test_size=validation_size / held_out,
+        stratify=strata(y_rest),
+        random_state=seed,
+    )
+    return Split(x_train, x_test, y_train, y_test, seed, test_size, x_val, y_val)
 
 
-def evaluate(pipeline: Pipeline, split: Split) -> Evaluation:
-    """Score a pipeline fitted on the training split on the whole test split."""
-    labels = pipeline.predict(split.x_test)
+def threshold_for(
+    pipeline: Pipeline, split: Split, dataset: Dataset, training: TrainingSettings
+) -> Threshold | None:
+    """A binary model's threshold by ``training.threshold_rule`` on its CV folds; else None."""
+    if dataset.positive_class is None:
+        return None
+    return choose_threshold(
+        pipeline,
+        split.x_train,
+        split.y_train,
+        dataset.positive_class,
+        training.threshold_rule,
+        training.cv_folds,
+        training.seed,
+    )
+
+
+def evaluate(pipeline: Pipeline, split: Split, threshold: Threshold | None = None) -> Evaluation:
+    """Score a pipeline fitted on the training split on the whole test split.
+
+    A binary model's labels come from ``threshold``; its metrics then include the
+    lab's (sensitivity, specificity, ... at that threshold).
+    """
     probabilities = pipeline.predict_proba(split.x_test)
     classes = tuple(str(c) for c in pipeline.classes_)
+    extra: dict[str, float] = {}
+    if threshold is None:
+        labels = pipeline.predict(split.x_test)
+    else:
+        labels, scores = decide(probabilities, classes, threshold.value, threshold.positive_class)
+        positive = np.asarray(split.y_test) == threshold.positive_class
+        extra = binary_metrics(positive, labels == threshold.positive_class, scores)
     metrics = {
         **classification_metrics(split.y_test, labels, probabilities, classes),
         **per_class_metrics(split.y_test, labels, classes),
+        **extra,
     }
     return Evaluation(
-        labels, probabilities, classes, {f"test_{name}": value for name, value in metrics.items()}
+        labels,
+        probabilities,
+        classes,
+        {f"test_{name}": value for name, value in metrics.items()},
+        threshold,
     )
 
 
@@ -124,12 +196,19 @@ def convert_to_onnx(pipeline: Pipeline, family: str) -> onnx.ModelProto:
         CandidateError: skl2onnx could not convert it; the message names the family.
     """
     classifier = pipeline.steps[-1][1]
+    ml_opset = get_family(family).onnx_ml_opset
+    opsets = (
+        None
+        if ml_opset is None
+        else {"": get_latest_tested_opset_version(), "ai.onnx.ml": ml_opset}
+    )
     try:
         model = convert_sklearn(
             pipeline,
             name=f"vertebral-{family}",
             initial_types=[(ONNX_INPUT, FloatTensorType([None, len(FEATURES)]))],
             options={id(classifier): {"zipmap": False}},
+            target_opset=opsets,
         )
     except Exception as exc:  # skl2onnx raises many types; all mean "did not convert"
         raise CandidateError(
@@ -168,6 +247,11 @@ def check_parity(
         CandidateError: a label differs or a probability differs by more than PARITY_TOLERANCE.
     """
     labels, probabilities = onnx_predict(model, split.x_test[list(FEATURES)])
+    threshold = evaluation.threshold
+    if threshold is not None:  # the label a binary version serves is the threshold's
+        labels, _ = decide(
+            probabilities, evaluation.classes, threshold.value, threshold.positive_class
+        )
     mismatched = np.flatnonzero(labels.astype(str) != evaluation.labels.astype(str))
     if mismatched.size:
         row = int(mismatched[0])
@@ -189,7 +273,9 @@ def model_card(
     family: str, dataset: Dataset, split: Split, evaluation: Evaluation
 ) -> dict[str, Any]:
     """The ``registry/model_card.json`` document of docs/run-contract.md."""
+    threshold = evaluation.threshold.to_card() if evaluation.threshold else {}
     return {
+        **threshold,
         "model_family": family,
         "variant": dataset.variant,
         "classes": list(evaluation.classes),
@@ -282,6 +368,21 @@ def _log_models(
     return sklearn_info.model_uri, onnx_info.model_uri
 
 
+def _log_threshold(evaluation: Evaluation, split: Split, family: str) -> None:
+    """The threshold (metric + tags) and the lab's two threshold plots, in the active run."""
+    from pipelines.plots import binary_figures  # matplotlib: only for binary candidates
+
+    threshold = evaluation.threshold
+    assert threshold is not None
+    mlflow.log_metric("decision_threshold", threshold.value)
+    mlflow.set_tags({"threshold_rule": threshold.rule, "positive_class": threshold.positive_class})
+    positive = np.asarray(split.y_test) == threshold.positive_class
+    for name, figure in binary_figures(
+        positive, evaluation.positive_scores, threshold.value, family
+    ).items():
+        mlflow.log_figure(figure, f"plots/{name}")
+
+
 def log_candidate(
     pipeline: Pipeline,
     family: str,
@@ -292,6 +393,8 @@ def log_candidate(
     run_id: str | None = None,
     cv_metrics: Mapping[str, float] | None = None,
     experiment_id: str | None = None,
+    threshold: Threshold | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> str:
     """Log a pipeline fitted on ``split.x_train`` as a candidate run; returns the run id.
 
@@ -306,13 +409,16 @@ def log_candidate(
             None starts a new run in ``experiment_id`` or the active experiment.
         cv_metrics: ``cv_<m>_mean``/``cv_<m>_std`` to log (new runs; trial runs have them).
         experiment_id: where a new run goes (default: the active experiment).
+        threshold: a binary model's decision threshold (see :func:`threshold_for`):
+            the labels, the lab's metrics, the card and two plots follow it.
+        tags: extra tags of the run (e.g. ``preset``).
 
     Raises:
         CandidateError: ONNX conversion or the parity check failed (the run is marked
             FAILED and carries no ``candidate`` tag).
     """
     get_family(family)
-    evaluation = evaluate(pipeline, split)
+    evaluation = evaluate(pipeline, split, threshold)
     active = mlflow.active_run()
     if run_id is not None:
         context = mlflow.start_run(run_id=run_id, nested=active is not None)
@@ -336,6 +442,8 @@ def log_candidate(
         sklearn_uri, onnx_uri = _log_models(pipeline, onnx_model, split, evaluation, family)
         mlflow.log_dict(model_card(family, dataset, split, evaluation), MODEL_CARD)
         mlflow.log_metrics({**evaluation.metrics, "onnx_parity_max_abs_diff": worst})
+        if threshold is not None:
+            _log_threshold(evaluation, split, family)
         # Tags last: a run that failed half-way is never listed as a candidate.
         mlflow.set_tags(
             {
@@ -345,6 +453,7 @@ def log_candidate(
                 "variant": dataset.variant,
                 "onnx_model_uri": onnx_uri,
                 "sklearn_model_uri": sklearn_uri,
+                **dict(tags or {}),
             }
         )
         log.info(
@@ -372,11 +481,12 @@ def quick_candidate_run(
     """
     dataset = load_dataset(settings.data)
     training = settings.training
-    split = split_dataset(dataset, training.test_size, training.seed)
+    split = split_dataset(dataset, training.test_size, training.seed, training.validation_size)
     experiment_id = ensure_experiment(settings.mlflow, experiment)
     chosen = {**get_family(family).defaults(), **(params or {})}
     pipeline = build_pipeline(family, chosen, training.seed)
     folds = cross_validate(pipeline, split.x_train, split.y_train, training.cv_folds, training.seed)
+    threshold = threshold_for(pipeline, split, dataset, training)
     pipeline.fit(split.x_train, split.y_train)
     return log_candidate(
         pipeline,
@@ -386,4 +496,5 @@ def quick_candidate_run(
         dataset,
         cv_metrics=summarise_folds(folds),
         experiment_id=experiment_id,
+        threshold=threshold,
     )

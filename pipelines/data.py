@@ -33,6 +33,8 @@ CLASSES = {
     "3C": ("Hernia", "Spondylolisthesis", "Normal"),
     "2C": ("Abnormal", "Normal"),
 }
+# The class a binary model's threshold is about (the lab's label 1: Abnormal = 1, Normal = 0).
+POSITIVE_CLASS = {"2C": "Abnormal"}
 # Every spelling of a label met in the published files, mapped to its 3C name
 # (or to "Abnormal", which only the 2C files use).
 _LABELS = {
@@ -70,6 +72,11 @@ class Dataset:
     @property
     def classes(self) -> tuple[str, ...]:
         return CLASSES[self.variant]
+
+    @property
+    def positive_class(self) -> str | None:
+        """The positive class of a binary variant (None for 3C)."""
+        return POSITIVE_CLASS.get(self.variant)
 
 
 # --- readers: each returns (raw table with FEATURES + "label" columns, first data line) --
@@ -272,7 +279,21 @@ def cached_or_downloaded(settings: DataSettings) -> Path:
     return target
 
 
+def variant_file(path: Path, variant: str) -> Path:
+    """The UCI file of ``variant`` beside ``path`` (column_3C… <-> column_2C…), else ``path``.
+
+    So ``VERTEBRAL_DATA`` naming one of the published files serves both variants; any
+    other file is read as it is (a 3C file read as 2C merges its abnormal classes).
+    """
+    sibling = path.with_name(re.sub(r"(?<=column_)[23]C", variant, path.name))
+    return sibling if sibling != path and sibling.is_file() else path
+
+
 def load_dataset(settings: DataSettings) -> Dataset:
     """The data set the settings point at (``VERTEBRAL_DATA`` or the cache)."""
-    path = settings.path or cached_or_downloaded(settings)
+    if settings.path is None:
+        return read_dataset(cached_or_downloaded(settings), settings.variant)
+    path = variant_file(settings.path, settings.variant)
+    if path != settings.path:
+        log.info("data.variant %s: reading %s beside %s", settings.variant, path, settings.path)
     return read_dataset(path, settings.variant)

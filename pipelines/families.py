@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from conf import contract
+from pipelines import xgb
 
 # scikit-learn 1.9 deprecates SVC(probability=True) in favour of CalibratedClassifierCV,
 # which skl2onnx does not convert the same way; the issue asks for SVC with probabilities.
@@ -73,6 +74,9 @@ class Family:
     # Types skops refuses to load unless the saved model trusts them (MLflow saves
     # sklearn models with skops); a test checks every fitted family needs no more.
     skops_trusted_types: tuple[str, ...] = ()
+    # The ai.onnx.ml opset to convert with, when the family's converter needs an older
+    # one than skl2onnx's latest (onnxmltools' XGBoost converter writes version 3).
+    onnx_ml_opset: int | None = None
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """The trial's hyperparameters for this family, keyed by their prefixed names."""
@@ -135,6 +139,21 @@ def _gradient_boosting(v: dict[str, Any], seed: int) -> ClassifierMixin:
         learning_rate=v["learning_rate"],
         max_depth=v["max_depth"],
         subsample=v["subsample"],
+        random_state=seed,
+    )
+
+
+def _xgboost(v: dict[str, Any], seed: int) -> ClassifierMixin:
+    # binary:logistic for two classes, multi:softprob for three (XGBoost picks on fit).
+    return xgb.LabelledXGBClassifier(
+        n_estimators=v["n_estimators"],
+        learning_rate=v["learning_rate"],
+        max_depth=v["max_depth"],
+        subsample=v["subsample"],
+        colsample_bytree=v["colsample_bytree"],
+        reg_lambda=v["reg_lambda"],
+        tree_method="hist",
+        n_jobs=1,
         random_state=seed,
     )
 
@@ -209,6 +228,22 @@ _SPECS: dict[str, Family] = {
                 Param("learning_rate", "float", 0.1, 0.01, 0.3, log=True),
                 Param("max_depth", "int", 2, 1, 4),
                 Param("subsample", "float", 1.0, 0.6, 1.0),
+            ),
+        ),
+        Family(
+            "xgboost",
+            "xgb",
+            _xgboost,
+            scaled=False,
+            skops_trusted_types=xgb.SKOPS_TYPES,
+            onnx_ml_opset=xgb.ONNX_ML_OPSET,
+            params=(
+                Param("n_estimators", "int", 100, 25, 300, step=25),
+                Param("learning_rate", "float", 0.1, 0.01, 0.3, log=True),
+                Param("max_depth", "int", 3, 2, 6),
+                Param("subsample", "float", 1.0, 0.6, 1.0),
+                Param("colsample_bytree", "float", 1.0, 0.5, 1.0),
+                Param("reg_lambda", "float", 1.0, 1e-2, 10.0, log=True),
             ),
         ),
     )

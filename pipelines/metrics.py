@@ -26,6 +26,19 @@ if TYPE_CHECKING:
 # The metrics every trial reports (cv_<m>_mean / cv_<m>_std) and every candidate
 # reports on the test split (test_<m>); see docs/run-contract.md.
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_ovr", "log_loss")
+# The course lab's evaluation of a binary model at its decision threshold, positive =
+# Abnormal (test_<m> on a binary candidate; docs/run-contract.md).
+BINARY_METRICS: tuple[str, ...] = (
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "fpr",
+    "fnr",
+    "fdr",
+    "accuracy",
+    "auc",
+)
 
 
 def classification_metrics(
@@ -48,6 +61,57 @@ def classification_metrics(
         "roc_auc_ovr": float(roc_auc),
         "log_loss": float(log_loss(y_true, probabilities, labels=classes)),
     }
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def binary_metrics(
+    positive: Sequence[bool] | np.ndarray,
+    predicted_positive: Sequence[bool] | np.ndarray,
+    scores: np.ndarray,
+) -> dict[str, float]:
+    """The lab's BINARY_METRICS and the confusion counts (``tp``, ``fp``, ``tn``, ``fn``).
+
+    Args:
+        positive: whether each row truly is the positive class.
+        predicted_positive: whether the model (at its threshold) says it is.
+        scores: P(positive) of each row (for the AUC).
+    """
+    truth = np.asarray(positive, dtype=bool)
+    said = np.asarray(predicted_positive, dtype=bool)
+    tp, fp = float(np.sum(truth & said)), float(np.sum(~truth & said))
+    tn, fn = float(np.sum(~truth & ~said)), float(np.sum(truth & ~said))
+    both_classes = truth.any() and not truth.all()
+    return {
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "fpr": _ratio(fp, fp + tn),
+        "fnr": _ratio(fn, fn + tp),
+        "fdr": _ratio(fp, fp + tp),
+        "accuracy": _ratio(tp + tn, len(truth)),
+        "auc": float(roc_auc_score(truth, scores)) if both_classes else float("nan"),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+
+
+def threshold_sweep(
+    positive: Sequence[bool] | np.ndarray, scores: np.ndarray, thresholds: np.ndarray
+) -> dict[str, np.ndarray]:
+    """BINARY_METRICS (AUC aside) and F1 at each of ``thresholds``, for the plots."""
+    rows = [binary_metrics(positive, scores >= t, scores) for t in thresholds]
+    sweep = {name: np.array([r[name] for r in rows]) for name in BINARY_METRICS if name != "auc"}
+    precision, recall = sweep["precision"], sweep["sensitivity"]
+    sweep["f1"] = np.where(
+        precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0
+    )
+    return sweep
 
 
 def per_class_metrics(

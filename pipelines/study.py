@@ -34,6 +34,7 @@ from pipelines.candidate import (
     evaluate,
     log_candidate,
     split_dataset,
+    threshold_for,
 )
 from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline, get_family, search_space
@@ -204,6 +205,8 @@ def _log_study_setup(settings: Settings, dataset: Dataset, split: Split) -> None
         {
             "split_seed": training.seed,
             "test_size": training.test_size,
+            "validation_size": training.validation_size,
+            "threshold_rule": training.threshold_rule,
             "cv_folds": training.cv_folds,
             "objective": training.objective,
             "n_trials": training.trials,
@@ -241,6 +244,7 @@ def _ranked_by_family(outcomes: list[TrialOutcome]) -> dict[str, list[TrialOutco
 
 def _make_candidates(
     result: StudyResult,
+    settings: Settings,
     on_candidate: Callable[[Candidate], None] | None,
     on_rejected: Callable[[TrialOutcome, CandidateError], None] | None,
 ) -> None:
@@ -251,6 +255,7 @@ def _make_candidates(
         # candidate_error tag; the family's next best trial is tried instead.
         for trial in trials[:MAX_CANDIDATE_ATTEMPTS]:
             pipeline = build_pipeline(family, trial.params, seed)
+            threshold = threshold_for(pipeline, result.split, result.dataset, settings.training)
             pipeline.fit(result.split.x_train, result.split.y_train)
             try:
                 log_candidate(
@@ -260,13 +265,16 @@ def _make_candidates(
                     result.split,
                     result.dataset,
                     run_id=trial.run_id,
+                    threshold=threshold,
                 )
             except CandidateError as exc:
                 result.rejected.append((trial, str(exc)))
                 if on_rejected is not None:
                     on_rejected(trial, exc)
                 continue
-            candidate = Candidate(family, trial, pipeline, evaluate(pipeline, result.split))
+            candidate = Candidate(
+                family, trial, pipeline, evaluate(pipeline, result.split, threshold)
+            )
             result.candidates.append(candidate)
             if on_candidate is not None:
                 on_candidate(candidate)
@@ -293,7 +301,7 @@ def run_study(
     """
     training = settings.training
     dataset = load_dataset(settings.data)
-    split = split_dataset(dataset, training.test_size, training.seed)
+    split = split_dataset(dataset, training.test_size, training.seed, training.validation_size)
     experiment_id = ensure_experiment(settings.mlflow)
     client = MlflowClient(settings.mlflow.tracking_uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -335,7 +343,7 @@ def run_study(
         )
         if not result.trials or all(o.state != "complete" for o in result.trials):
             raise StudyError("no trial completed: raise --timeout or --trials")
-        _make_candidates(result, on_candidate, on_rejected)
+        _make_candidates(result, settings, on_candidate, on_rejected)
 
         winner = result.winner
         mlflow.log_params(winner.trial.params)

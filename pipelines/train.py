@@ -18,9 +18,10 @@ import click
 
 from conf.contract import cv_mean_key, cv_std_key
 from conf.settings import Settings, SettingsError, load_settings
-from pipelines.candidate import CandidateError
+from pipelines import lab
+from pipelines.candidate import CandidateError, Evaluation
 from pipelines.data import DataError
-from pipelines.metrics import METRICS
+from pipelines.metrics import BINARY_METRICS, METRICS
 from pipelines.study import Candidate, StudyError, StudyResult, TrialOutcome, run_study
 
 log = logging.getLogger("pipelines.train")
@@ -34,11 +35,13 @@ def settings_from_options(
     experiment: str | None,
     data: str | None,
     families: str | None,
+    preset: str | None = None,
 ) -> Settings:
-    """The settings with the command line's options on top (None: keep the config's)."""
+    """The settings with the preset's, then the command line's options on top (None: keep)."""
     return load_settings(
         config,
         overrides={
+            **(lab.SETTINGS if preset == lab.PRESET else {}),
             "training.trials": trials,
             "training.timeout": timeout,
             "training.seed": seed,
@@ -121,11 +124,46 @@ def format_report(result: StudyResult, elapsed: float) -> str:
             f"  {cls:<18} {m[f'test_precision_{cls}']:>9.4f} "
             f"{m[f'test_recall_{cls}']:>7.4f} {m[f'test_f1_{cls}']:>6.4f}"
         )
+    lines += binary_lines(winner.evaluation)
     lines += [
         "",
         f"Parent run: {result.parent_run_id} (experiment {result.experiment_id})",
         f"Winner run: {winner.run_id}",
         "Open the MLflow UI:  make mlflow-ui   (http://127.0.0.1:5000)",
+    ]
+    return "\n".join(lines)
+
+
+def binary_lines(evaluation: Evaluation) -> list[str]:
+    """The lab's metrics at a binary model's threshold (nothing for a 3-class model)."""
+    threshold = evaluation.threshold
+    if threshold is None:
+        return []
+    m = evaluation.metrics
+    lines = [
+        f"  at threshold {threshold.value:.4f} on P({threshold.positive_class}) "
+        f"(rule {threshold.rule}, chosen on the CV folds):",
+        f"  confusion          TP {m['test_tp']:.0f}  FP {m['test_fp']:.0f}  "
+        f"TN {m['test_tn']:.0f}  FN {m['test_fn']:.0f}",
+    ]
+    lines += [f"  {name:<18} {m[f'test_{name}']:.4f}" for name in BINARY_METRICS]
+    return lines
+
+
+def format_lab_report(baseline: lab.LabBaseline) -> str:
+    """What ``--preset aws-lab`` prints: the lab's set-up and its test metrics."""
+    split = baseline.split
+    lines = [
+        f"The lab's model (preset {lab.PRESET}): XGBoost binary:logistic, "
+        f"{lab.PARAMS['xgb_n_estimators']} rounds, no tuning, in {baseline.seconds:.1f}s",
+        f"Data: {baseline.dataset.source} ({baseline.dataset.variant}); split "
+        f"{len(split.x_train)} train / {0 if split.x_val is None else len(split.x_val)} "
+        f"validation / {len(split.x_test)} test rows, stratified, seed {split.seed}",
+        f"Validation AUC (the notebook's eval_metric): {baseline.validation_auc:.4f}",
+        f"Test split ({len(split.x_test)} rows):",
+        *binary_lines(baseline.evaluation),
+        "",
+        f"Candidate run: {baseline.run_id}  (bridge publish --run-id {baseline.run_id})",
     ]
     return "\n".join(lines)
 
@@ -162,6 +200,13 @@ def rejection_printer(trial: TrialOutcome, error: Exception) -> None:
 @click.option(
     "--families", default=None, help="Comma-separated model families to search (training.families)."
 )
+@click.option(
+    "--preset",
+    type=click.Choice([lab.PRESET]),
+    default=None,
+    help="aws-lab: the course lab's own model instead of a study (2C, 80/10/10 split, "
+    "seed 42, XGBoost binary:logistic, 42 rounds, no tuning).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log details, and tracebacks on errors.")
 def main(
     config: str | None,
@@ -171,6 +216,7 @@ def main(
     experiment: str | None,
     data: str | None,
     families: str | None,
+    preset: str | None,
     verbose: bool,
 ) -> None:
     """Run the Optuna study on the Vertebral Column data, tracked in MLflow."""
@@ -179,7 +225,12 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        settings = settings_from_options(config, trials, timeout, seed, experiment, data, families)
+        settings = settings_from_options(
+            config, trials, timeout, seed, experiment, data, families, preset
+        )
+        if preset == lab.PRESET:
+            click.echo(format_lab_report(lab.train_lab_baseline(settings)))
+            return
         training = settings.training
         click.echo(
             f"Study: {training.trials} trials over {', '.join(training.families)}; "

@@ -109,6 +109,9 @@ def test_bad_environment_value_names_the_variable(env, message):
             "training:\n  families: [nope]\n",
             r"^training\.families: unknown model families",
         ),
+        ("training:\n  threshold_rule: best\n", r"^training\.threshold_rule: expected youden, f1"),
+        ("training:\n  threshold_rule: 1.5\n", r"^training\.threshold_rule: expected a fixed"),
+        ("training:\n  validation_size: 1\n", r"^training\.validation_size: expected a number"),
         ("api:\n  colour: blue\n", r"^api\.colour: unknown setting"),
         ("api: [1, 2\n", r"is not valid YAML"),
     ],
@@ -119,6 +122,15 @@ def test_bad_config_file_value_names_the_key(tmp_path, text, message):
     config.write_text(text)
     with pytest.raises(SettingsError, match=message):
         load_settings(config, env={})
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [("youden", "youden"), ("F1", "f1"), ("0.65", "0.65"), (0.7, "0.7")]
+)
+def test_threshold_rule_is_a_rule_or_a_fixed_value(given, stored):
+    """Check that training.threshold_rule takes youden, f1 or a number in (0, 1)."""
+    settings = load_settings(env={}, overrides={"training.threshold_rule": given})
+    assert settings.training.threshold_rule == stored
 
 
 def test_missing_config_file_is_named(tmp_path):

@@ -166,7 +166,9 @@ def test_family_falls_back_to_its_next_trial_when_onnx_parity_fails(settings):
         "parent", experiment_id, "f1_macro", dataset, split, optuna.create_study(), trials
     )
     rejected = []
-    _make_candidates(result, None, lambda trial, error: rejected.append((trial.number, error)))
+    _make_candidates(
+        result, settings, None, lambda trial, error: rejected.append((trial.number, error))
+    )
 
     assert [number for number, _ in rejected] == [0]
     assert "model family svc" in str(rejected[0][1])

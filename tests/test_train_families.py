@@ -48,6 +48,23 @@ def test_family_converts_to_onnx_with_parity(split, family, label, seed):
         assert set(untrusted) <= set(get_family(family).skops_trusted_types)
 
 
+@pytest.mark.parametrize("family", ["xgboost", "logistic_regression"])
+def test_binary_family_converts_with_parity_at_a_threshold(family):
+    """Check that a 2C model's ONNX graph gives the same labels at a threshold, and names."""
+    from pipelines.threshold import Threshold
+
+    dataset = read_dataset(data_path(), "2C")
+    split = split_dataset(dataset, 0.1, 42, validation_size=0.1)
+    pipeline = build_pipeline(family, get_family(family).defaults(), 42)
+    pipeline.fit(split.x_train, split.y_train)
+    assert list(pipeline.classes_) == ["Abnormal", "Normal"]
+    # A threshold far from 0.5 relabels rows: parity must hold on the relabelled ones.
+    evaluation = evaluate(pipeline, split, Threshold(0.8, "fixed", "Abnormal"))
+    assert set(evaluation.labels) <= {"Abnormal", "Normal"}
+    assert list(evaluation.labels) != list(pipeline.predict(split.x_test))
+    assert check_parity(convert_to_onnx(pipeline, family), evaluation, split, family) <= 1e-5
+
+
 def test_knn_manhattan_types_are_trusted(split):
     """Check that k-NN with p=1 (Manhattan) only needs the types the family trusts."""
     params = {**get_family("knn").defaults(), "knn_p": 1}
@@ -65,11 +82,12 @@ def test_scaling_only_where_the_family_needs_it():
         "knn": True,
         "random_forest": False,
         "gradient_boosting": False,
+        "xgboost": False,
     }
 
 
 def test_unknown_family_is_named():
     """Check that an unknown family fails with its name and the known ones."""
-    with pytest.raises(ValueError, match="'xgboost'.*logistic_regression"):
-        get_family("xgboost")
+    with pytest.raises(ValueError, match="'lightgbm'.*logistic_regression.*xgboost"):
+        get_family("lightgbm")
     assert set(search_space(["svc"])) == {"model_family", "svc"}

@@ -1,6 +1,6 @@
 """Check the Optuna study end to end: the CLI, its MLflow runs, plots, models and the UI.
 
-One small study (7 trials over the five families) runs once for the module through
+One small study (7 trials over the six families) runs once for the module through
 ``python -m pipelines.train``'s command; the tests read what it left in MLflow.
 """
 
@@ -134,7 +134,7 @@ def test_one_nested_run_per_trial_with_its_metrics(study: StudyRun) -> None:
             assert cv_mean_key(name) in run.data.metrics
             assert cv_std_key(name) in run.data.metrics
         assert 0 < run.data.metrics["cv_f1_macro_mean"] <= 1
-    # The five families are all tried, each first with its default hyperparameters.
+    # The six families are all tried, each first with its default hyperparameters.
     assert {r.data.params["model_family"] for r in children} == set(FAMILIES)
 
 
