@@ -1,9 +1,10 @@
 """Score a CSV of any size in chunks, keeping memory flat, and save the result atomically.
 
 The upload is read through Arrow's CSV reader in chunks of about ``batch_chunk_rows``
-rows, every cell kept as text (input columns pass through unchanged, nothing becomes a
-Python object on the clean path); each chunk is validated, scored and appended to a
-temporary file beside the outputs through Arrow's CSV writer. Only when the
+rows, every cell kept as text (input columns pass through, nothing becomes a Python
+object on the clean path); each chunk is scored by ``registry_bridge.scoring`` and
+appended to a temporary file beside the outputs through Arrow's CSV writer, text cells
+neutralised against spreadsheet formula injection (``csv_safe``). Only when the
 whole file went through is the temporary file renamed to the per-job file and linked
 as ``predicciones.csv``, so a failed batch leaves no half-written result.
 """
@@ -23,21 +24,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 from pyarrow import csv as pa_csv
 
 from api.validation import check_width, invalid, sniff_delimiter
-from registry_bridge.scoring import LoadedModel, check_columns, output_names, score_batch
+from conf.settings import OutputRetention
+from registry_bridge.scoring import (
+    LoadedModel,
+    check_columns,
+    csv_safe,
+    output_names,
+    score_batch,
+)
 from registry_bridge.scoring.chunk import ScoredBatch
 
 log = logging.getLogger(__name__)
 
 LATEST_NAME = "predicciones.csv"
+_JOB_PREFIX = "predicciones-"  # + job id + .csv: one file per job, subject to retention
+_TMP_PREFIX = ".batch-"
+_STALE_TMP_S = 86400  # a temporary file this old belongs to a job that died
 MAX_DETAILS = 100  # problems listed in one 400; the message gives the total
 _PEEK_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 1024 * 1024  # a longer first line is refused (400) before it is parsed
 # Arrow reads blocks of bytes, not rows: aim at batch_chunk_rows rows of a typical width
 # (six numbers with two decimals are ~36 bytes). A block costs several times its size
 # while it is scored and written: at 64 bytes per row a 1M-row upload peaked ~50 MB higher.
@@ -63,8 +75,8 @@ class BatchResult:
         """The JSON answer of ``?format=json``."""
         return {
             "job_id": self.job_id,
-            "saved_path": str(self.latest_path),
-            "job_path": str(self.job_path),
+            "saved_path": self.latest_path.name,
+            "job_path": self.job_path.name,
             "rows": self.rows,
             "predicted": self.predicted,
             "errors": self.errors,
@@ -95,50 +107,50 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-class _Exact(io.RawIOBase):
-    """The request body: ending before its Content-Length is an error, not the end of the file.
+def _first_line(stream: IO[bytes]) -> tuple[bytes, bytes]:
+    """The bytes read so far and the header line in them (ended by \n, \r or the end).
 
-    Behind gunicorn a client gone half-way looks like a short body; without this check
-    the rows received so far would be saved as if they were the whole upload.
+    Read in pieces into one buffer (linear time), and refused past MAX_HEADER_BYTES:
+    a header without a line break would otherwise be read whole.
     """
-
-    def __init__(self, stream: IO[bytes], expected: int):
-        self._stream = stream
-        self._expected = expected
-        self._seen = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
-        if not data and self._seen < self._expected:
-            raise invalid(
-                f"the upload ended after {self._seen} of the {self._expected} bytes "
-                "its Content-Length announced (client disconnected?); nothing saved"
-            )
-        self._seen += len(data)
-        buffer[: len(data)] = data
-        return len(data)
+    head = bytearray()
+    while True:
+        more = stream.read(_PEEK_BYTES)
+        head += more
+        ends = [i for i in (head.find(b"\n"), head.find(b"\r")) if i >= 0]
+        end = min(ends) if ends else -1
+        if end >= 0 or not more:
+            line = head[:end] if end >= 0 else head
+            if len(line) > MAX_HEADER_BYTES:
+                break
+            return bytes(head), bytes(line)
+        if len(head) > MAX_HEADER_BYTES:
+            break
+    raise invalid(
+        f"line 1: the CSV header is longer than the limit of {MAX_HEADER_BYTES} bytes "
+        "(no line break found)",
+        [{"line": 1, "problem": "header too long", "limit_bytes": MAX_HEADER_BYTES}],
+    )
 
 
 def _open_csv(stream: IO[bytes]) -> tuple[IO[bytes], str, list[str]]:
     """The stream ready for the reader, its delimiter (sniffed) and the header's names."""
-    head = stream.read(_PEEK_BYTES)
-    while b"\n" not in head:
-        more = stream.read(_PEEK_BYTES)
-        if not more:
-            break
-        head += more
+    head, line = _first_line(stream)
     try:
-        first_line = head.split(b"\n", 1)[0].decode("utf-8-sig")
+        first_line = line.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise invalid("line 1: the CSV is not UTF-8 text") from None
     if not head.strip(b"\xef\xbb\xbf \t\r\n"):
         raise invalid("the CSV file is empty: expected a header row and data rows")
     delimiter = sniff_delimiter(first_line)
     check_width(first_line, delimiter)
-    names = next(csv.reader([first_line], delimiter=delimiter), [])
+    try:
+        names = next(csv.reader([first_line], delimiter=delimiter), [])
+    except csv.Error as exc:  # e.g. a name over csv.field_size_limit() characters
+        raise invalid(
+            f"line 1: the CSV header cannot be read: {exc}",
+            [{"line": 1, "problem": "unreadable header"}],
+        ) from None
     return io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 20), delimiter, names
 
 
@@ -148,12 +160,13 @@ def run_batch(
     output_dir: Path,
     chunk_rows: int,
     on_error: str = "fail",
-    expected_bytes: int | None = None,
+    retention: OutputRetention | None = None,
     on_chunk: Callable[[pa.RecordBatch], None] | None = None,
 ) -> BatchResult:
     """Score every row of the CSV ``stream`` with ``model`` and save the result.
 
     Args:
+        retention: per-job files kept once the job is saved (default: every one).
         on_chunk: called with each scored chunk (data capture samples rows from it).
         on_error: ``"fail"`` (a bad cell is a 400 naming line and column) or ``"skip"``
             (the row is kept with an ``error`` column and no prediction).
@@ -163,11 +176,9 @@ def run_batch(
             CSV or (unless skipping) a bad cell.
     """
     started = time.perf_counter()
-    if expected_bytes is not None:
-        stream = cast(IO[bytes], _Exact(stream, expected_bytes))
     source, delimiter, names = _read_header(stream, model)
     tally = _Tally(model.classes)
-    with _atomic_output(output_dir) as output:
+    with _atomic_output(output_dir, retention) as output:
         writer = _ChunkWriter(output.handle)
         for first_line, batch in _read(source, delimiter, names, chunk_rows):
             scored = score_batch(model, batch, on_error, first_row=first_line, row_key="line")
@@ -235,22 +246,23 @@ class _Output:
 
 
 @contextmanager
-def _atomic_output(output_dir: Path) -> Iterator[_Output]:
+def _atomic_output(output_dir: Path, retention: OutputRetention | None) -> Iterator[_Output]:
     """A temporary file beside the outputs, renamed to the job's file only on success.
 
-    On success ``predicciones.csv`` is pointed at the job's file; on any error the
-    temporary file is removed, so a failed batch leaves no half-written result.
+    On success ``predicciones.csv`` is pointed at the job's file and older job files
+    beyond ``retention`` are removed; on any error the temporary file is removed, so a
+    failed batch leaves no half-written result.
     """
     # Absolute, because Flask's send_file reads relative paths from the app's package.
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     job_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     handle = tempfile.NamedTemporaryFile(
-        "wb", dir=output_dir, prefix=".batch-", suffix=".tmp", delete=False
+        "wb", dir=output_dir, prefix=_TMP_PREFIX, suffix=".tmp", delete=False
     )
     tmp_path = Path(handle.name)
     output = _Output(
-        handle, job_id, output_dir / f"predicciones-{job_id}.csv", output_dir / LATEST_NAME
+        handle, job_id, output_dir / f"{_JOB_PREFIX}{job_id}.csv", output_dir / LATEST_NAME
     )
     try:
         with handle:
@@ -260,6 +272,44 @@ def _atomic_output(output_dir: Path) -> Iterator[_Output]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    if retention is not None:
+        apply_retention(output_dir, retention, keep=output.job_path)
+
+
+def apply_retention(output_dir: Path, retention: OutputRetention, keep: Path) -> list[Path]:
+    """Remove per-job files beyond ``retention`` (never ``keep``, the job just saved).
+
+    Also removes temporary files of jobs that died mid-way (older than a day). Another
+    worker may remove the same files at the same time: a file already gone is fine.
+    """
+    now = time.time()
+    jobs = []
+    for path in output_dir.glob(f"{_JOB_PREFIX}*.csv"):
+        try:
+            jobs.append((path.stat().st_mtime, path))
+        except FileNotFoundError:
+            continue
+    jobs.sort(reverse=True)  # newest first
+    doomed = [
+        path
+        for rank, (mtime, path) in enumerate(jobs)
+        if path != keep
+        and (
+            (retention.count is not None and rank >= retention.count)
+            or (retention.max_age_s is not None and now - mtime > retention.max_age_s)
+        )
+    ]
+    for path in output_dir.glob(f"{_TMP_PREFIX}*.tmp"):
+        try:
+            if now - path.stat().st_mtime > _STALE_TMP_S:
+                doomed.append(path)
+        except FileNotFoundError:
+            continue
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    if doomed:
+        log.info("output retention: removed %d file(s) from %s", len(doomed), output_dir)
+    return doomed
 
 
 class _ChunkWriter:
@@ -274,7 +324,7 @@ class _ChunkWriter:
         self._schema: pa.Schema | None = None
 
     def write(self, batch: pa.RecordBatch) -> None:
-        table = pa.Table.from_batches([batch])
+        table = pa.Table.from_batches([csv_safe(batch)])
         if self._writer is None:
             # Fix the column types on the first chunk so every chunk writes alike.
             self._schema = pa.schema(

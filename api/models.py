@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import hmac
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, request
 
 from api import registry
+from api.body import ADMIN_BODY_LIMIT, read_body
 from api.validation import MAX_NAME_CHARS, invalid, parse_json
 from conf.contract import ContractError, parse_version
 from registry_bridge.errors import RegistryError
@@ -54,7 +57,7 @@ def _json_object() -> dict[str, Any]:
             f"Content-Type {request.mimetype or 'none'} is not accepted here; "
             "send application/json",
         )
-    body = parse_json(request.get_data(cache=False), request.content_length)
+    body = parse_json(read_body(ADMIN_BODY_LIMIT))
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
     return body
@@ -126,6 +129,19 @@ def show_version(name: str, version: str) -> Response:
     )
 
 
+def attachment(filename: str) -> str:
+    """A Content-Disposition value for any file name: an ASCII fallback and the exact name.
+
+    The exact name is percent-encoded (RFC 6266/5987), so a quote, a line break or a
+    non-Latin letter in a model name can neither break the header nor answer 500.
+    """
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    value = f'attachment; filename="{plain}"'
+    if plain != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
 @bp.get("/<name>/versions/<version>/artifact")
 def download_artifact(name: str, version: str) -> Response:
     """The ONNX bytes, checked against their sha256 before they are sent."""
@@ -133,9 +149,8 @@ def download_artifact(name: str, version: str) -> Response:
     found = store.get_model_version(name, _version_field(version))
     data = store.artifacts.read(found)
     response = Response(data, mimetype="application/octet-stream")
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="{found.filename or f"{name}-v{found.version}.onnx"}"'
-    )
+    filename = found.filename or f"{name}-v{found.version}.onnx"
+    response.headers["Content-Disposition"] = attachment(filename)
     response.headers["X-Checksum-Sha256"] = found.sha256
     return response
 

@@ -26,6 +26,21 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_BATCH_SUMMARY = {
+    "type": "object",
+    "properties": {
+        "job_id": {"type": "string"},
+        "saved_path": {"type": "string", "description": "relative to OUTPUT_DIR"},
+        "job_path": {"type": "string", "description": "relative to OUTPUT_DIR"},
+        "rows": {"type": "integer"},
+        "predicted": {"type": "integer"},
+        "errors": {"type": "integer"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "duration_s": {"type": "number"},
+        "model": {"type": "object"},
+    },
+}
+
 _PREDICT_ERRORS = (
     "INVALID_INPUT",
     "PAYLOAD_TOO_LARGE",
@@ -233,11 +248,19 @@ def spec() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "the scored CSV (input columns, prediction, "
-                            "probability, prob_<class>, model_version[, error]) or "
+                            "probability, prob_<class>, model_version[, error]; text "
+                            "cells starting with = + - @ tab or CR prefixed with ') or "
                             "a JSON summary with ?format=json",
+                            "headers": {
+                                "X-Job-Id": {"schema": {"type": "string"}},
+                                "X-Saved-Path": {
+                                    "description": "file name relative to OUTPUT_DIR",
+                                    "schema": {"type": "string"},
+                                },
+                            },
                             "content": {
                                 "text/csv": {"schema": {"type": "string"}},
-                                "application/json": {"schema": {"type": "object"}},
+                                "application/json": {"schema": _BATCH_SUMMARY},
                             },
                         },
                         **_errors(*_PREDICT_ERRORS),
@@ -331,6 +354,7 @@ def spec() -> dict[str, Any]:
                             "FORBIDDEN",
                             "NOT_FOUND",
                             "CONFLICT",
+                            "PAYLOAD_TOO_LARGE",
                             "UNSUPPORTED_MEDIA_TYPE",
                             "REGISTRY_UNAVAILABLE",
                         ),
@@ -363,6 +387,7 @@ def spec() -> dict[str, Any]:
                             "UNAUTHORIZED",
                             "FORBIDDEN",
                             "CONFLICT",
+                            "PAYLOAD_TOO_LARGE",
                             "UNSUPPORTED_MEDIA_TYPE",
                             "REGISTRY_UNAVAILABLE",
                         ),

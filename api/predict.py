@@ -11,11 +11,19 @@ from flask import Blueprint, Response, g, jsonify, request, send_file
 from api import registry
 from api.active import Resolved
 from api.batch import run_batch
+from api.body import MB, body_stream, read_body
 from api.capture import current as capture_of_app
 from api.metrics import BATCH_ROWS, PREDICTIONS
-from api.validation import check_count, csv_records, extract_records, invalid, parse_json
+from api.validation import (
+    check_count,
+    check_json_size,
+    csv_records,
+    extract_records,
+    invalid,
+    parse_json,
+)
 from registry_bridge.errors import RegistryError
-from registry_bridge.scoring import MAX_DETAILS, decide, validate_records
+from registry_bridge.scoring import MAX_DETAILS, LoadedModel, decide, validate_records
 
 bp = Blueprint("predict", __name__)
 
@@ -30,8 +38,10 @@ def serving() -> Resolved:
     return resolved
 
 
-def _json_body() -> Any:
-    return parse_json(request.get_data(cache=False), request.content_length)
+def _body_limit() -> int:
+    """Bytes accepted by /predict and /invocations: api.max_request_mb, within the upload cap."""
+    settings = registry().settings.api
+    return min(settings.max_request_mb, settings.max_upload_mb) * MB
 
 
 def _unsupported(allowed: str) -> RegistryError:
@@ -41,19 +51,30 @@ def _unsupported(allowed: str) -> RegistryError:
     )
 
 
-def _predict(accept_csv: bool) -> Response:
+def _records(accept_csv: bool, model: LoadedModel) -> tuple[list[Any], bool]:
+    """The body's records (and whether cells are text), read under the body and record limits."""
+    max_records = registry().settings.api.max_records
     if request.is_json:
-        records, from_text = extract_records(_json_body()), False
-    elif accept_csv and request.mimetype == CSV_TYPE:
+        body = read_body(_body_limit())
+        check_json_size(body, max_records, len(model.schema.features))
+        return extract_records(parse_json(body)), False
+    if accept_csv and request.mimetype == CSV_TYPE:
+        body = read_body(_body_limit(), max_lines=max_records + 1)
         try:
-            text = request.get_data(cache=False).decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise invalid("the CSV body is not UTF-8 text") from None
-        records, from_text = csv_records(text), True
-    else:
+        del body  # the text is what is parsed; keep one copy of the body
+        return csv_records(text), True
+    raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
+
+
+def _predict(accept_csv: bool) -> Response:
+    if not request.is_json and not (accept_csv and request.mimetype == CSV_TYPE):
         raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
-    check_count(records, registry().settings.api.max_records)
     model = serving().model
+    records, from_text = _records(accept_csv, model)
+    check_count(records, registry().settings.api.max_records)
     checked = validate_records(records, model.schema, from_text=from_text)
     decision = decide(model, model.predict(checked.matrix))
     unscored = np.flatnonzero(~decision.finite)
@@ -128,9 +149,9 @@ def batch_predict() -> Response:
             raise invalid(
                 "multipart upload without a 'file' field", [{"field": "file", "problem": "missing"}]
             )
-        stream, expected = upload.stream, None  # parsed whole by werkzeug already
+        stream = upload.stream  # spooled to a temporary file by werkzeug, under its limit
     elif request.mimetype == CSV_TYPE:
-        stream, expected = request.stream, request.content_length
+        stream = body_stream(registry().settings.api.max_upload_mb * MB)
     else:
         raise _unsupported(f"multipart/form-data with a 'file' field, or {CSV_TYPE}")
     model = serving().model
@@ -142,7 +163,7 @@ def batch_predict() -> Response:
         settings.output_dir,
         settings.batch_chunk_rows,
         on_error,
-        expected_bytes=expected,
+        settings.output_retention,
         on_chunk=functools.partial(capture.record_batch_rows, model) if capture.enabled else None,
     )
     version = str(model.version)
@@ -161,5 +182,6 @@ def batch_predict() -> Response:
             max_age=0,
         )
     response.headers["X-Job-Id"] = result.job_id
-    response.headers["X-Saved-Path"] = str(result.latest_path)
+    # Names relative to OUTPUT_DIR: an answer never reveals where the server keeps files.
+    response.headers["X-Saved-Path"] = result.latest_path.name
     return response

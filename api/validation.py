@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "MAX_DETAILS",
     "MAX_NAME_CHARS",
     "check_count",
+    "check_json_size",
     "check_width",
     "csv_records",
     "extract_records",
@@ -33,6 +36,7 @@ __all__ = [
 # Keys that mark a wrapped payload rather than a single record.
 _WRAPPERS = ("records", "dataframe_records", "dataframe_split", "instances", "inputs")
 MAX_COLUMNS = 10_000  # a CSV header wider than this is refused before it is parsed
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -47,7 +51,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def parse_json(data: bytes, content_length: int | None = None) -> Any:
+def parse_json(data: bytes | bytearray, content_length: int | None = None) -> Any:
     """A request body as JSON: UTF-8 only, no duplicate keys, bounded nesting.
 
     Raises:
@@ -71,6 +75,24 @@ def parse_json(data: bytes, content_length: int | None = None) -> Any:
         raise invalid("the JSON is nested too deeply") from None
     except ValueError as exc:
         raise invalid(f"malformed JSON: {exc}") from None
+
+
+def check_json_size(data: bytes | bytearray, max_records: int, width: int) -> None:
+    """413 when a JSON body holds more values than ``max_records`` records could.
+
+    Counted on the bytes before parsing (each value but the last of an array or object
+    follows a comma; each array or object opens with a bracket), so the parsed objects
+    stay within what the record limit allows whatever the body's shape.
+    """
+    budget = max_records * (width + 2) + 64
+    values = data.count(b",") + data.count(b"[") + data.count(b"{")
+    if values > budget:
+        raise RegistryError(
+            "PAYLOAD_TOO_LARGE",
+            f"the JSON body holds more than {budget} values, more than {max_records} "
+            f"records of {width} fields need; the limit is {max_records} records",
+            [{"field": "body", "problem": "too many values", "limit_records": max_records}],
+        )
 
 
 def extract_records(payload: Any) -> list[Any]:
@@ -109,6 +131,7 @@ def _split_records(body: Any) -> list[Any]:
     columns, data = body["columns"], body["data"]
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise invalid("'dataframe_split.columns' must be a list of field names")
+    _refuse_duplicates(columns, "'dataframe_split.columns'", {})
     if not isinstance(data, list):
         raise invalid("'dataframe_split.data' must be a list of rows")
     records: list[Any] = []
@@ -144,30 +167,55 @@ def check_count(records: Sequence[Any], max_records: int) -> None:
         )
 
 
+def _refuse_duplicates(names: Sequence[str], where: str, detail: dict[str, Any]) -> None:
+    """400 naming a column given twice: "last one wins" would silently drop a value."""
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        raise invalid(
+            f"{where}: column(s) {', '.join(shown(n) for n in twice)} given more than once; "
+            "each column once",
+            [{**detail, "field": shown(n), "problem": "duplicate column"} for n in twice][
+                :MAX_DETAILS
+            ],
+        )
+
+
 def csv_records(text: str) -> list[dict[str, str]]:
     """Records of a small CSV body (``/invocations``): header row, ',' or ';' delimiter.
 
+    Lines may end in ``\n``, ``\r\n`` or ``\r`` alone.
+
     Raises:
-        RegistryError: INVALID_INPUT when there is no header or a row has extra cells.
+        RegistryError: INVALID_INPUT naming the line when there is no header, a column
+            is repeated, a row has extra cells or a cell cannot be read (e.g. a field
+            over ``csv.field_size_limit()`` characters).
     """
     text = text.lstrip("\ufeff")
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
+    first_line = _LINE_BREAK.split(text, maxsplit=1)[0]
+    if not first_line.strip():
         raise invalid("the CSV body is empty: expected a header row and data rows")
-    delimiter = sniff_delimiter(lines[0])
-    check_width(lines[0], delimiter)
+    delimiter = sniff_delimiter(first_line)
+    check_width(first_line, delimiter)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [h.strip() for h in next(reader)]
     records: list[dict[str, str]] = []
-    for line, row in enumerate(reader, start=2):
-        if not row or all(cell.strip() == "" for cell in row):
-            continue
-        if len(row) != len(header):
-            raise invalid(
-                f"line {line}: {len(row)} cells for {len(header)} columns",
-                [{"line": line, "problem": "wrong number of cells"}],
-            )
-        records.append(dict(zip(header, row, strict=False)))
+    try:
+        header = [h.strip() for h in next(reader)]
+        _refuse_duplicates(header, "line 1", {"line": 1})
+        for row in reader:
+            if not row or all(cell.strip() == "" for cell in row):
+                continue
+            if len(row) != len(header):
+                raise invalid(
+                    f"line {reader.line_num}: {len(row)} cells for {len(header)} columns",
+                    [{"line": reader.line_num, "problem": "wrong number of cells"}],
+                )
+            records.append(dict(zip(header, row, strict=True)))
+    except csv.Error as exc:
+        line = reader.line_num
+        raise invalid(
+            f"line {line}: the CSV cannot be read: {exc}",
+            [{"line": line, "problem": "unreadable row"}],
+        ) from None
     return records
 
 

@@ -8,6 +8,7 @@ of truth. A bad value fails here, at start-up, with a one-line
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,6 +72,15 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class OutputRetention:
+    """Per-job batch files kept when a job ends: the newest ``count``, or those younger
+    than ``max_age_s`` (``api.output_retention``: ``20`` or ``7d``, ``12h``, ``30m``)."""
+
+    count: int | None = 20
+    max_age_s: float | None = None
+
+
+@dataclass(frozen=True)
 class ApiSettings:
     model_name: str = "vertebral-column"
     host: str = "127.0.0.1"
@@ -79,6 +89,8 @@ class ApiSettings:
     admin_token: str | None = None
     max_records: int = 10000
     max_upload_mb: int = 512
+    max_request_mb: int = 16
+    output_retention: OutputRetention = field(default_factory=OutputRetention)
     batch_chunk_rows: int = 50000
     output_dir: Path = Path("outputs")
     pointer_lease_ms: int = 50
@@ -222,6 +234,22 @@ def _seconds(value: Any) -> float:
     return number
 
 
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _retention(value: Any) -> OutputRetention:
+    text = str(value).strip().lower()
+    found = re.fullmatch(r"([0-9]+)\s*([smhd]?)", text)
+    if found is None or int(found.group(1)) < 1:
+        raise ValueError(
+            f"expected a number of files (e.g. 20) or an age (e.g. 7d, 12h, 30m), got {value!r}"
+        )
+    amount, unit = int(found.group(1)), found.group(2)
+    if not unit:
+        return OutputRetention(count=amount)
+    return OutputRetention(count=None, max_age_s=float(amount * _AGE_UNITS[unit]))
+
+
 def _path(value: Any) -> Path:
     return Path(_text(value)).expanduser()
 
@@ -292,6 +320,8 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "admin_token"): _optional_text,
     ("api", "max_records"): _int(1),
     ("api", "max_upload_mb"): _int(1),
+    ("api", "max_request_mb"): _int(1),
+    ("api", "output_retention"): _retention,
     ("api", "batch_chunk_rows"): _int(1),
     ("api", "output_dir"): _path,
     ("api", "pointer_lease_ms"): _int(0, 10000),

@@ -314,7 +314,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
                     csv_file=str(run.batch_input),
                 )
             )
-            run.batch_output = Path(summary["saved_path"])
+            run.batch_output = settings.api.output_dir / summary["saved_path"]
             if summary["rows"] != len(run.study.split.x_test) or not run.batch_output.is_file():
                 raise DemoFailure(f"batch summary does not match the input: {summary}")
             click.echo(

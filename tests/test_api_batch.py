@@ -62,7 +62,7 @@ def test_multipart_upload_keeps_order_and_columns(client, published):
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     saved = output_dir(published.settings) / "predicciones.csv"
     assert saved.read_bytes() == response.data
-    assert response.headers["X-Saved-Path"] == str(saved)
+    assert response.headers["X-Saved-Path"] == "predicciones.csv"  # relative to OUTPUT_DIR
 
 
 @pytest.mark.parametrize(
@@ -93,11 +93,15 @@ def test_json_summary_counts_per_class_and_job_file(client, published):
     assert summary["rows"] == len(rows) == summary["predicted"]
     assert sum(summary["counts"].values()) == len(rows)
     assert summary["model"]["version"] == published.versions[FAMILIES[0]]
-    job = _read(open(summary["job_path"], "rb").read())
+    outputs = output_dir(published.settings)
+    assert summary["saved_path"] == "predicciones.csv"  # relative to OUTPUT_DIR, no server path
+    job_file = outputs / summary["job_path"]
+    assert job_file.parent == outputs and summary["job_path"].startswith("predicciones-")
+    job = _read(job_file.read_bytes())
     assert dict(job["prediction"].value_counts()) == {
         k: v for k, v in summary["counts"].items() if v
     }
-    assert open(summary["saved_path"], "rb").read() == open(summary["job_path"], "rb").read()
+    assert (outputs / summary["saved_path"]).read_bytes() == job_file.read_bytes()
 
 
 def test_missing_columns_are_named(client, published):
@@ -209,7 +213,8 @@ def test_200k_rows_round_trip_in_order(published, mongo_client):
     )
     assert response.status_code == 200, response.data[:300]
     assert response.json["rows"] == n == response.json["predicted"]
-    result = pd.read_csv(response.json["saved_path"], usecols=["id", "prediction"])
+    saved = output_dir(published.settings) / response.json["saved_path"]
+    result = pd.read_csv(saved, usecols=["id", "prediction"])
     assert len(result) == n
     assert (result["id"].to_numpy() == np.arange(n)).all()
     assert result["prediction"].notna().all()
@@ -243,3 +248,86 @@ def test_output_column_names_in_the_input_are_refused(client, published):
     response = client.post("/batch-predict", data=data, content_type="text/csv")
     assert response.status_code == 400
     assert "prediction" in response.json["error"]["message"]
+
+
+def test_cr_only_line_endings_are_read(client, published):
+    """Check that a CSV whose lines end in CR alone is scored row by row, not refused."""
+    rows = published.inputs[:4]
+    response = client.post(
+        "/batch-predict?format=json", data=_csv(rows, newline="\r"), content_type="text/csv"
+    )
+    assert response.status_code == 200, response.json
+    assert response.json["rows"] == 4 == response.json["predicted"]
+
+
+def test_header_without_a_line_break_is_400_naming_the_limit(client, published):
+    """Check that a first line over MAX_HEADER_BYTES is refused before it is parsed."""
+    from api.batch import MAX_HEADER_BYTES
+
+    body = b"x" * (MAX_HEADER_BYTES + 10)
+    response = client.post("/batch-predict", data=body, content_type="text/csv")
+    assert response.status_code == 400
+    assert f"limit of {MAX_HEADER_BYTES} bytes" in response.json["error"]["message"]
+
+
+def test_header_name_over_the_csv_field_limit_is_400(client, published):
+    """Check that a header name of 200,000 characters is a 400 naming line 1, not a 500."""
+    body = (",".join(FEATURES) + ",").encode() + b"n" * 200_000 + b"\n" + b"1," * 6 + b"x\n"
+    response = client.post("/batch-predict", data=body, content_type="text/csv")
+    assert response.status_code == 400
+    assert response.json["error"]["message"].startswith("line 1:")
+
+
+def test_duplicate_feature_column_is_400_naming_it(client, published):
+    """Check that a feature column given twice in the header is refused, naming it."""
+    header = [*FEATURES, FEATURES[0]]
+    body = (",".join(header) + "\n" + ",".join(["1.5"] * len(header)) + "\n").encode()
+    response = client.post("/batch-predict", data=body, content_type="text/csv")
+    assert response.status_code == 400
+    assert response.json["error"]["details"][0]["field"] == FEATURES[0]
+    assert "more than once" in response.json["error"]["message"]
+
+
+def test_spreadsheet_formulas_are_neutralised_but_numbers_kept(client, published):
+    """Check that cells and names starting with = + - @ tab CR get a leading quote, numbers
+    such as -0.25 stay as they are, and NUL bytes never reach the file."""
+    row = [repr(float(v)) for v in published.inputs[0]]
+    row[1] = "-0.25"
+    header = ["=HYPERLINK(1)", *FEATURES, "note"]
+    cells = ["@SUM(A1)", *row, '"-2+3\x00"']
+    body = (",".join(header) + "\n" + ",".join(cells) + "\n").encode()
+    response = client.post("/batch-predict", data=body, content_type="text/csv")
+    assert response.status_code == 200, response.json
+    table = _read(response.data)
+    assert list(table.columns)[0] == "'=HYPERLINK(1)"
+    assert table.iloc[0, 0] == "'@SUM(A1)"
+    assert table[FEATURES[1]][0] == "-0.25"
+    assert table["note"][0] == "'-2+3"
+    assert b"\x00" not in (output_dir(published.settings) / "predicciones.csv").read_bytes()
+
+
+@pytest.mark.parametrize(("retention", "kept"), [("2", 2), ("1h", 3)])
+def test_output_retention_is_applied_when_a_job_ends(published, mongo_client, retention, kept):
+    """Check that per-job files beyond api.output_retention (count or age) are removed."""
+    import os
+    import time
+
+    from conf.settings import _retention
+
+    settings = with_api(published.settings, output_retention=_retention(retention))
+    client = make_app(settings, mongo_client).test_client()
+    outputs = output_dir(settings)
+    outputs.mkdir(parents=True, exist_ok=True)
+    old = outputs / "predicciones-20000101T000000Z-00000000.csv"
+    old.write_text("x\n")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    jobs = []
+    for _ in range(3):
+        response = client.post(
+            "/batch-predict?format=json", data=_csv(published.inputs[:2]), content_type="text/csv"
+        )
+        assert response.status_code == 200
+        jobs.append(response.json["job_path"])
+    left = sorted(p.name for p in outputs.glob("predicciones-*.csv"))
+    assert len(left) == kept and jobs[-1] in left and old.name not in left
+    assert (outputs / "predicciones.csv").is_file()

@@ -165,3 +165,19 @@ def test_unloadable_active_version_keeps_the_loaded_one_serving(client, publishe
     assert fresh.json["error"]["code"] == "NO_ACTIVE_MODEL"
     assert f"v{v2} cannot be served" in fresh.json["error"]["message"]
     assert client.get("/ready").json["error"]["code"] == "NO_ACTIVE_MODEL"
+
+
+@pytest.mark.parametrize("name", ["a\nb-v1.onnx", 'q"uote\r-v1.onnx', "модель-v1.onnx"])
+def test_artifact_file_name_is_a_valid_header_whatever_the_model_name(name):
+    """Check that a model name with a line break, quote or non-Latin letters gives a
+    Content-Disposition werkzeug accepts (no 500), carrying the exact name encoded."""
+    from urllib.parse import unquote
+
+    from werkzeug.datastructures import Headers
+
+    from api.models import attachment
+
+    value = attachment(name)
+    Headers().set("Content-Disposition", value)  # raises on a line break
+    assert value.isascii() and "\n" not in value and "\r" not in value
+    assert unquote(value.split("filename*=UTF-8''")[1]) == name

@@ -217,3 +217,93 @@ def test_integer_too_large_for_a_float_is_400(client, published):
     assert response.status_code == 400
     [detail] = response.json["error"]["details"]
     assert detail["field"] == "pelvic_tilt" and "float32 range" in detail["problem"]
+
+
+def _csv_body(rows, header=None, newline="\n") -> bytes:
+    lines = [",".join(header or FEATURES)] + [",".join(repr(float(v)) for v in r) for r in rows]
+    return (newline.join(lines) + newline).encode()
+
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n", "\n"])
+def test_invocations_csv_with_any_line_ending_is_scored(client, published, newline):
+    """Check that CSV lines ending in CR alone (old Mac exports) score like LF and CRLF."""
+    rows = published.inputs[:3]
+    response = client.post(
+        "/invocations", data=_csv_body(rows, newline=newline), content_type="text/csv"
+    )
+    assert response.status_code == 200, response.json
+    assert [p["label"] for p in response.json["predictions"]] == _expected_labels(published, rows)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "where"),
+    [
+        (
+            "/invocations",
+            _csv_body([[1.0] * 7], header=[*FEATURES, FEATURES[1]]),
+            "text/csv",
+            "line 1",
+        ),
+        (
+            "/predict",
+            json.dumps(
+                {"dataframe_split": {"columns": [*FEATURES, FEATURES[1]], "data": [[1.0] * 7]}}
+            ).encode(),
+            "application/json",
+            "dataframe_split.columns",
+        ),
+    ],
+)
+def test_duplicate_feature_columns_are_400_naming_the_column(
+    client, published, path, body, content_type, where
+):
+    """Check that a column given twice is refused rather than resolved as "last one wins"."""
+    response = client.post(path, data=body, content_type=content_type)
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert where in error["message"] and FEATURES[1] in error["message"]
+    assert error["details"][0] == {
+        **error["details"][0],
+        "field": FEATURES[1],
+        "problem": "duplicate column",
+    }
+
+
+def test_csv_field_over_the_csv_module_limit_is_400_naming_the_line(client, published):
+    """Check that a cell over csv.field_size_limit() characters is a 400, not a 500."""
+    body = _csv_body(published.inputs[:2]) + b"1," * 5 + b"9" * 200_000 + b"\n"
+    response = client.post("/invocations", data=body, content_type="text/csv")
+    assert response.status_code == 400
+    assert response.json["error"]["message"].startswith("line 4:")
+
+
+def test_body_over_the_request_limit_is_413_naming_it(published, mongo_client):
+    """Check that /predict and /invocations refuse a body over api.max_request_mb."""
+    app = make_app(with_api(published.settings, max_request_mb=1), mongo_client)
+    client = app.test_client()
+    big = json.dumps({"records": [record(published.inputs[0])], "pad": " " * (1 << 20)})
+    for path, data, kind in (
+        ("/predict", big, "application/json"),
+        ("/invocations", b"a" * (1 << 20) + b"a", "text/csv"),
+    ):
+        response = client.post(path, data=data, content_type=kind)
+        assert response.status_code == 413, (path, response.json)
+        assert "limit of 1 MB" in response.json["error"]["message"]
+
+
+def test_csv_rows_over_the_record_limit_are_413_while_reading(published, mongo_client):
+    """Check that /invocations counts CSV rows as the body arrives (the record limit)."""
+    app = make_app(with_api(published.settings, max_records=3), mongo_client)
+    body = _csv_body(np.repeat(published.inputs[:1], 4, axis=0), newline="\r")
+    response = app.test_client().post("/invocations", data=body, content_type="text/csv")
+    assert response.status_code == 413
+    assert "the limit is 3" in response.json["error"]["message"]
+
+
+def test_json_with_more_values_than_the_records_allowed_is_413(published, mongo_client):
+    """Check that empty arrays by the million are refused before they are parsed."""
+    app = make_app(with_api(published.settings, max_records=10), mongo_client)
+    body = b'{"records": [' + b",".join([b"[]"] * 1000) + b"]}"
+    response = app.test_client().post("/predict", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert "the limit is 10 records" in response.json["error"]["message"]

@@ -3,6 +3,7 @@
 - ``schema``: a version's input schema and the checks of records and column names;
 - ``session``: the one place an onnxruntime session is built, and a loaded version;
 - ``columns``: the one place label, probability and ``prob_<class>`` are derived;
+- ``csv_safe``: text cells neutralised against spreadsheet formula injection;
 - ``chunk``: scoring a block of Arrow/pandas columns with the error policy
   (``fail`` naming the row, or ``skip`` keeping an ``error`` column).
 
@@ -16,6 +17,7 @@ from registry_bridge.scoring.columns import (
     output_names,
     probability_column,
 )
+from registry_bridge.scoring.csv_safe import csv_safe, safe_text
 from registry_bridge.scoring.schema import (
     FLOAT32_MAX,
     MAX_DETAILS,
@@ -47,6 +49,7 @@ __all__ = [
     "ValidatedInput",
     "build_session",
     "check_columns",
+    "csv_safe",
     "decide",
     "invalid",
     "load_model",
@@ -54,6 +57,7 @@ __all__ = [
     "output_names",
     "probability_column",
     "score_batch",
+    "safe_text",
     "score_frame",
     "shown",
     "validate_records",

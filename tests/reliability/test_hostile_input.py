@@ -27,6 +27,7 @@ from reliability.conftest import SUMMARY
 AREA = "5 hostile input"
 TOKEN = "fuzz-admin-token"
 UPLOAD_LIMIT_MB = 32  # small enough to cross in a test, big enough for 10 MB strings
+REQUEST_LIMIT_MB = 12  # /predict and /invocations: still above the 10 MB strings
 FUZZ_EXAMPLES = 100  # per operation
 FUZZ_BUDGET_S = 150
 CASE_TIMEOUT_S = 30
@@ -48,7 +49,7 @@ def server(
         settings,
         tmp,
         env={"API_ADMIN_TOKEN": TOKEN},
-        config={"api": {"max_upload_mb": UPLOAD_LIMIT_MB}},
+        config={"api": {"max_upload_mb": UPLOAD_LIMIT_MB, "max_request_mb": REQUEST_LIMIT_MB}},
     )
     with api:
         yield api
@@ -68,6 +69,7 @@ class Case:
     headers: dict[str, str] = field(default_factory=dict)
     files: dict[str, Any] | None = None
     raw: bytes | None = None  # sent as is over a socket (lying headers)
+    chunked: bool = False  # sent with Transfer-Encoding: chunked (no Content-Length)
 
 
 GOOD = record([1.0] * len(FEATURES))
@@ -92,17 +94,130 @@ def _raw(path: str, body: bytes, length: int, content_type: str = "application/j
 def cases() -> list[Case]:
     """Every distinct bad input the API is sent (its name says what is wrong)."""
     ten_mb = "7" * (10 * 1024 * 1024)
+    million = [f"c{i}" for i in range(1_000_000)]
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    return [*_size_cases(admin), *_shape_cases(), *_classic_cases(admin, ten_mb, million)]
+
+
+def _size_cases(admin: dict[str, str]) -> list[Case]:
+    """Bodies over a limit, declared or chunked: 413 naming it, never a truncated read."""
+    header = ",".join(FEATURES).encode() + b"\n"
+    over_request = (REQUEST_LIMIT_MB + 1) * 1024 * 1024
+    long_lines = (b"1," * 5 + b"1" * (1 << 20) + b"\n") * (REQUEST_LIMIT_MB + 1)
+    rows = header + b"1.5,2.5,3.5,4.5,5.5,6.5\n" * ((UPLOAD_LIMIT_MB + 1) * 1024 * 1024 // 24)
+    return [
+        Case(
+            "chunked JSON over the request limit",
+            "/predict",
+            b'{"records": [], "pad": "' + b" " * over_request + b'"}',
+            chunked=True,
+            names=(f"limit of {REQUEST_LIMIT_MB} mb",),
+        ),
+        Case(
+            "chunked CSV over the request limit (invocations)",
+            "/invocations",
+            header + long_lines,
+            content_type="text/csv",
+            chunked=True,
+            names=(f"limit of {REQUEST_LIMIT_MB} mb",),
+        ),
+        Case(
+            "chunked CSV over the upload limit (batch)",
+            "/batch-predict",
+            rows,
+            content_type="text/csv",
+            chunked=True,
+            names=(f"limit of {UPLOAD_LIMIT_MB} mb",),
+        ),
+        Case(
+            "chunked admin body over 64 KB",
+            "/models/activate",
+            _json({"name": MODEL, "version": 1, "reason": "x" * 100_000}),
+            headers=admin,
+            chunked=True,
+            names=("limit of 65536 bytes",),
+        ),
+        Case(
+            "CSV rows over the record limit, CR line endings (invocations)",
+            "/invocations",
+            header.replace(b"\n", b"\r") + b"1,2,3,4,5,6\r" * 10_001,
+            content_type="text/csv",
+            names=("the limit is 10000",),
+        ),
+        Case(
+            "a million empty arrays",
+            "/predict",
+            b'{"records": [' + b",".join([b"[]"] * 1_000_000) + b"]}",
+            names=("the limit is 10000 records",),
+        ),
+    ]
+
+
+def _shape_cases() -> list[Case]:
+    """Malformed CSV and column shapes that once answered 500 or were resolved silently."""
+    row = ",".join(["1.5"] * len(FEATURES)).encode()
+    twice = ",".join([*FEATURES, FEATURES[2]]).encode()
+    return [
+        Case(
+            "32 MB without a newline (batch)",
+            "/batch-predict",
+            b"a" * (UPLOAD_LIMIT_MB * 1024 * 1024 - 1024),
+            content_type="text/csv",
+            names=("header is longer than the limit of 1048576 bytes",),
+        ),
+        Case(
+            "header name over 131072 characters (batch)",
+            "/batch-predict",
+            ",".join(FEATURES).encode() + b',"' + b"n" * 200_000 + b'"\n' + row + b",1\n",
+            content_type="text/csv",
+            names=("line 1", "field larger"),
+        ),
+        Case(
+            "cell over 131072 characters (invocations)",
+            "/invocations",
+            ",".join(FEATURES).encode() + b"\n" + row + b"\n" + b"1," * 5 + b"9" * 200_000,
+            content_type="text/csv",
+            names=("line 3",),
+        ),
+        Case(
+            "duplicate feature column (batch)",
+            "/batch-predict",
+            twice + b"\n" + row + b",1.5\n",
+            content_type="text/csv",
+            names=(f"{FEATURES[2]} given more than once",),
+        ),
+        Case(
+            "duplicate feature column (invocations)",
+            "/invocations",
+            twice + b"\r" + row + b",1.5\r",
+            content_type="text/csv",
+            names=(f"{FEATURES[2]} given more than once",),
+        ),
+        Case(
+            "duplicate feature column (dataframe_split)",
+            "/invocations",
+            _json({"dataframe_split": {"columns": [*FEATURES, FEATURES[2]], "data": [[1.5] * 7]}}),
+            names=(f"{FEATURES[2]} given more than once",),
+        ),
+    ]
+
+
+def _classic_cases(admin: dict[str, str], ten_mb: str, million: list[str]) -> list[Case]:
+    """The first round's hostile inputs."""
     good_text = json.dumps(GOOD)
     csv_header = list(FEATURES)
     csv_row = ["1.5"] * len(FEATURES)
-    million = [f"c{i}" for i in range(1_000_000)]
     oversized = os.urandom(256) * (UPLOAD_LIMIT_MB * 4096 + 4096)
-    admin = {"Authorization": f"Bearer {TOKEN}"}
     return [
         Case("malformed JSON", "/predict", b'{"pelvic_incidence": 1,', names=("malformed json",)),
         Case("truncated JSON array", "/predict", b'[{"a": 1}', names=("malformed json",)),
         Case("empty JSON body", "/predict", b"", names=("malformed json", "empty")),
-        Case("deeply nested arrays", "/predict", b"[" * 100_000 + b"]" * 100_000, names=("nest",)),
+        Case(
+            "deeply nested arrays",
+            "/predict",
+            b"[" * 100_000 + b"]" * 100_000,
+            names=("nest", "values"),
+        ),
         Case(
             "deeply nested objects",
             "/predict",
@@ -114,7 +229,7 @@ def cases() -> list[Case]:
             "/models/activate",
             b'{"name":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
             headers=admin,
-            names=("nest",),
+            names=("nest", "limit of 65536 bytes"),
         ),
         Case(
             "10 MB string value",
@@ -130,7 +245,7 @@ def cases() -> list[Case]:
             "/models/activate",
             _json({"name": ten_mb, "version": 1}),
             headers=admin,
-            names=("at most 80 characters",),
+            names=("at most 80 characters", "limit of 65536 bytes"),
         ),
         Case(
             "number as string",
@@ -235,7 +350,7 @@ def cases() -> list[Case]:
             "1M keys in one record",
             "/predict",
             _json({**GOOD, **{name: 0 for name in million}}),
-            names=("unknown field",),
+            names=("unknown field", "the limit is 10000 records", "limit of 12 mb"),
         ),
         Case("UTF-16 JSON", "/predict", good_text.encode("utf-16"), names=("utf-8",)),
         Case(
@@ -294,7 +409,7 @@ def cases() -> list[Case]:
             "/batch-predict",
             _csv(million, [["1"] * 1_000_000]),
             content_type="text/csv",
-            names=("columns; at most",),
+            names=("columns; at most", "header is longer than the limit"),
         ),
         Case(
             "CSV with 1M columns (invocations)",
@@ -410,6 +525,12 @@ def _error_of(body: bytes) -> dict[str, Any] | None:
     return payload.get("error") if isinstance(payload, dict) else None
 
 
+def _pieces(body: bytes, size: int = 1 << 20) -> Iterator[bytes]:
+    """The body as a generator: requests then sends it chunked, without a Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
 def send(server: ApiServer, case: Case) -> Outcome:
     """Send one case; the status, raw body and parsed error (None when not a JSON error)."""
     if case.raw is not None:
@@ -421,7 +542,7 @@ def send(server: ApiServer, case: Case) -> Outcome:
         response = requests.request(
             case.method,
             server.url(case.path),
-            data=case.body,
+            data=_pieces(case.body) if case.chunked and case.body else case.body,
             files=case.files,
             headers=headers,
             timeout=CASE_TIMEOUT_S,
