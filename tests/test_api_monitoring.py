@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from api_fixtures import MODEL, make_app, record
 
 from api.capture import current as current_capture
 from pipelines.candidate import split_dataset
 from pipelines.data import FEATURES, load_dataset
 from registry_bridge import monitor
 from registry_bridge.monitor import INFERENCE_LOG
-from tests.api_fixtures import MODEL, make_app, record
 
 
 def with_capture(settings, percent: float):

@@ -94,3 +94,4 @@ async function admin(action, version) {
 for (const button of document.querySelectorAll("button.admin")) {
   button.addEventListener("click", () => admin(button.dataset.action, button.dataset.version));
 }
+document.body.dataset.ready = "true"; // lets tests and scripts know the handlers are attached
