@@ -135,7 +135,7 @@ class ActiveModel:
         self.stale_answers = 0
         self.staged_version: int | None = None  # as last read with the pointer
         self.prepare_errors: dict[int, str] = {}  # staged versions that failed to load here
-        self.on_staged: Callable[[int], None] | None = None  # wakes the background loader
+        self.on_staged: Callable[[], None] | None = None  # wakes the heartbeat (api/fleet.py)
 
     @property
     def serving_version(self) -> int | None:
@@ -183,8 +183,8 @@ class ActiveModel:
             return None
         if state.staged_version != self.staged_version:
             self.staged_version = state.staged_version
-            if state.staged_version is not None and self.on_staged is not None:
-                self.on_staged(state.staged_version)  # load it off the request path
+            if state.staged_version is not None:
+                self.report_soon()  # the heartbeat thread loads it, off the request path
         return state.active_version
 
     def _reuse_window(self, state: Any) -> float:
@@ -276,6 +276,11 @@ class ActiveModel:
     def load_version(self, version: int) -> LoadedModel:
         """Load (or reuse) one version, e.g. to warm it before it is activated."""
         return self.cache.get_or_load(self.name, version, lambda: self._load(version))
+
+    def report_soon(self) -> None:
+        """Wake the heartbeat thread (a staged version to load, or a load to report)."""
+        if self.on_staged is not None:
+            self.on_staged()
 
     def loaded_versions(self) -> list[int]:
         """The versions of this model loaded in this worker."""

@@ -48,7 +48,7 @@ class Heartbeat:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-heartbeat", daemon=True)
-        active.on_staged = lambda version: self._wake.set()
+        active.on_staged = self._wake.set
 
     def start(self) -> Heartbeat:
         """Start beating; the document is removed when the process exits normally."""
@@ -68,12 +68,12 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the beat: a wake during it makes the next one at once
             try:
                 self.beat()
             except Exception as exc:  # never let the thread die: the next beat retries
                 log.warning("heartbeat failed: %s", str(exc).splitlines()[0][:200])
             self._wake.wait(fleet.INTERVAL_S)
-            self._wake.clear()
 
     def beat(self) -> None:
         """Refresh the pointer, load a staged version if needed, then report."""

@@ -95,7 +95,7 @@ def _state(state: Any) -> dict[str, Any]:
         **{
             k: v
             for k, v in state.to_dict().items()
-            if k in ("activated_at", "activated_by", "reason")
+            if k in ("activated_at", "activated_by", "reason", "lease_ms", "prepared")
         },
     }
 
@@ -169,7 +169,9 @@ def activate() -> Response:
         # Validate by loading it into this worker's cache: refused before it serves, and
         # loaded once (the store's own check would build a second session).
         def check(meta: Any) -> Any:
-            return handle.active.check_version(meta, f"cannot activate {meta.label}")
+            model = handle.active.check_version(meta, f"cannot activate {meta.label}")
+            handle.active.report_soon()  # this worker has it loaded: say so before staging
+            return model
 
     state = handle.store.set_active_version(name, version, by=_actor(), reason=reason, check=check)
     return jsonify(_state(state))

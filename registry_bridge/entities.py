@@ -134,6 +134,7 @@ class ActiveState(_Entity):
     # How long workers may reuse a read of this document (ms); 0 when written without one.
     lease_ms: int = 0
     staged_version: int | None = None  # being loaded by the workers before the switch
+    prepared: dict[str, Any] | None = None  # the activation's preparation report (not stored)
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> ActiveState:

@@ -15,17 +15,20 @@ the reader's clock, so machines sharing a registry need clocks within a second o
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from pymongo.database import Database
 
-from registry_bridge.entities import json_safe, utcnow
+from registry_bridge.entities import ModelVersion, json_safe, utcnow
+from registry_bridge.errors import RegistryError
 
 COLLECTION = "serving_workers"
 INTERVAL_S = 2.0
 GONE_AFTER_INTERVALS = 3
+PREPARE_POLL_S = 0.05
 
 
 def worker_id(host: str, pid: int) -> str:
@@ -149,3 +152,58 @@ def summary(store: Any, name: str) -> dict[str, Any]:
         "converged": bool(alive) and all(w["converged"] for w in alive),
         "workers": to_json(workers),
     }
+
+
+def prepare(store: Any, target: ModelVersion, expected: int | None, timeout_s: float) -> dict:
+    """Prepare, then switch: stage ``target`` and wait until every live worker of its model
+    reports it loaded (or ``timeout_s`` passes); the report for the activation's answer.
+
+    Workers see ``staged_version`` at their next pointer read and load it in the background
+    (``api/fleet.py``). ``expected`` is the active version the stage mark is written against.
+
+    Raises:
+        RegistryError: CONFLICT naming the worker and its reason when one cannot load it
+            (the stage mark is removed: nothing switched).
+    """
+    name, version = target.name, target.version
+    started = time.monotonic()
+    store.state.update_one(
+        {"_id": name, "active_version": expected}, {"$set": {"staged_version": version}}
+    )
+    waiting: list[str] = []
+    workers: list[dict[str, Any]] = []
+    while True:
+        workers = live(list_workers(store.db, name, remove_gone=False))
+        for worker in workers:
+            for error in worker.get("load_errors") or []:
+                if error.get("version") == version:
+                    unstage(store, name, version)
+                    raise RegistryError(
+                        "CONFLICT",
+                        f"cannot activate {target.label}: worker {worker['host']}:"
+                        f"{worker['pid']} could not load it: {error.get('reason')}",
+                    )
+        waiting = [
+            worker_id(w["host"], w["pid"])
+            for w in workers
+            if version not in (w.get("loaded_versions") or [])
+        ]
+        if not waiting or time.monotonic() - started >= timeout_s:
+            break
+        time.sleep(PREPARE_POLL_S)
+    return {
+        "staged_version": version,
+        "prepare_s": round(time.monotonic() - started, 3),
+        "live_workers": len(workers),
+        "loaded": len(workers) - len(waiting),
+        "timed_out": bool(waiting),
+        # These load it on demand, at their first request after the switch.
+        "not_loaded": waiting,
+    }
+
+
+def unstage(store: Any, name: str, version: int) -> None:
+    """Remove the stage mark of ``version`` (a refused activation)."""
+    store.state.update_one(
+        {"_id": name, "staged_version": version}, {"$unset": {"staged_version": ""}}
+    )

@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from pymongo.errors import DuplicateKeyError
 
 from conf.contract import ContractError, parse_version
 from conf.settings import ApiSettings, RegistrySettings, Settings
-from registry_bridge import database, lease, onnx_check
+from registry_bridge import database, fleet, lease, onnx_check
 from registry_bridge.artifacts import FORMAT, ORPHAN_MIN_AGE_S, GridFSArtifacts
 from registry_bridge.artifacts import artifact_filename as artifact_filename  # the CLI's import
 from registry_bridge.entities import (
@@ -93,6 +93,7 @@ class ModelStore:
         # The lease this process writes with the pointer and waits for (registry_bridge/lease.py).
         api = settings.api if isinstance(settings, Settings) else ApiSettings()
         self.pointer_lease_ms = api.pointer_lease_ms
+        self.prepare_timeout_s = api.prepare_timeout_s  # 0: switch without preparing
         if isinstance(client_or_db, Database):
             self.db = client_or_db
         else:
@@ -365,7 +366,7 @@ class ModelStore:
             self._validate(target, refusing=f"cannot activate {target.label}")
         else:
             check(target)
-        return self._move_pointer(name, current, target.version, by, reason, "activate")
+        return self._prepare_and_move(name, current, target, by, reason, "activate")
 
     @_translated
     def rollback(self, name: str, by: str | None = None, reason: str | None = None) -> ActiveState:
@@ -392,7 +393,24 @@ class ModelStore:
                 f"cannot roll back {name!r} to v{current.previous_version}: {exc.message}",
             ) from None
         self._validate(target, refusing=f"cannot roll back to {target.label}")
-        return self._move_pointer(name, current, target.version, by, reason, "rollback")
+        return self._prepare_and_move(name, current, target, by, reason, "rollback")
+
+    def _prepare_and_move(
+        self,
+        name: str,
+        current: ActiveState | None,
+        target: ModelVersion,
+        by: str | None,
+        reason: str | None,
+        action: str,
+    ) -> ActiveState:
+        """Stage ``target`` until the live workers loaded it (registry_bridge/fleet.py),
+        then move the pointer; the answer carries the preparation's report."""
+        prepared = None
+        if current is not None and self.prepare_timeout_s > 0:
+            prepared = fleet.prepare(self, target, current.active_version, self.prepare_timeout_s)
+        state = self._move_pointer(name, current, target.version, by, reason, action)
+        return replace(state, prepared=prepared)
 
     def _move_pointer(
         self,

@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 import requests
-from api_fixtures import FAMILIES, MODEL, record
+from api_fixtures import FAMILIES, MODEL, record, with_api
 from click.testing import CliRunner
 from servers import ApiServer
 
@@ -16,6 +16,7 @@ from api.fleet import Heartbeat
 from registry_bridge import fleet
 from registry_bridge.cli import main
 from registry_bridge.entities import utcnow
+from registry_bridge.store import ModelStore
 
 V1, V2 = FAMILIES
 CONTRACT = {"host", "pid", "model", "loaded_versions", "serving_version", "last_seen"}
@@ -113,3 +114,70 @@ def test_gunicorn_workers_report_and_leave(published, tmp_path):
 def registry_of(app):
     with app.app_context():
         return registry()
+
+
+def pretend_worker(db, pid: int, loaded: list[int], errors: dict[int, str] | None = None) -> None:
+    """A live heartbeat of a worker that is not in this process."""
+    fleet.report(
+        db, fleet.heartbeat_document("peer", pid, MODEL, 8000, utcnow(), loaded, 1, 0, 0, errors)
+    )
+
+
+def test_activation_waits_for_live_workers_then_switches_on_timeout(published, mongo_client):
+    """Check that an activation stages the version, and when a live worker never reports it
+    loaded, switches after api.prepare_timeout_s saying which workers will load on demand."""
+    v1, v2 = published.versions[V1], published.versions[V2]
+    pretend_worker(published.store.db, 77, [v1])
+    store = ModelStore(mongo_client, with_api(published.settings, prepare_timeout_s=0.3))
+    state = store.set_active_version(MODEL, v2)
+    assert state.active_version == v2 and state.staged_version is None
+    assert state.prepared["timed_out"] is True
+    assert state.prepared["not_loaded"] == ["peer:77"]
+    assert state.prepared["prepare_s"] >= 0.3
+
+
+def test_activation_switches_once_every_live_worker_loaded_it(published, mongo_client):
+    """Check that the switch happens without waiting out the timeout once all live workers
+    report the staged version loaded."""
+    v2 = published.versions[V2]
+    pretend_worker(published.store.db, 78, [v2])
+    store = ModelStore(mongo_client, with_api(published.settings, prepare_timeout_s=30))
+    state = store.set_active_version(MODEL, v2)
+    assert state.prepared["timed_out"] is False and state.prepared["loaded"] == 1
+
+
+def test_a_version_one_worker_cannot_load_is_refused_before_the_switch(client, published):
+    """Check that a worker's load failure refuses the activation with that worker's reason,
+    leaving the pointer and no stage mark behind."""
+    v1, v2 = published.versions[V1], published.versions[V2]
+    pretend_worker(published.store.db, 79, [v1], {v2: "onnxruntime: out of memory"})
+    refused = client.post("/models/activate", json={"name": MODEL, "version": v2})
+    assert refused.status_code == 409
+    message = refused.json["error"]["message"]
+    assert "peer:79" in message and "out of memory" in message
+    state = published.store.get_active_version(MODEL)
+    assert state.active_version == v1 and state.staged_version is None
+
+
+def test_bridge_activate_prepares_the_workers_of_a_running_api(published, tmp_path):
+    """Check the whole protocol: `bridge activate` stages the version, both workers of a real
+    API load it in the background and report it, then the pointer flips and they serve it."""
+    v2 = published.versions[V2]
+    with ApiServer(published.settings, tmp_path, workers=2) as server:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            view = requests.get(server.url("/fleet"), timeout=10).json()
+            if view["live_workers"] == 2:
+                break
+            time.sleep(0.3)
+        env = {
+            "MONGODB_URI": published.settings.registry.mongodb_uri,
+            "REGISTRY_DB": published.settings.registry.database,
+        }
+        result = CliRunner().invoke(main, ["activate", MODEL, str(v2)], env=env)
+        assert result.exit_code == 0, result.output
+        view = requests.get(server.url("/fleet"), timeout=10).json()
+        assert all(v2 in w["loaded_versions"] for w in view["workers"]), view
+        for _ in range(6):
+            answer = requests.post(server.url("/predict"), json=record(published.inputs[0]))
+            assert answer.json()["model"]["version"] == v2
