@@ -18,6 +18,8 @@ import tempfile
 from typing import Any
 
 from conf.settings import Settings, SettingsError, load_settings
+from registry_bridge import database
+from registry_bridge.errors import RegistryError
 
 log = logging.getLogger("api")
 
@@ -109,13 +111,12 @@ def _gunicorn_app(settings: Settings) -> Any:
 
 def _start_registry(settings: Settings) -> None:
     """Start the embedded database once here, so workers do not race to start it."""
-    from registry_bridge import database
-    from registry_bridge.errors import RegistryError
-
     try:
-        database.resolve_uri(settings.registry, start=True)
-    except RegistryError as exc:  # not fatal: the API serves 503 until the database is there
-        log.warning("%s", exc)
+        database.connect(settings.registry, start=True).close()
+    except RegistryError as exc:
+        if exc.code == "UNAUTHORIZED":  # wrong credentials will not fix themselves
+            raise
+        log.warning("%s", exc)  # not fatal: the API serves 503 until the database is there
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,13 +128,18 @@ def main(argv: list[str] | None = None) -> int:
             overrides={"api.host": args.host, "api.port": args.port, "api.workers": args.workers},
         )
         check_bind(settings, args.insecure)
-    except SettingsError as exc:
+        database.check_uri(settings.registry)
+    except (SettingsError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not is_loopback(settings.api.host) and not settings.api.admin_token:
         log.warning("serving on %s without API_ADMIN_TOKEN (--insecure)", settings.api.host)
-    _start_registry(settings)
+    try:
+        _start_registry(settings)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # Must be set before any worker imports prometheus_client (values pick their backend then).
     metrics_dir = tempfile.mkdtemp(prefix="api-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -17,6 +17,9 @@ from registry_bridge.errors import STATUS_BY_CODE, RegistryError
 
 log = logging.getLogger(__name__)
 
+# What a client learns when the registry database is down; the log has the details.
+UNAVAILABLE_MESSAGE = "the registry database is unavailable; the server log has the details"
+
 # HTTP statuses that have a code in the shared table; others get a code from their name.
 _CODE_BY_STATUS = {
     status: code for code, status in STATUS_BY_CODE.items() if code not in ("NO_ACTIVE_MODEL",)
@@ -34,6 +37,11 @@ def error_response(code: str, message: str, status: int, details: list | None = 
 
 
 def _registry_error(exc: RegistryError) -> Response:
+    if exc.code == "REGISTRY_UNAVAILABLE":
+        # The message names the database (masked URI, host, port, driver text): fine for the
+        # server log, not for any client that can reach the API.
+        log.warning("%s %s: %s", request.method, request.path, exc.message)
+        exc = RegistryError(exc.code, UNAVAILABLE_MESSAGE)
     response = jsonify(exc.to_dict())
     response.status_code = exc.status
     return response

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo import MongoClient, uri_parser
+from pymongo.errors import OperationFailure, PyMongoError
 
 from conf.settings import EmbeddedSettings, RegistrySettings
 from registry_bridge.errors import RegistryError
@@ -30,18 +31,43 @@ from registry_bridge.errors import RegistryError
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 15.0
+AUTHENTICATION_FAILED = 18  # MongoDB's error code for a refused login
+
+
+# Query options that carry a secret (matched case-insensitively, as the driver does).
+_SECRET_OPTIONS = re.compile(
+    r"(?i)([?&](?:tlsCertificateKeyFilePassword|authMechanismProperties|password)=)[^&#]*"
+)
 
 
 def mask_uri(uri: str) -> str:
-    """The URI with any password replaced by ``***`` (safe for logs and messages)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable URI>"
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URI with its password and secret options replaced by ``***`` (for logs and the CLI).
+
+    Works on the raw text, not a URL parser: a password holding ``#``, ``/`` or ``?``
+    (which a user may forget to escape) would end a parsed netloc early and leak the rest.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return "<URI without scheme://, not shown>" if "@" in uri else uri
+    if "@" in rest:
+        # The userinfo ends at the LAST "@": everything before it may be a secret.
+        userinfo, _, hosts = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}:***@{hosts}" if colon else f"{userinfo}@{hosts}"
+    return f"{scheme}://" + _SECRET_OPTIONS.sub(r"\1***", rest)
+
+
+def scrub(text: str, uri: str) -> str:
+    """``text`` (a driver's message about ``uri``) without the URI's password or secret options."""
+    secrets = []
+    _, sep, rest = uri.partition("://")
+    if sep and "@" in rest:
+        userinfo = rest.rpartition("@")[0]
+        secrets += [userinfo.partition(":")[2], userinfo]
+    secrets += [m.group(0).split("=", 1)[1] for m in _SECRET_OPTIONS.finditer(uri)]
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text.replace(uri, mask_uri(uri))
 
 
 def embedded_uri(settings: EmbeddedSettings) -> str:
@@ -190,11 +216,32 @@ def resolve_uri(settings: RegistrySettings, start: bool = True) -> str:
     return embedded_uri(settings.embedded)
 
 
+def check_uri(settings: RegistrySettings) -> None:
+    """Refuse a MONGODB_URI the driver cannot parse, in one line with its secrets masked.
+
+    Raises:
+        RegistryError: INVALID_INPUT naming the masked URI and what is wrong with it.
+    """
+    uri = settings.mongodb_uri
+    if not uri or uri.startswith("mongodb+srv://"):  # srv parsing needs DNS: left to connect
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unknown options only warn; the driver says so later
+            uri_parser.parse_uri(uri)
+    except (PyMongoError, ValueError) as exc:
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"MONGODB_URI {mask_uri(uri)} is not a valid MongoDB URI: {scrub(str(exc), uri)}",
+        ) from None
+
+
 def connect(settings: RegistrySettings, start: bool = True) -> MongoClient:
     """A checked client for the registry database (one per process: it pools).
 
     Raises:
-        RegistryError: REGISTRY_UNAVAILABLE naming the masked URI.
+        RegistryError: REGISTRY_UNAVAILABLE naming the masked URI; UNAUTHORIZED when the
+            server refuses the URI's credentials or does not do authentication at all.
     """
     uri = resolve_uri(settings, start=start)
     try:
@@ -207,9 +254,21 @@ def connect(settings: RegistrySettings, start: bool = True) -> MongoClient:
         client.admin.command("ping")
     except (PyMongoError, ValueError) as exc:
         # pymongo appends timeouts and a topology dump: keep the first, useful part.
-        reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
+        reason = scrub(str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0], uri)
+        refused_login = isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED
         raise RegistryError(
-            "REGISTRY_UNAVAILABLE",
-            f"cannot reach the registry database at {mask_uri(uri)}: {reason}",
+            "UNAUTHORIZED" if refused_login else "REGISTRY_UNAVAILABLE",
+            f"cannot {'log in to' if refused_login else 'reach'} the registry database at "
+            f"{mask_uri(uri)}: {reason}",
+        ) from None
+    except (KeyError, TypeError) as exc:
+        # pymongo's SASL code indexes the server's answer: a server without authentication
+        # (the embedded one) answers without "payload" and the driver raises KeyError.
+        raise RegistryError(
+            "UNAUTHORIZED",
+            f"cannot log in to the registry database at {mask_uri(uri)}: the server answered "
+            f"the authentication handshake unexpectedly ({type(exc).__name__} {exc}); "
+            "does it have authentication enabled? If not, remove the user and password "
+            "from MONGODB_URI",
         ) from None
     return client

@@ -1,5 +1,6 @@
 """The registry database bootstrap: the embedded server starts, is reused and stops."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,11 +73,54 @@ def test_unreachable_uri_is_one_line_with_masked_password():
             "mongodb+srv://user:***@cluster.example.net/?retryWrites=true",
         ),
         ("mongodb://h:27017/", "mongodb://h:27017/"),
+        # Unescaped characters a URL parser reads as the end of the netloc.
+        ("mongodb://u:p#ss@h:1/", "mongodb://u:***@h:1/"),
+        ("mongodb://u:a/b?c@h:1/db", "mongodb://u:***@h:1/db"),
+        ("mongodb://u:x@y@h:1/", "mongodb://u:***@h:1/"),
+        ("mongodb://u:%23%2F@h:1/", "mongodb://u:***@h:1/"),
+        (
+            "mongodb://h:1/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:t0k",
+            "mongodb://h:1/?authMechanism=MONGODB-AWS&authMechanismProperties=***",
+        ),
+        (
+            "mongodb://h:1/?tlsCertificateKeyFilePassword=k3y",
+            "mongodb://h:1/?tlsCertificateKeyFilePassword=***",
+        ),
+        ("u:pw@h", "<URI without scheme://, not shown>"),
     ],
 )
 def test_mask_uri(uri, masked):
-    """Check that passwords never survive mask_uri."""
+    """Check that passwords never survive mask_uri, whatever characters they hold."""
     assert database.mask_uri(uri) == masked
+
+
+@pytest.mark.parametrize("password", ["Zq7#Kx9", "Jw3/Rt8?Pm2", "Hv5?Lb4#Qs6/"])
+def test_unescaped_password_is_one_line_without_any_part_of_it(password):
+    """Check that a URI with unescaped #, / or ? in the password gives one line, no secret."""
+    uri = f"mongodb://admin:{password}@127.0.0.1:{free_port()}/"
+    settings = RegistrySettings(mongodb_uri=uri, timeout_ms=300)
+    messages = []
+    for call in (database.check_uri, database.connect):
+        try:
+            call(settings)
+        except RegistryError as exc:
+            messages.append(str(exc))
+    assert messages, "connect must refuse it"
+    for message in messages:
+        assert "mongodb://admin:***@127.0.0.1:" in message and "\n" not in message
+        assert not [p for p in re.split(r"[#/?]", password) if p and p in message], message
+
+
+def test_credentials_against_a_server_without_auth_are_one_line(mongo_server):
+    """Check that a user and password sent to a server without authentication (the embedded
+    one; a stock MongoDB refuses the login) give UNAUTHORIZED in one line, no traceback."""
+    host_port = mongo_server.uri.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    uri = f"mongodb://someone:hunter2@{host_port}/"
+    with pytest.raises(RegistryError) as info:
+        database.connect(RegistrySettings(mongodb_uri=uri, timeout_ms=2000))
+    assert info.value.code == "UNAUTHORIZED"
+    assert "cannot log in" in str(info.value) and "someone:***@" in str(info.value)
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_bridge_db_commands(embedded, tmp_path):

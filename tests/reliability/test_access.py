@@ -90,7 +90,7 @@ def test_database_password_never_appears_in_logs_or_answers(tmp_path, figure):
     answers 503 without the password, and logs the URI masked."""
     password = secrets.token_urlsafe(18)
     dead_port = free_port()  # nothing listens there
-    uri = f"mongodb://registry:{password}@127.0.0.1:{dead_port}/?authSource=admin"
+    uri = f"mongodb://dbuser7:{password}@127.0.0.1:{dead_port}/?authSource=admin"
     token = secrets.token_urlsafe(24)
     settings = load_settings(
         env={
@@ -121,8 +121,48 @@ def test_database_password_never_appears_in_logs_or_answers(tmp_path, figure):
     figure("answers and log lines containing the DB password", len(leaked), "= 0")
     assert statuses == [503, 503, 503, 503], [a.text for a in answers]
     assert all(a.json()["error"]["code"] == "REGISTRY_UNAVAILABLE" for a in answers)
-    assert f"registry:***@127.0.0.1:{dead_port}" in log, "the URI is logged, masked"
+    assert f"dbuser7:***@127.0.0.1:{dead_port}" in log, "the URI is logged, masked"
     assert not leaked
+    # An answer names no host, user or port of the database (the log may name the host).
+    named = [
+        a.url
+        for a in answers
+        for part in ("127.0.0.1", str(dead_port), "dbuser7")
+        if part in a.text
+    ]
+    figure("answers naming the database host, port or user", len(named), "= 0")
+    assert not named, [a.text for a in answers]
+
+
+def _api_start_error(env_changes: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "API_PORT": str(free_port()), "VERTEBRAL_DATA": str(data_path())}
+    env.update(env_changes)
+    return subprocess.run(
+        [sys.executable, "-m", "api"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_unescaped_password_stops_the_api_in_one_line():
+    """Check that a MONGODB_URI whose password holds raw # / ? stops `python -m api` with exit 2
+    and one line naming the masked URI, never any part of the password."""
+    result = _api_start_error({"MONGODB_URI": "mongodb://dbuser7:Zq7#Kx9/Rt8?Pm2@127.0.0.1:1/"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "MONGODB_URI mongodb://dbuser7:***@127.0.0.1:1/ is not a valid" in result.stderr
+    assert not [p for p in ("Zq7", "Kx9", "Rt8", "Pm2") if p in result.stdout + result.stderr]
+
+
+def test_credentials_against_a_server_without_auth_stop_the_api_in_one_line(mongo_server):
+    """Check that a user and password the server cannot check (the embedded server has no
+    authentication) stop `python -m api` with exit 2 and one line, not a KeyError traceback."""
+    if mongo_server.kind != "embedded":
+        pytest.skip("needs a server without authentication")
+    host_port = mongo_server.uri.split("://", 1)[1].split("/", 1)[0]
+    result = _api_start_error({"MONGODB_URI": f"mongodb://dbuser7:Zq7Kx9@{host_port}/"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "cannot log in" in result.stderr and "Traceback" not in result.stderr
+    assert "Zq7Kx9" not in result.stderr
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
