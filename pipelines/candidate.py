@@ -295,6 +295,8 @@ def model_card(
             "inputs": split.x_test[list(FEATURES)].to_numpy(dtype=float).tolist(),
             "labels": [str(label) for label in evaluation.labels],
             "probabilities": evaluation.probabilities.astype(float).tolist(),
+            # The labels above are the threshold's: the parity checks apply it too.
+            **{k: v for k, v in threshold.items() if k != "threshold_rule"},
         },
     }
 

@@ -79,6 +79,11 @@ class _VersionDescription(_Entity):
     onnx_io: dict[str, str] = field(default_factory=dict)
     input_example: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None
+    # Binary versions: the label is positive_class when P(positive_class) >= threshold
+    # (registry_bridge.threshold); threshold_rule says how training chose it.
+    threshold: float | None = None
+    threshold_rule: str | None = None
+    positive_class: str | None = None
     created_by: str = field(default_factory=current_user)
 
 

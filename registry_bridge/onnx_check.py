@@ -15,6 +15,7 @@ import numpy as np
 
 from conf.contract import EXAMPLE_ROWS, ONNX_IO, PARITY_TOLERANCE
 from registry_bridge.errors import RegistryError
+from registry_bridge.threshold import decide
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def compare(
     """
     labels = [str(label) for label in expected.get("labels", [])]
     wanted = np.asarray(expected.get("probabilities", []), dtype=np.float64)
+    threshold, positive = expected.get("threshold"), expected.get("positive_class")
     if (
         actual.probabilities.shape != (len(labels), len(classes))
         or wanted.shape != actual.probabilities.shape
@@ -85,7 +87,14 @@ def compare(
             f"{what}: expected probabilities of shape ({len(labels)}, {len(classes)}) "
             f"for classes {list(classes)}, the ONNX model gave {actual.probabilities.shape}",
         )
-    for row, (want, got) in enumerate(zip(labels, actual.labels, strict=False)):
+    served = actual.labels
+    if threshold is not None and positive is not None:
+        # A binary version serves the threshold's label: that is what was recorded.
+        try:
+            served = [str(c) for c in decide(actual.probabilities, classes, threshold, positive)[0]]
+        except ValueError as exc:
+            raise RegistryError("CONFLICT", f"{what}: {exc}") from None
+    for row, (want, got) in enumerate(zip(labels, served, strict=False)):
         if want != got:
             raise RegistryError(
                 "CONFLICT",
@@ -125,7 +134,15 @@ def check_predictions(
 
 
 def input_example(evaluation: Mapping[str, Any], rows: int = EXAMPLE_ROWS) -> dict[str, Any]:
-    """The first ``rows`` rows of an evaluation block: what activation and verify re-score."""
-    return {
+    """The first ``rows`` rows of an evaluation block: what activation and verify re-score.
+
+    A binary version's ``threshold`` and ``positive_class`` come along: its recorded
+    labels are the threshold's.
+    """
+    example: dict[str, Any] = {
         key: list(evaluation.get(key, []))[:rows] for key in ("inputs", "labels", "probabilities")
     }
+    for key in ("threshold", "positive_class"):
+        if evaluation.get(key) is not None:
+            example[key] = evaluation[key]
+    return example

@@ -199,6 +199,7 @@ def publish_run(
         onnx_io=dict(card["onnx"]),
         input_example=onnx_check.input_example(card["evaluation"]),
         variant=tags.get("variant") or card.get("variant"),
+        **_threshold(card),
         created_by=by or current_user(),
     )
     result = store.publish_model_version(draft, artifact, new_version=new_version)
@@ -212,6 +213,17 @@ def publish_run(
     if result.created:  # the training baseline drift is measured against (never fails this)
         monitor.attach_baseline(store, settings, version, card, draft.data_fingerprint)
     return result
+
+
+def _threshold(card: dict[str, Any]) -> dict[str, Any]:
+    """A binary card's decision threshold, rule and positive class (nothing for 3C)."""
+    if card.get("threshold") is None:
+        return {}
+    return {
+        "threshold": float(card["threshold"]),
+        "threshold_rule": card.get("threshold_rule"),
+        "positive_class": card.get("positive_class"),
+    }
 
 
 def _tag_run(

@@ -80,6 +80,9 @@ def version_details(version: ModelVersion, active: ActiveState | None) -> str:
     }
     if version.status != "deleted":
         data.pop("deleted_at"), data.pop("deleted_by")
+    if version.threshold is None:  # only binary versions decide by a threshold
+        for key in ("threshold", "threshold_rule", "positive_class"):
+            data.pop(key)
     width = max(len(key) for key in data)
     lines = []
     for key, value in data.items():

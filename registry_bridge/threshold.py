@@ -3,8 +3,9 @@
 A binary version (the 2-class variant) stores ``threshold`` and ``positive_class``; a
 row is labelled the positive class when its probability of that class is at least the
 threshold, the other class otherwise, and the probability reported for the row is the
-positive class's. Training (the recorded evaluation), publishing (the parity check)
-and serving (the scoring core) all decide with :func:`decide`, so they cannot disagree.
+positive class's. Training (the recorded evaluation), publishing and activation (the
+parity checks) and serving (``registry_bridge.scoring.columns.decide``) all decide with
+:func:`threshold_labels`, so they cannot disagree. Plain numpy: the CLI imports it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def decide(
+def threshold_labels(
     probabilities: np.ndarray, classes: Sequence[str], threshold: float, positive_class: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and P(positive) of rows of two-class ``probabilities`` (``classes`` order).
+    """Each row's label column (in ``classes``) and P(positive), two-class probabilities.
 
     Raises:
         ValueError: ``classes`` are not two or do not include ``positive_class``.
@@ -27,8 +28,17 @@ def decide(
         raise ValueError(
             f"a decision threshold needs two classes including {positive_class!r}, got {names}"
         )
-    column = names.index(positive_class)
-    negative = names[1 - column]
-    positive_probability = np.asarray(probabilities)[:, column]
-    labels = np.where(positive_probability >= threshold, positive_class, negative).astype(object)
-    return labels, positive_probability
+    positive = names.index(positive_class)
+    positive_probability = np.asarray(probabilities)[:, positive]
+    column = np.where(positive_probability >= threshold, positive, 1 - positive).astype(np.intp)
+    return column, positive_probability
+
+
+def decide(
+    probabilities: np.ndarray, classes: Sequence[str], threshold: float, positive_class: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (class names) and P(positive) of two-class ``probabilities`` at ``threshold``."""
+    column, positive_probability = threshold_labels(
+        probabilities, classes, threshold, positive_class
+    )
+    return np.asarray([str(c) for c in classes], dtype=object)[column], positive_probability

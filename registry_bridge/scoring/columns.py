@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from registry_bridge.scoring.session import LoadedModel, Prediction
+from registry_bridge.threshold import threshold_labels
 
 PREDICTION = "prediction"
 PROBABILITY = "probability"
@@ -40,20 +41,31 @@ class Decision:
     """
 
     labels: np.ndarray  # object array of class names
-    probability: np.ndarray  # float32, probability of the chosen label
+    # float32: probability of the chosen label; a binary version's P(positive class)
+    probability: np.ndarray
     probabilities: np.ndarray  # float32 (rows, classes), columns in model.classes order
     column: np.ndarray  # intp, index of the chosen label in model.classes
     finite: np.ndarray  # bool
 
 
 def decide(model: LoadedModel, prediction: Prediction) -> Decision:
-    """Derive label and probability of each row from what the model gave."""
+    """Derive label and probability of each row from what the model gave.
+
+    A binary version with a ``threshold`` labels rows by it (not by the graph's argmax)
+    and reports the positive class's probability, as the lab's endpoint did.
+    """
     probabilities = np.asarray(prediction.probabilities, dtype=np.float32)
+    finite = np.asarray(np.isfinite(probabilities).all(axis=1), dtype=bool)
+    if model.threshold is not None and model.positive_class is not None:
+        column, positive = threshold_labels(
+            probabilities, model.classes, model.threshold, model.positive_class
+        )
+        labels = np.asarray(model.classes, dtype=object)[column]
+        return Decision(labels, positive, probabilities, column, finite)
     labels = np.asarray(prediction.labels, dtype=object)
     # Hash each label once (np.unique would sort a million strings).
     codes, found = pd.factorize(labels)
     column_of = model.column_of
     column = np.array([column_of.get(label, 0) for label in found], dtype=np.intp)[codes]
     rows = np.arange(len(labels))
-    finite = np.asarray(np.isfinite(probabilities).all(axis=1), dtype=bool)
     return Decision(labels, probabilities[rows, column], probabilities, column, finite)

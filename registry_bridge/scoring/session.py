@@ -60,7 +60,8 @@ class Prediction:
 class LoadedModel:
     """One version ready to score: its identity, parsed schema and ONNX session.
 
-    ``threshold`` is the decision threshold of a binary version (None: the model's label).
+    ``threshold`` is the decision threshold of a binary version on P(``positive_class``)
+    (None: the model's label).
     """
 
     name: str
@@ -74,6 +75,7 @@ class LoadedModel:
     probabilities_output: str
     sha256: str | None = None
     threshold: float | None = None
+    positive_class: str | None = None
 
     @property
     def column_of(self) -> dict[str, int]:
@@ -128,6 +130,7 @@ def load_model(
     sha256: str | None = None,
     onnx_io: Mapping[str, str] | None = None,
     threshold: float | None = None,
+    positive_class: str | None = None,
 ) -> LoadedModel:
     """Build an ONNX session from verified bytes and check it fits the schema.
 
@@ -148,6 +151,11 @@ def load_model(
                 f"the graph takes {width} features, the schema lists {len(schema.features)}"
             )
         label_output, prob_output = _pick_outputs(session, onnx_io or {})
+        if threshold is not None and (len(classes) != 2 or positive_class not in classes):
+            raise ValueError(
+                f"a threshold needs two classes including its positive class "
+                f"{positive_class!r}, the version has {list(classes)}"
+            )
     except (ValueError, KeyError, TypeError) as exc:
         raise RegistryError("CONFLICT", f"{where} cannot be served: {exc}") from None
     model = LoadedModel(
@@ -162,6 +170,7 @@ def load_model(
         prob_output,
         sha256,
         threshold,
+        positive_class,
     )
     try:
         probe = model.predict(np.zeros((1, len(schema.features)), dtype=np.float32))
@@ -193,4 +202,5 @@ def model_from_version(meta: Any, onnx_bytes: bytes) -> LoadedModel:
         meta.sha256,
         onnx_io=meta.onnx_io,
         threshold=getattr(meta, "threshold", None),
+        positive_class=getattr(meta, "positive_class", None),
     )

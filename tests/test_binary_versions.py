@@ -1,0 +1,124 @@
+"""Check that a binary (2C) version keeps its threshold and is served by it, everywhere.
+
+One xgboost candidate run on the 2-class file with a fixed threshold of 0.8 (far from
+the graph's 0.5, so rows relabel) is published through MLflow like any run; the API,
+``bridge show`` and a second version with another threshold are checked against it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from api_fixtures import make_app, record
+from click.testing import CliRunner
+
+from conf.settings import Settings
+from pipelines.candidate import quick_candidate_run, split_dataset
+from pipelines.data import load_dataset, variant_file
+from registry_bridge.cli import main as bridge
+from registry_bridge.publish import publish_run
+from registry_bridge.store import ModelStore
+from tests.conftest import throwaway_settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+NAME = "vertebral-2c"
+
+
+def binary_settings(settings: Settings, rule: str) -> Settings:
+    """``settings`` on the 2-class file, split 80/10/10 as the lab, with threshold ``rule``."""
+    assert settings.data.path is not None
+    data = replace(settings.data, variant="2C", path=variant_file(settings.data.path, "2C"))
+    training = replace(settings.training, threshold_rule=rule, test_size=0.1, validation_size=0.1)
+    return replace(settings, data=data, training=training)
+
+
+@pytest.fixture(scope="module")
+def binary(mongo_server, mongo_client, tmp_path_factory):
+    """Version 1: xgboost on 2C at threshold 0.8, active; and the test rows (one per module)."""
+    database = f"test_{uuid.uuid4().hex[:12]}"
+    settings = throwaway_settings(mongo_server.uri, database, tmp_path_factory.mktemp("binary"))
+    two = binary_settings(settings, "0.8")
+    run_id = quick_candidate_run(two, family="xgboost")
+    store = ModelStore(mongo_client, two)
+    version = publish_run(store, two, run_id, name=NAME).version
+    store.set_active_version(NAME, version.version, by="tests", reason="binary fixture")
+    dataset = load_dataset(two.data)
+    split = split_dataset(dataset, 0.1, two.training.seed, 0.1)
+    yield two, store, version, split
+    mongo_client.drop_database(database)
+
+
+def test_binary_version_stores_its_threshold_and_rule(binary):
+    """Check that the version document holds threshold, rule, positive class and lab metrics."""
+    _, _, version, _ = binary
+    assert (version.threshold, version.threshold_rule, version.positive_class) == (
+        0.8,
+        "fixed",
+        "Abnormal",
+    )
+    assert version.classes == ["Abnormal", "Normal"]
+    for name in ("sensitivity", "specificity", "npv", "fdr", "auc"):
+        assert 0 <= version.metrics[f"test_{name}"] <= 1
+
+
+def test_predict_labels_by_the_threshold_and_reports_p_abnormal(binary, mongo_client):
+    """Check /predict: Abnormal iff P(Abnormal) >= 0.8, probability = P(Abnormal)."""
+    two, _, _, split = binary
+    client = make_app(replace(two, api=replace(two.api, model_name=NAME)), mongo_client)
+    client = client.test_client()
+    rows = split.x_test.to_numpy(dtype=np.float32)
+    answer = client.post("/predict", json={"records": [record(r) for r in rows]})
+    assert answer.status_code == 200, answer.get_json()
+    predictions = answer.get_json()["predictions"]
+    p_abnormal = np.array([p["probabilities"]["Abnormal"] for p in predictions])
+    labels = [p["label"] for p in predictions]
+    assert labels == ["Abnormal" if p >= 0.8 else "Normal" for p in p_abnormal]
+    assert [p["probability"] for p in predictions] == pytest.approx(list(p_abnormal))
+    # The threshold matters on these rows: some would be Abnormal by the graph's argmax.
+    assert any(0.5 < p < 0.8 for p in p_abnormal)
+
+    listed = client.get(f"/models?name={NAME}").get_json()["models"]
+    first = next(m for m in listed if m["version"] == 1)
+    assert (first["threshold"], first["positive_class"], first["active"]) == (0.8, "Abnormal", True)
+
+
+def test_batch_predict_applies_the_same_threshold(binary, mongo_client):
+    """Check /batch-predict's prediction and probability columns follow the threshold."""
+    two, _, _, split = binary
+    app = make_app(replace(two, api=replace(two.api, model_name=NAME)), mongo_client)
+    body = split.x_test.to_csv(index=False)
+    answer = app.test_client().post("/batch-predict", data=body, content_type="text/csv")
+    assert answer.status_code == 200, answer.data[:300]
+    rows = list(csv.DictReader(io.StringIO(answer.data.decode())))
+    assert len(rows) == len(split.x_test)
+    for row in rows:
+        p_abnormal = float(row["prob_Abnormal"])
+        assert row["prediction"] == ("Abnormal" if p_abnormal >= 0.8 else "Normal")
+        assert float(row["probability"]) == pytest.approx(p_abnormal)
+
+
+def test_a_new_threshold_is_a_new_version_and_the_served_one_keeps_its_own(binary):
+    """Check that retraining with Youden's J publishes v2; v1 still has 0.8 and is served."""
+    two, store, _, _ = binary
+    youden = replace(two, training=replace(two.training, threshold_rule="youden"))
+    run_id = quick_candidate_run(youden, family="xgboost")
+    second = publish_run(store, youden, run_id, name=NAME).version
+    assert second.version == 2
+    assert second.threshold_rule == "youden" and second.threshold != 0.8
+    assert store.get_model_version(NAME, 1).threshold == 0.8
+    assert store.get_active_version(NAME).active_version == 1
+
+    shown = CliRunner().invoke(
+        bridge,
+        ["show", NAME, "1"],
+        env={"MONGODB_URI": two.registry.mongodb_uri, "REGISTRY_DB": two.registry.database},
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "threshold " in shown.output and "0.8" in shown.output
+    assert "positive_class" in shown.output and "Abnormal" in shown.output
