@@ -1,0 +1,362 @@
+"""Spark benchmark: ``score()`` vs ``mlflow.pyfunc.spark_udf`` vs the single-process limit.
+
+``python -m bench.spark [--quick] [--out DIR] [--workdir DIR] [--max-minutes M]``
+
+Parquet files of 1M and 10M rows are made by resampling the data with seeded noise (as
+:mod:`bench.batch` does). For each model (the bench's default logistic regression and a
+random forest), every size is scored round by round, the ways alternated, each in a
+fresh process on ``local[2]``, Parquet in and Parquet out:
+
+- ``score``: :func:`registry_bridge.spark.score` (version resolved and bytes broadcast by
+  the driver, onnxruntime in ``mapInArrow``, one session per Python worker);
+- ``spark_udf``: ``mlflow.pyfunc.spark_udf`` on the same run's sklearn model;
+- ``spark_udf_gridfs``: ``spark_udf`` on ``models:/<name>@production`` through the gridfs
+  artifact plugin (measured when the plugin is installed);
+- ``single``: onnxruntime over the same Parquet in one process, no Spark (the limit).
+
+Each child process reports the job's seconds (session start excluded) and the peak RSS
+(VmHWM) of the driver (Python and JVM) and of the largest Python worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    load_average,
+    meets,
+    peak_rss_kb,
+    process_tree,
+    ratio,
+    run_measured,
+    summarize,
+    venv_env,
+)
+from bench.workspace import BenchModel, Workspace, run_single_part
+
+log = logging.getLogger("bench")
+
+MASTER = "local[2]"
+FAMILIES = ("logistic_regression", "random_forest")
+FULL = {"sizes": (1_000_000, 10_000_000), "rounds": {1_000_000: 3, 10_000_000: 2}}
+QUICK = {"sizes": (50_000,), "rounds": {50_000: 1}}
+WAYS = ("score", "spark_udf", "spark_udf_gridfs", "single")
+NOISE = 0.05  # of each feature's standard deviation, as bench.batch
+SEED = 20240611
+FILE_ROWS = 1_000_000  # rows per Parquet file of the input directory
+ROW_GROUP = 131_072
+
+
+def make_parquet(settings: Any, rows: int, path: Path, seed: int = SEED) -> Path:
+    """A directory of Parquet files: ``rows`` rows resampled from the data with noise, seeded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.data import FEATURES, load_dataset
+
+    if (path / "_SUCCESS").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    features = load_dataset(settings.data).features[list(FEATURES)].to_numpy(dtype=float)
+    scale = features.std(axis=0) * NOISE
+    rng = np.random.default_rng(seed + rows)
+    for number, start in enumerate(range(0, rows, FILE_ROWS)):
+        count = min(FILE_ROWS, rows - start)
+        picked = features[rng.integers(0, len(features), count)]
+        noisy = np.round(picked + rng.normal(0, 1, picked.shape) * scale, 2)
+        table = pa.table({name: noisy[:, i] for i, name in enumerate(FEATURES)})
+        pq.write_table(table, path / f"part-{number:05d}.parquet", row_group_size=ROW_GROUP)
+    (path / "_SUCCESS").touch()
+    return path
+
+
+# --- the child processes: one measurement each ---------------------------------------
+
+
+def _role_peaks() -> dict[str, float]:
+    """VmHWM in MB of this driver (Python + JVM) and of the largest Python worker."""
+    driver_kb, workers_kb, workers = 0, 0, 0
+    for pid in process_tree(os.getpid()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        peak = peak_rss_kb(pid)
+        if "pyspark.daemon" in command or "pyspark.worker" in command:
+            workers_kb = max(workers_kb, peak)
+            workers += 1
+        else:
+            driver_kb += peak
+    return {
+        "driver_peak_rss_mb": round(driver_kb * 1024 / 1e6, 1),
+        "worker_peak_rss_mb": round(workers_kb * 1024 / 1e6, 1),
+        "python_workers": workers,
+    }
+
+
+def _session() -> Any:
+    from registry_bridge.spark import spark_session
+
+    return spark_session(MASTER, app_name="bench-spark")
+
+
+def _child(way: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one way on one input; seconds of the job and memory peaks."""
+    source, target = spec["source"], spec["target"]
+    if way == "single":
+        return _single_process(spec, source, target)
+    spark = _session()
+    spark.read.parquet(source).limit(10).collect()  # JVM and file listing warm, as in a service
+    started = time.perf_counter()
+    frame = spark.read.parquet(source)
+    if way == "score":
+        from conf.settings import load_settings
+        from registry_bridge.spark import score
+        from registry_bridge.store import ModelStore
+
+        store = ModelStore.from_settings(load_settings())
+        scored = score(frame, spec["name"], version=spec["version"], store=store)
+    else:
+        import mlflow.pyfunc
+        from pyspark.sql import functions as F
+
+        udf = mlflow.pyfunc.spark_udf(spark, spec["uri"], result_type="string", env_manager="local")
+        scored = frame.withColumn("prediction", udf(F.struct(*frame.columns)))
+    scored.write.mode("overwrite").parquet(target)
+    seconds = time.perf_counter() - started
+    peaks = _role_peaks()
+    spark.stop()
+    return {"job_s": round(seconds, 3), **peaks}
+
+
+def _single_process(spec: dict[str, Any], source: str, target: str) -> dict[str, Any]:
+    """onnxruntime over the Parquet files in this process: the output columns of ``score``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from api.runtime import load_model
+
+    meta = json.loads(Path(spec["meta"]).read_text())
+    model = load_model(
+        meta["name"],
+        meta["version"],
+        meta.get("run_id"),
+        meta["classes"],
+        meta["input_schema"],
+        Path(spec["onnx"]).read_bytes(),
+        onnx_io=meta.get("onnx_io"),
+    )
+    started = time.perf_counter()
+    lookup = model.column_of
+    writer = None
+    rows = 0
+    Path(target).mkdir(parents=True, exist_ok=True)
+    try:
+        for batch in ds.dataset(source, format="parquet").to_batches(batch_size=100_000):
+            matrix = np.column_stack(
+                [
+                    pc.cast(batch.column(name), pa.float32()).to_numpy(zero_copy_only=False)
+                    for name in model.schema.features
+                ]
+            )
+            scored = model.predict(matrix)
+            chosen = np.array([lookup[label] for label in scored.labels], dtype=np.intp)
+            probabilities = scored.probabilities.astype(np.float32, copy=False)
+            columns = dict(zip(batch.schema.names, batch.columns, strict=False))
+            columns["prediction"] = pa.array(scored.labels, type=pa.string())
+            columns["probability"] = pa.array(probabilities[np.arange(len(chosen)), chosen])
+            for index, name in enumerate(model.classes):
+                columns[f"prob_{name}"] = pa.array(probabilities[:, index])
+            columns["model_version"] = pa.array(np.full(len(chosen), model.version, np.int64))
+            table = pa.table(columns)
+            if writer is None:
+                writer = pq.ParquetWriter(str(Path(target) / "part-0.parquet"), table.schema)
+            writer.write_table(table)
+            rows += len(chosen)
+    finally:
+        if writer is not None:
+            writer.close()
+    return {"job_s": round(time.perf_counter() - started, 3), "rows": rows, **_role_peaks()}
+
+
+def child_main(argv: list[str]) -> int:
+    """``python -m bench.spark --child WAY SPEC_JSON``: print one JSON line."""
+    way, spec = argv[0], json.loads(argv[1])
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(_child(way, spec)), flush=True)
+    return 0
+
+
+# --- the parent: plan, rounds, document ----------------------------------------------
+
+
+def gridfs_plugin_available() -> bool:
+    """Whether MLflow has an artifact repository for the ``gridfs`` scheme (issue 12)."""
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "gridfs" for ep in entry_points(group="mlflow.artifact_repository"))
+
+
+def _measure(ws: Workspace, way: str, spec: dict[str, Any]) -> dict[str, Any]:
+    log_path = ws.dir / "logs" / f"spark-{way}.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
+    env = venv_env(
+        {
+            **ws.mlflow_env(),
+            "MONGODB_URI": ws.settings.registry.mongodb_uri or "",
+            "REGISTRY_DB": ws.settings.registry.database,
+            "PYSPARK_PYTHON": sys.executable,
+        }
+    )
+    measured = run_measured(
+        [sys.executable, "-m", "bench.spark", "--child", way, json.dumps(spec)],
+        log_path,
+        env,
+        timeout_s=3600,
+    )
+    with open(log_path, "rb") as handle:
+        handle.seek(start)
+        line = [ln for ln in handle.read().decode().splitlines() if ln.startswith("{")][-1]
+    return {**json.loads(line), "process_wall_s": measured["wall_s"]}
+
+
+def run(
+    ws: Workspace,
+    model: BenchModel,
+    quick: bool = False,
+    workers: int = 2,
+    plan: dict[str, Any] | None = None,
+    max_minutes: float | None = None,
+) -> dict[str, Any]:
+    """Measure the ways on each model and size; the result document."""
+    from bench.batch import export_model
+
+    plan = dict(plan or (QUICK if quick else FULL))
+    families = (model.family,) if quick else FAMILIES
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+    load_before = load_average()
+    data_dir = ws.dir / "data"
+    files = {
+        rows: make_parquet(ws.settings, rows, data_dir / f"rows-{rows}") for rows in plan["sizes"]
+    }
+    gridfs = gridfs_plugin_available()
+    ways = [w for w in WAYS if gridfs or w != "spark_udf_gridfs"]
+    results: dict[str, Any] = {}
+    for family in families:
+        chosen = model if family == model.family else ws.prepare_model(family)
+        ws.store.set_active_version(ws.model_name, chosen.version, by="bench", reason="spark")
+        onnx_path, meta_path = export_model(ws, chosen)
+        uris = {
+            "spark_udf": chosen.sklearn_uri,
+            "spark_udf_gridfs": f"models:/{ws.model_name}@production",
+        }
+        runs: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        for rows, source in files.items():
+            runs[rows] = {w: [] for w in ways}
+            for number in range(plan["rounds"][rows]):
+                if deadline and time.monotonic() > deadline and number > 0:
+                    log.info(
+                        "time budget spent: %s %d rows stops after %d rounds", family, rows, number
+                    )
+                    break
+                order = ways if number % 2 == 0 else list(reversed(ways))
+                for way in order:
+                    spec = {
+                        "source": str(source),
+                        "target": str(ws.dir / "spark-out" / f"{way}-{rows}"),
+                        "name": ws.model_name,
+                        "version": chosen.version,
+                        "uri": uris.get(way),
+                        "onnx": str(onnx_path),
+                        "meta": str(meta_path),
+                    }
+                    result = _measure(ws, way, spec)
+                    result["load_1m"] = load_average()[0]
+                    runs[rows][way].append(result)
+                    log.info(
+                        "%s %8d rows round %d: %-16s %7.2fs  %8.0f rows/s",
+                        family,
+                        rows,
+                        number + 1,
+                        way,
+                        result["job_s"],
+                        rows / result["job_s"],
+                    )
+        results[family] = {"model": chosen.__dict__, "by_rows": _by_rows(runs)}
+    return {
+        "benchmark": "spark",
+        "plan": {
+            **{
+                k: (list(v) if isinstance(v, tuple) else {str(r): n for r, n in v.items()})
+                for k, v in plan.items()
+            },
+            "master": MASTER,
+            "noise": NOISE,
+            "seed": SEED,
+            "ways": ways,
+            "gridfs_plugin": gridfs,
+            "score": "registry_bridge.spark.score on spark.read.parquet, written as Parquet",
+            "spark_udf": "mlflow.pyfunc.spark_udf(env_manager='local', result_type='string') "
+            "on the run's sklearn model, labels only, written as Parquet",
+            "single": "pyarrow dataset batches -> onnxruntime (1 thread) -> Parquet, the "
+            "columns of score(), one process",
+        },
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "families": results,
+    }
+
+
+def _by_rows(runs: dict[int, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for rows, by_way in runs.items():
+        entry: dict[str, Any] = {}
+        for way, measured in by_way.items():
+            if not measured:
+                continue
+            seconds = summarize([m["job_s"] for m in measured])
+            entry[way] = {
+                "job_s": seconds,
+                "rows_per_s": round(rows / seconds["median"]) if seconds["median"] else None,
+                "us_per_row": round(seconds["median"] / rows * 1e6, 3)
+                if seconds["median"]
+                else None,
+                "driver_peak_rss_mb": max(m["driver_peak_rss_mb"] for m in measured),
+                "worker_peak_rss_mb": max(m["worker_peak_rss_mb"] for m in measured),
+                "load_1m": [m["load_1m"] for m in measured],
+                "runs": measured,
+            }
+        score_s = entry.get("score", {}).get("job_s", {}).get("median")
+        udf_s = entry.get("spark_udf", {}).get("job_s", {}).get("median")
+        gridfs_s = entry.get("spark_udf_gridfs", {}).get("job_s", {}).get("median")
+        single_s = entry.get("single", {}).get("job_s", {}).get("median")
+        entry["comparison"] = {
+            "score_vs_spark_udf": ratio(udf_s, score_s),
+            "score_vs_spark_udf_gridfs": ratio(gridfs_s, score_s),
+            "share_of_single_process": ratio(single_s, score_s),
+            "goal_70pct_of_single": meets(ratio(single_s, score_s), 0.7),
+        }
+        found[str(rows)] = entry
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.spark``: train or reuse the models, measure, write spark.json."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:
+        return child_main(argv[1:])
+    return run_single_part("spark", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
