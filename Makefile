@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint test demo train serve mlflow-ui bench reliability clean
+.PHONY: help venv lint test demo train serve mlflow-ui bench reliability score clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,spark]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project
@@ -43,6 +43,10 @@ mlflow-ui: $(STAMP) ## open the MLflow UI on http://127.0.0.1:5000
 
 bench: $(STAMP) ## benchmarks against mlflow models serve / predict
 	$(PY) -m bench $(BENCH_ARGS)
+
+score: $(STAMP) ## score INPUT (CSV/Parquet file, dir or glob) into OUTPUT with Spark (SCORE_ARGS)
+	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make score INPUT=data.csv OUTPUT=dir [SCORE_ARGS='--format csv']" >&2; exit 2; }
+	$(VENV)/bin/bridge score --input '$(INPUT)' --output '$(OUTPUT)' $(SCORE_ARGS)
 
 clean: ## remove the venv, the embedded database, MLflow runs and outputs
 	-$(VENV)/bin/bridge db stop 2>/dev/null

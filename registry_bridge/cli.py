@@ -459,5 +459,68 @@ def monitor_command(
         sys.exit(3)
 
 
+@main.command("score")
+@click.option(
+    "--input", "source", required=True, help="CSV or Parquet: a file, a directory or a glob."
+)
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["parquet", "csv"]),
+    default="parquet",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--master", help="Spark master URL (default local[*], or spark-submit's --master).")
+@click.option("--name", help="Registered model name (default MODEL_NAME).")
+@click.option(
+    "--version", type=click.IntRange(min=1), help="Score with this version (default: the active)."
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="skip: keep rows with a bad cell, unscored, with an error column.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
+@pass_state
+def score_command(
+    state: CliState,
+    source: str,
+    output: str,
+    output_format: str,
+    master: str | None,
+    name: str | None,
+    version: int | None,
+    on_error: str,
+    overwrite: bool,
+) -> None:
+    """Score a CSV or Parquet data set on Spark with one registry version (needs '.[spark]')."""
+    from registry_bridge import spark as spark_scoring
+
+    store = open_store(state)
+    with spark_scoring.job_session(master) as session:
+        session.sparkContext.setLogLevel("ERROR")
+        result = spark_scoring.run_job(
+            session,
+            store,
+            name or state.settings.api.model_name,
+            source,
+            output,
+            output_format=output_format,
+            version=version,
+            on_error=on_error,
+            overwrite=overwrite,
+            progress=lambda line: click.echo(line, err=True),
+        )
+    model = result.model
+    click.echo(
+        f"scored {result.rows_out} rows ({result.rows_in_error} in error) with "
+        f"{model['name']} v{model['version']} in {result.seconds:.1f}s -> {result.output}"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ output directory and a ``_manifest.json`` beside ``_SUCCESS``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -371,31 +372,53 @@ def _to_float(value: str | None) -> float:
 # --- bridge score: read, score, write, manifest --------------------------------------
 
 
-def spark_session(master: str = DEFAULT_MASTER, app_name: str = "bridge-score") -> SparkSession:
+def spark_session(master: str | None = None, app_name: str = "bridge-score") -> SparkSession:
     """A SparkSession for scoring (an existing one is reused, as ``getOrCreate`` does).
 
-    Python workers run this interpreter (so they import this project as the driver does)
-    and are reused across tasks, which keeps one ONNX session per worker.
+    ``master`` defaults to spark-submit's ``--master`` under spark-submit, else ``local[*]``.
+    In local mode the Python workers run this interpreter, so they import this project as
+    the driver does; on a cluster they run what PYSPARK_PYTHON names there (README).
+    Workers are reused across tasks, which keeps one ONNX session per worker.
 
     Raises:
         RegistryError: INVALID_INPUT when pyspark is not installed (the ``spark`` extra).
     """
+    SparkSession = _session_class()  # noqa: N806 (a class)
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # set by spark-submit's launcher
+    builder = SparkSession.builder.appName(app_name)
+    if master or not under_submit:
+        builder = builder.master(master or DEFAULT_MASTER)
+    if (master or DEFAULT_MASTER).startswith("local") and not under_submit:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return (
+        builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_ROWS))
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.ui.showConsoleProgress", "false")  # ours is one line per second
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+
+
+def _session_class() -> Any:
     try:
         from pyspark.sql import SparkSession
     except ImportError:
         raise RegistryError(
             "INVALID_INPUT", "pyspark is not installed: pip install -e '.[spark]'"
         ) from None
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_ROWS))
-        .config("spark.python.worker.reuse", "true")
-        .config("spark.ui.showConsoleProgress", "false")  # ours is one line per second
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
+    return SparkSession
+
+
+@contextlib.contextmanager
+def job_session(master: str | None = None) -> Iterator[SparkSession]:
+    """A session for one command: stopped at the end unless it was running before."""
+    running = _session_class().getActiveSession()
+    session = spark_session(master)
+    try:
+        yield session
+    finally:
+        if running is None:
+            session.stop()
 
 
 def input_format(path: str) -> str:
@@ -426,9 +449,14 @@ def input_format(path: str) -> str:
 def read_input(spark: SparkSession, path: str) -> DataFrame:
     """The input as a DataFrame: CSV cells as text (checked by the scorer, passed through)."""
     kind = input_format(path)
-    if kind == "parquet":
-        return spark.read.parquet(path)
-    frame = spark.read.options(header=True, inferSchema=False, mode="PERMISSIVE").csv(path)
+    try:
+        if kind == "parquet":
+            return spark.read.parquet(path)
+        frame = spark.read.options(header=True, inferSchema=False, mode="PERMISSIVE").csv(path)
+    except Exception as exc:
+        if not _is_spark_error(exc):
+            raise
+        raise RegistryError("INVALID_INPUT", f"cannot read {path}: {_first_line(exc)}") from None
     # /batch-predict strips spaces around header names; so does this.
     return frame.toDF(*[c.strip() for c in frame.columns])
 
@@ -493,9 +521,11 @@ def run_job(
             writer.parquet(str(target))
     except Exception as exc:
         found = _BAD_CELL.search(str(exc))
-        if found is None:
+        if found is not None:
+            raise _bad_cell_error(df, source, *found.groups()) from None
+        if not _is_spark_error(exc):
             raise
-        raise _bad_cell_error(df, source, *found.groups()) from None
+        raise RegistryError("INTERNAL_ERROR", f"the Spark job failed: {_first_line(exc)}") from exc
     finally:
         if watcher:
             watcher.stop()
@@ -559,6 +589,19 @@ def _bad_cell_error(df: DataFrame, source: str, partition: str, offset: str, pro
         f"{where}, {problem}; add --on-error skip to keep such rows with an error column",
         [{"row": row + 1, "problem": problem}],
     )
+
+
+def _is_spark_error(exc: BaseException) -> bool:
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    return isinstance(exc, PySparkException | Py4JJavaError)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of a Spark error (its Java stack trace left out)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 class _Progress:

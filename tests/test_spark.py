@@ -231,3 +231,38 @@ def test_existing_output_is_refused_unless_overwrite(spark, published, dataset, 
     assert (target / "keep.txt").exists()
     spark_scoring.run_job(spark, published.store, MODEL, source, str(target), overwrite=True)
     assert not (target / "keep.txt").exists() and (target / "_SUCCESS").exists()
+
+
+def test_bridge_score_command(spark, published, dataset, tmp_path):
+    """Check `bridge score`: scores a CSV, refuses an existing output, names a bad row."""
+    from click.testing import CliRunner
+
+    from registry_bridge.cli import main
+
+    settings = published.settings
+    env = {
+        "MONGODB_URI": settings.registry.mongodb_uri,
+        "REGISTRY_DB": settings.registry.database,
+        "MODEL_NAME": MODEL,
+    }
+    source = _write_csv(tmp_path / "in.csv", dataset)
+    target = tmp_path / "out"
+    args = ["score", "--input", str(source), "--output", str(target), "--master", "local[2]"]
+    runner = CliRunner()
+    done = runner.invoke(main, [*args, "--format", "csv"], env=env)
+    assert done.exit_code == 0, done.output
+    version = published.versions[FAMILIES[0]]
+    assert f"scored 310 rows (0 in error) with {MODEL} v{version}" in done.stdout
+    assert json.loads((target / "_manifest.json").read_text())["format"] == "csv"
+    again = runner.invoke(main, args, env=env)
+    assert again.exit_code == 1 and "--overwrite" in again.stderr
+    bad = dataset.astype(str)
+    bad.loc[9, "sacral_slope"] = "n/a"
+    _write_csv(source, bad)
+    failed = runner.invoke(main, [*args, "--overwrite"], env=env)
+    assert failed.exit_code == 1
+    assert failed.stderr.strip().splitlines()[-1] == (
+        "error: row 10 (line 11), column sacral_slope: not a number ('n/a'); "
+        "add --on-error skip to keep such rows with an error column"
+    )
+    assert spark.range(3).count() == 3  # the suite's session is still usable
