@@ -144,7 +144,7 @@ def _single_process(spec: dict[str, Any], source: str, target: str) -> dict[str,
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    from api.runtime import load_model
+    from registry_bridge.scoring import load_model
 
     meta = json.loads(Path(spec["meta"]).read_text())
     model = load_model(
@@ -208,6 +208,7 @@ def gridfs_plugin_available() -> bool:
 
 
 def _measure(ws: Workspace, way: str, spec: dict[str, Any]) -> dict[str, Any]:
+    assert ws.settings is not None
     log_path = ws.dir / "logs" / f"spark-{way}.log"
     start = log_path.stat().st_size if log_path.exists() else 0
     env = venv_env(

@@ -1,10 +1,12 @@
 """Score Spark DataFrames with a registry version: resolved once on the driver, bytes broadcast.
 
 ``score(df, name)`` reads the active version (or the one given) and its ONNX bytes on the
-driver, checks the bytes' sha256 and broadcasts them; the executors run onnxruntime
-through ``mapInArrow`` with one session per Python worker, and never need MongoDB or its
-credentials. Every row of the job is scored by that one version, named in the
-``model_version`` column, whatever is activated while the job runs.
+driver, checks the bytes' sha256 and broadcasts them; the executors score through
+``mapInArrow`` with one onnxruntime session per Python worker, and never need MongoDB or
+its credentials. Every row of the job is scored by that one version, named in the
+``model_version`` column, whatever is activated while the job runs. Validation, the
+session, the output columns and the error policy are :mod:`registry_bridge.scoring`'s,
+the same as ``/batch-predict``'s.
 
 ``run_job`` is what ``bridge score`` calls: read CSV or Parquet, score, write Spark's
 output directory and a ``_manifest.json`` beside ``_SUCCESS``.
@@ -13,8 +15,8 @@ output directory and a ``_manifest.json`` beside ``_SUCCESS``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
-import hashlib
 import json
 import os
 import re
@@ -24,15 +26,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import pyarrow as pa
+from pyarrow import compute as pa_compute
 
+from registry_bridge import scoring
 from registry_bridge.errors import RegistryError
+from registry_bridge.store import sha256_hex
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
     from registry_bridge.entities import ModelVersion
     from registry_bridge.store import ModelStore
 
-FAIL, SKIP = "fail", "skip"
+FAIL, SKIP = scoring.ON_ERROR
 MANIFEST = "_manifest.json"
 DEFAULT_MASTER = "local[*]"
 # Rows per Arrow batch handed to a Python worker: large enough that the per-batch costs
@@ -49,32 +53,8 @@ BATCH_ROWS = 100_000
 # Marks a bad cell's message inside Spark's exception so the driver can name the row.
 _BAD_CELL = re.compile(r"BAD_CELL partition=(\d+) offset=(\d+) :: (.*?) ::END")
 INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-@dataclass(frozen=True)
-class ShippedVersion:
-    """What the executors need besides the bytes: identity, classes, schema, ONNX outputs."""
-
-    name: str
-    version: int
-    run_id: str | None
-    sha256: str
-    classes: tuple[str, ...]
-    input_schema: tuple[dict[str, Any], ...]
-    onnx_io: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def features(self) -> list[str]:
-        return [str(f["name"]) for f in self.input_schema]
-
-    def output_columns(self, on_error: str) -> list[tuple[str, str]]:
-        """The columns added to the input, with their Spark SQL types (as /batch-predict)."""
-        columns = [("prediction", "string"), ("probability", "float")]
-        columns += [(f"prob_{c}", "float") for c in self.classes]
-        columns.append(("model_version", "bigint"))
-        if on_error == SKIP:
-            columns.append(("error", "string"))
-        return columns
+# Spark SQL types of the output columns that are not probabilities (float, as the model's).
+_OUTPUT_TYPES = {"prediction": "string", "model_version": "bigint", "error": "string"}
 
 
 def resolve_version(
@@ -87,26 +67,19 @@ def resolve_version(
     """
     if version is None:
         state = store.get_active_version(name)
-        if state is None:
+        version = state.active_version if state is not None else None
+        if version is None:
             raise RegistryError(
-                "NO_ACTIVE_MODEL", f"model {name!r} has no active version; give --version"
+                "NO_ACTIVE_MODEL", f"model {name!r} has no active version; give a version"
             )
-        version = state.active_version
     found = store.get_model_version(name, int(version))
     return found, store.read_artifact(found)
 
 
-def ship(found: ModelVersion) -> ShippedVersion:
-    """The executors' description of ``found``."""
-    return ShippedVersion(
-        found.name,
-        int(found.version),
-        found.run_id,
-        found.sha256,
-        tuple(str(c) for c in found.classes),
-        tuple(dict(f) for f in found.input_schema),
-        dict(found.onnx_io or {}),
-    )
+def output_columns(classes: tuple[str, ...] | list[str], on_error: str) -> list[tuple[str, str]]:
+    """The columns scoring adds, with their Spark SQL types (``error`` only when skipping)."""
+    names = scoring.output_names(classes)
+    return [(n, _OUTPUT_TYPES.get(n, "float")) for n in names if n != "error" or on_error == SKIP]
 
 
 # --- the driver's side ---------------------------------------------------------------
@@ -123,11 +96,12 @@ def score(
     """``df`` with the columns of ``/batch-predict`` added, scored by one registry version.
 
     The version (the active one unless ``version`` is given) is resolved now, once; the
-    returned DataFrame is lazy, as Spark's are.
+    returned DataFrame is lazy, as Spark's are. ``store`` defaults to the settings' one.
 
     Raises:
-        RegistryError: INVALID_INPUT naming missing or reserved columns (before any task
-            runs), NO_ACTIVE_MODEL, NOT_FOUND, CONFLICT for changed bytes.
+        RegistryError: INVALID_INPUT naming missing, repeated, reserved or non-numeric
+            columns (before any task runs), NO_ACTIVE_MODEL, NOT_FOUND, CONFLICT for
+            changed bytes.
     """
     return ScoringJob.prepare(df, name, version=version, on_error=on_error, store=store).scored
 
@@ -138,9 +112,9 @@ class ScoringJob:
 
     source: DataFrame
     scored: DataFrame
-    shipped: ShippedVersion
+    version: ModelVersion
     on_error: str
-    counts: Any  # pyspark Accumulator of {partition: (rows, errors)}
+    counts: Any  # pyspark Accumulator of {partition: (rows, rows in error)}
 
     @classmethod
     def prepare(
@@ -153,22 +127,19 @@ class ScoringJob:
         store: ModelStore | None = None,
     ) -> ScoringJob:
         """Resolve the version, check the columns, broadcast the bytes; nothing runs yet."""
-        if on_error not in (FAIL, SKIP):
-            raise RegistryError("INVALID_INPUT", f"on_error must be fail or skip, got {on_error!r}")
-        if store is None:
-            store = _default_store()
-        found, data = resolve_version(store, name, version)
-        shipped = ship(found)
-        _check_columns(df, shipped, on_error)
-        spark = df.sparkSession
-        payload = spark.sparkContext.broadcast(data)
-        counts = spark.sparkContext.accumulator({}, _LatestPerPartition())
+        if on_error not in scoring.ON_ERROR:
+            raise scoring.invalid(f"on_error must be fail or skip, got {on_error!r}")
+        found, data = resolve_version(store or _default_store(), name, version)
+        _check_columns(df, found)
+        context = df.sparkSession.sparkContext
+        payload = context.broadcast((found, data))
+        counts: Any = context.accumulator({}, cast(Any, _LatestPerPartition()))
         out_schema = ", ".join(
             [f"`{f.name}` {f.dataType.simpleString()}" for f in df.schema.fields]
-            + [f"`{n}` {t}" for n, t in shipped.output_columns(on_error)]
+            + [f"`{n}` {t}" for n, t in output_columns(found.classes, on_error)]
         )
-        scorer = _partition_scorer(shipped, payload, on_error, counts)
-        return cls(df, df.mapInArrow(scorer, out_schema), shipped, on_error, counts)
+        scorer = _partition_scorer(found.sha256, payload, on_error, counts)
+        return cls(df, df.mapInArrow(scorer, out_schema), found, on_error, counts)
 
     def totals(self) -> tuple[int, int]:
         """Rows scored and rows in error, once an action ran (each partition counted once)."""
@@ -183,36 +154,21 @@ def _default_store() -> ModelStore:
     return ModelStore.from_settings(load_settings())
 
 
-def _check_columns(df: DataFrame, shipped: ShippedVersion, on_error: str) -> None:
-    """Missing, reserved or non-numeric feature columns: refused before any task runs."""
+def _check_columns(df: DataFrame, found: ModelVersion) -> None:
+    """The scoring core's column rules, and feature types, checked before any task runs."""
     from pyspark.sql import types as T
 
-    names = df.columns
-    absent = [f for f in shipped.features if f not in names]
-    if absent:
-        raise RegistryError(
-            "INVALID_INPUT",
-            f"missing required column(s): {', '.join(absent)}",
-            [{"field": n, "problem": "missing column"} for n in absent],
-        )
-    reserved = {n for n, _ in shipped.output_columns(SKIP)}
-    taken = [n for n in names if n in reserved]
-    if taken:
-        raise RegistryError(
-            "INVALID_INPUT",
-            f"column(s) {', '.join(taken)} would be overwritten by the output; rename or drop them",
-            [{"field": n, "problem": "reserved column"} for n in taken],
-        )
-    accepted = (T.NumericType, T.StringType)
+    schema = scoring.InputSchema.from_fields(found.input_schema)
+    reserved = scoring.output_names(found.classes)
+    scoring.check_columns(df.columns, schema, reserved, where="input columns")
     wrong = [
         f"{f.name} ({f.dataType.simpleString()})"
         for f in df.schema.fields
-        if f.name in shipped.features and not isinstance(f.dataType, accepted)
+        if f.name in schema.names and not isinstance(f.dataType, T.NumericType | T.StringType)
     ]
     if wrong:
-        raise RegistryError(
-            "INVALID_INPUT",
-            f"feature column(s) must hold numbers or numeric text: {', '.join(wrong)}",
+        raise scoring.invalid(
+            f"feature column(s) must hold numbers or numeric text: {', '.join(wrong)}"
         )
 
 
@@ -233,140 +189,79 @@ class _LatestPerPartition:
 
 # One model per Python worker, keyed by the bytes' sha256: Spark reuses its Python workers
 # across tasks, so the session is built once per worker, not once per task or batch.
-_MODELS: dict[str, Any] = {}
+_MODELS: dict[str, scoring.LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _model(shipped: ShippedVersion, payload: Any) -> Any:
-    """The worker's loaded model for ``shipped``; built from the broadcast bytes once."""
-    model = _MODELS.get(shipped.sha256)
-    if model is not None:
-        return model
-    with _MODELS_LOCK:
-        model = _MODELS.get(shipped.sha256)
-        if model is None:
-            from api.runtime import load_model
-
-            data = payload.value
-            if hashlib.sha256(data).hexdigest() != shipped.sha256:  # damaged on the way
-                raise RuntimeError(f"{shipped.name} v{shipped.version}: broadcast bytes changed")
-            model = load_model(
-                shipped.name,
-                shipped.version,
-                shipped.run_id,
-                shipped.classes,
-                list(shipped.input_schema),
-                data,
-                shipped.sha256,
-                shipped.onnx_io,
-            )
-            _MODELS.clear()  # a worker scores one version at a time
-            _MODELS[shipped.sha256] = model
+def _model(sha256: str, payload: Any) -> scoring.LoadedModel:
+    """This worker's model for the broadcast version; built once from the broadcast bytes."""
+    model = _MODELS.get(sha256)
+    if model is None:
+        with _MODELS_LOCK:
+            model = _MODELS.get(sha256)
+            if model is None:
+                found, data = payload.value
+                if sha256_hex(data) != sha256:  # checked on the driver; damaged on the way?
+                    raise RuntimeError(f"{found.label}: the broadcast bytes changed")
+                model = scoring.model_from_version(found, data)
+                _MODELS.clear()  # a worker scores one version at a time
+                _MODELS[sha256] = model
+    found = payload.value[0]
+    if (model.name, model.version) != (found.name, found.version):  # same bytes, other version
+        model = dataclasses.replace(model, name=found.name, version=found.version)
     return model
 
 
 def _partition_scorer(
-    shipped: ShippedVersion, payload: Any, on_error: str, counts: Any
+    sha256: str, payload: Any, on_error: str, counts: Any
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The function ``mapInArrow`` runs on each partition's batches."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
-        model = _model(shipped, payload)
+        model = _model(sha256, payload)
         context = TaskContext.get()
         partition = context.partitionId() if context is not None else 0
         offset = errors = 0
         for batch in batches:
-            out, bad = _score_batch(model, shipped, batch, on_error, partition, offset)
+            try:
+                scored = scoring.score_batch(model, batch, on_error, first_row=offset)
+            except RegistryError as exc:
+                raise ValueError(_bad_cell_marker(exc, partition)) from None
             offset += batch.num_rows
-            errors += bad
-            yield out
+            errors += batch.num_rows - scored.predicted
+            yield _nulls_for_empty(scored.batch, complete=scored.predicted == batch.num_rows)
         counts.add({partition: (offset, errors)})
 
     return run
 
 
-def _score_batch(
-    model: Any,
-    shipped: ShippedVersion,
-    batch: pa.RecordBatch,
-    on_error: str,
-    partition: int,
-    offset: int,
-) -> tuple[pa.RecordBatch, int]:
-    """One Arrow batch with the output columns appended; and how many rows are in error."""
-    from pyarrow import compute as pc
+def _bad_cell_marker(exc: RegistryError, partition: int) -> str:
+    """The core's first bad row as a line the driver finds in Spark's exception."""
+    if not exc.details or "row" not in exc.details[0]:
+        return str(exc)  # not a cell (e.g. a column's type): the core's message as it is
+    first = exc.details[0]
+    where = f"column {first['field']}: " if "field" in first else ""
+    return (
+        f"BAD_CELL partition={partition} offset={first['row']} :: {where}{first['problem']} ::END"
+    )
 
-    from api.batch import _problem
-    from api.validation import FLOAT32_MAX
 
-    n = batch.num_rows
-    features = shipped.features
-    matrix = np.empty((n, len(features)), dtype=np.float32)
-    ok = np.ones(n, dtype=bool)
-    bad_by_column: list[tuple[str, np.ndarray]] = []
-    for col, name in enumerate(features):
-        column = batch.column(batch.schema.get_field_index(name))
-        try:
-            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            text = pc.utf8_trim_whitespace(column.cast(pa.string()))
-            values = np.array([_to_float(v) for v in text.to_pylist()], dtype=np.float64)
-        bad = ~(np.abs(values) <= FLOAT32_MAX)  # NaN, null, inf, beyond float32
-        if bad.any():
-            bad_by_column.append((name, bad))
-            ok &= ~bad
-            values = np.where(bad, 0.0, values)
-        matrix[:, col] = values
-
-    def cell(name: str, pos: int) -> str:
-        value = batch.column(batch.schema.get_field_index(name))[pos].as_py()
-        return "empty" if value is None else _problem(str(value))
-
-    if bad_by_column and on_error != SKIP:
-        pos = min(int(np.flatnonzero(bad)[0]) for _, bad in bad_by_column)
-        name = next(n for n, bad in bad_by_column if bad[pos])
-        raise ValueError(
-            f"BAD_CELL partition={partition} offset={offset + pos} :: "
-            f"column {name}: {cell(name, pos)} ::END"
-        )
-    classes = shipped.classes
-    labels = np.full(n, None, dtype=object)
-    probs = np.full((n, len(classes)), np.nan, dtype=np.float32)
-    probability = np.full(n, np.nan, dtype=np.float32)
-    if ok.any():
-        scored = model.predict(matrix if ok.all() else matrix[ok])
-        column_of = model.column_of
-        found_labels = np.asarray(scored.labels, dtype=object)
-        chosen = np.array([column_of.get(label, 0) for label in found_labels], dtype=np.intp)
-        labels[ok] = found_labels
-        probs[ok] = scored.probabilities
-        probability[ok] = probs[ok][np.arange(len(chosen)), chosen]
-    mask = None if ok.all() else ~ok
+def _nulls_for_empty(batch: pa.RecordBatch, complete: bool) -> pa.RecordBatch:
+    """Spark's way to say "none": null, not the empty text CSV needs, for label and error."""
+    names = batch.schema.names
+    targets = [n for n in ("prediction", "error") if n in names and (n == "error" or not complete)]
+    if not targets:
+        return batch
     columns = list(batch.columns)
-    names = list(batch.schema.names)
-    columns.append(pa.array(labels, type=pa.string()))
-    columns.append(pa.array(probability, mask=mask))
-    for values in probs.T:
-        columns.append(pa.array(values, mask=mask))
-    columns.append(pa.array(np.full(n, shipped.version, dtype=np.int64)))
-    names += [c for c, _ in shipped.output_columns(on_error)]
-    if on_error == SKIP:
-        errors: list[str | None] = [None] * n
-        for name, bad in bad_by_column:
-            for pos in np.flatnonzero(bad):
-                text = f"{name}: {cell(name, int(pos))}"
-                errors[pos] = f"{errors[pos]}; {text}" if errors[pos] else text
-        columns.append(pa.array(errors, type=pa.string()))
-    return pa.RecordBatch.from_arrays(columns, names=names), int((~ok).sum())
-
-
-def _to_float(value: str | None) -> float:
-    try:
-        return float(value) if value else float("nan")
-    except ValueError:
-        return float("nan")
+    for name in targets:
+        index = names.index(name)
+        column = columns[index]
+        columns[index] = pa_compute.if_else(
+            pa_compute.equal(column, ""), pa.scalar(None, pa.string()), column
+        )
+    return pa.RecordBatch.from_arrays(columns, names=names)
 
 
 # --- bridge score: read, score, write, manifest --------------------------------------
@@ -530,7 +425,7 @@ def run_job(
         if watcher:
             watcher.stop()
     rows, errors = job.totals()
-    shipped = job.shipped
+    shipped = job.version
     result = JobResult(
         job_id=f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         model={
@@ -543,7 +438,7 @@ def run_job(
         output=str(target),
         format=output_format,
         on_error=on_error,
-        master=spark.sparkContext.master,
+        master=spark.sparkContext.master or "",
         rows_in=rows,
         rows_out=rows,
         rows_in_error=errors,
@@ -575,7 +470,9 @@ def _check_output(target: Path, source: str, overwrite: bool) -> None:
         shutil.rmtree(target)
 
 
-def _bad_cell_error(df: DataFrame, source: str, partition: str, offset: str, problem: str) -> Any:
+def _bad_cell_error(
+    df: DataFrame, source: str, partition: str, offset: str, problem: str
+) -> RegistryError:
     """A bad cell's error naming the row in the input's order (and its line in one CSV file)."""
     from pyspark.sql import functions as F
 
