@@ -52,13 +52,17 @@ def make_csv(settings: Any, rows: int, path: Path, seed: int = SEED) -> Path:
     if path.exists():
         return path
     features = load_dataset(settings.data).features[list(FEATURES)].to_numpy(dtype=float)
-    rng = np.random.default_rng(seed + rows)
-    picked = features[rng.integers(0, len(features), rows)]
-    noisy = np.round(picked + rng.normal(0, 1, picked.shape) * features.std(axis=0) * NOISE, 2)
+    noisy = noisy_rows(features, np.random.default_rng(seed + rows), rows)
     partial = path.with_suffix(".tmp")
     pa_csv.write_csv(pa.table({name: noisy[:, i] for i, name in enumerate(FEATURES)}), partial)
     partial.replace(path)
     return path
+
+
+def noisy_rows(features: np.ndarray, rng: np.random.Generator, rows: int) -> np.ndarray:
+    """``rows`` rows drawn from ``features`` with Gaussian noise (NOISE of each std), 2 decimals."""
+    picked = features[rng.integers(0, len(features), rows)]
+    return np.round(picked + rng.normal(0, 1, picked.shape) * features.std(axis=0) * NOISE, 2)
 
 
 def _count_lines(path: Path) -> int:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.batch import NOISE, export_model, noisy_rows
 from bench.common import (
     load_average,
     meets,
@@ -49,7 +50,6 @@ FAMILIES = ("logistic_regression", "random_forest")
 FULL = {"sizes": (1_000_000, 10_000_000), "rounds": {1_000_000: 3, 10_000_000: 2}}
 QUICK = {"sizes": (50_000,), "rounds": {50_000: 1}}
 WAYS = ("score", "spark_udf", "spark_udf_gridfs", "single")
-NOISE = 0.05  # of each feature's standard deviation, as bench.batch
 SEED = 20240611
 FILE_ROWS = 1_000_000  # rows per Parquet file of the input directory
 ROW_GROUP = 131_072
@@ -66,12 +66,9 @@ def make_parquet(settings: Any, rows: int, path: Path, seed: int = SEED) -> Path
         return path
     path.mkdir(parents=True, exist_ok=True)
     features = load_dataset(settings.data).features[list(FEATURES)].to_numpy(dtype=float)
-    scale = features.std(axis=0) * NOISE
     rng = np.random.default_rng(seed + rows)
     for number, start in enumerate(range(0, rows, FILE_ROWS)):
-        count = min(FILE_ROWS, rows - start)
-        picked = features[rng.integers(0, len(features), count)]
-        noisy = np.round(picked + rng.normal(0, 1, picked.shape) * scale, 2)
+        noisy = noisy_rows(features, rng, min(FILE_ROWS, rows - start))
         table = pa.table({name: noisy[:, i] for i, name in enumerate(FEATURES)})
         pq.write_table(table, path / f"part-{number:05d}.parquet", row_group_size=ROW_GROUP)
     (path / "_SUCCESS").touch()
@@ -240,7 +237,6 @@ def run(
     max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Measure the ways on each model and size; the result document."""
-    from bench.batch import export_model
 
     plan = dict(plan or (QUICK if quick else FULL))
     families = (model.family,) if quick else FAMILIES
