@@ -35,8 +35,8 @@ import pyarrow as pa
 from pyarrow import compute as pa_compute
 
 from registry_bridge import scoring
+from registry_bridge.artifacts import sha256_hex
 from registry_bridge.errors import RegistryError
-from registry_bridge.store import sha256_hex
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
