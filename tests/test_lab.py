@@ -84,12 +84,12 @@ def test_variant_file_finds_the_sibling_uci_file(tmp_path):
 def test_aws_lab_preset_logs_the_labs_model_as_a_candidate(settings, tmp_path):
     """Check that --preset aws-lab logs XGBoost, 42 rounds, on 2C with a threshold and metrics."""
     config = tmp_path / "config.yaml"
-    config.write_text(
-        f"mlflow:\n  tracking_uri: {settings.mlflow.tracking_uri}\n"
-        f"  artifact_root: {settings.mlflow.artifact_root}\n"
-    )
+    config.write_text(f"mlflow:\n  artifact_root: {settings.mlflow.artifact_root}\n")
+    # The environment, not the file: MLflow exports MLFLOW_TRACKING_URI once a test set it.
     result = CliRunner().invoke(
-        main, ["--config", str(config), "--preset", "aws-lab", "--data", str(data_path())]
+        main,
+        ["--config", str(config), "--preset", "aws-lab", "--data", str(data_path())],
+        env={"MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri},
     )
     assert result.exit_code == 0, result.output
     assert "248 train / 31 validation / 31 test rows" in result.output
