@@ -13,8 +13,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from api import registry
 from api.body import ADMIN_BODY_LIMIT, read_body
-from api.validation import MAX_NAME_CHARS, invalid, parse_json
-from conf.contract import ContractError, parse_version
+from api.validation import invalid, parse_json
+from conf.contract import ContractError, check_model_name, parse_version
 from registry_bridge.errors import RegistryError
 
 bp = Blueprint("models", __name__, url_prefix="/models")
@@ -72,12 +72,14 @@ def _text_field(body: dict[str, Any], key: str, required: bool = True) -> str | 
             f"'{key}' must be a non-empty text",
             [{"field": key, "problem": "missing" if value is None else "not a text"}],
         )
-    if key == "name" and len(value.strip()) > MAX_NAME_CHARS:
-        raise invalid(
-            f"'name' must be at most {MAX_NAME_CHARS} characters, got {len(value)}",
-            [{"field": key, "problem": "too long"}],
-        )
     return value.strip()
+
+
+def _name_field(value: Any) -> str:
+    try:
+        return check_model_name(value)
+    except ContractError as exc:
+        raise RegistryError.refusing(exc) from None
 
 
 def _version_field(value: Any) -> int:
@@ -160,7 +162,7 @@ def download_artifact(name: str, version: str) -> Response:
 def activate() -> Response:
     """Make a version the one served; answers once every new request will use it."""
     body = _json_object()
-    name = _text_field(body, "name")
+    name = _name_field(body.get("name"))
     version = _version_field(body.get("version"))
     reason = _text_field(body, "reason", required=False)
     handle = registry()
@@ -182,7 +184,7 @@ def activate() -> Response:
 def rollback() -> Response:
     """Return to the previously active version."""
     body = _json_object()
-    name = _text_field(body, "name")
+    name = _name_field(body.get("name"))
     reason = _text_field(body, "reason", required=False)
     state = registry().store.rollback(name, by=_actor(), reason=reason)
     return jsonify(_state(state))

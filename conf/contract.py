@@ -63,6 +63,16 @@ def cv_std_key(metric: str) -> str:
     return f"cv_{metric}_std"
 
 
+# Model names: one rule for the CLI, the API and the store (docs/registry.md). A name ends
+# up in file names (<name>-v<N>.onnx), HTTP headers, tables and MongoDB filters, so it is
+# plain ASCII without separators, line breaks, "$" operators or a leading dot.
+MAX_NAME_LENGTH = 100
+NAME_RULE = (
+    f"1 to {MAX_NAME_LENGTH} ASCII letters, digits, '.', '_' or '-', "
+    "starting with a letter or digit"
+)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
 # Version numbers are stored as BSON 64-bit integers.
 MAX_VERSION = 2**63 - 1
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit and int() also take "٢" and "1_0"
@@ -75,6 +85,28 @@ class ContractError(ValueError):
         super().__init__(message)
         self.field = field
         self.problem = problem
+
+
+def check_model_name(value: Any) -> str:
+    """``value`` when it follows NAME_RULE.
+
+    Raises:
+        ContractError: missing, not a text, too long, or a character outside the rule.
+    """
+    if not isinstance(value, str) or not value:
+        problem = "missing" if value is None or value == "" else "not a text"
+        raise ContractError("name", problem, f"'name' must be {NAME_RULE}, got {_shown(value)}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ContractError(
+            "name",
+            "too long",
+            f"'name' must be at most {MAX_NAME_LENGTH} characters, got {len(value)}",
+        )
+    if not _NAME.fullmatch(value):
+        raise ContractError(
+            "name", "not allowed", f"'name' must be {NAME_RULE}, got {_shown(value)}"
+        )
+    return value
 
 
 def parse_version(value: Any) -> int:

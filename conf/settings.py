@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from conf.contract import FAMILIES
+from conf.contract import FAMILIES, check_model_name
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 CONFIG_ENV = "VERTEBRAL_CONFIG"
@@ -313,7 +313,7 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("training", "reports_dir"): _path,
     ("training", "threshold_rule"): _threshold_rule,
     ("training", "validation_size"): _share,
-    ("api", "model_name"): _text,
+    ("api", "model_name"): lambda value: check_model_name(_text(value)),
     ("api", "host"): _text,
     ("api", "port"): _port,
     ("api", "workers"): _int(1, 64),

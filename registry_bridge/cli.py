@@ -6,18 +6,23 @@ Adding a command: append a function at the end of this file, decorated with
 ``@main.command("name")`` and ``@pass_state`` (its first parameter is the :class:`CliState`).
 Raise :class:`RegistryError` for a failure (the group prints it as one line, exit 1) and
 ``click.UsageError`` for options that do not go together; take the store from
-:func:`open_store` (opened once, closed when the command ends).
+:func:`open_store` (opened once, closed when the command ends). Take a model name with
+``@name_argument`` (or ``callback=checked(check_model_name)``) and a version with
+``@version_argument``: both apply the run contract's rule and refuse bad input as a usage
+error naming the parameter.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from conf.contract import cv_mean_key
+from conf.contract import ContractError, check_model_name, cv_mean_key, parse_version
 from conf.settings import Settings, SettingsError, load_settings
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
@@ -33,6 +38,24 @@ class CliState:
 
 
 pass_state = click.make_pass_decorator(CliState)
+
+
+def checked(rule: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A Click callback applying a run-contract rule; its refusal is a usage error (exit 2)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return rule(value)
+        except ContractError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+    return callback
+
+
+name_argument = click.argument("name", callback=checked(check_model_name))
+version_argument = click.argument("version", callback=checked(parse_version))
 
 
 class BridgeGroup(click.Group):
@@ -154,7 +177,11 @@ def runs_command(state: CliState, experiment: str | None, as_json: bool) -> None
 @click.option("--run-id", help="MLflow run to publish (see `bridge runs`).")
 @click.option("--best", is_flag=True, help="Publish the best candidate run of the experiment.")
 @click.option("--experiment", help="Experiment searched by --best (default mlflow.experiment).")
-@click.option("--name", help="Registered model name (default MODEL_NAME).")
+@click.option(
+    "--name",
+    callback=checked(check_model_name),
+    help="Registered model name (default MODEL_NAME).",
+)
 @click.option("--activate", is_flag=True, help="Activate the version once published.")
 @click.option(
     "--new-version", is_flag=True, help="Publish again even if this run already has a version."
@@ -215,7 +242,7 @@ def publish_command(
 
 
 @main.command("list")
-@click.option("--name", help="Only this registered model name.")
+@click.option("--name", callback=checked(check_model_name), help="Only this registered model name.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table."
 )
@@ -247,11 +274,11 @@ def list_command(state: CliState, name: str | None, as_json: bool, include_delet
 
 
 @main.command("show")
-@click.argument("name")
-@click.argument("version")
+@name_argument
+@version_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of key/value lines.")
 @pass_state
-def show_command(state: CliState, name: str, version: str, as_json: bool) -> None:
+def show_command(state: CliState, name: str, version: int, as_json: bool) -> None:
     """Show every metadata field of one version."""
     from registry_bridge import render
 
@@ -266,11 +293,11 @@ def show_command(state: CliState, name: str, version: str, as_json: bool) -> Non
 
 
 @main.command("activate")
-@click.argument("name")
-@click.argument("version")
+@name_argument
+@version_argument
 @click.option("--reason", help="Why, recorded in the activation log.")
 @pass_state
-def activate_command(state: CliState, name: str, version: str, reason: str | None) -> None:
+def activate_command(state: CliState, name: str, version: int, reason: str | None) -> None:
     """Make a version the one served, after checking its sha256 and re-scoring its example."""
     store = open_store(state)
     before = store.get_active_version(name)
@@ -285,7 +312,7 @@ def activate_command(state: CliState, name: str, version: str, reason: str | Non
 
 
 @main.command("rollback")
-@click.argument("name")
+@name_argument
 @click.option("--reason", help="Why, recorded in the activation log.")
 @pass_state
 def rollback_command(state: CliState, name: str, reason: str | None) -> None:
@@ -295,7 +322,7 @@ def rollback_command(state: CliState, name: str, reason: str | None) -> None:
 
 
 @main.command("history")
-@click.argument("name")
+@name_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_state
 def history_command(state: CliState, name: str, as_json: bool) -> None:
@@ -312,37 +339,47 @@ def history_command(state: CliState, name: str, as_json: bool) -> None:
 
 
 @main.command("download")
-@click.argument("name")
-@click.argument("version")
+@name_argument
+@version_argument
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, writable=True),
-    help="Where to write the ONNX file (default <name>-v<version>.onnx here).",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    callback=lambda ctx, param, value: _regular_file_or_new(value, param),
+    help="Where to write the ONNX file: a new path or a regular file "
+    "(default <name>-v<version>.onnx here).",
 )
 @pass_state
-def download_command(state: CliState, name: str, version: str, output: str | None) -> None:
+def download_command(state: CliState, name: str, version: int, output: Path | None) -> None:
     """Write a version's ONNX file, verifying its sha256 while writing."""
-    from pathlib import Path
-
     store = open_store(state)
     found = store.get_model_version(name, version)
-    path = store.download_artifact(
-        found, Path(output or artifact_filename(found.name, found.version))
-    )
+    # The name rule (no "/", no leading ".") keeps the default file in this directory.
+    default = Path(artifact_filename(found.name, found.version))
+    path = store.download_artifact(found, output or default)
     click.echo(f"wrote {path} ({found.size_bytes} bytes, sha256 {found.sha256})")
 
 
+def _regular_file_or_new(path: Path | None, param: click.Parameter) -> Path | None:
+    # Replacing /dev/null, a FIFO or a socket (as root) would break the system, not write a file.
+    if path is not None and path.exists() and not path.is_file():
+        raise click.BadParameter(
+            f"{path} exists and is not a regular file; give a new path or a regular file",
+            param=param,
+        )
+    return path
+
+
 @main.command("verify")
-@click.argument("name")
-@click.argument("version")
+@name_argument
+@version_argument
 @click.option(
     "--baseline",
     is_flag=True,
     help="Also give the version its drift baseline from its MLflow run when it has none.",
 )
 @pass_state
-def verify_command(state: CliState, name: str, version: str, baseline: bool) -> None:
+def verify_command(state: CliState, name: str, version: int, baseline: bool) -> None:
     """Check a version's sha256 and re-score its input example (exit 1 on any mismatch)."""
     report = open_store(state).verify_model_version(name, version)
     click.echo(
@@ -355,11 +392,11 @@ def verify_command(state: CliState, name: str, version: str, baseline: bool) -> 
 
 
 @main.command("delete")
-@click.argument("name")
-@click.argument("version")
+@name_argument
+@version_argument
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
-def delete_command(state: CliState, name: str, version: str, yes: bool) -> None:
+def delete_command(state: CliState, name: str, version: int, yes: bool) -> None:
     """Delete a version's file and hide its metadata (the active version is refused)."""
     store = open_store(state)
     found = store.get_model_version(name, version)

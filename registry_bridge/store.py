@@ -43,7 +43,7 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReadPreference, ReturnDo
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from conf.contract import ContractError, parse_version
+from conf.contract import ContractError, check_model_name, parse_version
 from conf.settings import ApiSettings, RegistrySettings, Settings
 from registry_bridge import database, fleet, lease, onnx_check
 from registry_bridge.artifacts import FORMAT, ORPHAN_MIN_AGE_S, GridFSArtifacts
@@ -147,7 +147,7 @@ class ModelStore:
     @_translated
     def get_active_version(self, name: str) -> ActiveState | None:
         """The active pointer of ``name``, or None when no version is active (one read by _id)."""
-        doc = self.state.find_one({"_id": name})
+        doc = self.state.find_one({"_id": _model_name(name)})
         if doc is None or doc.get("active_version") is None:
             return None
         return ActiveState.from_document(doc)
@@ -168,7 +168,7 @@ class ModelStore:
         Raises:
             RegistryError: NOT_FOUND naming ``name`` and ``version``.
         """
-        version = _version_number(version)
+        name, version = _model_name(name), _version_number(version)
         doc = self.versions.find_one({"name": name, "version": version})
         if doc is None or doc.get("status") != READY:
             known = self._ready_numbers(name)
@@ -188,7 +188,7 @@ class ModelStore:
         self, name: str | None = None, include_deleted: bool = False
     ) -> list[ModelVersion]:
         """Versions sorted by name then version; deleted ones only on request."""
-        query: dict[str, Any] = {} if name is None else {"name": name}
+        query: dict[str, Any] = {} if name is None else {"name": _model_name(name)}
         if not include_deleted:
             query["status"] = READY
         docs = self.versions.find(query).sort([("name", ASCENDING), ("version", ASCENDING)])
@@ -198,7 +198,8 @@ class ModelStore:
     def find_published(self, name: str, run_id: str) -> ModelVersion | None:
         """The newest ready version of ``name`` published from MLflow run ``run_id``, if any."""
         doc = self.versions.find_one(
-            {"name": name, "run_id": run_id, "status": READY}, sort=[("version", DESCENDING)]
+            {"name": _model_name(name), "run_id": run_id, "status": READY},
+            sort=[("version", DESCENDING)],
         )
         return ModelVersion.from_document(doc) if doc else None
 
@@ -241,7 +242,9 @@ class ModelStore:
     @_translated
     def list_activation_log(self, name: str) -> list[ActivationEvent]:
         """Every activation and rollback of ``name``, oldest first."""
-        docs = self.log.find({"name": name}).sort([("at", ASCENDING), ("_id", ASCENDING)])
+        docs = self.log.find({"name": _model_name(name)}).sort(
+            [("at", ASCENDING), ("_id", ASCENDING)]
+        )
         return [ActivationEvent.from_document(doc) for doc in docs]
 
     # --- publishing ------------------------------------------------------------------
@@ -260,6 +263,7 @@ class ModelStore:
             RegistryError: INVALID_INPUT for an empty artifact, CONFLICT when the stored
                 bytes differ from those sent, REGISTRY_UNAVAILABLE on database failure.
         """
+        _model_name(draft.name)  # the one rule for names, before a number is spent on it
         if not artifact:  # before a number is spent on it
             raise RegistryError("INVALID_INPUT", f"{draft.name}: the artifact is empty")
         if draft.run_id and not new_version:
@@ -584,6 +588,14 @@ class ModelStore:
                 "version", ASCENDING
             )
         ]
+
+
+def _model_name(name: Any) -> str:
+    """``name`` when it follows the run contract's name rule; INVALID_INPUT naming it otherwise."""
+    try:
+        return check_model_name(name)
+    except ContractError as exc:
+        raise RegistryError.refusing(exc) from None
 
 
 def _version_number(version: Any) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 
 import pytest
@@ -158,7 +159,6 @@ def test_delete_asks_and_refuses_the_active_version(bridge, settings):
     [
         (("show", NAME, "9"), "name='vertebral-column' version=9 not found"),
         (("activate", NAME, "9"), "version=9 not found"),
-        (("verify", NAME, "x"), "'version' must be a positive whole number, got 'x'"),
         (("rollback", NAME), "no version is active"),
         (("publish", "--run-id", "0123abcd"), "MLflow run '0123abcd' not found"),
         (("publish", "--best"), "experiment 'vertebral-column' not found"),
@@ -183,6 +183,36 @@ def test_option_conflicts_are_usage_errors(bridge, args, expected):
     result = bridge(*args)
     assert result.exit_code == 2, result.output
     assert f"Error: {expected}" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("verify", NAME, "x"), "'version' must be a positive whole number, got 'x'"),
+        (("show", NAME, "\u0662"), "'version' must be a positive whole number"),  # Arabic-Indic 2
+        (("show", NAME, "1_0"), "'version' must be a positive whole number, got '1_0'"),
+        (("delete", NAME, str(2**63)), "'version' must be at most 9223372036854775807"),
+        (("show", "../etc", "1"), "'name' must be 1 to 100 ASCII letters"),
+        (("history", "a\nb"), "'name' must be"),
+        (("publish", "--best", "--name", "$ne"), "'name' must be"),
+        (("list", "--name", "x/y"), "'name' must be"),
+        (("download", NAME, "1", "-o", "/dev/null"), "/dev/null exists and is not a regular file"),
+    ],
+)
+def test_bad_names_versions_and_outputs_are_usage_errors(bridge, args, expected):
+    """Check that names, versions and -o paths breaking the rules exit 2 naming the parameter."""
+    result = bridge(*args)
+    assert result.exit_code == 2, result.output
+    assert "Error: Invalid value for" in result.stderr and expected in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_download_refuses_a_fifo(bridge, tmp_path):
+    """Check that -o naming a FIFO is refused before anything is opened (no write blocks)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = bridge("download", NAME, "1", "-o", str(fifo))
+    assert result.exit_code == 2 and "is not a regular file" in result.stderr
 
 
 def test_the_store_client_is_closed_when_a_command_fails(bridge, monkeypatch):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from conf.contract import FAMILIES, MAX_VERSION, ContractError, parse_version
+from conf.contract import (
+    FAMILIES,
+    MAX_VERSION,
+    ContractError,
+    check_model_name,
+    parse_version,
+)
 from conf.settings import load_settings
 
 
@@ -50,3 +56,34 @@ def test_settings_default_to_every_contract_family():
 
     assert load_settings().training.families == FAMILIES
     assert tuple(SPECS) == FAMILIES
+
+
+@pytest.mark.parametrize("name", ["vertebral-column", "m1", "A.b_c-2", "x" * 100])
+def test_model_names_accepted(name):
+    """Check that plain ASCII names within the rule pass unchanged."""
+    assert check_model_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("../x", "not allowed"),
+        ("a/b", "not allowed"),
+        (".hidden", "not allowed"),
+        ("a\nb", "not allowed"),
+        ("ab\n", "not allowed"),
+        ("$ne", "not allowed"),
+        ("a b", "not allowed"),
+        ("модель", "not allowed"),
+        ("x" * 101, "too long"),
+        ("", "missing"),
+        (None, "missing"),
+        ({"$ne": None}, "not a text"),
+    ],
+)
+def test_model_names_refused_name_the_field(name, problem):
+    """Check that each name outside the rule is refused naming the field and the problem."""
+    with pytest.raises(ContractError) as caught:
+        check_model_name(name)
+    assert (caught.value.field, caught.value.problem) == ("name", problem)
+    assert str(caught.value).startswith("'name' must be")

@@ -340,6 +340,45 @@ def _classic_cases(admin: dict[str, str], ten_mb: str, million: list[str]) -> li
             headers=admin,
             names=("positive",),
         ),
+        # Point 8: one rule for model names, ASCII digits only for versions.
+        *[
+            Case(
+                f"model name {label}",
+                "/models/activate",
+                _json({"name": bad, "version": 1}),
+                headers=admin,
+                names=("'name' must be",),
+            )
+            for label, bad in (("../x", "../x"), ("with a newline", "a\nb"), ("$ne", "$ne"))
+        ],
+        Case(
+            "model name with a newline in the path",
+            "/models/a%0Ab/versions/1",
+            method="GET",
+            content_type=None,
+            names=("'name' must be",),
+        ),
+        Case(
+            "$-name filter",
+            "/models?name=%24ne",
+            method="GET",
+            content_type=None,
+            names=("'name'",),
+        ),
+        Case(
+            "Arabic-Indic digit as version",
+            f"/models/{MODEL}/versions/%D9%A2",
+            method="GET",
+            content_type=None,
+            names=("'version' must be",),
+        ),
+        Case(
+            "underscore in a version",
+            "/models/activate",
+            _json({"name": MODEL, "version": "1_0"}),
+            headers=admin,
+            names=("'version' must be",),
+        ),
         Case(
             "more records than allowed",
             "/predict",
