@@ -459,8 +459,12 @@ def _backfill_baseline(state: CliState, name: str, version: int) -> None:
 
 
 @main.command("monitor")
-@click.argument("name")
-@click.option("--version", help="Version to check (default: the active one).")
+@name_argument
+@click.option(
+    "--version",
+    callback=checked(parse_version),
+    help="Version to check (default: the active one).",
+)
 @click.option(
     "--since",
     default="24h",
@@ -475,7 +479,7 @@ def _backfill_baseline(state: CliState, name: str, version: int) -> None:
 )
 @pass_state
 def monitor_command(
-    state: CliState, name: str, version: str | None, since: str, as_json: bool, plots: str | None
+    state: CliState, name: str, version: int | None, since: str, as_json: bool, plots: str | None
 ) -> None:
     """Compare captured requests with the version's training baseline (exit 3 on drift)."""
     from pathlib import Path
@@ -510,9 +514,15 @@ def monitor_command(
     help="Output format.",
 )
 @click.option("--master", help="Spark master URL (default local[*], or spark-submit's --master).")
-@click.option("--name", help="Registered model name (default MODEL_NAME).")
 @click.option(
-    "--version", type=click.IntRange(min=1), help="Score with this version (default: the active)."
+    "--name",
+    callback=checked(check_model_name),
+    help="Registered model name (default MODEL_NAME).",
+)
+@click.option(
+    "--version",
+    callback=checked(parse_version),
+    help="Score with this version (default: the active).",
 )
 @click.option(
     "--on-error",
