@@ -7,10 +7,14 @@ on a new connection so the kernel spreads them over the workers, pausing 10 ms b
 requests: steady traffic, not saturation). Every round publishes
 a fresh version (never loaded by any worker, so each switch is cold) of the demo model
 and of a ~30 MB random forest, then activates it and records, from the moment the
-activation request is sent: when it was acknowledged, the first prediction answered by
-the new version, and when every worker had answered with it. A response with the old
-version to a request sent after the acknowledgement would break the API's promise; those
-are counted, as are errors.
+activation request is sent: the preparation (staged until every worker loaded it, as the
+answer reports), when it was acknowledged, the first prediction answered by the new
+version, and when every worker had answered with it, also counted from the
+acknowledgement. The steady p99 of the second before the activation is compared with
+the slowest request sent during the switch. A response with the old version to a
+request sent after the acknowledgement would break the API's promise; those are
+counted, as are errors. The whole is run with the default pointer lease and with a
+lease of 0 (a pointer read per request), each on its own API server.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from bench.common import Server, load_average, summarize
 from bench.online import request_body
 from bench.workspace import BenchModel, Workspace, run_single_part
@@ -32,6 +38,9 @@ log = logging.getLogger("bench")
 FULL = {"rounds": 3, "large_rows": 40_000, "large_trees": 58, "pollers": 4}
 QUICK = {"rounds": 2, "large_rows": 4_000, "large_trees": 3, "pollers": 4}
 SWITCH_TIMEOUT_S = 30.0
+STEADY_S = 1.0  # traffic before the switch: the steady p99 it is compared with
+# The API's configured lease (conf/default.yaml) and 0: what the lease buys.
+LEASES = {"default": None, "zero": 0}
 # Each client pauses this long between requests: steady traffic (~100 req/s per client),
 # not a saturating load that would measure the machine's queue instead of the switch.
 POLL_PAUSE_S = 0.01
@@ -123,9 +132,11 @@ def measure_switch(
     """Activate ``version`` under a light /predict load; timings in seconds from the request."""
     poller = Poller(server.port, body, pollers).start()
     try:
-        time.sleep(0.3)  # traffic is flowing before the switch
+        time.sleep(0.3)  # traffic is flowing before the steady window
+        steady_from = time.perf_counter()
+        time.sleep(STEADY_S)
         sent = time.perf_counter()
-        _activate(server, token, name, version)
+        answer = _activate(server, token, name, version)
         acked = time.perf_counter()
         deadline = acked + SWITCH_TIMEOUT_S
         while time.perf_counter() < deadline:
@@ -140,7 +151,9 @@ def measure_switch(
         time.sleep(0.1)
     finally:
         poller.stop()
-    records = [r for r in poller.snapshot() if r[1] >= sent]
+    everything = poller.snapshot()
+    steady = [(r[1] - r[0]) * 1000 for r in everything if steady_from <= r[0] and r[1] < sent]
+    records = [r for r in everything if r[1] >= sent]
     first_new: float | None = None
     first_by_pid: dict[int, float] = {}
     for _, done, status, v, pid, _ in sorted(records, key=lambda r: r[1]):
@@ -150,9 +163,25 @@ def measure_switch(
                 first_by_pid[pid] = done
     all_workers = max(first_by_pid.values()) if len(first_by_pid) >= workers else None
     late = [r for r in records if r[0] > acked and r[2] == 200 and r[3] != version]
+    # Requests sent while the switch was under way: from the activation to every worker on it.
+    switching = [
+        r for r in records if r[0] >= sent and (all_workers is None or r[0] <= all_workers)
+    ]
+    steady_p99 = float(np.percentile(steady, 99)) if steady else None
+    slowest = max(((r[1] - r[0]) * 1000 for r in switching), default=None)
+    prepared = answer.get("prepared") or {}
     return {
         "version": version,
+        "lease_ms": answer.get("lease_ms"),
+        "prepare_s": prepared.get("prepare_s"),
+        "prepare_timed_out": prepared.get("timed_out"),
         "acknowledged_s": round(acked - sent, 3),
+        # From the acknowledgement until every worker had answered with it (0: before it).
+        "all_workers_after_ack_s": None
+        if all_workers is None
+        else round(max(0.0, all_workers - acked), 3),
+        "steady_p99_ms": None if steady_p99 is None else round(steady_p99, 2),
+        "slowest_during_switch_ms": None if slowest is None else round(slowest, 2),
         "first_new_prediction_s": None if first_new is None else round(first_new - sent, 3),
         "all_workers_s": None if all_workers is None else round(all_workers - sent, 3),
         "workers_seen_new": len(first_by_pid),
@@ -192,22 +221,22 @@ def load_cost(ws: Workspace, version: int, rounds: int = 3) -> dict[str, Any]:
     return {"read_artifact_s": summarize(reads), "build_session_s": summarize(sessions)}
 
 
-def run(
+def _switches(
     ws: Workspace,
     model: BenchModel,
-    quick: bool = False,
-    workers: int = 2,
-    plan: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Publish and activate cold versions of the demo and the large model; the result document."""
-    plan = dict(plan or (QUICK if quick else FULL))
-    load_before = load_average()
-    large_run = ws.large_model_run(plan["large_rows"], plan["large_trees"])
+    large_run: str,
+    plan: dict[str, Any],
+    workers: int,
+    lease_ms: int | None,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int], dict[str, int]]:
+    """Every round's cold switches on one API server with pointer lease ``lease_ms``."""
     body = request_body(ws.settings)
     runs: dict[str, list[dict[str, Any]]] = {"large": [], "demo": []}
     sizes: dict[str, int] = {}
     versions: dict[str, int] = {}
-    server = ws.api_server(workers, name="api-activation").start()
+    config = None if lease_ms is None else {"api": {"pointer_lease_ms": lease_ms}}
+    label = "api-activation" if lease_ms is None else f"api-activation-lease{lease_ms}"
+    server = ws.api_server(workers, name=label, config=config).start()
     try:
         server.wait_ready("/ready", timeout_s=120)
         for number in range(plan["rounds"]):
@@ -226,47 +255,98 @@ def run(
                 )
                 runs[kind].append(result)
                 log.info(
-                    "round %d %-5s v%-3d (%5.1f MB): acknowledged %.3fs, first %s, "
-                    "all workers %s, errors %d",
+                    "%s round %d %-5s v%-3d (%5.1f MB): prepared %ss, acknowledged %.3fs, "
+                    "all workers %ss after it, slowest %s ms (steady p99 %s), errors %d",
+                    label,
                     number + 1,
                     kind,
                     fresh.version,
                     fresh.onnx_bytes / 1e6,
+                    result["prepare_s"],
                     result["acknowledged_s"],
-                    result["first_new_prediction_s"],
-                    result["all_workers_s"],
+                    result["all_workers_after_ack_s"],
+                    result["slowest_during_switch_ms"],
+                    result["steady_p99_ms"],
                     result["errors"],
                 )
     finally:
         server.stop()
+    return runs, sizes, versions
+
+
+def _summary(results: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    visible = summarize([r["all_workers_s"] for r in results])
+    after_ack = summarize([r["all_workers_after_ack_s"] for r in results])
+    # The slowest request of each switch against twice that switch's steady p99.
+    slow_ratio = [
+        r["slowest_during_switch_ms"] / r["steady_p99_ms"]
+        for r in results
+        if r["slowest_during_switch_ms"] and r["steady_p99_ms"]
+    ]
+    errors = sum(r["errors"] for r in results)
+    old = sum(r["old_version_after_ack"] for r in results)
+    return {
+        "onnx_mb": round(size / 1e6, 4),
+        "onnx_bytes": size,
+        "lease_ms": results[0]["lease_ms"] if results else None,
+        "prepare_s": summarize([r["prepare_s"] for r in results]),
+        "prepare_timed_out": sum(1 for r in results if r["prepare_timed_out"]),
+        "acknowledged_s": summarize([r["acknowledged_s"] for r in results]),
+        "first_new_prediction_s": summarize([r["first_new_prediction_s"] for r in results]),
+        "all_workers_s": visible,
+        "all_workers_after_ack_s": after_ack,
+        "steady_p99_ms": summarize([r["steady_p99_ms"] for r in results], 2),
+        "slowest_during_switch_ms": summarize([r["slowest_during_switch_ms"] for r in results], 2),
+        "slowest_over_steady_p99": summarize(slow_ratio, 2),
+        "errors": errors,
+        "old_version_after_ack": old,
+        "old_version_after_ack_marked_stale": sum(
+            r["old_version_after_ack_marked_stale"] for r in results
+        ),
+        "stale_responses": sum(r["stale_responses"] for r in results),
+        "goal_visible_under_1s": None if visible["median"] is None else visible["median"] < 1.0,
+        "goal_every_worker_within_0_2s_of_ack": None
+        if after_ack["max"] is None
+        else after_ack["max"] <= 0.2,
+        "goal_no_request_over_2x_steady_p99": None if not slow_ratio else max(slow_ratio) <= 2.0,
+        "goal_no_error_no_old_answer": errors == 0 and old == 0,
+        "runs": results,
+    }
+
+
+def run(
+    ws: Workspace,
+    model: BenchModel,
+    quick: bool = False,
+    workers: int = 2,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Publish and activate cold versions of the demo and the large model, with the default
+    lease and with a lease of 0; the result document (``models``: default lease)."""
+    plan = dict(plan or (QUICK if quick else FULL))
+    load_before = load_average()
+    large_run = ws.large_model_run(plan["large_rows"], plan["large_trees"])
+    by_lease: dict[str, dict[str, Any]] = {}
+    versions: dict[str, int] = {}
+    for lease_name, lease_ms in LEASES.items():
+        runs, sizes, versions = _switches(ws, model, large_run, plan, workers, lease_ms)
+        by_lease[lease_name] = {
+            kind: _summary(results, sizes[kind]) for kind, results in runs.items()
+        }
     # Measured after the switches, with the API stopped, so it does not disturb them.
     costs = {kind: load_cost(ws, version) for kind, version in versions.items()}
+    for kind, cost in costs.items():
+        for models in by_lease.values():
+            models[kind]["load_cost_one_process"] = cost
     load_after = load_average()
-    models = {}
-    for kind, results in runs.items():
-        visible = summarize([r["all_workers_s"] for r in results])
-        models[kind] = {
-            "onnx_mb": round(sizes[kind] / 1e6, 4),
-            "onnx_bytes": sizes[kind],
-            "load_cost_one_process": costs[kind],
-            "acknowledged_s": summarize([r["acknowledged_s"] for r in results]),
-            "first_new_prediction_s": summarize([r["first_new_prediction_s"] for r in results]),
-            "all_workers_s": visible,
-            "errors": sum(r["errors"] for r in results),
-            "old_version_after_ack": sum(r["old_version_after_ack"] for r in results),
-            "old_version_after_ack_marked_stale": sum(
-                r["old_version_after_ack_marked_stale"] for r in results
-            ),
-            "stale_responses": sum(r["stale_responses"] for r in results),
-            "goal_visible_under_1s": None if visible["median"] is None else visible["median"] < 1.0,
-            "runs": results,
-        }
     return {
         "benchmark": "activation",
         "plan": {
             **plan,
             "workers": workers,
             "poll_pause_s": POLL_PAUSE_S,
+            "steady_window_s": STEADY_S,
+            "leases": {k: "conf/default.yaml" if v is None else v for k, v in LEASES.items()},
             "large_model": f"random forest, {plan['large_trees']} trees fitted on "
             f"{plan['large_rows']} resampled rows (run {large_run})",
             "demo_model": f"{model.family} (run {model.run_id})",
@@ -274,7 +354,8 @@ def run(
         "model": model.__dict__,
         "load_average_before": load_before,
         "load_average_after": load_after,
-        "models": models,
+        "models": by_lease["default"],
+        "models_lease_zero": by_lease["zero"],
     }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from bench.common import (
     ROOT,
@@ -209,13 +210,22 @@ class Workspace:
 
     # --- servers -------------------------------------------------------------------------
 
-    def api_server(self, workers: int, name: str = "api") -> Server:
-        """This project's API (``python -m api``) on a free port, serving the workspace's registry."""
+    def api_server(
+        self, workers: int, name: str = "api", config: dict[str, Any] | None = None
+    ) -> Server:
+        """This project's API (``python -m api``) on a free port, serving the workspace's
+        registry; ``config`` (e.g. ``{"api": {"pointer_lease_ms": 0}}``) over the defaults."""
         from registry_bridge import database
 
         port = free_port()
+        extra = {}
+        if config:
+            path = self.dir / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(config), encoding="utf-8")
+            extra["VERTEBRAL_CONFIG"] = str(path)
         env = venv_env(
             {
+                **extra,
                 "MONGODB_URI": database.embedded_uri(self.embedded),
                 "REGISTRY_DB": "bench",
                 "MODEL_NAME": self.model_name,

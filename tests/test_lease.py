@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import onnxruntime
 import pytest
@@ -114,3 +115,20 @@ def test_the_answering_worker_loads_an_activated_version_once(client, published,
     served = client.post("/predict", json=record(published.inputs[0]))
     assert served.json["model"]["version"] == v2
     assert len(built) == 1
+
+
+def test_a_read_past_half_its_lease_is_renewed_without_making_the_request_wait():
+    """Check that a request served from a read past half its lease gets that read at once and
+    wakes a background read, so the next request finds a newer one."""
+    now = [0.0]
+    read = CountingRead()
+    shared = SharedRead(read, window=lambda value: 1.0, clock=lambda: now[0])
+    assert shared() == 1
+    now[0] = 0.6  # past half the lease: still valid
+    assert shared() == 1
+    deadline = time.monotonic() + 10
+    while read.calls < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert read.calls == 2
+    now[0] = 1.05  # the first read has expired; the one made ahead began at 0.6
+    assert shared() == 2 and read.calls == 2
