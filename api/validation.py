@@ -9,7 +9,6 @@ must hold is checked by ``registry_bridge.scoring`` (the same rules as batch and
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections import Counter
@@ -37,6 +36,10 @@ __all__ = [
 _WRAPPERS = ("records", "dataframe_records", "dataframe_split", "instances", "inputs")
 MAX_COLUMNS = 10_000  # a CSV header wider than this is refused before it is parsed
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+MAX_JSON_STRING = 64 * 1024  # bytes in one JSON string of a /predict body
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
+# One line with its line break (\n, \r\n or \r alone), or the last line without one.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -78,11 +81,17 @@ def parse_json(data: bytes | bytearray, content_length: int | None = None) -> An
 
 
 def check_json_size(data: bytes | bytearray, max_records: int, width: int) -> None:
-    """413 when a JSON body holds more values than ``max_records`` records could.
+    """Refuse, before parsing, a JSON body whose parsed form would outgrow the record limit.
 
-    Counted on the bytes before parsing (each value but the last of an array or object
-    follows a comma; each array or object opens with a bracket), so the parsed objects
-    stay within what the record limit allows whatever the body's shape.
+    Counted on the bytes (each value but the last of an array or object follows a comma;
+    each array or object opens with a bracket), so the parsed objects stay within what
+    ``max_records`` records need whatever the body's shape. A string longer than
+    MAX_JSON_STRING is refused too: no feature value is a string, no name is that long,
+    and one non-Latin character would make Python hold it at 4 bytes a character.
+
+    Raises:
+        RegistryError: PAYLOAD_TOO_LARGE naming the record limit (too many values);
+            INVALID_INPUT naming the byte where an overlong string starts.
     """
     budget = max_records * (width + 2) + 64
     values = data.count(b",") + data.count(b"[") + data.count(b"{")
@@ -93,6 +102,15 @@ def check_json_size(data: bytes | bytearray, max_records: int, width: int) -> No
             f"records of {width} fields need; the limit is {max_records} records",
             [{"field": "body", "problem": "too many values", "limit_records": max_records}],
         )
+    # Whole strings, one after the other, so text between two strings is never taken
+    # for one; the count above bounds how many there are.
+    for string in _JSON_STRING.finditer(data):
+        if string.end() - string.start() > MAX_JSON_STRING:
+            raise invalid(
+                f"a JSON string at byte {string.start()} is longer than {MAX_JSON_STRING} "
+                "bytes; feature values are numbers and field names are short",
+                [{"field": "body", "problem": "string too long", "limit_bytes": MAX_JSON_STRING}],
+            )
 
 
 def extract_records(payload: Any) -> list[Any]:
@@ -191,12 +209,16 @@ def csv_records(text: str) -> list[dict[str, str]]:
             over ``csv.field_size_limit()`` characters).
     """
     text = text.lstrip("\ufeff")
-    first_line = _LINE_BREAK.split(text, maxsplit=1)[0]
+    end = _LINE_BREAK.search(text)
+    first_line = text[: end.start()] if end else text
     if not first_line.strip():
         raise invalid("the CSV body is empty: expected a header row and data rows")
     delimiter = sniff_delimiter(first_line)
     check_width(first_line, delimiter)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # Lines handed over one at a time: io.StringIO would hold the text again, at up to
+    # 4 bytes a character.
+    lines = (line.group() for line in _LINE.finditer(text))
+    reader = csv.reader(lines, delimiter=delimiter)
     records: list[dict[str, str]] = []
     try:
         header = [h.strip() for h in next(reader)]

@@ -331,3 +331,23 @@ def test_output_retention_is_applied_when_a_job_ends(published, mongo_client, re
     left = sorted(p.name for p in outputs.glob("predicciones-*.csv"))
     assert len(left) == kept and jobs[-1] in left and old.name not in left
     assert (outputs / "predicciones.csv").is_file()
+
+
+def test_bad_cell_early_in_a_long_upload_fails_without_waiting_for_the_rest(
+    published, mongo_client
+):
+    """Check that a 400 in the first chunk of a many-block upload leaves Arrow's read-ahead
+    thread nothing to wait for: the answer comes, and the next upload is scored."""
+    app = make_app(with_api(published.settings, batch_chunk_rows=1000), mongo_client)
+    client = app.test_client()
+    rows = np.repeat(published.inputs[:1], 200_000, axis=0)
+    body = bytearray(_csv(rows, ids=False))
+    at = body.index(b"\n", body.index(b"\n") + 1) + 1  # the second data row
+    body[at : at + 3] = b"abc"
+    response = client.post("/batch-predict", data=bytes(body), content_type="text/csv")
+    assert response.status_code == 400
+    assert response.json["error"]["message"].startswith("line 3, column")
+    again = client.post(
+        "/batch-predict?format=json", data=_csv(published.inputs[:3]), content_type="text/csv"
+    )
+    assert again.status_code == 200 and again.json["rows"] == 3

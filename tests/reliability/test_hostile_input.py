@@ -235,10 +235,13 @@ def _classic_cases(admin: dict[str, str], ten_mb: str, million: list[str]) -> li
             "10 MB string value",
             "/predict",
             _json({**GOOD, "pelvic_tilt": ten_mb}),
-            names=("not a number",),
+            names=("not a number", "longer than 65536 bytes"),
         ),
         Case(
-            "10 MB field name", "/predict", _json({**GOOD, ten_mb: 1.0}), names=("unknown field",)
+            "10 MB field name",
+            "/predict",
+            _json({**GOOD, ten_mb: 1.0}),
+            names=("unknown field", "longer than 65536 bytes"),
         ),
         Case(
             "10 MB model name",
