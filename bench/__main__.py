@@ -1,8 +1,8 @@
 """``python -m bench`` / ``make bench``: online, batch and activation benchmarks in one run.
 
-One workspace and one model serve all three parts; the results go to ``online.json``,
-``batch.json`` and ``activation.json`` and the markdown table ``README-table.md``, all
-from this run (``--out``, default ``bench/results``; ``--quick`` writes to
+One workspace and one model serve every part; the results go to ``online.json``,
+``batch.json``, ``activation.json``, ``capture.json`` and the markdown table
+``README-table.md``, all from this run (``--out``, default ``bench/results``; ``--quick`` writes to
 ``outputs/bench-quick`` unless ``--out`` says otherwise).
 """
 
@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from bench import activation, batch, online
+from bench import activation, batch, capture, online
 from bench.common import (
     add_common_arguments,
     configure_logging,
@@ -28,7 +28,12 @@ from bench.workspace import Workspace
 
 log = logging.getLogger("bench")
 
-PARTS = {"online": online.run, "batch": batch.run, "activation": activation.run}
+PARTS = {
+    "online": online.run,
+    "batch": batch.run,
+    "activation": activation.run,
+    "capture": capture.run,
+}
 TABLE = "README-table.md"
 
 

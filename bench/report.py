@@ -290,6 +290,39 @@ def load_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return ["1-minute load average before → after: " + "; ".join(parts) + "."]
 
 
+def capture_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The capture table of ``bench/results/README-table.md``."""
+    plan = doc["plan"]
+    rows = [
+        f"### Capture: `/predict` at {plan['connections']} clients, capture 0 % against "
+        f"100 % ({plan['workers']} workers each, median of {plan['rounds']} rounds of "
+        f"{plan['duration_s']} s, servers alternated)",
+        "",
+        "| capture | req/s | p50 ms | p99 ms | errors |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, label in (("capture_0", "0 %"), ("capture_100", "100 %")):
+        r = doc["results"][name]
+        rows.append(
+            f"| {label} | {r['rps']['median']} | {r['p50_ms']['median']} | "
+            f"{r['p99_ms']['median']} | {r['errors']} |"
+        )
+    comparison = doc["comparison"]
+    captured = doc["captured_during_rounds"]
+    cost = comparison["throughput_cost"]
+    verdict = {True: "met", False: "not met", None: "–"}[comparison["goal_cost_at_most_5_percent"]]
+    rows += [
+        "",
+        f"Throughput cost of capture at 100 %: "
+        f"{'–' if cost is None else f'{100 * cost:.1f} %'} (goal ≤ 5 %: "
+        f"{verdict}); "
+        f"{captured['written']:.0f} records written, {captured['dropped']:.0f} dropped, "
+        f"{captured['failed']:.0f} failed during the rounds. Load average before "
+        f"{doc['load_average_before'][0]:.2f}, after {doc['load_average_after'][0]:.2f}.",
+    ]
+    return rows
+
+
 def render(docs: Mapping[str, Mapping[str, Any]], command: str) -> str:
     """The whole markdown section for ``docs`` (keys online, batch, activation; any subset)."""
     first = next(iter(docs.values()))
@@ -307,6 +340,7 @@ def render(docs: Mapping[str, Mapping[str, Any]], command: str) -> str:
         ("online", online_lines),
         ("batch", batch_lines),
         ("activation", activation_lines),
+        ("capture", capture_lines),
     ):
         if name in docs:
             lines += render_part(docs[name]) + [""]

@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pandas as pd
 
 from conf.settings import Settings, SettingsError, load_settings
+from demo import monitoring as demo_monitoring
 from demo.http import ApiClient, Exchange
 from demo.report import write_report
 from pipelines.data import DataError
@@ -58,6 +60,9 @@ class DemoRun:
     exchanges: list[Exchange] = field(default_factory=list)
     batch_input: Path | None = None
     batch_output: Path | None = None
+    monitoring: dict[str, Any] | None = None  # the drift report after the shifted batch
+    monitoring_plots: list[Path] = field(default_factory=list)
+    console_url: str | None = None
 
 
 @contextmanager
@@ -71,7 +76,7 @@ def step(run: DemoRun, number: int, title: str) -> Iterator[None]:
     click.echo(f"   ({elapsed:.1f}s)")
 
 
-def bridge(run: DemoRun, *args: str, env: dict[str, str]) -> str:
+def bridge(run: DemoRun, *args: str, env: dict[str, str], expected_exit: int = 0) -> str:
     """Run one ``bridge`` command as a user would type it; its output is shown and kept."""
     command = ["bridge", *args]
     click.echo(f"$ {' '.join(command)}")
@@ -79,7 +84,7 @@ def bridge(run: DemoRun, *args: str, env: dict[str, str]) -> str:
     output = (result.stdout + result.stderr).rstrip()
     click.echo(output)
     run.cli_outputs.append((" ".join(command), output))
-    if result.returncode != 0:
+    if result.returncode != expected_exit:
         raise DemoFailure(
             f"`{' '.join(command)}` failed: {output.splitlines()[-1] if output else ''}"
         )
@@ -177,6 +182,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
     client: ApiClient | None = None
     token = settings.api.admin_token or secrets.token_urlsafe(24)
     env["API_ADMIN_TOKEN"] = token  # the demo's API shows the admin token at work
+    env["CAPTURE_SAMPLE_PERCENT"] = "100"  # every request is kept: step 9 watches them
     try:
         with step(run, 1, "Registry database"):
             registry = settings.registry
@@ -225,6 +231,8 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
         with step(run, 4, "Start the API under gunicorn"):
             api_process, base_url = start_api(settings, env, report_dir / "api.log")
             click.echo(f"API ready at {base_url} (pid {api_process.pid})")
+            run.console_url = f"{base_url}/"
+            click.echo(f"console: {run.console_url}")
             client = ApiClient(base_url, token=token)
 
         patients = sample_patients(run.study)
@@ -345,6 +353,9 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
                     "Activation history", "GET", f"/models/{model_name}/history", record=False
                 )
             )["events"]
+
+        with step(run, 9, f"Monitoring: a batch with {demo_monitoring.SHIFTED_FEATURE} shifted"):
+            watch_drift(run, client, env, report_dir)
     finally:
         if api_process is not None:
             stop_process(api_process)
@@ -352,6 +363,76 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
             database.stop_embedded(settings.registry.embedded)
         run.exchanges = client.exchanges if client is not None else []
     return run
+
+
+def watch_drift(run: DemoRun, client: ApiClient, env: dict[str, str], report_dir: Path) -> None:
+    """Normal traffic raises no alarm; a batch with one feature shifted is flagged, alone."""
+    name = run.settings.api.model_name
+    normal, shifted = demo_monitoring.traffic(
+        run.study.dataset.features, run.settings.training.seed
+    )
+    directory = run.settings.api.output_dir / "demo"
+    for title, table, path in (
+        ("Normal traffic", normal, directory / "normal_traffic.csv"),
+        (
+            f"Shifted batch ({demo_monitoring.SHIFTED_FEATURE} + {demo_monitoring.SHIFT:g})",
+            shifted,
+            directory / "shifted_batch.csv",
+        ),
+    ):
+        before = _captured(client, name)
+        demo_monitoring.write_csv(table, path)  # kept beside the outputs, for the record
+        # Through /predict, so outputs/predicciones.csv stays the held-out patients' result.
+        answer = expect(
+            client.call(
+                f"{title}: {len(table)} patients (POST /predict)",
+                "POST",
+                "/predict",
+                json_body={"records": table.round(4).to_dict(orient="records")},
+                record=False,
+            )
+        )
+        counts = pd.Series([p["label"] for p in answer["predictions"]]).value_counts()
+        click.echo(f"{title}: {len(table)} patients ({path}) -> {counts.to_dict()}")
+        _wait_captured(client, name, before + len(table))
+        if table is normal:
+            bridge(run, "monitor", name, "--since", "1h", env=env)  # exit 0: no drift
+    plots = report_dir / "monitoring"
+    bridge(run, "monitor", name, "--since", "1h", "--plots", str(plots), env=env, expected_exit=3)
+    report = expect(
+        client.call(
+            "Drift report (GET /models/<name>/monitoring)",
+            "GET",
+            f"/models/{name}/monitoring?since=1h",
+        )
+    )
+    if report["status"] == "no_baseline":
+        raise DemoFailure(report["message"])
+    if report["drifted_features"] != [demo_monitoring.SHIFTED_FEATURE]:
+        raise DemoFailure(
+            f"expected only {demo_monitoring.SHIFTED_FEATURE} to drift, "
+            f"the report flags {report['drifted_features']}"
+        )
+    run.monitoring = report
+    run.monitoring_plots = sorted(plots.glob("*.png"))
+    page = client.call("Console page (GET /)", "GET", "/", record=False)
+    if page.status != 200 or "drift" not in page.body:
+        raise DemoFailure(f"the console at {run.console_url} answered {page.status}")
+    click.echo(f"console (drift shown with its plots): {run.console_url}")
+
+
+def _captured(client: ApiClient, name: str) -> int:
+    answer = client.call("captured", "GET", f"/models/{name}/monitoring?since=1h", record=False)
+    return int(expect(answer)["sample_size"])
+
+
+def _wait_captured(client: ApiClient, name: str, expected: int, timeout: float = 30) -> None:
+    """Capture writes off the request path: wait until the records are in the database."""
+    deadline = time.monotonic() + timeout
+    while _captured(client, name) < expected:
+        if time.monotonic() > deadline:
+            raise DemoFailure(f"fewer than {expected} captured records after {timeout:.0f}s")
+        time.sleep(0.3)
 
 
 def show_predictions(answer: dict[str, Any]) -> None:
@@ -403,7 +484,9 @@ def main(trials: int | None, config: str | None, report_dir: Path) -> None:
     click.echo(f"  {total:6.1f}s  total")
     click.echo(
         f"Report: {report}\nBatch results: {run.batch_output}\n"
-        f"MLflow UI: make mlflow-ui   API: make serve"
+        f"MLflow UI: make mlflow-ui   API: make serve, then the console at "
+        f"http://{run.settings.api.host}:{run.settings.api.port}/ "
+        f"(this run's was {run.console_url})"
     )
 
 

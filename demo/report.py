@@ -25,6 +25,7 @@ SECTIONS = (
     ("history", "Activation history"),
     ("requests", "API requests"),
     ("batch", "Batch prediction"),
+    ("monitoring", "Monitoring"),
     ("cli", "bridge CLI"),
     ("timings", "Step timings"),
 )
@@ -204,6 +205,68 @@ def requests_section(run: DemoRun) -> str:
     return "".join(parts)
 
 
+def monitoring_section(run: DemoRun) -> str:
+    """The drift table after the shifted batch, the class mix and one plot per feature."""
+    report = run.monitoring
+    if not report:
+        return "<p class='muted'>not produced</p>"
+    rows = [
+        (
+            f["name"],
+            f["sample_size"],
+            f"{f['ks']:.3f}",
+            f"{f['psi']:.3f}",
+            f"{100 * f['missing_share']:.1f} %",
+            f"{100 * f['out_of_range_share']:.1f} %",
+            f"{f['baseline_mean']:.2f}",
+            f"{f['live_mean']:.2f}",
+            "DRIFT" if f["drift"] else "ok",
+        )
+        for f in report["features"]
+    ]
+    mix = report["class_mix"]
+    thresholds = report["thresholds"]
+    figures = "".join(
+        f"<figure><img alt='{_e(path.stem)}' src='data:image/png;base64,"
+        f"{base64.b64encode(path.read_bytes()).decode()}'>"
+        f"<figcaption>{_e(path.stem)}</figcaption></figure>"
+        for path in run.monitoring_plots
+    )
+    return (
+        f"<p>Every request was captured (<code>CAPTURE_SAMPLE_PERCENT=100</code>). After the "
+        f"normal traffic, a batch with one feature shifted was sent; <code>bridge monitor</code> "
+        f"compared the last {_e(report['window'])} of {_e(report['name'])} "
+        f"v{_e(report['version'])} ({report['sample_size']} records) with its training "
+        f"baseline: <strong>{_e(report['status'])}</strong>, drifting: "
+        f"{_e(', '.join(report['drifted_features']) or 'none')} (exit code 3). A feature "
+        f"drifts at KS &ge; {thresholds['ks']:g} or PSI &ge; {thresholds['psi']:g}.</p>"
+        + table(
+            [
+                "feature",
+                "n",
+                "KS",
+                "PSI",
+                "missing",
+                "out of range",
+                "baseline mean",
+                "live mean",
+                "drift",
+            ],
+            rows,
+        )
+        + table(
+            ["predicted class", "baseline share", "live share"],
+            [
+                (c, f"{100 * mix['baseline'][c]:.0f} %", f"{100 * mix['live'][c]:.0f} %")
+                for c in mix["baseline"]
+            ],
+        )
+        + figures
+        + f"<p class='muted'>The console showed this at {_e(run.console_url or '')} while the "
+        "demo's API ran; <code>make serve</code> serves it at http://127.0.0.1:8000/.</p>"
+    )
+
+
 def write_report(run: DemoRun, directory: Path, total_seconds: float) -> Path:
     """Write ``index.html`` into ``directory`` and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -218,6 +281,7 @@ def write_report(run: DemoRun, directory: Path, total_seconds: float) -> Path:
         + csv_head(run.batch_input)
         + "<h3>Output: predicciones.csv</h3>"
         + csv_head(run.batch_output),
+        "monitoring": monitoring_section(run),
         "cli": "".join(f"<pre>$ {_e(c)}\n{_e(o)}</pre>" for c, o in run.cli_outputs),
         "timings": table(
             ["step", "seconds"],

@@ -23,6 +23,7 @@ SECTION_IDS = (
     "history",
     "requests",
     "batch",
+    "monitoring",
     "cli",
     "timings",
 )
@@ -76,9 +77,12 @@ def test_demo_runs_the_whole_flow(demo_run):
         "Activate version",
         "Batch prediction",
         "Versions and activation history",
+        "Monitoring",
     ):
         assert re.search(rf"== \d\. {re.escape(step)}", out), f"step missing: {step}"
     assert "after rollback /predict answers with version" in out
+    assert "drifting: degree_spondylolisthesis" in out  # bridge monitor flagged it, alone
+    assert re.search(r"console \(drift shown with its plots\): http://127\.0\.0\.1:\d+/", out)
     with open(workdir / "outputs" / "predicciones.csv", newline="") as handle:
         predictions = list(csv.reader(handle))
     with open(workdir / "outputs" / "demo" / "new_patients.csv", newline="") as handle:

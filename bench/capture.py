@@ -1,0 +1,175 @@
+"""Capture benchmark: ``/predict`` throughput with data capture at 0 % and at 100 %.
+
+``python -m bench.capture [--quick] [--workers N] [--out DIR]``
+
+Two API servers on the same registry (one with ``CAPTURE_SAMPLE_PERCENT=0``, one with
+100) run at once; wrk sends the online benchmark's one-record body at 8 clients, the
+servers alternating round by round so slow drifts of the machine hit both alike. After
+each round of the capturing server the benchmark waits until its writer threads have
+emptied their queues (``api_capture_written_total`` stops moving), so the next round of
+the other server does not pay for the writes. Goal: capture at 100 % costs at most 5 %
+of the throughput (median over rounds).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+import urllib.request
+from typing import Any
+
+from bench.common import load_average, ratio, summarize
+from bench.online import request_body, run_wrk, write_lua
+from bench.workspace import BenchModel, Workspace, run_single_part
+
+log = logging.getLogger("bench")
+
+FULL = {"connections": 8, "rounds": 5, "duration_s": 5}
+QUICK = {"connections": 8, "rounds": 2, "duration_s": 1}
+GOAL_MAX_COST = 0.05
+SETTINGS = {"capture_0": "0", "capture_100": "100"}
+_COUNTER = re.compile(r"^(api_capture_(?:written|dropped|failed)_total)\s+([0-9.e+]+)$", re.M)
+
+
+def capture_counters(base_url: str) -> dict[str, float]:
+    """The capture counters of every worker, from ``/metrics``."""
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    counters = {"written": 0.0, "dropped": 0.0, "failed": 0.0}
+    for name, value in _COUNTER.findall(text):
+        counters[name.split("_")[2]] += float(value)
+    return counters
+
+
+def wait_drained(base_url: str, timeout_s: float = 60.0) -> dict[str, float]:
+    """Wait until the capture counters stop moving for 1.5 s (the queues are empty)."""
+    deadline = time.monotonic() + timeout_s
+    last = capture_counters(base_url)
+    still_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = capture_counters(base_url)
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= 1.5:
+            break
+    return last
+
+
+def run(
+    ws: Workspace,
+    model: BenchModel,
+    quick: bool = False,
+    workers: int = 2,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Measure both servers; the result document (see the module docstring)."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    plan = dict(plan or (QUICK if quick else FULL))
+    body = request_body(ws.settings)
+    script = write_lua(body, ws.dir / "post-capture.lua")
+    servers = {}
+    for name, percent in SETTINGS.items():
+        server = ws.api_server(workers, name=name)
+        server.env["CAPTURE_SAMPLE_PERCENT"] = percent
+        servers[name] = server
+    load_before = load_average()
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready("/ready", timeout_s=180)
+        for server in servers.values():  # warm-up, not recorded
+            run_wrk(server.base_url + "/predict", script, plan["connections"], 1)
+        wait_drained(servers["capture_100"].base_url)
+        before = capture_counters(servers["capture_100"].base_url)
+        for number in range(plan["rounds"]):
+            for name, server in servers.items():
+                result = run_wrk(
+                    server.base_url + "/predict", script, plan["connections"], plan["duration_s"]
+                )
+                if name == "capture_100":
+                    result["drain_s"] = _timed_drain(server.base_url)
+                rounds[name].append(result)
+                log.info(
+                    "capture round %d %-12s %8.1f req/s  p99 %7.2f ms  errors %d",
+                    number + 1,
+                    name,
+                    result["rps"],
+                    result["p99_ms"],
+                    result["errors"],
+                )
+        after = capture_counters(servers["capture_100"].base_url)
+        off_counters = capture_counters(servers["capture_0"].base_url)
+    finally:
+        for server in servers.values():
+            server.stop()
+    load_after = load_average()
+    return _document(
+        plan, workers, model, rounds, before, after, off_counters, load_before, load_after
+    )
+
+
+def _timed_drain(base_url: str) -> float:
+    started = time.monotonic()
+    wait_drained(base_url)
+    return round(time.monotonic() - started, 1)
+
+
+def _document(
+    plan: dict[str, Any],
+    workers: int,
+    model: BenchModel,
+    rounds: dict[str, list[dict[str, Any]]],
+    before: dict[str, float],
+    after: dict[str, float],
+    off_counters: dict[str, float],
+    load_before: list[float],
+    load_after: list[float],
+) -> dict[str, Any]:
+    results = {
+        name: {
+            "rps": summarize([r["rps"] for r in runs], 1),
+            **{f"p{p}_ms": summarize([r[f"p{p}_ms"] for r in runs], 2) for p in (50, 99)},
+            "errors": sum(r["errors"] for r in runs),
+            "requests": sum(r["requests"] for r in runs),
+            "runs": runs,
+        }
+        for name, runs in rounds.items()
+    }
+    kept = ratio(results["capture_100"]["rps"]["median"], results["capture_0"]["rps"]["median"], 3)
+    cost = None if kept is None else round(1 - kept, 3)
+    captured = {k: after[k] - before[k] for k in after}
+    return {
+        "benchmark": "capture",
+        "plan": {
+            **plan,
+            "workers": workers,
+            "load_generator": "wrk (closed loop, keep-alive), one record per request",
+            "order": "per round: capture_0 -> capture_100 (then wait for its queues to drain)",
+        },
+        "model": model.__dict__,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "results": results,
+        "captured_during_rounds": captured,
+        "records_written_by_the_0_percent_server": off_counters["written"],
+        "comparison": {
+            "rps_ratio_100_over_0": kept,
+            "throughput_cost": cost,
+            "goal_cost_at_most_5_percent": None if cost is None else cost <= GOAL_MAX_COST,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.capture``: train or reuse the model, measure, write capture.json."""
+    return run_single_part("capture", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
