@@ -278,6 +278,15 @@ def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
                     f"| {entry['errors']} errors, {entry['old_version_after_ack']} old "
                     f"| {_mark(entry['goal_no_error_no_old_answer'])} |",
                 ]
+    capture = docs.get("capture")
+    if capture:
+        cost = capture["comparison"]["throughput_cost"]
+        lines.append(
+            f"| capture at 100 % costs ≤ 5 % of `/predict` throughput "
+            f"({capture['plan']['connections']} clients) "
+            f"| {'–' if cost is None else f'{100 * cost:.1f} %'} "
+            f"| {_mark(capture['comparison']['goal_cost_at_most_5_percent'])} |"
+        )
     return lines
 
 

@@ -111,7 +111,7 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr[-3000:]
     docs = {
         name: json.loads((out / f"{name}.json").read_text())
-        for name in ("online", "batch", "activation")
+        for name in ("online", "batch", "activation", "capture")
     }
     return {"docs": docs, "table": (out / "README-table.md").read_text(), "out": out}
 
@@ -187,6 +187,20 @@ def test_quick_activation_switches_cleanly(quick_results):
             )
         versions = [run["version"] for run in entry["runs"]]
         assert len(set(versions)) == len(versions)  # every switch was to a fresh version
+
+
+@pytest.mark.slow
+def test_quick_capture_compares_0_and_100_percent(quick_results):
+    """Check the capture part measured both servers without errors, the 100 % one wrote
+    its records (none dropped here) and the 0 % one wrote none."""
+    doc = quick_results["docs"]["capture"]
+    for name in ("capture_0", "capture_100"):
+        result = doc["results"][name]
+        assert result["rps"]["median"] > 0 and result["errors"] == 0
+    assert doc["captured_during_rounds"]["written"] >= doc["results"]["capture_100"]["requests"]
+    assert doc["records_written_by_the_0_percent_server"] == 0
+    assert doc["comparison"]["throughput_cost"] is not None
+    assert "capture at 100 % costs" in quick_results["table"]
 
 
 @pytest.mark.slow
