@@ -50,10 +50,8 @@ def monitoring(name: str) -> Response:
 @bp.get("/models/<name>/monitoring/plots/<feature>.png")
 def monitoring_plot(name: str, feature: str) -> Response:
     """The baseline-against-live histogram of one feature, as a PNG."""
-    version = request.args.get("version")
-    if version is None:
-        version = monitor.resolve_version(registry().store, name, None).version
-    png = monitor.feature_plot(registry().store, name, version, feature, _since())
+    version = monitor.resolve_version(registry().store, name, request.args.get("version"))
+    png = monitor.feature_plot(registry().store, name, version.version, feature, _since())
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "no-store"
     return response
