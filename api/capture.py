@@ -18,6 +18,7 @@ monitor does not run (or does not exist, like the embedded one's might not).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 WRITE_BATCH = 500  # documents per insert_many
 FLUSH_INTERVAL_S = 1.0  # a partial batch waits at most this long
 PURGE_INTERVAL_S = 3600.0
+EXIT_FLUSH_S = 3.0
 REQUEST_ID_HEADER = "X-Request-Id"
 EXTENSION = "capture"  # key in app.extensions
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -193,6 +195,8 @@ class Capture:
                     target=self._run, name="capture-writer", daemon=True
                 )
                 self._thread.start()
+                # A worker stopping normally writes what is queued (bounded wait).
+                atexit.register(self.flush, EXIT_FLUSH_S)
 
     def _run(self) -> None:
         self._prepare()
