@@ -59,6 +59,18 @@ def check_bind(settings: Settings, insecure: bool) -> None:
     )
 
 
+def check_tls(settings: Settings) -> None:
+    """Refuse a certificate without its key, or a key without its certificate."""
+    cert, key = settings.api.tls_cert, settings.api.tls_key
+    if bool(cert) != bool(key):
+        given, missing = (
+            ("api.tls_cert", "api.tls_key") if cert else ("api.tls_key", "api.tls_cert")
+        )
+        raise SettingsError(
+            f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key"
+        )
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML settings file (default conf/default.yaml)")
@@ -81,13 +93,23 @@ def _gunicorn_app(settings: Settings) -> Any:
 
         multiprocess.mark_process_dead(worker.pid)
 
+    from api.worker import BufferingThreadWorker
+
+    # Read by the workers, which the arbiter forks after this.
+    BufferingThreadWorker.client_timeout = settings.api.client_timeout_s
+    tls = {}
+    if settings.api.tls_cert and settings.api.tls_key:
+        tls = {"certfile": str(settings.api.tls_cert), "keyfile": str(settings.api.tls_key)}
+
     class ApiServer(BaseApplication):
         def load_config(self) -> None:
             options = {
                 "bind": f"{settings.api.host}:{settings.api.port}",
                 "workers": settings.api.workers,
-                "worker_class": "gthread",
+                # gthread whose event loop, not a thread, waits for slow clients' requests.
+                "worker_class": "api.worker.BufferingThreadWorker",
                 "threads": THREADS_PER_WORKER,
+                **tls,
                 # Workers build the app after forking: one MongoClient per process.
                 "preload_app": False,
                 "child_exit": child_exit,
@@ -128,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides={"api.host": args.host, "api.port": args.port, "api.workers": args.workers},
         )
         check_bind(settings, args.insecure)
+        check_tls(settings)
         database.check_uri(settings.registry)
     except (SettingsError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)

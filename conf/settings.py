@@ -95,6 +95,9 @@ class ApiSettings:
     output_dir: Path = Path("outputs")
     pointer_lease_ms: int = 50
     prepare_timeout_s: float = 10.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,9 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "output_dir"): _path,
     ("api", "pointer_lease_ms"): _int(0, 10000),
     ("api", "prepare_timeout_s"): _seconds,
+    ("api", "tls_cert"): _existing_file,
+    ("api", "tls_key"): _existing_file,
+    ("api", "client_timeout_s"): _seconds,
     ("capture", "sample_percent"): _number(0, 100),
     ("capture", "retention_days"): _number(0, above=True),
     ("capture", "queue_size"): _int(1),
@@ -346,6 +352,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_PORT": ("api", "port"),
     "API_WORKERS": ("api", "workers"),
     "API_ADMIN_TOKEN": ("api", "admin_token"),
+    "API_TLS_CERT": ("api", "tls_cert"),
+    "API_TLS_KEY": ("api", "tls_key"),
     "OUTPUT_DIR": ("api", "output_dir"),
     "CAPTURE_SAMPLE_PERCENT": ("capture", "sample_percent"),
 }

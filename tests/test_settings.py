@@ -53,6 +53,8 @@ def test_environment_wins_over_file(tmp_path):
         "API_ADMIN_TOKEN": "s3cret",
         "OUTPUT_DIR": str(tmp_path / "out"),
         "CAPTURE_SAMPLE_PERCENT": "100",
+        "API_TLS_CERT": str(data),
+        "API_TLS_KEY": str(data),
     }
     assert set(env) == set(ENV_OVERRIDES)
     s = load_settings(env=env)
@@ -63,6 +65,7 @@ def test_environment_wins_over_file(tmp_path):
     assert s.api.model_name == "my-model"
     assert (s.api.host, s.api.port, s.api.workers) == ("0.0.0.0", 9000, 4)
     assert s.api.admin_token == "s3cret"
+    assert (s.api.tls_cert, s.api.tls_key) == (data, data)
     assert s.api.output_dir == tmp_path / "out"
     assert s.capture.sample_percent == 100
 
