@@ -237,6 +237,22 @@ def _partition_scorer(
     return run
 
 
+def _csv_safe(df: DataFrame) -> DataFrame:
+    """``df`` with text cells and column names a spreadsheet would run as a formula
+    prefixed with ``'`` (``scoring.csv_safe``, the rule of every CSV the project writes)."""
+    from pyspark.sql.types import StructField, StructType
+
+    schema = StructType(
+        [StructField(scoring.safe_text(f.name), f.dataType, f.nullable) for f in df.schema.fields]
+    )
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield scoring.csv_safe(batch)
+
+    return df.mapInArrow(run, schema)
+
+
 def _bad_cell_marker(exc: RegistryError, partition: int) -> str:
     """The core's first bad row as a line the driver finds in Spark's exception."""
     if not exc.details or "row" not in exc.details[0]:
@@ -407,7 +423,8 @@ def run_job(
     started = time.perf_counter()
     df = read_input(spark, source)
     job = ScoringJob.prepare(df, name, version=version, on_error=on_error, store=store)
-    writer = job.scored.write.mode("overwrite" if overwrite else "errorifexists")
+    scored = _csv_safe(job.scored) if output_format == "csv" else job.scored
+    writer = scored.write.mode("overwrite" if overwrite else "errorifexists")
     watcher = _Progress(spark, progress) if progress else None
     try:
         if output_format == "csv":

@@ -266,3 +266,20 @@ def test_bridge_score_command(spark, published, dataset, tmp_path):
         "add --on-error skip to keep such rows with an error column"
     )
     assert spark.range(3).count() == 3  # the suite's session is still usable
+
+
+def test_csv_output_neutralises_spreadsheet_formulas(spark, published, dataset, tmp_path):
+    """Check that text a spreadsheet would evaluate gets a leading quote in the CSV output,
+    numbers such as -0.25 excepted, like /batch-predict's CSV."""
+    frame = dataset.iloc[:4].assign(note=["=1+2", "@SUM(A1)", "-0.25", "plain"])
+    frame = frame.rename(columns={"note": "+note"})
+    source = _write_csv(tmp_path / "in.csv", frame)
+    target = tmp_path / "out"
+    spark_scoring.run_job(
+        spark, published.store, MODEL, str(source), str(target), output_format="csv"
+    )
+    out = pd.concat(
+        pd.read_csv(p, dtype=str, keep_default_na=False) for p in sorted(target.glob("part-*.csv"))
+    )
+    assert "'+note" in out.columns
+    assert sorted(out["'+note"]) == sorted(["'=1+2", "'@SUM(A1)", "-0.25", "plain"])
