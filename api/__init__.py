@@ -97,8 +97,31 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(fleet.bp)
     if not app.testing:  # a gunicorn worker: report to the fleet (tests drive Heartbeat)
         fleet.Heartbeat(store, active, settings.api.port).start()
+    _init_host_check(app, settings)
     _init_request_hooks(app)
     return app
+
+
+def _init_host_check(app: Flask, settings: Settings) -> None:
+    """Answer only requests whose Host names this API (DNS rebinding), see api.hosts."""
+    from api.hosts import allowed_hosts, host_name
+    from registry_bridge.errors import RegistryError
+    from registry_bridge.scoring.schema import shown
+
+    allowed = allowed_hosts(settings.api)
+    if allowed is None:
+        return
+
+    @app.before_request
+    def _check_host() -> None:
+        given = request.headers.get("Host", "")
+        if host_name(given) not in allowed:
+            raise RegistryError(
+                "INVALID_INPUT",
+                f"the Host header {shown(given)!r} is not a name this API answers to "
+                "(setting api.allowed_hosts)",
+                [{"field": "Host", "problem": "not allowed"}],
+            )
 
 
 def _init_request_hooks(app: Flask) -> None:

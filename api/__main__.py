@@ -8,15 +8,14 @@ the served model) unless ``--insecure`` is given. Errors print one line and exit
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from typing import Any
 
+from api.hosts import is_loopback
 from conf.settings import Settings, SettingsError, load_settings
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
@@ -28,27 +27,18 @@ log = logging.getLogger("api")
 # ~0.5 core each under load (py-spy: threads parked in the read's Condition.wait); 8 gave
 # ~20 % more requests/s at 8 and 32 clients (bench/online, same machine, A/B rounds).
 THREADS_PER_WORKER = 8
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and names resolving only to loopback addresses."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    if host == "localhost":
-        return True
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        return False
-    return bool(addresses) and all(
-        ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
-    )
+# A shorter admin token can be guessed by trying; 16 random hex characters are 64 bits.
+MIN_TOKEN_CHARS = 16
 
 
 def check_bind(settings: Settings, insecure: bool) -> None:
-    """Refuse an exposed bind without an admin token (unless insecure)."""
+    """Refuse a guessable admin token, and an exposed bind without one (unless insecure)."""
+    token = settings.api.admin_token
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise SettingsError(
+            f"API_ADMIN_TOKEN is {len(token)} characters long; use at least {MIN_TOKEN_CHARS} "
+            "(e.g. openssl rand -hex 24)"
+        )
     host = settings.api.host
     if is_loopback(host) or settings.api.admin_token or insecure:
         return
@@ -120,6 +110,11 @@ def _gunicorn_app(settings: Settings) -> Any:
                 "timeout": 120,  # a large /batch-predict holds its worker for a while
                 "worker_tmp_dir": metrics_dir,
             }
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn >= 25.1 opens a control socket at one path per user
+                # (~/.gunicorn/gunicorn.ctl): a second instance takes it over and stopping
+                # either removes it. Nothing here uses gunicornc; signals stop the server.
+                options["control_socket_disable"] = True
             for key, value in options.items():
                 self.cfg.set(key, value)
 

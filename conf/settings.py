@@ -98,6 +98,7 @@ class ApiSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_timeout_s: float = 10.0
+    allowed_hosts: tuple[str, ...] = ()  # empty: the bind host and its loopback aliases
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,20 @@ def _families(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _host_names(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of host names (or a comma-separated text)")
+    names = tuple(str(name).strip().lower() for name in value)
+    bad = [name for name in names if not name or any(c in name for c in " /@\t\r\n")]
+    if bad:
+        raise ValueError(f"expected host names without ports, paths or spaces, got {bad}")
+    return names
+
+
 # (section, key) -> parser; "embedded.x" keys live under registry.embedded.
 _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("registry", "mongodb_uri"): _optional_text,
@@ -332,6 +347,7 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "tls_cert"): _existing_file,
     ("api", "tls_key"): _existing_file,
     ("api", "client_timeout_s"): _seconds,
+    ("api", "allowed_hosts"): _host_names,
     ("capture", "sample_percent"): _number(0, 100),
     ("capture", "retention_days"): _number(0, above=True),
     ("capture", "queue_size"): _int(1),
@@ -354,6 +370,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_ADMIN_TOKEN": ("api", "admin_token"),
     "API_TLS_CERT": ("api", "tls_cert"),
     "API_TLS_KEY": ("api", "tls_key"),
+    "API_ALLOWED_HOSTS": ("api", "allowed_hosts"),
     "OUTPUT_DIR": ("api", "output_dir"),
     "CAPTURE_SAMPLE_PERCENT": ("capture", "sample_percent"),
 }

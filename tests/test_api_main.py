@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from conftest import ROOT
+from servers import ApiServer
 
 from api.__main__ import check_bind, is_loopback
 from conf.settings import SettingsError, load_settings
@@ -36,8 +37,17 @@ def test_exposed_bind_needs_a_token_or_insecure():
     with pytest.raises(SettingsError, match="API_ADMIN_TOKEN"):
         check_bind(exposed, insecure=False)
     check_bind(exposed, insecure=True)
-    check_bind(load_settings(env={"API_HOST": "0.0.0.0", "API_ADMIN_TOKEN": "t"}), insecure=False)
+    token = "0123456789abcdef"  # 16 characters: the shortest accepted
+    check_bind(load_settings(env={"API_HOST": "0.0.0.0", "API_ADMIN_TOKEN": token}), insecure=False)
     check_bind(load_settings(env={}), insecure=False)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_short_admin_token_is_refused_at_start_up(host):
+    """Check that a token under 16 characters is refused, whatever the bind and --insecure."""
+    short = load_settings(env={"API_HOST": host, "API_ADMIN_TOKEN": "s3cret-but-15ch"})
+    with pytest.raises(SettingsError, match="API_ADMIN_TOKEN is 15 characters long"):
+        check_bind(short, insecure=True)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +56,7 @@ def test_exposed_bind_needs_a_token_or_insecure():
         (["--host", "0.0.0.0"], {}, "API_ADMIN_TOKEN is unset"),
         ([], {"API_PORT": "eighty"}, "API_PORT: expected a port number"),
         (["--workers", "0"], {}, "api.workers: expected a number in 1..64"),
+        ([], {"API_ADMIN_TOKEN": "hunter2"}, "use at least 16"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(args, env, fragment):
@@ -62,3 +73,16 @@ def test_cli_errors_are_one_line_exit_2(args, env, fragment):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and fragment in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_instances_open_no_shared_control_socket(settings, tmp_path):
+    """Check that two instances never share gunicorn's per-user control socket: none is
+    opened (stopping one instance used to remove the other's ~/.gunicorn/gunicorn.ctl)."""
+    home = tmp_path / "home"
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(parents=True)
+    env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
+    with ApiServer(settings, tmp_path, workers=1, env=env).start(wait_for="/health"):
+        with ApiServer(settings, tmp_path, workers=1, env=env).start(wait_for="/health"):
+            sockets = [p for p in (home, runtime) if p.exists() for p in p.rglob("*.ctl")]
+    assert sockets == []

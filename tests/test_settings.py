@@ -55,6 +55,7 @@ def test_environment_wins_over_file(tmp_path):
         "CAPTURE_SAMPLE_PERCENT": "100",
         "API_TLS_CERT": str(data),
         "API_TLS_KEY": str(data),
+        "API_ALLOWED_HOSTS": "api.example.org,10.0.0.5",
     }
     assert set(env) == set(ENV_OVERRIDES)
     s = load_settings(env=env)
@@ -68,6 +69,7 @@ def test_environment_wins_over_file(tmp_path):
     assert (s.api.tls_cert, s.api.tls_key) == (data, data)
     assert s.api.output_dir == tmp_path / "out"
     assert s.capture.sample_percent == 100
+    assert s.api.allowed_hosts == ("api.example.org", "10.0.0.5")
 
 
 def test_config_file_overrides_defaults_and_cli_overrides_win(tmp_path):

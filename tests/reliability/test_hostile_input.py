@@ -343,6 +343,14 @@ def _classic_cases(admin: dict[str, str], ten_mb: str, million: list[str]) -> li
             headers=admin,
             names=("positive",),
         ),
+        # Point 9: a page on another site reaching the loopback API by DNS rebinding.
+        Case(
+            "DNS-rebinding Host on an admin call",
+            "/models/activate",
+            _json({"name": MODEL, "version": 1}),
+            headers={**admin, "Host": "rebind.attacker.example:8000"},
+            names=("host header",),
+        ),
         # Point 8: one rule for model names, ASCII digits only for versions.
         *[
             Case(

@@ -1,0 +1,55 @@
+"""Which host names the API answers: the bind host and its loopback aliases, or a setting.
+
+A browser sends the name it resolved in ``Host``. A page on another site can make its
+own name resolve to 127.0.0.1 (DNS rebinding) and then call a loopback API as if it
+were same-origin; checking ``Host`` against the names the API is bound to stops that.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from conf.settings import ApiSettings
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and names resolving only to loopback addresses."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if host == "localhost":
+        return True
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(
+        ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
+    )
+
+
+def allowed_hosts(api: ApiSettings) -> frozenset[str] | None:
+    """The host names (lower case, no port) the API answers; None when it answers any."""
+    if api.allowed_hosts:
+        return None if "*" in api.allowed_hosts else frozenset(api.allowed_hosts)
+    host = api.host.strip().strip("[]").lower()
+    if host in _WILDCARDS:  # every interface: the names clients use are not known here
+        return None
+    return frozenset({host, *LOOPBACK_NAMES}) if is_loopback(host) else frozenset({host})
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, lower case, without port, brackets or final dot."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8000
+        name = header[1 : header.find("]")] if "]" in header else header[1:]
+    elif header.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        name = header.rpartition(":")[0]
+    else:
+        name = header
+    return name.rstrip(".")
