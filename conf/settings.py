@@ -47,6 +47,8 @@ class MlflowSettings:
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: Path = Path("mlruns/artifacts")
     experiment: str = "vertebral-column"
+    mirror: bool = True
+    alias: str = "production"
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,25 @@ def _retention(value: Any) -> OutputRetention:
     return OutputRetention(count=None, max_age_s=float(amount * _AGE_UNITS[unit]))
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _alias(value: Any) -> str:
+    text = _text(value)
+    # MLflow's alias rule: letters, digits, _ and -, not a version-like "v<number>"/"latest".
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", text) or re.fullmatch(r"[vV]\d+|latest", text):
+        raise ValueError(f"expected an MLflow alias (letters, digits, _ or -), got {text!r}")
+    return text
+
+
 def _path(value: Any) -> Path:
     return Path(_text(value)).expanduser()
 
@@ -317,6 +338,8 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("mlflow", "tracking_uri"): _text,
     ("mlflow", "artifact_root"): _path,
     ("mlflow", "experiment"): _text,
+    ("mlflow", "mirror"): _bool,
+    ("mlflow", "alias"): _alias,
     ("data", "path"): _existing_file,
     ("data", "cache_dir"): _path,
     ("data", "url"): _text,

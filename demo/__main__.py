@@ -63,6 +63,7 @@ class DemoRun:
     monitoring: dict[str, Any] | None = None  # the drift report after the shifted batch
     monitoring_plots: list[Path] = field(default_factory=list)
     console_url: str | None = None
+    aliases: list[str] = field(default_factory=list)  # where MLflow's alias pointed, in order
 
 
 @contextmanager
@@ -99,6 +100,27 @@ def expect(exchange: Exchange, status: int = 200) -> Any:
             f"{exchange.body[:300]}"
         )
     return exchange.json() if exchange.body.lstrip().startswith(("{", "[")) else exchange.body
+
+
+def show_alias(run: DemoRun, name: str, expected: int) -> None:
+    """Print where MLflow's alias points now: the registry mirror moves it on every change."""
+    from mlflow.tracking import MlflowClient
+
+    mlflow_settings = run.settings.mlflow
+    client = MlflowClient(mlflow_settings.tracking_uri, mlflow_settings.tracking_uri)
+    found = client.get_model_version_by_alias(name, mlflow_settings.alias)
+    registry_version = int(found.tags.get("registry_version", 0))
+    line = (
+        f"MLflow models:/{name}@{mlflow_settings.alias} -> MLflow version {found.version} "
+        f"(registry v{registry_version})"
+    )
+    click.echo(line)
+    run.aliases.append(line)
+    if registry_version != expected:
+        raise DemoFailure(
+            f"MLflow's @{mlflow_settings.alias} names v{registry_version}, "
+            f"the registry's active version is v{expected}"
+        )
 
 
 def free_port(host: str) -> int:
@@ -227,6 +249,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
             by_run = {v["run_id"]: v for v in listed}
             best_version = by_run[best.run_id]["version"]
             other_version = by_run[second.run_id]["version"]
+            show_alias(run, model_name, best_version)
 
         with step(run, 4, "Start the API under gunicorn"):
             api_process, base_url = start_api(settings, env, report_dir / "api.log")
@@ -282,6 +305,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
                 )
             )
             show_predictions(answer)
+            show_alias(run, model_name, other_version)
             if answer["model"]["version"] != other_version:
                 raise DemoFailure(
                     f"after activation /predict answered with version "
@@ -297,6 +321,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
                 )
             )
             click.echo(f"rolled back: active version {rolled['active_version']}")
+            show_alias(run, model_name, best_version)
             answer = expect(
                 client.call(
                     "Predict after the rollback",

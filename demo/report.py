@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from conf.contract import FEATURES, cv_mean_key, cv_std_key
 from pipelines.metrics import METRICS
@@ -152,7 +153,14 @@ def versions_section(run: DemoRun) -> str:
         f"<pre>{_e(json.dumps(v, indent=2, default=str))}</pre></details>"
         for v in run.versions
     )
-    return (
+    model_page = f"http://127.0.0.1:5000/#/models/{quote(run.settings.api.model_name, safe='')}"
+    mlflow = (
+        "<p>MLflow's Model Registry mirrors these versions; its alias moved with each "
+        f"activation: {'; '.join(_e(line) for line in run.aliases) or 'not mirrored'}. "
+        f"Model page: <a href='{_e(model_page)}'>{_e(model_page)}</a> "
+        "(start the UI with <code>make mlflow-ui</code>).</p>"
+    )
+    return mlflow + (
         table(
             [
                 "version",

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from conf.settings import MlflowSettings, SettingsError, load_settings
-from pipelines.tracking import sqlite_path
+from pipelines.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, sqlite_path
 from registry_bridge.database import mask_uri
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,37 @@ def server_command(
         "--workers",
         str(workers),
     ]
+
+
+def direct_links(settings: MlflowSettings, base_url: str) -> list[str]:
+    """Lines naming the UI pages of the study's runs and of each registered model.
+
+    Also tags the study's experiment as model development when it is not yet (experiments
+    created before the tag existed open on MLflow 3's GenAI overview otherwise).
+    """
+    from urllib.parse import quote
+
+    from pipelines.tracking import use_tracking_store
+
+    client = use_tracking_store(settings)
+    lines = []
+    experiment = client.get_experiment_by_name(settings.experiment)
+    if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
+        lines.append(
+            f"  runs of {settings.experiment!r}: "
+            f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
+        )
+    for model in client.search_registered_models():
+        alias = (model.aliases or {}).get(settings.alias)
+        serving = f" (@{settings.alias} = version {alias})" if alias is not None else ""
+        lines.append(
+            f"  model {model.name!r}{serving}: {base_url}/#/models/{quote(model.name, safe='')}"
+        )
+    return lines
 
 
 @click.command(context_settings={"help_option_names": ["--help"]})
@@ -95,6 +126,9 @@ def main(host: str, port: int, workers: int, config: str | None) -> None:
         f"MLflow UI on http://{host}:{port}  (store {store}, artifacts "
         f"{Path(settings.artifact_root).resolve()}); Ctrl-C stops it"
     )
+    if database is None or database.exists():  # links need the store; a new one has none
+        for line in direct_links(settings, f"http://{host}:{port}"):
+            click.echo(line)
     sys.stdout.flush()
     # Replace this process so Ctrl-C and signals reach the server directly.
     os.execv(sys.executable, command)

@@ -11,13 +11,18 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-
-import mlflow
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from conf.settings import MlflowSettings
 
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 log = logging.getLogger(__name__)
+
+# The experiment tag MLflow 3's UI reads to open an experiment on its model-training view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -39,6 +44,9 @@ def artifact_location(settings: MlflowSettings, experiment: str) -> str:
 
 def use_tracking_store(settings: MlflowSettings) -> MlflowClient:
     """Set MLflow's tracking URI from the settings and return a client on it."""
+    import mlflow  # imported here: sqlite_path serves light modules (the registry mirror)
+    from mlflow.tracking import MlflowClient
+
     database = sqlite_path(settings.tracking_uri)
     if database is not None:
         # SQLite creates the file but not its directory.
@@ -49,6 +57,8 @@ def use_tracking_store(settings: MlflowSettings) -> MlflowClient:
 
 def ensure_experiment(settings: MlflowSettings, name: str | None = None) -> str:
     """Create (or reuse) the experiment, make it the active one, return its id."""
+    import mlflow
+
     client = use_tracking_store(settings)
     name = name or settings.experiment
     experiment = client.get_experiment_by_name(name)
@@ -63,5 +73,8 @@ def ensure_experiment(settings: MlflowSettings, name: str | None = None) -> str:
         experiment_id = experiment.experiment_id
     else:
         experiment_id = experiment.experiment_id
+    if experiment is None or experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        # MLflow 3 opens an experiment without this tag on its GenAI overview (traces, tokens).
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

@@ -255,6 +255,7 @@ def list_command(state: CliState, name: str | None, as_json: bool, include_delet
     store = open_store(state)
     versions = store.search_model_versions(name, include_deleted=include_deleted)
     active = store.list_active_states()
+    mirrors = _mirror_status(store, {v.name for v in versions})
     if as_json:
         click.echo(
             render.as_json(
@@ -262,6 +263,7 @@ def list_command(state: CliState, name: str | None, as_json: bool, include_delet
                     {
                         **v.to_dict(),
                         "active": v.name in active and active[v.name].active_version == v.version,
+                        "mlflow": _mirror_of_version(mirrors, v.name, v.version),
                     }
                     for v in versions
                 ]
@@ -271,6 +273,8 @@ def list_command(state: CliState, name: str | None, as_json: bool, include_delet
         click.echo(f"no published versions{f' of {name!r}' if name else ''}")
     else:
         click.echo(render.versions_table(versions, active))
+        for report in mirrors.values():
+            click.echo(report.describe())
 
 
 @main.command("show")
@@ -285,11 +289,16 @@ def show_command(state: CliState, name: str, version: int, as_json: bool) -> Non
     store = open_store(state)
     found = store.get_model_version(name, version)
     state = store.get_active_version(name)
+    mirrors = _mirror_status(store, {found.name})
+    mirrored = _mirror_of_version(mirrors, found.name, found.version)
     if as_json:
         is_active = bool(state and state.active_version == found.version)
-        click.echo(render.as_json({**found.to_dict(), "active": is_active}))
+        click.echo(render.as_json({**found.to_dict(), "active": is_active, "mlflow": mirrored}))
     else:
         click.echo(render.version_details(found, state))
+        if mirrors:
+            where = f"models:/{found.name}/{mirrored['version']}" if mirrored["version"] else "none"
+            click.echo(f"mlflow version: {where}; {mirrors[found.name].describe()}")
 
 
 @main.command("activate")
@@ -567,6 +576,54 @@ def score_command(
         f"scored {result.rows_out} rows ({result.rows_in_error} in error) with "
         f"{model['name']} v{model['version']} in {result.seconds:.1f}s -> {result.output}"
     )
+
+
+@main.command("sync")
+@click.option("--name", help="Only this registered model name (default: every name).")
+@click.option("--dry-run", is_flag=True, help="Only report the drift; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of one line per name.")
+@pass_state
+def sync_command(state: CliState, name: str | None, dry_run: bool, as_json: bool) -> None:
+    """Make MLflow's Model Registry match the registry: versions, and the alias on the active one.
+
+    MongoDB is the truth. Creates the MLflow versions missing (also for registries published
+    before the mirror existed), removes those of deleted versions, moves the alias, and
+    reports what differed. Exit 1 when a name cannot be mirrored.
+    """
+    from registry_bridge import render
+    from registry_bridge.mirror import Mirror
+
+    store = open_store(state)
+    mirror = Mirror(state.settings.mlflow)
+    # Names with deleted versions too: their MLflow versions must go.
+    names = sorted({v.name for v in store.search_model_versions(name, include_deleted=True)})
+    if name and not names:
+        raise RegistryError("NOT_FOUND", f"no version of {name!r} was ever published")
+    reports = [mirror.reconcile(store, n, dry_run=dry_run) for n in names]
+    if as_json:
+        click.echo(render.as_json([r.to_dict() for r in reports]))
+    else:
+        for report in reports:
+            click.echo(report.describe())
+        if not reports:
+            click.echo("no published versions: nothing to mirror")
+    if any(r.problem for r in reports):
+        sys.exit(1)
+
+
+def _mirror_status(store: ModelStore, names: set[str]) -> dict[str, Any]:
+    """name -> its MLflow mirror report (empty when ``mlflow.mirror`` is off)."""
+    if store.mirror is None:
+        return {}
+    return {n: store.mirror.status(store, n) for n in sorted(names)}
+
+
+def _mirror_of_version(mirrors: dict[str, Any], name: str, version: int) -> dict[str, Any]:
+    """``{"version": MLflow's number or None, "in_sync": bool|None}`` of one registry version."""
+    report = mirrors.get(name)
+    if report is None:
+        return {"version": None, "in_sync": None}
+    return {"version": report.versions.get(version), "in_sync": report.in_sync}
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from registry_bridge.entities import (
 )
 from registry_bridge.errors import RegistryError
 from registry_bridge.errors import translate_driver_errors as _translated
+from registry_bridge.mirror import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class ModelStore:
         self.artifacts = GridFSArtifacts(self.db, registry.bucket, self.uri_label)
         self.bucket = self.artifacts.bucket
         self.files = self.artifacts.files
+        # MLflow's Model Registry follows every change made here (None: mlflow.mirror off).
+        self.mirror = Mirror.from_settings(settings) if isinstance(settings, Settings) else None
         if ensure_indexes:
             self.ensure_indexes()
 
@@ -302,6 +305,7 @@ class ModelStore:
             stored.file_id,
             stored.sha256,
         )
+        self._mirror(draft.name, "publish")
         return PublishResult(self.get_model_version(draft.name, version), created=True)
 
     def _insert_version(self, doc: dict[str, Any]) -> None:
@@ -477,6 +481,7 @@ class ModelStore:
         # Commit wait: reads that began before the write expire before we acknowledge.
         wait_ms = lease.commit_wait_ms(self.pointer_lease_ms, int(replaced.get("lease_ms") or 0))
         lease.wait_after(acknowledged_at, wait_ms)
+        self._mirror(name, action)
         return ActiveState.from_document(new_state)
 
     def _validate(self, version: ModelVersion, refusing: str | None = None) -> VerificationReport:
@@ -541,6 +546,7 @@ class ModelStore:
             raise
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("deleted %s (file %s)", target.label, target.artifact_file_id)
+        self._mirror(name, "delete")
         return ModelVersion.from_document(changed)
 
     @_translated
@@ -554,6 +560,7 @@ class ModelStore:
         self.versions.delete_one({"name": name, "version": target.version})
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("unpublished %s", target.label)
+        self._mirror(name, "unpublish")
 
     def _refuse_if_active(self, version: ModelVersion) -> None:
         state = self.get_active_version(version.name)
@@ -580,6 +587,11 @@ class ModelStore:
         return self.artifacts.collect_orphans(referenced, dry_run=dry_run, min_age_s=min_age_s)
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _mirror(self, name: str, action: str) -> None:
+        """Bring MLflow's side of ``name`` up to date; never fails the registry change."""
+        if self.mirror is not None:
+            self.mirror.after_change(self, name, action)
 
     def _ready_numbers(self, name: str) -> list[int]:
         return [

@@ -50,6 +50,8 @@ class ApiServer:
             "MODEL_NAME": settings.api.model_name,
             "OUTPUT_DIR": str(settings.api.output_dir),
             "VERTEBRAL_DATA": str(data_path()),
+            # The registry mirror writes to MLflow on activation: the test's store, never ./mlruns.
+            "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
         }
         self.env.pop("API_ADMIN_TOKEN", None)
         self.env.update(env or {})

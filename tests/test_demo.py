@@ -83,6 +83,9 @@ def test_demo_runs_the_whole_flow(demo_run):
     assert "after rollback /predict answers with version" in out
     assert "drifting: degree_spondylolisthesis" in out  # bridge monitor flagged it, alone
     assert re.search(r"console \(drift shown with its plots\): http://127\.0\.0\.1:\d+/", out)
+    # MLflow's alias follows publish --activate, the activation and the rollback.
+    moves = re.findall(r"@production -> MLflow version \d+ \(registry v(\d+)\)", out)
+    assert len(moves) == 3 and moves[0] == moves[2] != moves[1], moves
     with open(workdir / "outputs" / "predicciones.csv", newline="") as handle:
         predictions = list(csv.reader(handle))
     with open(workdir / "outputs" / "demo" / "new_patients.csv", newline="") as handle:
@@ -127,6 +130,7 @@ def test_report_renders_sections_and_images(demo_run, tmp_path):
     decoded = int(re.search(r'data-decoded="(\d+)"', dom).group(1))
     assert images >= 9 and decoded == images, f"{decoded} of {images} images decoded"
     assert "curl -s -X POST" in dom and "/predict" in dom
+    assert "http://127.0.0.1:5000/#/models/vertebral-column" in dom  # the MLflow model page
     shot = workdir / "reports" / "demo" / "screenshot.png"
     subprocess.run(
         [*chromium, "--window-size=1200,2400", f"--screenshot={shot}", report.as_uri()],
