@@ -29,6 +29,7 @@ import click
 import pandas as pd
 
 from conf.settings import Settings, SettingsError, load_settings
+from demo import lab as demo_lab
 from demo import monitoring as demo_monitoring
 from demo.http import ApiClient, Exchange
 from demo.report import write_report
@@ -64,6 +65,7 @@ class DemoRun:
     monitoring_plots: list[Path] = field(default_factory=list)
     console_url: str | None = None
     aliases: list[str] = field(default_factory=list)  # where MLflow's alias pointed, in order
+    lab: Any = None  # 2C: the lab's model (pipelines.lab.LabBaseline) on the same test rows
 
 
 @contextmanager
@@ -381,6 +383,13 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
 
         with step(run, 9, f"Monitoring: a batch with {demo_monitoring.SHIFTED_FEATURE} shifted"):
             watch_drift(run, client, env, report_dir)
+
+        if settings.data.variant == "2C":
+            with step(run, 10, "The lab's model against ours, on the same test rows"):
+                try:
+                    run.lab = demo_lab.train_lab_model(run)
+                except demo_lab.LabComparisonError as exc:
+                    raise DemoFailure(str(exc)) from None
     finally:
         if api_process is not None:
             stop_process(api_process)
@@ -486,17 +495,29 @@ def show_predictions(answer: dict[str, Any]) -> None:
     help="YAML settings file (default conf/default.yaml).",
 )
 @click.option(
+    "--variant",
+    type=click.Choice(sorted(demo_lab.VARIANT_SETTINGS)),
+    default="3C",
+    show_default=True,
+    help="3C: Hernia / Spondylolisthesis / Normal. 2C: Abnormal / Normal on the 2-class "
+    "file, the lab's 80/10/10 split, a decision threshold per model, and the lab's own "
+    "model against ours.",
+)
+@click.option(
     "--report-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("reports/demo"),
     show_default=True,
     help="Where the evidence report (index.html) is written.",
 )
-def main(trials: int | None, config: str | None, report_dir: Path) -> None:
+def main(trials: int | None, config: str | None, variant: str, report_dir: Path) -> None:
     """Run the whole flow end to end and write reports/demo/index.html."""
     started = time.perf_counter()
     try:
-        settings = load_settings(config, overrides={"training.trials": trials or 20})
+        settings = load_settings(
+            config,
+            overrides={**demo_lab.VARIANT_SETTINGS[variant], "training.trials": trials or 20},
+        )
         run = run_demo(settings, settings.training.trials, report_dir)
         total = time.perf_counter() - started
         report = write_report(run, report_dir, total)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 SECTIONS = (
     ("data", "Data set"),
     ("study", "Optuna study"),
+    ("lab", "The lab's model against ours"),
     ("plots", "Training plots"),
     ("versions", "Registered versions"),
     ("history", "Activation history"),
@@ -275,6 +276,29 @@ def monitoring_section(run: DemoRun) -> str:
     )
 
 
+def lab_section(run: DemoRun) -> str:
+    """2C: the course lab's model (preset aws-lab) and the study's winner, same test rows."""
+    from demo.lab import comparison_figures, comparison_rows  # matplotlib: 2C only
+
+    rows = len(run.lab.split.x_test)
+    figures = "".join(
+        f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+        for caption, data in comparison_figures(run)
+    )
+    return (
+        f"<p>Both models are scored on the same {rows} test rows: the lab notebook's "
+        "80/10/10 stratified split with seed 42 of the 2-class file (Abnormal = positive). "
+        "The lab's model is SageMaker's XGBoost set-up (<code>binary:logistic</code>, 42 "
+        "rounds, no tuning; <code>python -m pipelines.train --preset aws-lab</code>, MLflow "
+        f"run <code>{_e(run.lab.run_id)}</code>); ours is the study's winner. Each model's "
+        "threshold was chosen on its cross-validation folds "
+        f"(<code>training.threshold_rule</code>).</p>"
+        + table(["metric (test rows)", "the lab's model", "ours"], comparison_rows(run))
+        + figures
+    )
+
+
 def write_report(run: DemoRun, directory: Path, total_seconds: float) -> Path:
     """Write ``index.html`` into ``directory`` and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -296,10 +320,12 @@ def write_report(run: DemoRun, directory: Path, total_seconds: float) -> Path:
             [(t, f"{s:.1f}") for t, s in run.timings] + [("total", f"{total_seconds:.1f}")],
         ),
     }
-    nav = "".join(f"<a href='#{key}'>{_e(title)}</a>" for key, title in SECTIONS)
+    if run.lab is not None:
+        bodies["lab"] = lab_section(run)
+    shown = [(key, title) for key, title in SECTIONS if key in bodies]
+    nav = "".join(f"<a href='#{key}'>{_e(title)}</a>" for key, title in shown)
     sections = "".join(
-        f"<section id='{key}'><h2>{_e(title)}</h2>{bodies[key]}</section>"
-        for key, title in SECTIONS
+        f"<section id='{key}'><h2>{_e(title)}</h2>{bodies[key]}</section>" for key, title in shown
     )
     page = (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"

@@ -129,10 +129,14 @@ def baseline_from_card(
         RegistryError: NOT_FOUND when the configured data is not the run's (fingerprint
             differs) or cannot be read; the message says which.
     """
+    from dataclasses import replace
+
     from pipelines.data import FEATURES, DataError, load_dataset
 
+    # The run's variant, not the configured one: a 2C run reads the 2-class file.
+    data = replace(settings.data, variant=card.get("variant") or settings.data.variant)
     try:
-        dataset = load_dataset(settings.data)
+        dataset = load_dataset(data)
     except (DataError, OSError) as exc:
         raise RegistryError(
             "NOT_FOUND", f"run {run_id}: its training data cannot be read ({exc})"
