@@ -91,11 +91,12 @@ def _predict(accept_csv: bool) -> Response:
                 for i in unscored[:MAX_DETAILS]
             ],
         )
+    labels = decision.labels.tolist()
     # Off the request path: records only enter a bounded queue (api/capture.py).
     capture = capture_of_app()
     if capture.sampled():
         source = request.path.strip("/")
-        capture.record(source, model, checked.matrix, decision.labels, decision.probabilities)
+        capture.record(source, model, checked.matrix, labels, decision.probabilities)
     classes = model.classes
     predictions = [
         {
@@ -105,7 +106,7 @@ def _predict(accept_csv: bool) -> Response:
             "out_of_range": flags,
         }
         for label, probability, row, flags in zip(
-            decision.labels.tolist(),
+            labels,
             decision.probability.tolist(),
             decision.probabilities.tolist(),
             checked.out_of_range,

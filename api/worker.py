@@ -113,7 +113,11 @@ class BufferingThreadWorker(ThreadWorker):
                 arrival.handshaking = False
             while not self._arrived(arrival.buffer):
                 data = sock.recv(READ_CHUNK)
-                if not data:  # the client went away
+                if not data:  # the client sent all it will send
+                    if arrival.buffer.find(HEAD_END) >= 0:
+                        # A head, and a body shorter than it announced: the app answers
+                        # that with a 400 (the client may still be reading).
+                        break
                     self._drop(arrival)
                     return
                 arrival.buffer += data

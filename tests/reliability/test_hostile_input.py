@@ -130,6 +130,16 @@ def _size_cases(admin: dict[str, str]) -> list[Case]:
             names=(f"limit of {UPLOAD_LIMIT_MB} mb",),
         ),
         Case(
+            "chunked multipart over the upload limit (batch)",
+            "/batch-predict",
+            b"--b0undary\r\n"
+            b'Content-Disposition: form-data; name="file"; filename="big.csv"\r\n'
+            b"Content-Type: text/csv\r\n\r\n" + rows + b"\r\n--b0undary--\r\n",
+            content_type="multipart/form-data; boundary=b0undary",
+            chunked=True,
+            names=("larger than the limit",),
+        ),
+        Case(
             "chunked admin body over 64 KB",
             "/models/activate",
             _json({"name": MODEL, "version": 1, "reason": "x" * 100_000}),
