@@ -107,3 +107,34 @@ def test_aws_lab_preset_logs_the_labs_model_as_a_candidate(settings, tmp_path):
         a.path for a in MlflowClient(settings.mlflow.tracking_uri).list_artifacts(run_id, "plots")
     }
     assert artifacts == {"plots/roc_threshold.png", "plots/metrics_vs_threshold.png"}
+
+
+@pytest.mark.slow
+def test_demo_2c_step_sets_the_labs_model_beside_the_winner_on_the_same_rows(settings):
+    """Check the 2C demo's last step: same test rows, both thresholds, table and figures."""
+    from dataclasses import replace
+
+    from demo.__main__ import DemoRun
+    from demo.lab import VARIANT_SETTINGS, comparison_rows, train_lab_model
+    from demo.report import lab_section
+    from pipelines.study import run_study
+
+    sections = {"data": settings.data, "training": settings.training}
+    for dotted, value in VARIANT_SETTINGS["2C"].items():
+        section, key = dotted.split(".")
+        sections[section] = replace(sections[section], **{key: value})
+    # A small study keeps the test short; the demo searches every family.
+    training = replace(sections["training"], trials=2, families=("logistic_regression", "svc"))
+    two = replace(settings, data=sections["data"], training=training)
+    run = DemoRun(two)
+    run.study = run_study(two)
+    run.lab = train_lab_model(run)
+
+    assert list(run.lab.split.x_test.index) == list(run.study.split.x_test.index)
+    rows = {metric: (lab_value, ours) for metric, lab_value, ours in comparison_rows(run)}
+    assert rows["model"][0] == "XGBoost, 42 rounds, no tuning"
+    assert rows["threshold on P(Abnormal)"][0].endswith("(youden)")
+    assert {"sensitivity", "specificity", "npv", "fdr", "auc", "TP", "FN"} <= set(rows)
+    page = lab_section(run)
+    assert page.count("data:image/png;base64,") == 3
+    assert "same 31 test rows" in page
