@@ -284,7 +284,7 @@ def spec() -> dict[str, Any]:
                                 },
                             }
                         ),
-                        **_errors("REGISTRY_UNAVAILABLE"),
+                        **_errors("INVALID_INPUT", "REGISTRY_UNAVAILABLE"),
                     },
                 }
             },
@@ -322,7 +322,7 @@ def spec() -> dict[str, Any]:
                     "parameters": version_path[:1],
                     "responses": {
                         "200": _json({"type": "object"}),
-                        **_errors("REGISTRY_UNAVAILABLE"),
+                        **_errors("INVALID_INPUT", "REGISTRY_UNAVAILABLE"),
                     },
                 }
             },
@@ -439,7 +439,7 @@ def spec() -> dict[str, Any]:
                                 },
                             }
                         ),
-                        **_errors("REGISTRY_UNAVAILABLE"),
+                        **_errors("INVALID_INPUT", "REGISTRY_UNAVAILABLE"),
                     },
                 }
             },

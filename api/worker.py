@@ -13,6 +13,7 @@ Larger bodies (``/batch-predict`` uploads) are streamed by the thread as before.
 from __future__ import annotations
 
 import errno
+import json
 import re
 import selectors
 import ssl
@@ -23,7 +24,10 @@ from typing import Any
 
 from gunicorn import http
 from gunicorn import sock as gunicorn_sock
+from gunicorn import util as gunicorn_util
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from registry_bridge.errors import STATUS_BY_CODE
 
 # Bodies up to this size are read before a thread takes the request.
 BODY_BUFFER_LIMIT = 1 << 20
@@ -32,6 +36,20 @@ HEAD_END = b"\r\n\r\n"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*\r\n", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r\n]*chunked", re.IGNORECASE)
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's error writer, with the API's ``{"error": {code, message}}`` body."""
+    code = next(
+        (c for c, status in STATUS_BY_CODE.items() if status == status_int),
+        re.sub(r"\W+", "_", reason).upper(),
+    )
+    body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 @dataclass(eq=False)
@@ -51,6 +69,10 @@ class BufferingThreadWorker(ThreadWorker):
     client_timeout: float = 10.0
 
     def init_process(self) -> None:
+        # gunicorn answers its own refusals (request line or header too large, malformed
+        # head) with an HTML page; the API's contract is JSON errors everywhere. Set once
+        # per worker process, before any thread runs.
+        gunicorn_util.write_error = _write_json_error
         self._arrivals: dict[TConn, _Arrival] = {}
         self._tls: ssl.SSLContext | None = None
         # The parser refuses a head longer than these limits; up to there it is buffered.

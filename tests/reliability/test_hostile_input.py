@@ -190,6 +190,13 @@ def _shape_cases() -> list[Case]:
             names=("line 3",),
         ),
         Case(
+            "request line over gunicorn's limit",
+            "/models?name=" + "x" * 5000,
+            method="GET",
+            content_type=None,
+            names=("request line is too large",),
+        ),
+        Case(
             "duplicate feature column (batch)",
             "/batch-predict",
             twice + b"\n" + row + b",1.5\n",
