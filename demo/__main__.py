@@ -197,190 +197,60 @@ def write_batch_input(study: StudyResult, directory: Path) -> Path:
     return path
 
 
-def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
-    run = DemoRun(settings)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    model_name = settings.api.model_name
-    started_db = False
-    api_process: subprocess.Popen | None = None
+@dataclass
+class Started:
+    """What the demo started and must stop, whatever happens."""
+
+    embedded_db: bool = False
+    api: subprocess.Popen | None = None
     client: ApiClient | None = None
+
+    def stop(self, settings: Settings) -> None:
+        """Stop the API and the embedded database if the demo started them."""
+        if self.api is not None:
+            stop_process(self.api)
+        if self.embedded_db:
+            database.stop_embedded(settings.registry.embedded)
+
+
+@dataclass(frozen=True)
+class Published:
+    """The two versions the demo published: the best run's (activated) and the runner-up's."""
+
+    best: int
+    other: int
+
+
+def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
+    """Every step in order; what was started is stopped even when a step fails."""
+    run = DemoRun(settings)
     token = settings.api.admin_token or secrets.token_urlsafe(24)
-    env["API_ADMIN_TOKEN"] = token  # the demo's API shows the admin token at work
-    env["CAPTURE_SAMPLE_PERCENT"] = "100"  # every request is kept: step 9 watches them
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "API_ADMIN_TOKEN": token,  # the demo's API shows the admin token at work
+        "CAPTURE_SAMPLE_PERCENT": "100",  # every request is kept: step 9 watches them
+    }
+    started = Started()
     try:
         with step(run, 1, "Registry database"):
-            registry = settings.registry
-            if registry.mongodb_uri:
-                click.echo(f"MONGODB_URI: {database.mask_uri(registry.mongodb_uri)}")
-            else:
-                started_db = not database.embedded_status(registry.embedded).running
-            database.connect(registry).close()
-            if not registry.mongodb_uri:
-                click.echo(database.embedded_status(registry.embedded).describe())
-
+            started.embedded_db = reach_registry(settings)
         with step(run, 2, f"Train: Optuna study, {trials} trials, tracked in MLflow"):
-            training = settings.training
-            study_started = time.perf_counter()
-            run.study = run_study(
-                settings,
-                on_trial=ProgressPrinter(trials, training.objective),
-                on_candidate=candidate_printer(training.objective),
-            )
-            run.study_report = format_report(run.study, time.perf_counter() - study_started)
-            click.echo(run.study_report)
-            if len(run.study.candidates) < 2:
-                raise DemoFailure("the study produced fewer than two candidate runs")
-
-        best, second = run.study.candidates[:2]
+            study = train(run, trials)
         with step(run, 3, "Publish the two best runs to MongoDB GridFS; activate the best"):
-            bridge(
-                run,
-                "publish",
-                "--run-id",
-                best.run_id,
-                "--name",
-                model_name,
-                "--activate",
-                "--reason",
-                "demo: best cross-validated run",
-                env=env,
-            )
-            bridge(run, "publish", "--run-id", second.run_id, "--name", model_name, env=env)
-            bridge(run, "list", "--name", model_name, env=env)
-            listed = json.loads(bridge(run, "list", "--name", model_name, "--json", env=env))
-            by_run = {v["run_id"]: v for v in listed}
-            best_version = by_run[best.run_id]["version"]
-            other_version = by_run[second.run_id]["version"]
-            show_alias(run, model_name, best_version)
-
+            versions = publish_two_best(run, study, env)
         with step(run, 4, "Start the API under gunicorn"):
-            api_process, base_url = start_api(settings, env, report_dir / "api.log")
-            click.echo(f"API ready at {base_url} (pid {api_process.pid})")
-            run.console_url = f"{base_url}/"
-            click.echo(f"console: {run.console_url}")
-            client = ApiClient(base_url, token=token)
-
-        patients = sample_patients(run.study)
+            started.api, client = serve(run, env, token, report_dir)
+            started.client = client
+        patients = sample_patients(study)
         with step(run, 5, "List models and predict sample patients"):
-            models = expect(
-                client.call("List every version (GET /models)", "GET", f"/models?name={model_name}")
-            )
-            active = [m["version"] for m in models["models"] if m["active"]]
-            click.echo(f"/models: {models['count']} version(s), active {active}")
-            if active != [best_version]:
-                raise DemoFailure(f"expected version {best_version} active, /models says {active}")
-            answer = expect(
-                client.call(
-                    "Predict sample patients (POST /predict)",
-                    "POST",
-                    "/predict",
-                    json_body={"records": patients},
-                )
-            )
-            show_predictions(answer)
-            if answer["model"]["version"] != best_version:
-                raise DemoFailure(
-                    f"/predict answered with version {answer['model']['version']}, "
-                    f"expected {best_version}"
-                )
-
-        with step(run, 6, f"Activate version {other_version}, predict again, roll back"):
-            expect(
-                client.call(
-                    f"Activate version {other_version} (POST /models/activate)",
-                    "POST",
-                    "/models/activate",
-                    admin=True,
-                    json_body={
-                        "name": model_name,
-                        "version": other_version,
-                        "reason": "demo: compare with the runner-up",
-                    },
-                )
-            )
-            answer = expect(
-                client.call(
-                    f"Predict with version {other_version}",
-                    "POST",
-                    "/predict",
-                    json_body={"records": patients},
-                )
-            )
-            show_predictions(answer)
-            show_alias(run, model_name, other_version)
-            if answer["model"]["version"] != other_version:
-                raise DemoFailure(
-                    f"after activation /predict answered with version "
-                    f"{answer['model']['version']}, expected {other_version}"
-                )
-            rolled = expect(
-                client.call(
-                    "Roll back (POST /models/rollback)",
-                    "POST",
-                    "/models/rollback",
-                    admin=True,
-                    json_body={"name": model_name},
-                )
-            )
-            click.echo(f"rolled back: active version {rolled['active_version']}")
-            show_alias(run, model_name, best_version)
-            answer = expect(
-                client.call(
-                    "Predict after the rollback",
-                    "POST",
-                    "/predict",
-                    json_body={"records": patients[:1]},
-                )
-            )
-            if answer["model"]["version"] != best_version:
-                raise DemoFailure(
-                    f"after rollback /predict answered with version "
-                    f"{answer['model']['version']}, expected {best_version}"
-                )
-            click.echo(f"after rollback /predict answers with version {best_version} again")
-
+            predict_samples(run, client, patients, versions.best)
+        with step(run, 6, f"Activate version {versions.other}, predict again, roll back"):
+            activate_and_roll_back(run, client, patients, versions)
         with step(run, 7, "Batch prediction of the held-out patients (POST /batch-predict)"):
-            run.batch_input = write_batch_input(run.study, settings.api.output_dir / "demo")
-            summary = expect(
-                client.call(
-                    "Batch prediction (POST /batch-predict?format=json)",
-                    "POST",
-                    "/batch-predict?format=json",
-                    csv_file=str(run.batch_input),
-                )
-            )
-            run.batch_output = settings.api.output_dir / summary["saved_path"]
-            if summary["rows"] != len(run.study.split.x_test) or not run.batch_output.is_file():
-                raise DemoFailure(f"batch summary does not match the input: {summary}")
-            click.echo(
-                f"{summary['rows']} rows -> {run.batch_output} "
-                f"(counts {summary['counts']}, version {summary['model'].get('version')})"
-            )
-            csv_answer = client.call(
-                "Batch prediction as a CSV attachment",
-                "POST",
-                "/batch-predict",
-                csv_file=str(run.batch_input),
-            )
-            expect(csv_answer)
-            click.echo("\n".join(csv_answer.body.splitlines()[:4]))
-
+            batch_predict(run, study, client)
         with step(run, 8, "Versions and activation history from the registry"):
-            run.versions = [
-                expect(
-                    client.call(
-                        f"Metadata of version {v}", "GET", f"/models/{model_name}/versions/{v}"
-                    )
-                )
-                for v in (best_version, other_version)
-            ]
-            bridge(run, "history", model_name, env=env)
-            run.history = expect(
-                client.call(
-                    "Activation history", "GET", f"/models/{model_name}/history", record=False
-                )
-            )["events"]
-
+            record_history(run, client, env, versions)
         with step(run, 9, f"Monitoring: a batch with {demo_monitoring.SHIFTED_FEATURE} shifted"):
             watch_drift(run, client, env, report_dir)
 
@@ -391,12 +261,181 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
                 except demo_lab.LabComparisonError as exc:
                     raise DemoFailure(str(exc)) from None
     finally:
-        if api_process is not None:
-            stop_process(api_process)
-        if started_db:
-            database.stop_embedded(settings.registry.embedded)
-        run.exchanges = client.exchanges if client is not None else []
+        started.stop(settings)
+        run.exchanges = started.client.exchanges if started.client is not None else []
     return run
+
+
+def reach_registry(settings: Settings) -> bool:
+    """Connect to the registry database; True when the demo started the embedded one."""
+    registry = settings.registry
+    started = False
+    if registry.mongodb_uri:
+        click.echo(f"MONGODB_URI: {database.mask_uri(registry.mongodb_uri)}")
+    else:
+        started = not database.embedded_status(registry.embedded).running
+    database.connect(registry).close()
+    if not registry.mongodb_uri:
+        click.echo(database.embedded_status(registry.embedded).describe())
+    return started
+
+
+def train(run: DemoRun, trials: int) -> StudyResult:
+    """The demo-sized study; at least two candidate runs are needed to compare versions."""
+    objective = run.settings.training.objective
+    study_started = time.perf_counter()
+    study = run.study = run_study(
+        run.settings,
+        on_trial=ProgressPrinter(trials, objective),
+        on_candidate=candidate_printer(objective),
+    )
+    run.study_report = format_report(study, time.perf_counter() - study_started)
+    click.echo(run.study_report)
+    if len(study.candidates) < 2:
+        raise DemoFailure("the study produced fewer than two candidate runs")
+    return study
+
+
+def publish_two_best(run: DemoRun, study: StudyResult, env: dict[str, str]) -> Published:
+    """Publish the two best candidates with the ``bridge`` CLI and activate the best."""
+    name = run.settings.api.model_name
+    best, second = study.candidates[:2]
+    bridge(
+        run,
+        *("publish", "--run-id", best.run_id, "--name", name, "--activate"),
+        *("--reason", "demo: best cross-validated run"),
+        env=env,
+    )
+    bridge(run, "publish", "--run-id", second.run_id, "--name", name, env=env)
+    bridge(run, "list", "--name", name, env=env)
+    listed = json.loads(bridge(run, "list", "--name", name, "--json", env=env))
+    by_run = {v["run_id"]: v for v in listed}
+    versions = Published(by_run[best.run_id]["version"], by_run[second.run_id]["version"])
+    show_alias(run, name, versions.best)
+    return versions
+
+
+def serve(
+    run: DemoRun, env: dict[str, str], token: str, report_dir: Path
+) -> tuple[subprocess.Popen, ApiClient]:
+    """Start the API and a client that records every exchange for the report."""
+    process, base_url = start_api(run.settings, env, report_dir / "api.log")
+    click.echo(f"API ready at {base_url} (pid {process.pid})")
+    run.console_url = f"{base_url}/"
+    click.echo(f"console: {run.console_url}")
+    return process, ApiClient(base_url, token=token)
+
+
+def _predict(client: ApiClient, title: str, patients: list[dict[str, float]]) -> dict[str, Any]:
+    return expect(client.call(title, "POST", "/predict", json_body={"records": patients}))
+
+
+def _answered_by(answer: dict[str, Any], version: int, when: str) -> None:
+    if answer["model"]["version"] != version:
+        raise DemoFailure(
+            f"{when} /predict answered with version {answer['model']['version']}, "
+            f"expected {version}"
+        )
+
+
+def predict_samples(
+    run: DemoRun, client: ApiClient, patients: list[dict[str, float]], best: int
+) -> None:
+    """/models shows the best version active, and /predict answers with it."""
+    name = run.settings.api.model_name
+    models = expect(client.call("List every version (GET /models)", "GET", f"/models?name={name}"))
+    active = [m["version"] for m in models["models"] if m["active"]]
+    click.echo(f"/models: {models['count']} version(s), active {active}")
+    if active != [best]:
+        raise DemoFailure(f"expected version {best} active, /models says {active}")
+    answer = _predict(client, "Predict sample patients (POST /predict)", patients)
+    show_predictions(answer)
+    _answered_by(answer, best, "at first")
+
+
+def activate_and_roll_back(
+    run: DemoRun, client: ApiClient, patients: list[dict[str, float]], versions: Published
+) -> None:
+    """Activating the runner-up changes the answers' version; a rollback brings the best back."""
+    name = run.settings.api.model_name
+    expect(
+        client.call(
+            f"Activate version {versions.other} (POST /models/activate)",
+            "POST",
+            "/models/activate",
+            admin=True,
+            json_body={
+                "name": name,
+                "version": versions.other,
+                "reason": "demo: compare with the runner-up",
+            },
+        )
+    )
+    answer = _predict(client, f"Predict with version {versions.other}", patients)
+    show_predictions(answer)
+    show_alias(run, name, versions.other)
+    _answered_by(answer, versions.other, "after activation")
+    rolled = expect(
+        client.call(
+            "Roll back (POST /models/rollback)",
+            "POST",
+            "/models/rollback",
+            admin=True,
+            json_body={"name": name},
+        )
+    )
+    click.echo(f"rolled back: active version {rolled['active_version']}")
+    show_alias(run, name, versions.best)
+    _answered_by(
+        _predict(client, "Predict after the rollback", patients[:1]),
+        versions.best,
+        "after rollback",
+    )
+    click.echo(f"after rollback /predict answers with version {versions.best} again")
+
+
+def batch_predict(run: DemoRun, study: StudyResult, client: ApiClient) -> None:
+    """The held-out patients, unlabelled, through /batch-predict: a summary, then the CSV."""
+    output_dir = run.settings.api.output_dir
+    run.batch_input = write_batch_input(study, output_dir / "demo")
+    summary = expect(
+        client.call(
+            "Batch prediction (POST /batch-predict?format=json)",
+            "POST",
+            "/batch-predict?format=json",
+            csv_file=str(run.batch_input),
+        )
+    )
+    run.batch_output = output_dir / summary["saved_path"]
+    if summary["rows"] != len(study.split.x_test) or not run.batch_output.is_file():
+        raise DemoFailure(f"batch summary does not match the input: {summary}")
+    click.echo(
+        f"{summary['rows']} rows -> {run.batch_output} "
+        f"(counts {summary['counts']}, version {summary['model'].get('version')})"
+    )
+    csv_answer = client.call(
+        "Batch prediction as a CSV attachment",
+        "POST",
+        "/batch-predict",
+        csv_file=str(run.batch_input),
+    )
+    expect(csv_answer)
+    click.echo("\n".join(csv_answer.body.splitlines()[:4]))
+
+
+def record_history(
+    run: DemoRun, client: ApiClient, env: dict[str, str], versions: Published
+) -> None:
+    """Both versions' metadata and the activation log, for the report."""
+    name = run.settings.api.model_name
+    run.versions = [
+        expect(client.call(f"Metadata of version {v}", "GET", f"/models/{name}/versions/{v}"))
+        for v in (versions.best, versions.other)
+    ]
+    bridge(run, "history", name, env=env)
+    run.history = expect(
+        client.call("Activation history", "GET", f"/models/{name}/history", record=False)
+    )["events"]
 
 
 def watch_drift(run: DemoRun, client: ApiClient, env: dict[str, str], report_dir: Path) -> None:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,17 @@ from conftest import ROOT, data_path, free_port
 
 from conf.settings import EmbeddedSettings, Settings
 from registry_bridge import database
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+) -> None:
+    """Poll ``condition`` until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:.0f}s")
+        time.sleep(interval)
 
 
 class ApiServer:
@@ -72,22 +83,21 @@ class ApiServer:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"the API exited with {self.process.returncode}: {self.log()[-2000:]}"
-                )
-            try:
-                if requests.get(self.base + wait_for, timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(
-            f"the API did not answer 200 on {wait_for} within {timeout:.0f}s: {self.log()[-2000:]}"
-        )
+        try:
+            wait_until(lambda: self._answers(wait_for), timeout, f"no 200 on {wait_for}")
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}: {self.log()[-2000:]}") from None
+        return self
+
+    def _answers(self, path: str) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the API exited with {self.process.returncode}")
+        try:
+            return requests.get(self.base + path, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
 
     def url(self, path: str) -> str:
         """The full URL of ``path`` on this server."""
@@ -131,13 +141,7 @@ class PrivateDatabase:
         """SIGKILL the server, as a crash would: no shutdown, no flush."""
         pid = int((self.embedded.data_dir / "nx-27017.pid").read_text().strip())
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
+        wait_until(lambda: not _alive(pid), 10, f"pid {pid} still alive", interval=0.02)
         (self.embedded.data_dir / "nx-27017.pid").unlink(missing_ok=True)
 
     def stop(self) -> None:
@@ -149,3 +153,11 @@ class PrivateDatabase:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -2,70 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import requests
 from api_fixtures import FAMILIES, MODEL, make_app, publish_candidates, record
-from conftest import ROOT, data_path, free_port
+from conftest import data_path
+from servers import ApiServer, PrivateDatabase, wait_until
 
-from conf.settings import EmbeddedSettings, load_settings
+from conf.settings import load_settings
 from registry_bridge import database
 from registry_bridge.store import ModelStore
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_ready(base: str, process: subprocess.Popen, log_file: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"the API exited with {process.returncode}: {log_file.read_text()[-2000:]}"
-            )
-        try:
-            if requests.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the API did not become ready")
-
-
-@contextlib.contextmanager
-def _gunicorn(uri: str, database_name: str, tmp_path: Path) -> Iterator[str]:
-    """``python -m api`` with 2 workers on a free port; yields its base URL once ready."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MONGODB_URI": uri,
-        "REGISTRY_DB": database_name,
-        "API_PORT": str(port),
-        "API_WORKERS": "2",
-        "OUTPUT_DIR": str(tmp_path / "out"),
-        "VERTEBRAL_DATA": str(data_path()),
-    }
-    env.pop("API_ADMIN_TOKEN", None)
-    log_file = tmp_path / "api.log"
-    with open(log_file, "wb") as sink:  # a file, not a pipe: a full pipe would block the workers
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base, process, log_file)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _until_both_workers(base: str, body: dict, each: int = 1) -> dict[str, list[requests.Response]]:
@@ -90,7 +41,8 @@ def test_every_worker_serves_the_new_version_after_activate(published, tmp_path)
     settings = published.settings
     v1, v2 = published.versions[FAMILIES[0]], published.versions[FAMILIES[1]]
     body = {"records": [record(r) for r in published.inputs[:5]]}
-    with _gunicorn(settings.registry.mongodb_uri, settings.registry.database, tmp_path) as base:
+    with ApiServer(settings, tmp_path) as server:
+        base = server.base
         seen = _until_both_workers(base, body, each=5)
         assert all(
             a.status_code == 200 and a.json()["model"]["version"] == v1
@@ -163,13 +115,10 @@ def _ready_by_worker(base: str) -> dict[str, int]:
 def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
     """Check that with the database stopped both workers keep predicting, marked stale, /ready
     is 503 until it is back, and an API with nothing loaded answers 503 REGISTRY_UNAVAILABLE."""
-    embedded = EmbeddedSettings(port=free_port(), data_dir=tmp_path / "db")
-    database.start_embedded(embedded)
-    try:
-        uri = database.embedded_uri(embedded)
+    with PrivateDatabase(tmp_path / "db") as db:
         settings = load_settings(
             env={
-                "MONGODB_URI": uri,
+                "MONGODB_URI": db.uri,
                 "REGISTRY_DB": "outage",
                 "VERTEBRAL_DATA": str(data_path()),
                 "OUTPUT_DIR": str(tmp_path / "out"),
@@ -180,12 +129,13 @@ def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
         published = publish_candidates(store, settings)
         v1 = published.versions[FAMILIES[0]]
         body = {"records": [record(r) for r in published.inputs[:3]]}
-        with _gunicorn(uri, "outage", tmp_path) as base:
+        with ApiServer(settings, tmp_path) as server:
+            base = server.base
             fresh = _until_both_workers(base, body)
             first = next(iter(fresh.values()))[0]
             assert first.status_code == 200 and "X-Model-Stale" not in first.headers
 
-            database.stop_embedded(embedded)
+            db.stop()
             outage = _until_both_workers(base, body, each=5)
             for answer in (a for answers in outage.values() for a in answers):
                 assert answer.status_code == 200
@@ -200,16 +150,15 @@ def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
             assert empty.status_code == 503
             assert empty.json["error"]["code"] == "REGISTRY_UNAVAILABLE"
 
-            database.start_embedded(embedded)
-            deadline = time.monotonic() + 20
-            while set(_ready_by_worker(base).values()) != {200}:
-                assert time.monotonic() < deadline, "/ready did not recover on both workers"
-                time.sleep(0.2)
+            db.start()
+            wait_until(
+                lambda: set(_ready_by_worker(base).values()) == {200},
+                20,
+                "/ready did not recover on both workers",
+            )
             back = _until_both_workers(base, body, each=2)
             assert all(
                 a.status_code == 200 and "X-Model-Stale" not in a.headers
                 for answers in back.values()
                 for a in answers
             )
-    finally:
-        database.stop_embedded(embedded)

@@ -86,6 +86,50 @@ def test_failed_command_names_its_log(tmp_path):
     assert "boom" in log_path.read_text()
 
 
+def _server(rps: float, p50: float, p99: float, reads: float | None = None) -> dict[str, Any]:
+    row = {
+        "rps": {"median": rps, "spread": 0.1},
+        "p50_ms": {"median": p50},
+        "p95_ms": {"median": p50 * 2},
+        "p99_ms": {"median": p99},
+        "errors": 0,
+    }
+    if reads is not None:
+        row["registry_reads_per_request"] = {"median": reads}
+    return {"by_concurrency": {"8": row}, "server": {}}
+
+
+def test_online_table_rows_are_formatted_as_documented():
+    """Check the online table against hand-written lines: thousands grouped, ms to 2 decimals,
+    spread as ±half the range, a missing comparison shown as a dash."""
+    doc = {
+        "plan": {"workers": 2, "rounds": 3, "duration_s": 10, "concurrencies": [8]},
+        "results": {
+            "api": _server(1234.56, 3.14159, 7.5, reads=0.0213),
+            "mlflow": _server(321.04, 20.0, 61.25),
+            "constant": _server(1500.0, 2.5, 6.0),
+        },
+        "comparison": {
+            "8": {
+                "rps_ratio_vs_mlflow": 3.456,
+                "p99_mlflow_over_api": 8.1666,
+                "rps_share_of_constant": 0.8123,
+            }
+        },
+    }
+    lines = report.online_lines(doc)
+    assert lines[0] == (
+        "### Online: one record per request (2 workers each, wrk, median of 3 rounds of 10 s, "
+        "servers alternated)"
+    )
+    assert "| 8 | this API (`/predict`) | 1,235 | 3.14 | 6.28 | 7.50 | 0 | ±5 % | 0.021 |" in lines
+    assert "| 8 | `mlflow models serve` | 321.0 | 20.00 | 40.00 | 61.25 | 0 | ±5 % | – |" in lines
+    assert (
+        "| 8 | constant endpoint (ceiling) | 1,500 | 2.50 | 5.00 | 6.00 | 0 | ±5 % | – |" in lines
+    )
+    assert lines[-1] == "| 8 | 3.46× | 8.17× | 0.81 | – | –× |"
+
+
 # --- the quick run, end to end ---------------------------------------------------------
 
 
@@ -176,7 +220,7 @@ def test_quick_activation_switches_cleanly(quick_results):
     workers = doc["plan"]["workers"]
     models = doc["models"]
     assert models["large"]["onnx_mb"] > models["demo"]["onnx_mb"]
-    for kind, entry in models.items():
+    for entry in models.values():
         assert entry["errors"] == 0, entry["runs"]
         # Never silently old: a late answer by the old version must carry X-Model-Stale.
         assert entry["old_version_after_ack"] == entry["old_version_after_ack_marked_stale"]
@@ -219,10 +263,20 @@ def test_quick_table_shows_the_run(quick_results):
     """Check that the markdown table is rendered from this run's numbers."""
     table = quick_results["table"]
     docs = quick_results["docs"]
-    assert table.startswith(report.render(docs, docs["online"]["command"].strip()))
+    for heading in ("### Online", "### Batch", "### Activation", "### Capture", "### Goals"):
+        assert heading in table
     assert "`mlflow models serve`" in table and "`mlflow models predict`" in table
     assert docs["online"]["machine"]["date_utc"] in table
-    rps = docs["online"]["results"]["api"]["by_concurrency"]
-    first = rps[next(iter(rps))]["rps"]["median"]
-    assert report._num(first) in table
-    assert "### Goals" in table
+    # Each API row shows this run's median throughput (to the unit, at most).
+    for connections, row in docs["online"]["results"]["api"]["by_concurrency"].items():
+        cells = _table_row(table, connections, "this API (`/predict`)")
+        assert float(cells[2].replace(",", "")) == pytest.approx(row["rps"]["median"], abs=0.5)
+
+
+def _table_row(table: str, *first: str) -> list[str]:
+    """The cells of the markdown row whose first cells are ``first``."""
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if tuple(cells[: len(first)]) == first:
+            return cells
+    raise AssertionError(f"no row starting {first}")

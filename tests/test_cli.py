@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 
 import pytest
 from click.testing import CliRunner
+from conftest import free_port
 from registry_samples import tamper_first_chunk
 
 from pipelines.candidate import quick_candidate_run
@@ -228,9 +228,7 @@ def test_the_store_client_is_closed_when_a_command_fails(bridge, monkeypatch):
 
 def test_unreachable_database_is_one_line_with_masked_uri(bridge, tmp_path):
     """Check that a dead MONGODB_URI exits 1 naming the URI without its password."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     config = tmp_path / "fast-timeout.yaml"
     config.write_text("registry:\n  timeout_ms: 300\n")
     uri = f"mongodb://admin:hunter2@127.0.0.1:{port}/"

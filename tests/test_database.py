@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from conf.settings import EmbeddedSettings, RegistrySettings
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
-from tests.conftest import free_port
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 from dataclasses import asdict
 from datetime import datetime
@@ -11,6 +10,7 @@ from datetime import datetime
 import gridfs
 import pytest
 from bson import ObjectId
+from conftest import free_port
 from pymongo import MongoClient
 from registry_samples import draft, file_ids, tamper_first_chunk
 from registry_worker import publish_in_process
@@ -358,9 +358,7 @@ def test_gc_removes_only_unreferenced_files(store, registry_db):
 
 def test_unreachable_database_names_the_masked_uri():
     """Check that a dead server gives REGISTRY_UNAVAILABLE with the password masked."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     uri = f"mongodb://reader:s3cret@127.0.0.1:{port}/"
     settings = load_settings(env={"MONGODB_URI": uri})
     client = MongoClient(uri, serverSelectionTimeoutMS=300, connectTimeoutMS=300)
