@@ -253,17 +253,21 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
             record_history(run, client, env, versions)
         with step(run, 9, f"Monitoring: a batch with {demo_monitoring.SHIFTED_FEATURE} shifted"):
             watch_drift(run, client, env, report_dir)
-
         if settings.data.variant == "2C":
             with step(run, 10, "The lab's model against ours, on the same test rows"):
-                try:
-                    run.lab = demo_lab.train_lab_model(run)
-                except demo_lab.LabComparisonError as exc:
-                    raise DemoFailure(str(exc)) from None
+                compare_with_lab(run)
     finally:
         started.stop(settings)
         run.exchanges = started.client.exchanges if started.client is not None else []
     return run
+
+
+def compare_with_lab(run: DemoRun) -> None:
+    """2C only: the lab's own model trained and scored on the same test rows as ours."""
+    try:
+        run.lab = demo_lab.train_lab_model(run)
+    except demo_lab.LabComparisonError as exc:
+        raise DemoFailure(str(exc)) from None
 
 
 def reach_registry(settings: Settings) -> bool:
