@@ -172,6 +172,7 @@ def publish_run(
             _tag_run(
                 client, settings, run_id, existing.name, existing.version, existing.artifact_file_id
             )
+            store.update_mirror(name, "publish")  # idempotent: repairs a version MLflow lacks
             return PublishResult(existing, created=False)
     model_uri = tags.get("onnx_model_uri")
     if not model_uri:

@@ -305,7 +305,7 @@ class ModelStore:
             stored.file_id,
             stored.sha256,
         )
-        self._mirror(draft.name, "publish")
+        self.update_mirror(draft.name, "publish")
         return PublishResult(self.get_model_version(draft.name, version), created=True)
 
     def _insert_version(self, doc: dict[str, Any]) -> None:
@@ -481,7 +481,7 @@ class ModelStore:
         # Commit wait: reads that began before the write expire before we acknowledge.
         wait_ms = lease.commit_wait_ms(self.pointer_lease_ms, int(replaced.get("lease_ms") or 0))
         lease.wait_after(acknowledged_at, wait_ms)
-        self._mirror(name, action)
+        self.update_mirror(name, action)
         return ActiveState.from_document(new_state)
 
     def _validate(self, version: ModelVersion, refusing: str | None = None) -> VerificationReport:
@@ -546,7 +546,7 @@ class ModelStore:
             raise
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("deleted %s (file %s)", target.label, target.artifact_file_id)
-        self._mirror(name, "delete")
+        self.update_mirror(name, "delete")
         return ModelVersion.from_document(changed)
 
     @_translated
@@ -560,7 +560,7 @@ class ModelStore:
         self.versions.delete_one({"name": name, "version": target.version})
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("unpublished %s", target.label)
-        self._mirror(name, "unpublish")
+        self.update_mirror(name, "unpublish")
 
     def _refuse_if_active(self, version: ModelVersion) -> None:
         state = self.get_active_version(version.name)
@@ -588,7 +588,7 @@ class ModelStore:
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _mirror(self, name: str, action: str) -> None:
+    def update_mirror(self, name: str, action: str) -> None:
         """Bring MLflow's side of ``name`` up to date; never fails the registry change."""
         if self.mirror is not None:
             self.mirror.after_change(self, name, action)

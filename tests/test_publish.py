@@ -81,6 +81,24 @@ def test_second_run_is_v2_and_republish_returns_the_existing_version(
     assert store.verify_model_version(settings.api.model_name, 2).rows_scored == 5
 
 
+def test_publish_registers_the_version_in_mlflow_and_republish_repairs_it(
+    store, settings, mlflow_client
+):
+    """Check publish creates the MLflow model version (source, run, tags), and publishing the
+    run again recreates it when it was removed from MLflow (idempotent)."""
+    name = settings.api.model_name
+    run_id = quick_candidate_run(settings, family="logistic_regression")
+    version = publish.publish_run(store, settings, run_id).version
+    registered = mlflow_client.get_model_version(name, "1")
+    assert registered.source == f"gridfs:///{settings.registry.database}/{name}/1"
+    assert registered.run_id == run_id and registered.tags["sha256"] == version.sha256
+    mlflow_client.delete_model_version(name, "1")
+    again = publish.publish_run(store, settings, run_id)
+    assert not again.created
+    found = mlflow_client.search_model_versions(f"name = '{name}'")
+    assert [mv.tags["registry_version"] for mv in found] == ["1"]
+
+
 def test_runs_are_listed_best_first_with_their_published_versions(store, settings):
     """Check that `bridge runs` data ranks candidates by the objective and shows publication."""
     ids = [quick_candidate_run(settings, family=f) for f in ("knn", "logistic_regression")]
