@@ -5,15 +5,16 @@ sample of ``/batch-predict`` rows become ``inference_log`` documents, one per re
 ``{name, version, at, source, request_id, features, label, probabilities, latency_ms}``.
 Those are patients' measurements: they are kept ``capture.retention_days`` days.
 
-Nothing is written on the request path. The request only puts records into a bounded
-in-memory queue (``put_nowait``); a background thread per worker process writes them in
-batches. A full queue drops records and counts them (``api_capture_dropped_total``); a
-failing database loses the batch and counts it (``api_capture_failed_total``): a capture
-problem never fails or slows a prediction.
+Nothing is written on the request path. The request only appends records to a bounded
+in-memory queue (a deque: no lock, no thread woken); a background thread per worker
+process looks for them twice a second and writes them in batches. A full queue drops
+records and counts them (``api_capture_dropped_total``); a failing database loses the
+batch and counts it (``api_capture_failed_total``): a capture problem never fails or
+slows a prediction.
 
-Retention: a TTL index on ``at`` where the server has them, and the writer thread also
-deletes expired records itself every ``PURGE_INTERVAL_S``, so it holds on servers whose TTL
-monitor does not run (or does not exist, like the embedded one's might not).
+Retention: a TTL index on ``at``, and the writer thread also deletes expired records
+itself every ``PURGE_INTERVAL_S``, so retention holds wherever the server's TTL monitor
+does not run.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import random
 import re
 import threading
 import time
-import uuid
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,7 +44,7 @@ from registry_bridge.scoring.columns import PREDICTION, probability_column
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 500  # documents per insert_many
-FLUSH_INTERVAL_S = 1.0  # a partial batch waits at most this long
+POLL_S = 0.5  # the writer looks for queued records this often
 PURGE_INTERVAL_S = 3600.0
 EXIT_FLUSH_S = 3.0
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -60,7 +60,10 @@ class Capture:
         self.enabled = settings.sample_percent > 0
         self._share = settings.sample_percent / 100.0
         self._collection = db[INFERENCE_LOG]
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=settings.queue_size)
+        # A deque, not a queue.Queue: append/popleft need no lock and wake no thread, so a
+        # request pays ~nothing; the writer polls instead. Its bound is checked by length.
+        self._pending: deque[dict[str, Any]] = deque()
+        self._in_flight = 0  # records taken by the writer and not yet written (or lost)
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -122,45 +125,30 @@ class Capture:
         matrix: np.ndarray,
         labels: Sequence[str],
         probabilities: np.ndarray,
-        rows: np.ndarray | None = None,
     ) -> None:
-        """Queue the scored records of a sampled request (``rows``: which of them, else all)."""
+        """Queue the scored records of a sampled request (the first max_rows_per_request)."""
         try:
-            self._record(source, model, matrix, labels, probabilities, rows)
+            limit = self.settings.max_rows_per_request
+            # Slices and tolist(): the cheapest way out of numpy for the usual single record.
+            values = matrix[:limit].tolist()
+            probs = probabilities[:limit].tolist()
+            if not values:
+                return
+            meta = self._meta(source, model)
+            features = model.schema.features
+            classes = model.classes
+            for row, (value, prob) in enumerate(zip(values, probs, strict=True)):
+                self._offer(
+                    {
+                        **meta,
+                        "row": row,
+                        "features": dict(zip(features, value, strict=True)),
+                        "label": str(labels[row]),
+                        "probabilities": dict(zip(classes, prob, strict=True)),
+                    }
+                )
         except Exception:  # capture must never fail a prediction
             log.exception("capture failed on %s; the prediction is unaffected", source)
-
-    def _record(
-        self,
-        source: str,
-        model: Any,
-        matrix: np.ndarray,
-        labels: Sequence[str],
-        probabilities: np.ndarray,
-        rows: np.ndarray | None,
-    ) -> None:
-        limit = self.settings.max_rows_per_request
-        if rows is None:
-            rows = np.arange(min(len(labels), limit))
-        elif len(rows) > limit:
-            rows = rows[:limit]
-        if not len(rows):
-            return
-        meta = self._meta(source, model)
-        features = model.schema.features
-        classes = model.classes
-        values = matrix[rows].tolist()
-        probs = probabilities[rows].tolist()
-        for i, row in enumerate(rows.tolist()):
-            self._offer(
-                {
-                    **meta,
-                    "row": row,
-                    "features": dict(zip(features, values[i], strict=False)),
-                    "label": str(labels[row]),
-                    "probabilities": dict(zip(classes, probs[i], strict=False)),
-                }
-            )
 
     @staticmethod
     def _meta(source: str, model: Any) -> dict[str, Any]:
@@ -177,10 +165,10 @@ class Capture:
 
     def _offer(self, doc: dict[str, Any]) -> None:
         self._ensure_writer()
-        try:
-            self._queue.put_nowait(doc)
-        except queue.Full:
+        if len(self._pending) >= self.settings.queue_size:
             CAPTURE_DROPPED.inc()
+        else:
+            self._pending.append(doc)
 
     # --- writer side ----------------------------------------------------------------
 
@@ -201,32 +189,25 @@ class Capture:
     def _run(self) -> None:
         self._prepare()
         while True:
+            if not self._pending:
+                time.sleep(POLL_S)
             batch = self._take()
             if batch:
                 self._write(batch)
-                for _ in batch:
-                    self._queue.task_done()
+                self._in_flight = 0
             if time.monotonic() >= self._next_purge:
                 self.purge()
 
     def _take(self) -> list[dict[str, Any]]:
-        """Wait for a record, then gather up to WRITE_BATCH within FLUSH_INTERVAL_S."""
+        """Up to WRITE_BATCH queued records, oldest first."""
+        batch: list[dict[str, Any]] = []
+        pending = self._pending
         try:
-            first = self._queue.get(timeout=FLUSH_INTERVAL_S)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + FLUSH_INTERVAL_S
-        while len(batch) < WRITE_BATCH:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                break
+            while len(batch) < WRITE_BATCH:
+                batch.append(pending.popleft())
+        except IndexError:
+            pass
+        self._in_flight = len(batch)
         return batch
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
@@ -263,7 +244,7 @@ class Capture:
         """Wait until every queued record was written or failed (tests, shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._queue.unfinished_tasks:
+            if not self._pending and not self._in_flight:
                 return True
             time.sleep(0.02)
         return False
@@ -288,7 +269,8 @@ def _request_id() -> str:
     rid = g.get("request_id")
     if rid is None:
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = g.request_id = given if _CLIENT_ID.match(given) else uuid.uuid4().hex
+        # Not uuid4: os.urandom cost ~0.2 ms per call here, and an id needs no secrecy.
+        rid = g.request_id = given if _CLIENT_ID.match(given) else f"{random.getrandbits(128):032x}"
 
         @after_this_request
         def _echo(response: Any) -> Any:

@@ -158,7 +158,7 @@ def test_a_failing_database_loses_the_batch_not_the_prediction(request_context):
 def test_a_broken_record_never_raises(request_context, caplog):
     """Check that an error while building records is logged, not raised."""
     capture = Capture(_Blocked(), CaptureSettings(sample_percent=100))
-    capture.record("predict", Model, np.zeros((1, 2)), [], np.zeros((0, 2)), np.array([5]))
+    capture.record("predict", Model, np.zeros((1, 2)), [], np.zeros((1, 2)))
     assert "capture failed" in caplog.text
 
 
