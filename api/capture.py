@@ -1,8 +1,9 @@
 """Data capture: a sample of what the served version is asked and answers, kept for monitoring.
 
 A sampled ``/predict`` or ``/invocations`` request (``capture.sample_percent``) and a
-sample of ``/batch-predict`` rows become ``inference_log`` documents, one per record:
-``{name, version, at, source, request_id, features, label, probabilities, latency_ms}``.
+sample of ``/batch-predict`` rows become records ``{at, source, request_id, row,
+features, label, probabilities, latency_ms}``, written to ``inference_log`` in bucket
+documents (one per batch the writer takes, see :func:`registry_bridge.monitor.bucket`).
 Those are patients' measurements: they are kept ``capture.retention_days`` days.
 
 Nothing is written on the request path. The request only appends records to a bounded
@@ -38,7 +39,7 @@ from pymongo import ASCENDING
 
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED, CAPTURE_WRITTEN
 from conf.settings import CaptureSettings
-from registry_bridge.monitor import INFERENCE_LOG
+from registry_bridge.monitor import INFERENCE_LOG, bucket
 from registry_bridge.scoring.columns import PREDICTION, probability_column
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,13 @@ class Capture:
         return batch
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
+        """One bucket document per (name, version) of the batch (see registry_bridge.monitor)."""
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for record in batch:
+            groups.setdefault((record.pop("name"), record.pop("version")), []).append(record)
+        docs = [bucket(name, version, records) for (name, version), records in groups.items()]
         try:
-            self._collection.insert_many(batch, ordered=False)
+            self._collection.insert_many(docs, ordered=False)
             CAPTURE_WRITTEN.inc(len(batch))
         except Exception as exc:  # the database is down or refuses: lose this batch, go on
             CAPTURE_FAILED.inc(len(batch))
@@ -223,19 +229,21 @@ class Capture:
         retention = int(self.settings.retention_days * 86400)
         try:
             self._collection.create_index(
-                [("name", ASCENDING), ("version", ASCENDING), ("at", ASCENDING)],
-                name="name_version_at",
+                [("name", ASCENDING), ("version", ASCENDING), ("last_at", ASCENDING)],
+                name="name_version_last_at",
             )
-            self._collection.create_index("at", expireAfterSeconds=retention, name="at_ttl")
+            self._collection.create_index(
+                "last_at", expireAfterSeconds=retention, name="last_at_ttl"
+            )
         except Exception as exc:
             log.info("capture: indexes not created (%s); purging by query only", str(exc)[:200])
 
     def purge(self) -> int:
-        """Delete records older than the retention; returns how many went."""
+        """Delete buckets whose newest record is older than the retention; returns how many."""
         self._next_purge = time.monotonic() + PURGE_INTERVAL_S
         cutoff = datetime.now(UTC) - timedelta(days=self.settings.retention_days)
         try:
-            return int(self._collection.delete_many({"at": {"$lt": cutoff}}).deleted_count)
+            return int(self._collection.delete_many({"last_at": {"$lt": cutoff}}).deleted_count)
         except Exception as exc:
             log.warning("capture: expired records not purged: %s", str(exc)[:200])
             return 0

@@ -14,7 +14,7 @@ from api import capture as capture_module
 from api.capture import Capture
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED
 from conf.settings import CaptureSettings
-from registry_bridge.monitor import INFERENCE_LOG
+from registry_bridge.monitor import INFERENCE_LOG, bucket, captured_records
 
 FEATURES = ("a", "b")
 
@@ -46,14 +46,14 @@ def request_context():
 
 
 def test_sampled_records_are_written_with_what_monitoring_needs(registry_db, request_context):
-    """Check each record becomes one document: version, time, features, label,
-    probabilities, latency and the request id."""
+    """Check each record is kept with its version, time, features, label, probabilities,
+    latency and the request id, in one bucket document for the batch written."""
     capture = Capture(registry_db, CaptureSettings(sample_percent=100))
     assert capture.sampled()
     capture.record("predict", Model, *scored(3))
     assert capture.flush()
-    docs = list(registry_db[INFERENCE_LOG].find({}, {"_id": 0}).sort("row", 1))
-    assert len(docs) == 3
+    docs = sorted(captured_records(registry_db, "m"), key=lambda r: r["row"])
+    assert len(docs) == 3 and registry_db[INFERENCE_LOG].count_documents({}) == 1
     first = docs[0]
     assert (first["name"], first["version"], first["source"]) == ("m", 3, "predict")
     assert first["features"] == {"a": 0.0, "b": 1.0} and first["label"] == "y"
@@ -83,7 +83,7 @@ def test_batch_rows_are_capped_per_upload(registry_db, request_context):
     capture.record_batch_rows(Model, scored_chunk(3))
     capture.record_batch_rows(Model, scored_chunk(3))
     assert capture.flush()
-    docs = list(registry_db[INFERENCE_LOG].find({}, {"_id": 0}))
+    docs = captured_records(registry_db, "m")
     assert [d["source"] for d in docs] == ["batch"] * 5
     bad = [d for d in docs if d["label"] is None]
     assert len(bad) == 2 and bad[0]["features"] == {"a": 0.0, "b": None}
@@ -168,11 +168,11 @@ def test_retention_deletes_old_records_by_query(registry_db):
     capture = Capture(registry_db, CaptureSettings(sample_percent=100, retention_days=2))
     now = datetime.now(UTC)
     registry_db[INFERENCE_LOG].insert_many(
-        [{"name": "m", "version": 1, "at": now - timedelta(days=d)} for d in (0, 1, 3, 10)]
+        [bucket("m", 1, [{"at": now - timedelta(days=d)}]) for d in (0, 1, 3, 10)]
     )
     assert capture.purge() == 2
     ages = sorted(
-        round((now - d["at"]).total_seconds() / 86400) for d in registry_db[INFERENCE_LOG].find()
+        round((now - r["at"]).total_seconds() / 86400) for r in captured_records(registry_db, "m")
     )
     assert ages == [0, 1]
 

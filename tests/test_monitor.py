@@ -109,6 +109,18 @@ def test_bad_windows_are_refused(text):
     assert caught.value.code == "INVALID_INPUT"
 
 
+def test_counts_and_windows_read_inside_buckets(registry_db):
+    """Check a bucket across the start of the window counts only its records inside it."""
+    now = datetime.now(UTC)
+    records = [{"at": now - timedelta(hours=h), "label": "x"} for h in (0, 1, 3)]
+    registry_db[monitor.INFERENCE_LOG].insert_one(monitor.bucket("m", 1, records))
+    since = now - timedelta(hours=2)
+    assert monitor.count_captured(registry_db, "m") == 3
+    assert monitor.count_captured(registry_db, "m", 1, since) == 2
+    assert monitor.count_captured(registry_db, "m", 2) == 0
+    assert len(monitor.captured_records(registry_db, "m", 1, since)) == 2
+
+
 def test_windows_are_durations():
     """Check the units of --since."""
     assert monitor.parse_since("30m") == timedelta(minutes=30)
@@ -129,18 +141,11 @@ def test_training_rows_are_the_data_without_the_test_split(data_split):
 
 def log_records(db, name, version, table, labels, at=None):
     at = at or datetime.now(UTC)
-    db[monitor.INFERENCE_LOG].insert_many(
-        [
-            {
-                "name": name,
-                "version": version,
-                "at": at,
-                "features": dict(zip(FEATURES, map(float, row), strict=False)),
-                "label": label,
-            }
-            for row, label in zip(table[list(FEATURES)].to_numpy(), labels, strict=False)
-        ]
-    )
+    records = [
+        {"at": at, "features": dict(zip(FEATURES, map(float, row), strict=True)), "label": label}
+        for row, label in zip(table[list(FEATURES)].to_numpy(), labels, strict=True)
+    ]
+    db[monitor.INFERENCE_LOG].insert_one(monitor.bucket(name, version, records))
 
 
 def test_publish_stores_a_baseline_and_the_report_uses_it(
