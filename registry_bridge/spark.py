@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import re
@@ -35,7 +36,6 @@ import pyarrow as pa
 from pyarrow import compute as pa_compute
 
 from registry_bridge import scoring
-from registry_bridge.artifacts import sha256_hex
 from registry_bridge.errors import RegistryError
 
 if TYPE_CHECKING:
@@ -201,7 +201,8 @@ def _model(sha256: str, payload: Any) -> scoring.LoadedModel:
             model = _MODELS.get(sha256)
             if model is None:
                 found, data = payload.value
-                if sha256_hex(data) != sha256:  # checked on the driver; damaged on the way?
+                # Checked on the driver; damaged on the way?
+                if hashlib.sha256(data).hexdigest() != sha256:
                     raise RuntimeError(f"{found.label}: the broadcast bytes changed")
                 model = scoring.model_from_version(found, data)
                 _MODELS.clear()  # a worker scores one version at a time
@@ -306,6 +307,9 @@ def spark_session(master: str | None = None, app_name: str = "bridge-score") -> 
         .config("spark.python.worker.reuse", "true")
         .config("spark.ui.showConsoleProgress", "false")  # ours is one line per second
         .config("spark.sql.session.timeZone", "UTC")
+        # Scores are distinct floats: Parquet's dictionary encoding is tried and given up
+        # on every page; without it writing the output took ~20 % less time (1M rows).
+        .config("spark.hadoop.parquet.enable.dictionary", "false")
         .getOrCreate()
     )
 
