@@ -1,8 +1,9 @@
-"""``python -m bench`` / ``make bench``: online, batch and activation benchmarks in one run.
+"""``python -m bench`` / ``make bench``: online, batch, activation, capture and Spark benchmarks.
 
-One workspace and one model serve every part; the results go to ``online.json``,
-``batch.json``, ``activation.json``, ``capture.json`` and the markdown table
-``README-table.md``, all from this run (``--out``, default ``bench/results``; ``--quick`` writes to
+One workspace and one model serve every part (Spark adds a random forest); the results go to
+``online.json``, ``batch.json``, ``activation.json``, ``capture.json``, ``spark.json`` and the
+markdown table ``README-table.md``, all from this run (``--out``, default ``bench/results``;
+``--quick`` writes to
 ``outputs/bench-quick`` unless ``--out`` says otherwise).
 """
 
@@ -15,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from bench import activation, batch, capture, online
+from bench import activation, batch, capture, online, spark
 from bench.common import (
     add_common_arguments,
     configure_logging,
@@ -33,6 +34,7 @@ PARTS = {
     "batch": batch.run,
     "activation": activation.run,
     "capture": capture.run,
+    "spark": spark.run,
 }
 TABLE = "README-table.md"
 

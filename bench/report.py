@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bench.common import meets
+
 SERVER_LABELS = {
     "api": "this API (`/predict`)",
     "api-lease0": "this API, pointer lease 0",
@@ -210,6 +212,57 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+SPARK_WAYS = {
+    "score": "`registry_bridge.spark.score`",
+    "spark_udf": "`mlflow.pyfunc.spark_udf` (sklearn model)",
+    "spark_udf_gridfs": "`spark_udf` on `models:/<name>@production` (gridfs plugin)",
+    "single": "single process, onnxruntime (the limit)",
+}
+
+
+def spark_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The Spark table: per model, size and way, seconds, rows/s and peak memory."""
+    plan = doc["plan"]
+    lines = [
+        f"### Spark: Parquet in, Parquet out, `{plan['master']}` (median of the rounds run)",
+        "",
+        "| model | rows | way | seconds | rows/s | µs/row | peak RSS MB driver / worker "
+        "| rounds | load (1 min) |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for family, entry in doc["families"].items():
+        for rows, by_way in entry["by_rows"].items():
+            for way, label in SPARK_WAYS.items():
+                measured = by_way.get(way)
+                if not measured:
+                    continue
+                lines.append(
+                    f"| {family} | {int(rows):,} | {label} "
+                    f"| {_num(measured['job_s']['median'], 2)} | {_num(measured['rows_per_s'])} "
+                    f"| {_num(measured['us_per_row'], 2)} "
+                    f"| {_num(measured['driver_peak_rss_mb'])} / "
+                    f"{_num(measured['worker_peak_rss_mb'])} "
+                    f"| {len(measured['job_s']['rounds'])} "
+                    f"| {', '.join(f'{x:.1f}' for x in measured['load_1m'])} |"
+                )
+    lines += [
+        "",
+        "| model | rows | `score` vs `spark_udf` | vs `spark_udf` (gridfs) | share of single |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for family, entry in doc["families"].items():
+        for rows, by_way in entry["by_rows"].items():
+            comparison = by_way["comparison"]
+            lines.append(
+                f"| {family} | {int(rows):,} | {_num(comparison['score_vs_spark_udf'], 2)}× "
+                f"| {_num(comparison['score_vs_spark_udf_gridfs'], 2)}× "
+                f"| {_num(comparison['share_of_single_process'], 2)} |"
+            )
+    if not plan.get("gridfs_plugin"):
+        lines += ["", "The gridfs artifact plugin was not installed: its row was not measured."]
+    return lines
+
+
 def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Each goal of the issue with the measured value and whether it was met."""
     lines = ["### Goals", "", "| goal | measured | met |", "| --- | --- | --- |"]
@@ -255,6 +308,22 @@ def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
             "running the batch) "
             f"| {_num(peak)} MB | {_mark(batch['goal_api_peak_under_300mb'])} |"
         )
+    spark = docs.get("spark")
+    if spark:
+        for family, entry in spark["families"].items():
+            largest = max(entry["by_rows"], key=int)
+            comparison = entry["by_rows"][largest]["comparison"]
+            lines.append(
+                f"| Spark ≥ 70 % of the single-process limit ({family}, {int(largest):,} rows) "
+                f"| {_num(comparison['share_of_single_process'], 2)} "
+                f"| {_mark(comparison['goal_70pct_of_single'])} |"
+            )
+            goal = 3.0 if family == "random_forest" else 1.5
+            measured = comparison["score_vs_spark_udf"]
+            lines.append(
+                f"| Spark ≥ {goal:g}× `spark_udf` ({family}, {int(largest):,} rows) "
+                f"| {_num(measured, 2)}× | {_mark(meets(measured, goal))} |"
+            )
     activation = docs.get("activation")
     if activation:
         for kind, entry in activation["models"].items():
@@ -350,6 +419,7 @@ def render(docs: Mapping[str, Mapping[str, Any]], command: str) -> str:
         ("batch", batch_lines),
         ("activation", activation_lines),
         ("capture", capture_lines),
+        ("spark", spark_lines),
     ):
         if name in docs:
             lines += render_part(docs[name]) + [""]

@@ -130,7 +130,19 @@ def _child(way: str, spec: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     peaks = _role_peaks()
     spark.stop()
-    return {"job_s": round(seconds, 3), "warmup_s": round(warmup, 3), **peaks}
+    return {
+        "job_s": round(seconds, 3),
+        "warmup_s": round(warmup, 3),
+        "rows_out": _rows_out(target),
+        **peaks,
+    }
+
+
+def _rows_out(target: str) -> int:
+    """Rows in the Parquet output directory (from the files' metadata)."""
+    import pyarrow.dataset as ds
+
+    return int(ds.dataset(target, format="parquet").count_rows())
 
 
 def _scored(way: str, spec: dict[str, Any], frame: Any) -> Any:
@@ -200,7 +212,8 @@ def _single_process(spec: dict[str, Any], source: str, target: str) -> dict[str,
     finally:
         if writer is not None:
             writer.close()
-    return {"job_s": round(time.perf_counter() - started, 3), "rows": rows, **_role_peaks()}
+    seconds = time.perf_counter() - started
+    return {"job_s": round(seconds, 3), "rows_out": rows, **_role_peaks()}
 
 
 def child_main(argv: list[str]) -> int:
@@ -337,6 +350,7 @@ def run(
             "single": "pyarrow dataset batches -> onnxruntime (1 thread) -> Parquet, the "
             "columns of score(), one process",
         },
+        "model": model.__dict__,  # the default model (random forest too, in "families")
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "families": results,

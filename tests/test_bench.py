@@ -150,12 +150,12 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     docs = {
         name: json.loads((out / f"{name}.json").read_text())
-        for name in ("online", "batch", "activation", "capture")
+        for name in ("online", "batch", "activation", "capture", "spark")
     }
     return {"docs": docs, "table": (out / "README-table.md").read_text(), "out": out}
 
@@ -211,6 +211,22 @@ def test_quick_batch_results_are_complete(quick_results):
         assert entry["comparison"]["share_of_inprocess_limit"] > 0
     assert isinstance(doc["goal_api_peak_under_300mb"], bool)
     assert all(mb > 0 for mb in doc["api_process_peak_rss_mb"])
+
+
+@pytest.mark.slow
+def test_quick_spark_results_are_complete(quick_results):
+    """Check that each Spark way wrote every row and reported time, memory and ratios."""
+    doc = quick_results["docs"]["spark"]
+    assert doc["plan"]["master"] == "local[2]"
+    for entry in doc["families"].values():
+        for rows, by_way in entry["by_rows"].items():
+            for way in ("score", "spark_udf", "single"):
+                assert _stat_ok(by_way[way]["job_s"]) and by_way[way]["rows_per_s"] > 0
+                assert all(run["rows_out"] == int(rows) for run in by_way[way]["runs"])
+            assert by_way["score"]["driver_peak_rss_mb"] > 0
+            assert by_way["score"]["worker_peak_rss_mb"] > 0
+            assert by_way["comparison"]["score_vs_spark_udf"] > 0
+            assert by_way["comparison"]["share_of_single_process"] > 0
 
 
 @pytest.mark.slow
