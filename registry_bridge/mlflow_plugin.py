@@ -45,6 +45,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
+from conf.contract import ContractError, parse_version
 from conf.settings import load_settings
 from registry_bridge.entities import ModelVersion, json_safe
 from registry_bridge.errors import RegistryError
@@ -110,12 +111,10 @@ def parse_version_uri(uri: str) -> tuple[str, str, int]:
 
 
 def _version_number(text: str, uri: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise MlflowException(
-            f"{uri!r}: the version must be a positive whole number, got {text!r}",
-            error_code=INVALID_PARAMETER_VALUE,
-        )
-    return int(text)
+    try:
+        return parse_version(text)  # the run contract's one rule for version numbers
+    except ContractError as exc:
+        raise MlflowException(f"{uri!r}: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def mlflow_error(exc: RegistryError, where: str) -> MlflowException:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from conf.contract import FEATURES
 from conf.settings import MonitorSettings, Settings
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
@@ -109,8 +110,6 @@ def training_rows(dataset: Any, test_inputs: Sequence[Sequence[float]]) -> np.nd
     Raises:
         ValueError: a test row is not in the data set (it is not the run's data).
     """
-    from pipelines.data import FEATURES
-
     table = dataset.features[list(FEATURES)].to_numpy(dtype=float)
     remaining = Counter(tuple(np.round(row, 6)) for row in np.asarray(test_inputs, dtype=float))
     expected = sum(remaining.values())
@@ -138,7 +137,7 @@ def baseline_from_card(
     """
     from dataclasses import replace
 
-    from pipelines.data import FEATURES, DataError, load_dataset
+    from pipelines.data import DataError, load_dataset
 
     # The run's variant, not the configured one: a 2C run reads the 2-class file.
     data = replace(settings.data, variant=card.get("variant") or settings.data.variant)
