@@ -146,3 +146,35 @@ def test_publishing_and_serving_build_the_same_session(candidate, model):
     with pytest.raises(RegistryError, match="does not load in onnxruntime") as caught:
         onnx_check.load_session(b"not onnx", "test")
     assert caught.value.code == "CONFLICT"
+
+
+def test_csv_safe_prefixes_formulas_keeps_numbers_and_drops_nul():
+    """Check OWASP's rule on cells and names, for sliced and large-string columns too."""
+    from registry_bridge.scoring import csv_safe
+
+    cells = ["=1+2", "-0.25", "+1e3", "@a", "\tb", "\r=x", "-abc", "ok", "a\x00b", None, "", "-"]
+    expected = [
+        "'=1+2",
+        "-0.25",
+        "+1e3",
+        "'@a",
+        "'\tb",
+        "'\r=x",
+        "'-abc",
+        "ok",
+        "ab",
+        None,
+        "",
+        "'-",
+    ]
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(cells), pa.array(cells, type=pa.large_string()), pa.array(range(12))],
+        names=["=name", "plain", "n"],
+    )
+    safe = csv_safe(batch)
+    assert safe.schema.names == ["'=name", "plain", "n"]
+    assert safe.column(0).to_pylist() == expected == safe.column(1).to_pylist()
+    assert safe.column(2).to_pylist() == list(range(12))
+    assert csv_safe(batch.slice(3, 4)).column(0).to_pylist() == expected[3:7]
+    numbers = pa.RecordBatch.from_arrays([pa.array(["-1", "-2.5", "+3", "4"])], names=["x"])
+    assert csv_safe(numbers).column(0).to_pylist() == ["-1", "-2.5", "+3", "4"]

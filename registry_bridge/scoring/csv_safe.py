@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 from pyarrow import compute as pa_compute
 
 _RISKY = r"^[=+\-@\t\r]"
+_RISKY_FIRST = np.frombuffer(b"=+-@\t\r", dtype=np.uint8)  # first bytes of _RISKY
 _NUMBER = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _RISKY_RE = re.compile(_RISKY)
 _NUMBER_RE = re.compile(_NUMBER)
@@ -28,17 +30,45 @@ def safe_text(value: str) -> str:
     return value
 
 
+def _first_bytes(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The first byte of every non-empty cell and those cells' positions, read from the
+    Arrow buffers (no per-cell objects), and the whole data buffer."""
+    _, offsets_buffer, data_buffer = column.buffers()
+    if data_buffer is None or len(column) == 0:
+        return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.uint8)
+    kind = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    offsets = np.frombuffer(offsets_buffer, dtype=kind)[
+        column.offset : column.offset + len(column) + 1
+    ]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    filled = np.flatnonzero(offsets[1:] > offsets[:-1])
+    return filled, data[offsets[:-1][filled]] if filled.size else np.empty(0, np.uint8)
+
+
 def _safe_column(column: pa.Array) -> pa.Array:
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return column
-    column = pa_compute.replace_substring(column, "\x00", "")
-    risky = pa_compute.match_substring_regex(column, _RISKY)
-    if not pa_compute.any(risky).as_py():
+    buffers = column.buffers()
+    if buffers[2] is not None and (np.frombuffer(buffers[2], dtype=np.uint8) == 0).any():
+        column = pa_compute.replace_substring(column, "\x00", "")
+    filled, firsts = _first_bytes(column)
+    at = filled[np.isin(firsts, _RISKY_FIRST)]
+    if not at.size:
         return column
-    risky = pa_compute.and_(
-        risky, pa_compute.invert(pa_compute.match_substring_regex(column, _NUMBER))
-    )
-    return pa_compute.if_else(risky, pa_compute.binary_join_element_wise("'", column, ""), column)
+    try:  # the usual case, a column of numbers some negative: one vectorised cast
+        pa_compute.cast(column, pa.float64())
+        return column
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    numeric = pa_compute.match_substring_regex(column.take(pa.array(at)), _NUMBER)
+    at = at[~numeric.fill_null(False).to_numpy(zero_copy_only=False)]
+    if not at.size:
+        return column
+    mask = np.zeros(len(column), dtype=bool)
+    mask[at] = True
+    quote, nothing = pa.scalar("'", column.type), pa.scalar("", column.type)
+    prefixed = pa_compute.binary_join_element_wise(quote, column, nothing)
+    return pa_compute.if_else(pa.array(mask), prefixed, column)
 
 
 def csv_safe(batch: pa.RecordBatch) -> pa.RecordBatch:
