@@ -7,8 +7,8 @@ Adding a command: append a function at the end of this file, decorated with
 Raise :class:`RegistryError` for a failure (the group prints it as one line, exit 1) and
 ``click.UsageError`` for options that do not go together; take the store from
 :func:`open_store` (opened once, closed when the command ends). Take a model name with
-``@name_argument`` (or ``callback=checked(check_model_name)``) and a version with
-``@version_argument``: both apply the run contract's rule and refuse bad input as a usage
+``@name_argument`` / ``@name_option(help)`` and a version with ``@version_argument`` /
+``@version_option(help)``: they apply the run contract's rule and refuse bad input as a usage
 error naming the parameter.
 """
 
@@ -56,6 +56,16 @@ def checked(rule: Callable[[Any], Any]) -> Callable[[click.Context, click.Parame
 
 name_argument = click.argument("name", callback=checked(check_model_name))
 version_argument = click.argument("version", callback=checked(parse_version))
+
+
+def name_option(help: str) -> Callable[[Any], Any]:
+    """``--name`` checked by the model-name rule."""
+    return click.option("--name", callback=checked(check_model_name), help=help)
+
+
+def version_option(help: str) -> Callable[[Any], Any]:
+    """``--version`` checked by the version rule (ASCII digits, 1 to 2^63-1)."""
+    return click.option("--version", callback=checked(parse_version), help=help)
 
 
 class BridgeGroup(click.Group):
@@ -177,11 +187,7 @@ def runs_command(state: CliState, experiment: str | None, as_json: bool) -> None
 @click.option("--run-id", help="MLflow run to publish (see `bridge runs`).")
 @click.option("--best", is_flag=True, help="Publish the best candidate run of the experiment.")
 @click.option("--experiment", help="Experiment searched by --best (default mlflow.experiment).")
-@click.option(
-    "--name",
-    callback=checked(check_model_name),
-    help="Registered model name (default MODEL_NAME).",
-)
+@name_option("Registered model name (default MODEL_NAME).")
 @click.option("--activate", is_flag=True, help="Activate the version once published.")
 @click.option(
     "--new-version", is_flag=True, help="Publish again even if this run already has a version."
@@ -242,7 +248,7 @@ def publish_command(
 
 
 @main.command("list")
-@click.option("--name", callback=checked(check_model_name), help="Only this registered model name.")
+@name_option("Only this registered model name.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table."
 )
@@ -469,11 +475,7 @@ def _backfill_baseline(state: CliState, name: str, version: int) -> None:
 
 @main.command("monitor")
 @name_argument
-@click.option(
-    "--version",
-    callback=checked(parse_version),
-    help="Version to check (default: the active one).",
-)
+@version_option("Version to check (default: the active one).")
 @click.option(
     "--since",
     default="24h",
@@ -523,16 +525,8 @@ def monitor_command(
     help="Output format.",
 )
 @click.option("--master", help="Spark master URL (default local[*], or spark-submit's --master).")
-@click.option(
-    "--name",
-    callback=checked(check_model_name),
-    help="Registered model name (default MODEL_NAME).",
-)
-@click.option(
-    "--version",
-    callback=checked(parse_version),
-    help="Score with this version (default: the active).",
-)
+@name_option("Registered model name (default MODEL_NAME).")
+@version_option("Score with this version (default: the active).")
 @click.option(
     "--on-error",
     type=click.Choice(["fail", "skip"]),

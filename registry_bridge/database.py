@@ -192,14 +192,15 @@ def _wait_until_gone(pid: int, settings: EmbeddedSettings, seconds: float) -> bo
     # The server removes its pid file before it closes its socket: wait for the process
     # itself to end and the port to be free, so "stopped" means a new start can bind.
     deadline = time.monotonic() + seconds
-    while _alive(pid) or _listening(settings.host, settings.port):
+    while pid_alive(pid) or _listening(settings.host, settings.port):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists (a zombie counts: it has not been reaped)."""
     try:
         os.kill(pid, 0)
         return True

@@ -141,7 +141,7 @@ class PrivateDatabase:
         """SIGKILL the server, as a crash would: no shutdown, no flush."""
         pid = int((self.embedded.data_dir / "nx-27017.pid").read_text().strip())
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not _alive(pid), 10, f"pid {pid} still alive", interval=0.02)
+        wait_until(lambda: not database.pid_alive(pid), 10, f"pid {pid} still alive", interval=0.02)
         (self.embedded.data_dir / "nx-27017.pid").unlink(missing_ok=True)
 
     def stop(self) -> None:
@@ -153,11 +153,3 @@ class PrivateDatabase:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
