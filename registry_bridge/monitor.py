@@ -548,6 +548,13 @@ def plot_feature(feature: Mapping[str, Any], values: np.ndarray, title: str) -> 
         axes.stairs(
             live_share / widths, full, linewidth=2, label=f"live (n={values.size})", color="C3"
         )
+    # The middle 98 % of both samples: one far outlier would squeeze the rest to a line.
+    quantiles = feature["quantiles"]
+    left = min(quantiles[1], float(np.quantile(values, 0.01)) if values.size else quantiles[1])
+    right = max(quantiles[99], float(np.quantile(values, 0.99)) if values.size else quantiles[99])
+    if right > left:
+        margin = 0.05 * (right - left)
+        axes.set_xlim(left - margin, right + margin)
     axes.set_title(title, fontsize=10)
     axes.set_ylabel("density")
     axes.legend(fontsize=8)
