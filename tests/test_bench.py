@@ -11,16 +11,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT, SHARED_DATA
+from servers import wait_until
 
 from bench import common, report
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data" / "vertebral_column" / "column_3C_weka.csv"
 
 
 def test_summarize_gives_median_range_and_spread():
@@ -65,12 +63,8 @@ def test_process_tree_follows_children():
         ]
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(common.process_tree(parent.pid)) < 2:
-            time.sleep(0.05)
-        time.sleep(0.5)
-        assert len(common.process_tree(parent.pid)) == 2
-        assert common.tree_rss_mb(parent.pid) >= 60
+        wait_until(lambda: len(common.process_tree(parent.pid)) == 2, 10, "no child seen")
+        wait_until(lambda: common.tree_rss_mb(parent.pid) >= 60, 10, "the child's 60 MB unseen")
     finally:
         parent.kill()
         parent.wait()
