@@ -50,13 +50,7 @@ from conf.contract import (
 from conf.settings import Settings, TrainingSettings
 from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline, get_family
-from pipelines.metrics import (
-    binary_metrics,
-    classification_metrics,
-    cross_validate,
-    per_class_metrics,
-    summarise_folds,
-)
+from pipelines.metrics import cross_validate, evaluation_metrics, summarise_folds
 from pipelines.threshold import Threshold, choose_threshold
 from pipelines.tracking import ensure_experiment
 from registry_bridge.scoring.session import build_session
@@ -168,18 +162,17 @@ def evaluate(pipeline: Pipeline, split: Split, threshold: Threshold | None = Non
     """
     probabilities = pipeline.predict_proba(split.x_test)
     classes = tuple(str(c) for c in pipeline.classes_)
-    extra: dict[str, float] = {}
     if threshold is None:
         labels = pipeline.predict(split.x_test)
     else:
-        labels, scores = decide(probabilities, classes, threshold.value, threshold.positive_class)
-        positive = np.asarray(split.y_test) == threshold.positive_class
-        extra = binary_metrics(positive, labels == threshold.positive_class, scores)
-    metrics = {
-        **classification_metrics(split.y_test, labels, probabilities, classes),
-        **per_class_metrics(split.y_test, labels, classes),
-        **extra,
-    }
+        labels, _ = decide(probabilities, classes, threshold.value, threshold.positive_class)
+    metrics = evaluation_metrics(
+        split.y_test,
+        labels,
+        probabilities,
+        classes,
+        None if threshold is None else threshold.positive_class,
+    )
     return Evaluation(
         labels,
         probabilities,
@@ -295,8 +288,10 @@ def model_card(
             "inputs": split.x_test[list(FEATURES)].to_numpy(dtype=float).tolist(),
             "labels": [str(label) for label in evaluation.labels],
             "probabilities": evaluation.probabilities.astype(float).tolist(),
-            # The labels above are the threshold's: the parity checks apply it too.
+            # The labels above are the threshold's: the parity checks apply it too. The
+            # true labels let `bridge publish --threshold` rescore at another threshold.
             **{k: v for k, v in threshold.items() if k != "threshold_rule"},
+            **({"true_labels": [str(y) for y in split.y_test]} if threshold else {}),
         },
     }
 

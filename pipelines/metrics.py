@@ -114,6 +114,30 @@ def threshold_sweep(
     return sweep
 
 
+def evaluation_metrics(
+    y_true: Sequence[str],
+    labels: Sequence[str],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    positive_class: str | None = None,
+) -> dict[str, float]:
+    """METRICS, per-class metrics and, for a binary model, the lab's at its labels."""
+    metrics = {
+        **classification_metrics(y_true, labels, probabilities, classes),
+        **per_class_metrics(y_true, labels, classes),
+    }
+    if positive_class is not None:
+        column = [str(c) for c in classes].index(positive_class)
+        metrics.update(
+            binary_metrics(
+                np.asarray(y_true) == positive_class,
+                np.asarray(labels) == positive_class,
+                np.asarray(probabilities)[:, column],
+            )
+        )
+    return metrics
+
+
 def per_class_metrics(
     y_true: Sequence[str], labels: Sequence[str], classes: Sequence[str]
 ) -> dict[str, float]:

@@ -193,6 +193,12 @@ def runs_command(state: CliState, experiment: str | None, as_json: bool) -> None
     "--new-version", is_flag=True, help="Publish again even if this run already has a version."
 )
 @click.option("--reason", help="Reason recorded in the activation log (with --activate).")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="2-class runs: publish with this decision threshold on P(positive) instead of "
+    "the one training chose (a new version; its test metrics rescored).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the version as JSON.")
 @pass_state
 def publish_command(
@@ -204,6 +210,7 @@ def publish_command(
     activate: bool,
     new_version: bool,
     reason: str | None,
+    threshold: float | None,
     as_json: bool,
 ) -> None:
     """Publish an MLflow run's ONNX model as the next version in GridFS (verified by sha256)."""
@@ -219,7 +226,9 @@ def publish_command(
         raise click.UsageError("--experiment only applies with --best")
     store = open_store(state)
     chosen = run_id or publish.best_candidate_run_id(state.settings, experiment)
-    result = publish.publish_run(store, state.settings, chosen, name, new_version=new_version)
+    result = publish.publish_run(
+        store, state.settings, chosen, name, new_version=new_version, threshold=threshold
+    )
     version = result.version
     state = None
     if activate:

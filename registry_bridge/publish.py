@@ -17,6 +17,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from conf.contract import MODEL_CARD, cv_mean_key
@@ -25,6 +26,7 @@ from registry_bridge import monitor, onnx_check
 from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishResult, current_user
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ModelStore
+from registry_bridge.threshold import decide
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +144,14 @@ def publish_run(
     name: str | None = None,
     new_version: bool = False,
     by: str | None = None,
+    threshold: float | None = None,
 ) -> PublishResult:
     """Publish a candidate MLflow run as the next version of ``name`` (default ``MODEL_NAME``).
 
     A run already published returns its version (``created=False``) unless ``new_version``.
+    ``threshold`` publishes a binary run with another decision threshold than the one
+    training chose: a new version (a published version never changes), its labels,
+    parity check and threshold-dependent test metrics recomputed at that threshold.
 
     Raises:
         RegistryError: NOT_FOUND (unknown run), INVALID_INPUT (not a candidate, broken
@@ -166,6 +172,16 @@ def publish_run(
             f"MLflow run {run_id} is not a candidate (no tag "
             "candidate=true); `bridge runs` lists the candidates",
         )
+    if threshold is not None:
+        _check_threshold(threshold)
+        same = [
+            v
+            for v in store.search_model_versions(name)
+            if v.run_id == run_id and v.threshold == threshold
+        ]
+        if same and not new_version:
+            return PublishResult(same[-1], created=False)
+        new_version = True  # the run's other versions keep their own thresholds
     if not new_version:
         existing = store.find_published(name, run_id)
         if existing is not None:
@@ -180,6 +196,8 @@ def publish_run(
     with tempfile.TemporaryDirectory(prefix="bridge-publish-") as tmp:
         artifact, model_dir = _download_onnx(settings, model_uri, Path(tmp) / "onnx", run_id)
         card = _read_card(client, settings, run_id, Path(tmp) / "card")
+        if threshold is not None:
+            card = _with_threshold(card, threshold, run_id)
         libraries = _library_versions(client, artifact, model_dir, tags.get("sklearn_model_uri"))
     what = f"refusing to publish MLflow run {run_id}"
     onnx_check.check_predictions(artifact, card["evaluation"], card["onnx"], card["classes"], what)
@@ -190,9 +208,7 @@ def publish_run(
         source=model_uri,
         model_family=tags.get("model_family") or card.get("model_family"),
         params=dict(run.data.params),
-        metrics={
-            k: float(v) for k, v in run.data.metrics.items() if k.startswith(("cv_", "test_"))
-        },
+        metrics=_version_metrics(run.data.metrics, card, threshold is not None),
         classes=[str(c) for c in card["classes"]],
         input_schema=list(card["input_schema"]),
         data_fingerprint=tags.get("data_fingerprint") or card.get("data_fingerprint"),
@@ -214,6 +230,61 @@ def publish_run(
     if result.created:  # the training baseline drift is measured against (never fails this)
         monitor.attach_baseline(store, settings, version, card, draft.data_fingerprint)
     return result
+
+
+# Test metrics that do not depend on a decision threshold.
+_THRESHOLD_FREE = frozenset({"test_auc", "test_roc_auc_ovr", "test_log_loss"})
+
+
+def _version_metrics(
+    logged: dict[str, float], card: dict[str, Any], rethresholded: bool
+) -> dict[str, float]:
+    """The run's cv_/test_ metrics; at another threshold, its test ones rescored (or dropped)."""
+    metrics = {k: float(v) for k, v in logged.items() if k.startswith(("cv_", "test_"))}
+    if not rethresholded:
+        return metrics
+    kept = {k: v for k, v in metrics.items() if not k.startswith("test_") or k in _THRESHOLD_FREE}
+    return {**kept, **card.get("rescored_metrics", {})}
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 < threshold < 1.0:
+        raise RegistryError(
+            "INVALID_INPUT", f"threshold must be between 0 and 1 (exclusive), got {threshold}"
+        )
+
+
+def _with_threshold(card: dict[str, Any], threshold: float, run_id: str) -> dict[str, Any]:
+    """The card as if training had chosen ``threshold``: labels and test metrics at it."""
+    positive = card.get("positive_class")
+    if card.get("threshold") is None or not positive:
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"MLflow run {run_id} is not a binary model with a decision threshold; "
+            "--threshold applies to 2-class runs only",
+        )
+    evaluation = dict(card["evaluation"])
+    probabilities = np.asarray(evaluation["probabilities"], dtype=np.float64)
+    labels, _ = decide(probabilities, card["classes"], threshold, positive)
+    evaluation.update(labels=[str(label) for label in labels], threshold=threshold)
+    rescored: dict[str, float] = {}
+    truth = evaluation.get("true_labels")
+    if truth:
+        from pipelines.metrics import evaluation_metrics  # scikit-learn: only here
+
+        rescored = {
+            f"test_{k}": v
+            for k, v in evaluation_metrics(
+                truth, list(labels), probabilities, card["classes"], positive
+            ).items()
+        }
+    return {
+        **card,
+        "threshold": threshold,
+        "threshold_rule": "fixed",
+        "evaluation": evaluation,
+        "rescored_metrics": rescored,
+    }
 
 
 def _threshold(card: dict[str, Any]) -> dict[str, Any]:

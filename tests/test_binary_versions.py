@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 from dataclasses import replace
 
@@ -122,3 +123,32 @@ def test_a_new_threshold_is_a_new_version_and_the_served_one_keeps_its_own(binar
     assert shown.exit_code == 0, shown.output
     assert "threshold " in shown.output and "0.8" in shown.output
     assert "positive_class" in shown.output and "Abnormal" in shown.output
+
+
+def test_publish_with_another_threshold_is_a_new_rescored_version(binary):
+    """Check `bridge publish --threshold 0.5`: a new version, labels and metrics at 0.5."""
+    two, store, first, split = binary
+    env = {"MONGODB_URI": two.registry.mongodb_uri, "REGISTRY_DB": two.registry.database}
+    env["MLFLOW_TRACKING_URI"] = two.mlflow.tracking_uri
+    args = ["publish", "--run-id", first.run_id, "--name", NAME, "--threshold", "0.5", "--json"]
+    published = CliRunner().invoke(bridge, args, env=env)
+    assert published.exit_code == 0, published.output
+    again = CliRunner().invoke(bridge, args, env=env)
+    assert again.exit_code == 0, again.output
+    version = store.get_model_version(NAME, int(json.loads(published.output)["version"]))
+    assert json.loads(again.output)["version"] == version.version  # the same, not another
+    assert json.loads(again.output)["created"] is False
+    assert (version.threshold, version.threshold_rule) == (0.5, "fixed")
+    assert version.run_id == first.run_id and version.version != first.version
+    assert store.get_model_version(NAME, first.version).threshold == 0.8
+    # Rescored on the same test rows: at 0.5 at least as many are called Abnormal.
+    assert version.metrics["test_tp"] + version.metrics["test_fp"] >= (
+        first.metrics["test_tp"] + first.metrics["test_fp"]
+    )
+    assert version.metrics["test_auc"] == first.metrics["test_auc"]
+    labels = version.input_example["labels"]
+    p_abnormal = [row[0] for row in version.input_example["probabilities"]]
+    assert labels == ["Abnormal" if p >= 0.5 else "Normal" for p in p_abnormal]
+
+    wrong = CliRunner().invoke(bridge, [*args[:5], "--threshold", "1.5"], env=env)
+    assert wrong.exit_code != 0 and "1.5" in wrong.output
