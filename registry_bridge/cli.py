@@ -333,6 +333,7 @@ def activate_command(state: CliState, name: str, version: int, reason: str | Non
             f"activated {name} v{state.active_version} (previous: "
             f"{'v' + str(state.previous_version) if state.previous_version else 'none'})"
         )
+        _say_prepared(state)
 
 
 @main.command("rollback")
@@ -343,6 +344,7 @@ def rollback_command(state: CliState, name: str, reason: str | None) -> None:
     """Return to the version active before the current one (checked like activate)."""
     state = open_store(state).rollback(name, reason=reason)
     click.echo(f"rolled back {name} to v{state.active_version} (from v{state.previous_version})")
+    _say_prepared(state)
 
 
 @main.command("history")
@@ -627,6 +629,14 @@ def _mirror_of_version(mirrors: dict[str, Any], name: str, version: int) -> dict
     if report is None:
         return {"version": None, "in_sync": None}
     return {"version": report.versions.get(version), "in_sync": report.in_sync}
+
+
+def _say_prepared(active: Any) -> None:
+    """One line on the preparation (prepare, then switch) when there was one."""
+    from registry_bridge import render
+
+    if active.prepared:
+        click.echo(render.prepared_line(active.prepared))
 
 
 if __name__ == "__main__":

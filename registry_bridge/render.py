@@ -217,3 +217,16 @@ def drift_table(report: dict[str, Any]) -> str:
         f"judged from {thresholds['min_samples']} records"
     )
     return "\n".join(lines)
+
+
+def prepared_line(prepared: dict[str, Any]) -> str:
+    """How the live API workers were prepared before the switch (``ActiveState.prepared``)."""
+    loaded = f"{prepared['loaded']} of {prepared['live_workers']} live API workers"
+    version = f"v{prepared['staged_version']}"
+    if not prepared["timed_out"]:
+        return f"prepared in {prepared['prepare_s']:.2f} s: {loaded} had loaded {version}"
+    late = ", ".join(prepared["not_loaded"])
+    return (
+        f"preparation timed out after {prepared['prepare_s']:.2f} s: {loaded} had loaded "
+        f"{version}; {late} load it on their first request"
+    )

@@ -176,6 +176,7 @@ def test_bridge_activate_prepares_the_workers_of_a_running_api(published, tmp_pa
         }
         result = CliRunner().invoke(main, ["activate", MODEL, str(v2)], env=env)
         assert result.exit_code == 0, result.output
+        assert "2 of 2 live API workers had loaded" in result.output, result.output
         view = requests.get(server.url("/fleet"), timeout=10).json()
         assert all(v2 in w["loaded_versions"] for w in view["workers"]), view
         for _ in range(6):
