@@ -478,10 +478,10 @@ class ModelStore:
             }
         )
         log.info("%s %s: v%s -> v%s by %s", action, name, from_version, to_version, by)
+        self.update_mirror(name, action)  # inside the commit wait, which counts from the write
         # Commit wait: reads that began before the write expire before we acknowledge.
         wait_ms = lease.commit_wait_ms(self.pointer_lease_ms, int(replaced.get("lease_ms") or 0))
         lease.wait_after(acknowledged_at, wait_ms)
-        self.update_mirror(name, action)
         return ActiveState.from_document(new_state)
 
     def _validate(self, version: ModelVersion, refusing: str | None = None) -> VerificationReport:
