@@ -31,13 +31,13 @@ def safe_text(value: str) -> str:
 
 
 def _first_bytes(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The first byte of every non-empty cell and those cells' positions, read from the
-    Arrow buffers (no per-cell objects), and the whole data buffer."""
+    """The positions of the non-empty cells and their first bytes, read from the Arrow
+    buffers (no per-cell objects)."""
     _, offsets_buffer, data_buffer = column.buffers()
     if data_buffer is None or len(column) == 0:
         return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.uint8)
-    kind = np.int64 if pa.types.is_large_string(column.type) else np.int32
-    offsets = np.frombuffer(offsets_buffer, dtype=kind)[
+    kind = np.dtype(np.int64 if pa.types.is_large_string(column.type) else np.int32)
+    offsets: np.ndarray = np.frombuffer(offsets_buffer, dtype=kind)[
         column.offset : column.offset + len(column) + 1
     ]
     data = np.frombuffer(data_buffer, dtype=np.uint8)
