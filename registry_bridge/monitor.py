@@ -369,25 +369,27 @@ def feature_drift(
         "ks": None,
         "ks_pvalue": None,
         "psi": None,
-        "drift": None,
+        # drift is always true or false (DESIGN.md); judged says whether there were enough
+        "drift": False,
+        "judged": bool(present.size >= thresholds.min_samples),
     }
     if present.size == 0:
         return result
     test = stats.kstest(present, baseline_cdf(feature))
     expected, actual = bin_shares(feature, present)
     result.update(ks=float(test.statistic), ks_pvalue=float(test.pvalue), psi=psi(expected, actual))
-    if present.size >= thresholds.min_samples:
-        result["drift"] = bool(
-            result["ks"] >= thresholds.ks_threshold or result["psi"] >= thresholds.psi_threshold
-        )
+    result["drift"] = result["judged"] and bool(
+        result["ks"] >= thresholds.ks_threshold or result["psi"] >= thresholds.psi_threshold
+    )
     return result
 
 
 def class_mix_drift(
     baseline_mix: Mapping[str, float], labels: Sequence[str], thresholds: MonitorSettings
 ) -> dict[str, Any]:
-    """Predicted-class shares live against the baseline's, with their PSI."""
-    counts = Counter(labels)
+    """Predicted-class shares live against the baseline's, with their PSI (rows without a
+    prediction, a batch row with a bad cell, are left out)."""
+    counts = Counter(label for label in labels if label)
     total = sum(counts.values())
     classes = sorted(set(baseline_mix) | set(counts))
     live = {c: (counts.get(c, 0) / total if total else 0.0) for c in classes}
@@ -399,9 +401,8 @@ def class_mix_drift(
         "baseline": {c: float(baseline_mix.get(c, 0.0)) for c in classes},
         "live": live,
         "psi": value if total else None,
-        "drift": bool(value >= thresholds.psi_threshold)
-        if total >= thresholds.min_samples
-        else None,
+        "drift": bool(total >= thresholds.min_samples and value >= thresholds.psi_threshold),
+        "judged": total >= thresholds.min_samples,
     }
 
 

@@ -200,7 +200,7 @@ def drift_table(report: dict[str, Any]) -> str:
             f"{100 * f['out_of_range_share']:.1f}%",
             number(f["baseline_mean"], 2),
             number(f["live_mean"], 2),
-            {True: "DRIFT", False: "ok", None: "too few"}[f["drift"]],
+            ("DRIFT" if f["drift"] else "ok") if f["judged"] else "too few",
         )
         for f in report["features"]
     ]
