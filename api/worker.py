@@ -35,6 +35,8 @@ READ_CHUNK = 1 << 16
 HEAD_END = b"\r\n\r\n"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*\r\n", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r\n]*chunked", re.IGNORECASE)
+# curl and others send the body only after gunicorn's "100 Continue" (or a 1 s pause).
+_EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue", re.IGNORECASE)
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -157,8 +159,8 @@ class BufferingThreadWorker(ThreadWorker):
             return len(buffer) > self._head_limit  # the parser refuses it without reading more
         head = bytes(buffer[: end + 2])
         length = _CONTENT_LENGTH.search(head)
-        if length is None or _CHUNKED.search(head):
-            return True  # no body, or a chunked one the thread streams
+        if length is None or _CHUNKED.search(head) or _EXPECT_CONTINUE.search(head):
+            return True  # no body, a chunked one the thread streams, or one awaiting 100
         size = int(length.group(1))
         return size > BODY_BUFFER_LIMIT or len(buffer) >= end + len(HEAD_END) + size
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import select
 import socket
 import threading
@@ -169,3 +170,22 @@ def test_half_a_tls_setting_is_refused(tmp_path, capsys, given, missing):
     assert api_main(["--config", str(config)]) == 2
     error = capsys.readouterr().err
     assert f"api.{given} is set but api.{missing} is not" in error
+
+
+def test_a_client_expecting_100_continue_gets_it_before_sending_its_body(published, tmp_path):
+    """Check a small body awaiting '100 Continue' (as curl sends uploads) is not waited for."""
+    body = json.dumps(record(published.inputs[0])).encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with ApiServer(published.settings, tmp_path, workers=1) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head)
+            sock.settimeout(5)  # curl itself gives up waiting after 1 s and sends anyway
+            assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
