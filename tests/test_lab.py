@@ -110,6 +110,7 @@ def test_aws_lab_preset_logs_the_labs_model_as_a_candidate(settings, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # SVC(probability=True), as elsewhere
 def test_demo_2c_step_sets_the_labs_model_beside_the_winner_on_the_same_rows(settings):
     """Check the 2C demo's last step: same test rows, both thresholds, table and figures."""
     from dataclasses import replace
