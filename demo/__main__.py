@@ -252,7 +252,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
         with step(run, 8, "Versions and activation history from the registry"):
             record_history(run, client, env, versions)
         with step(run, 9, f"Monitoring: a batch with {demo_monitoring.SHIFTED_FEATURE} shifted"):
-            watch_drift(run, client, env, report_dir)
+            watch_drift(run, study, client, env, report_dir)
         if settings.data.variant == "2C":
             with step(run, 10, "The lab's model against ours, on the same test rows"):
                 compare_with_lab(run)
@@ -442,12 +442,12 @@ def record_history(
     )["events"]
 
 
-def watch_drift(run: DemoRun, client: ApiClient, env: dict[str, str], report_dir: Path) -> None:
+def watch_drift(
+    run: DemoRun, study: StudyResult, client: ApiClient, env: dict[str, str], report_dir: Path
+) -> None:
     """Normal traffic raises no alarm; a batch with one feature shifted is flagged, alone."""
     name = run.settings.api.model_name
-    normal, shifted = demo_monitoring.traffic(
-        run.study.dataset.features, run.settings.training.seed
-    )
+    normal, shifted = demo_monitoring.traffic(study.dataset.features, run.settings.training.seed)
     directory = run.settings.api.output_dir / "demo"
     for title, table, path in (
         ("Normal traffic", normal, directory / "normal_traffic.csv"),

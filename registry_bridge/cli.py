@@ -230,9 +230,9 @@ def publish_command(
         store, state.settings, chosen, name, new_version=new_version, threshold=threshold
     )
     version = result.version
-    state = None
+    activated = None
     if activate:
-        state = store.set_active_version(
+        activated = store.set_active_version(
             version.name, version.version, reason=reason or f"published from run {chosen}"
         )
     if as_json:
@@ -249,10 +249,10 @@ def publish_command(
             f"run {chosen} is already published as {version.label}; nothing uploaded "
             "(use --new-version to publish it again)"
         )
-    if state is not None:
+    if activated is not None:
         click.echo(
             f"activated {version.label} (previous: "
-            f"{'v' + str(state.previous_version) if state.previous_version else 'none'})"
+            f"{'v' + str(activated.previous_version) if activated.previous_version else 'none'})"
         )
 
 
@@ -303,14 +303,14 @@ def show_command(state: CliState, name: str, version: int, as_json: bool) -> Non
 
     store = open_store(state)
     found = store.get_model_version(name, version)
-    state = store.get_active_version(name)
+    active = store.get_active_version(name)
     mirrors = _mirror_status(store, {found.name})
     mirrored = _mirror_of_version(mirrors, found.name, found.version)
     if as_json:
-        is_active = bool(state and state.active_version == found.version)
+        is_active = bool(active and active.active_version == found.version)
         click.echo(render.as_json({**found.to_dict(), "active": is_active, "mlflow": mirrored}))
     else:
-        click.echo(render.version_details(found, state))
+        click.echo(render.version_details(found, active))
         if mirrors:
             where = f"models:/{found.name}/{mirrored['version']}" if mirrored["version"] else "none"
             click.echo(f"mlflow version: {where}; {mirrors[found.name].describe()}")
@@ -325,15 +325,15 @@ def activate_command(state: CliState, name: str, version: int, reason: str | Non
     """Make a version the one served, after checking its sha256 and re-scoring its example."""
     store = open_store(state)
     before = store.get_active_version(name)
-    state = store.set_active_version(name, version, reason=reason)
-    if before is not None and before.active_version == state.active_version:
-        click.echo(f"{name} v{state.active_version} is already active; nothing changed")
+    now = store.set_active_version(name, version, reason=reason)
+    if before is not None and before.active_version == now.active_version:
+        click.echo(f"{name} v{now.active_version} is already active; nothing changed")
     else:
         click.echo(
-            f"activated {name} v{state.active_version} (previous: "
-            f"{'v' + str(state.previous_version) if state.previous_version else 'none'})"
+            f"activated {name} v{now.active_version} (previous: "
+            f"{'v' + str(now.previous_version) if now.previous_version else 'none'})"
         )
-        _say_prepared(state)
+        _say_prepared(now)
 
 
 @main.command("rollback")
@@ -342,9 +342,9 @@ def activate_command(state: CliState, name: str, version: int, reason: str | Non
 @pass_state
 def rollback_command(state: CliState, name: str, reason: str | None) -> None:
     """Return to the version active before the current one (checked like activate)."""
-    state = open_store(state).rollback(name, reason=reason)
-    click.echo(f"rolled back {name} to v{state.active_version} (from v{state.previous_version})")
-    _say_prepared(state)
+    rolled = open_store(state).rollback(name, reason=reason)
+    click.echo(f"rolled back {name} to v{rolled.active_version} (from v{rolled.previous_version})")
+    _say_prepared(rolled)
 
 
 @main.command("history")
