@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from api_fixtures import make_app, record
 from click.testing import CliRunner
+from conftest import throwaway_settings
 
 from conf.settings import Settings
 from pipelines.candidate import quick_candidate_run, split_dataset
@@ -24,7 +25,6 @@ from pipelines.data import load_dataset, variant_file
 from registry_bridge.cli import main as bridge
 from registry_bridge.publish import publish_run
 from registry_bridge.store import ModelStore
-from tests.conftest import throwaway_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import data_path
 
 from conf.contract import FEATURES
 from conf.settings import DataSettings
@@ -17,7 +18,6 @@ from pipelines.data import (
     load_dataset,
     read_dataset,
 )
-from tests.conftest import data_path
 
 ROWS_3C = [  # (six features, UCI .dat label, full label)
     ((63.03, 22.55, 39.61, 40.48, 98.67, -0.25), "DH", "Hernia"),

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import data_path
 from mlflow.tracking import MlflowClient
 from sklearn.model_selection import train_test_split
 
@@ -15,7 +16,6 @@ from pipelines.metrics import binary_metrics
 from pipelines.threshold import rule_threshold
 from pipelines.train import main
 from registry_bridge.threshold import decide
-from tests.conftest import data_path
 
 POSITIVE = np.array([True, True, True, True, False, False, False, False])
 SCORES = np.array([0.95, 0.8, 0.6, 0.35, 0.55, 0.3, 0.2, 0.1])

@@ -20,8 +20,9 @@ from registry_bridge.store import ModelStore
 @pytest.fixture(scope="module")
 def data_split():
     """The data set and the training split the default settings cut from it."""
+    from conftest import data_path
+
     from conf.settings import load_settings
-    from tests.conftest import data_path
 
     settings = load_settings(env={"VERTEBRAL_DATA": str(data_path())})
     dataset = load_dataset(settings.data)

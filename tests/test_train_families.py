@@ -5,12 +5,12 @@ from __future__ import annotations
 import optuna
 import pytest
 import skops.io
+from conftest import data_path
 
 from conf.contract import PARITY_TOLERANCE
 from pipelines.candidate import check_parity, convert_to_onnx, evaluate, split_dataset
 from pipelines.data import read_dataset
 from pipelines.families import FAMILIES, build_pipeline, get_family, search_space
-from tests.conftest import data_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -22,6 +22,7 @@ import pytest
 import requests
 import yaml
 from click.testing import CliRunner
+from conftest import ROOT, data_path, free_port
 from mlflow.tracking import MlflowClient
 
 from conf.contract import FAMILIES, PARITY_TOLERANCE, cv_mean_key, cv_std_key
@@ -31,7 +32,6 @@ from pipelines.data import load_dataset
 from pipelines.metrics import METRICS
 from pipelines.plots import PLOT_FILES
 from pipelines.train import main
-from tests.conftest import ROOT, data_path, free_port
 
 # SVC(probability=True) is deprecated in scikit-learn 1.9 but is what skl2onnx converts.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
