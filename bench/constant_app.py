@@ -1,4 +1,4 @@
-"""The ceiling of the online benchmark: Flask answering a constant, run under the API's gunicorn setup.
+"""The online benchmark's ceiling: Flask answering a constant under the API's gunicorn setup.
 
 It reads the request body (as any endpoint must) and returns a fixed answer shaped
 like ``/predict``'s, so the difference to the API is the cost of validation, the

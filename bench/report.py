@@ -1,4 +1,4 @@
-"""The markdown table of a benchmark run (``bench/results/README-table.md``), from its JSON results."""
+"""The markdown table of a benchmark run (``bench/results/README-table.md``) from its JSON."""
 
 from __future__ import annotations
 
@@ -269,13 +269,14 @@ def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     online = docs.get("online")
     if online:
         for connections, comparison in online["comparison"].items():
+            clients = f"{connections} client{'s' if connections != '1' else ''}"
             lines.append(
-                f"| throughput ≥ 3× MLflow ({connections} client{'s' if connections != '1' else ''}) "
+                f"| throughput ≥ 3× MLflow ({clients}) "
                 f"| {_num(comparison['rps_ratio_vs_mlflow'], 2)}× "
                 f"| {_mark(comparison['goal_rps_3x'])} |"
             )
             lines.append(
-                f"| p99 ≤ ⅓ of MLflow's ({connections} client{'s' if connections != '1' else ''}) "
+                f"| p99 ≤ ⅓ of MLflow's ({clients}) "
                 f"| MLflow's p99 is {_num(comparison['p99_mlflow_over_api'], 2)}× ours "
                 f"| {_mark(comparison['goal_p99_third'])} |"
             )

@@ -274,7 +274,7 @@ class Workspace:
         )
 
     def constant_server(self, workers: int) -> Server:
-        """The ceiling: a constant answer on the API's HTTP stack (gunicorn gthread, same threads)."""
+        """A constant answer on the API's HTTP stack (gunicorn gthread, same threads)."""
         from api.__main__ import THREADS_PER_WORKER
 
         port = free_port()

@@ -1,4 +1,4 @@
-"""A publish run in a separate process (concurrency tests); imports only the store, so spawning is quick."""
+"""A publish run in another process (concurrency tests); imports only the store, to spawn fast."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def test_metrics_count_requests_and_predictions(client, published):
     """Check that /metrics counts requests per endpoint/status and predictions per version."""
 
     def sample(text: str, prefix: str) -> float:
-        lines = [l for l in text.splitlines() if l.startswith(prefix)]
+        lines = [line for line in text.splitlines() if line.startswith(prefix)]
         return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
     version = published.versions[FAMILIES[0]]
