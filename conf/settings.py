@@ -459,11 +459,11 @@ def load_settings(
         if var in env:
             values[key] = (var, env[var])
     for dotted, value in (overrides or {}).items():
-        section, _, leaf = dotted.rpartition(".")
-        if (section, leaf) not in _SCHEMA:
-            raise SettingsError(f"{section}.{leaf}: unknown setting")
+        group, _, leaf = dotted.rpartition(".")
+        if (group, leaf) not in _SCHEMA:
+            raise SettingsError(f"{group}.{leaf}: unknown setting")
         if value is not None:
-            values[(section, leaf)] = (f"{section}.{leaf}", value)
+            values[(group, leaf)] = (f"{group}.{leaf}", value)
 
     parsed: dict[tuple[str, str], Any] = {}
     for key, (label, raw) in values.items():
