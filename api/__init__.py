@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app, g, request
+from flask.json.provider import DefaultJSONProvider
 from pymongo import MongoClient
 
 from conf.settings import Settings, load_settings
@@ -61,6 +62,12 @@ def _open_client(settings: Settings) -> MongoClient:
         )
 
 
+class _InModelOrder(DefaultJSONProvider):
+    """Flask's JSON, keeping class and field order as the model gives them."""
+
+    sort_keys = False
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app.
 
@@ -84,7 +91,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
     app.config.update(test_config)
-    app.json.sort_keys = False  # keep class and field order as the model gives them
+    app.json = _InModelOrder(app)
 
     client = client or _open_client(settings)
     store = ModelStore(client, settings, ensure_indexes=False)

@@ -11,7 +11,7 @@ import logging
 import re
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from registry_bridge.errors import STATUS_BY_CODE, RegistryError
 
@@ -51,10 +51,10 @@ def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     code = _CODE_BY_STATUS.get(status) or re.sub(r"\W+", "_", (exc.name or "error")).upper()
     message = exc.description or exc.name
+    allowed = exc.valid_methods if isinstance(exc, MethodNotAllowed) else None
     if status == 404:
         message = f"no endpoint at {request.path}; see /openapi.json"
     elif status == 405:
-        allowed = exc.valid_methods if hasattr(exc, "valid_methods") else None
         message = f"{request.method} is not allowed on {request.path}" + (
             f"; use {', '.join(sorted(allowed))}" if allowed else ""
         )
@@ -64,8 +64,8 @@ def _http_error(exc: HTTPException) -> Response:
             f" of {limit // (1024 * 1024)} MB" if limit else ""
         )
     response = error_response(code, message, status)
-    if status == 405 and getattr(exc, "valid_methods", None):
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    if status == 405 and allowed:
+        response.headers["Allow"] = ", ".join(allowed)
     return response
 
 

@@ -25,7 +25,7 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except OSError:
         return False
     return bool(addresses) and all(

@@ -59,7 +59,7 @@ _STALE = {
         "schema": {"type": "integer"},
     },
 }
-_ADMIN = [{"bearer": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]  # no scopes
 
 
 @functools.lru_cache(maxsize=1)
