@@ -49,10 +49,18 @@ class Param:
         """Ask the trial for a value of this parameter."""
         key = f"{prefix}_{self.name}"
         if self.kind == "float":
-            return trial.suggest_float(key, self.low, self.high, log=self.log)
+            low, high = self._bounds()
+            return trial.suggest_float(key, low, high, log=self.log)
         if self.kind == "int":
-            return trial.suggest_int(key, int(self.low), int(self.high), step=self.step or 1)
+            low, high = self._bounds()
+            return trial.suggest_int(key, int(low), int(high), step=self.step or 1)
         return trial.suggest_categorical(key, list(self.choices))
+
+    def _bounds(self) -> tuple[float, float]:
+        # Only categorical parameters go without a range.
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.name}: a {self.kind} parameter needs low and high")
+        return self.low, self.high
 
     def describe(self) -> str:
         """A one-line human description of the range (for the study's search space)."""

@@ -45,21 +45,21 @@ def classification_metrics(
     y_true: Sequence[str], labels: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]
 ) -> dict[str, float]:
     """The METRICS of one prediction (labels + probabilities in ``classes`` column order)."""
-    y_true = np.asarray(y_true)
+    truth = np.asarray(y_true)
     classes = list(classes)
     if len(classes) == 2:
         # roc_auc_score wants the positive class's column for a binary problem.
-        roc_auc = roc_auc_score(y_true, probabilities[:, 1], labels=classes)
+        roc_auc = roc_auc_score(truth, probabilities[:, 1], labels=classes)
     else:
-        roc_auc = roc_auc_score(y_true, probabilities, multi_class="ovr", labels=classes)
+        roc_auc = roc_auc_score(truth, probabilities, multi_class="ovr", labels=classes)
     return {
-        "accuracy": float(accuracy_score(y_true, labels)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, labels)),
+        "accuracy": float(accuracy_score(truth, labels)),
+        "balanced_accuracy": float(balanced_accuracy_score(truth, labels)),
         "f1_macro": float(
-            f1_score(y_true, labels, average="macro", labels=classes, zero_division=0)
+            f1_score(truth, labels, average="macro", labels=classes, zero_division=0)
         ),
         "roc_auc_ovr": float(roc_auc),
-        "log_loss": float(log_loss(y_true, probabilities, labels=classes)),
+        "log_loss": float(log_loss(truth, probabilities, labels=classes)),
     }
 
 

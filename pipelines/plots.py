@@ -70,21 +70,25 @@ def optimization_history(result: StudyResult) -> Figure:
     fig, ax = plt.subplots(figsize=(9, 5))
     best_so_far: list[float] = []
     for family in dict.fromkeys(t.family for t in result.trials):
-        done = [t for t in result.trials if t.family == family and t.score is not None]
-        complete = [t for t in done if t.state == "complete"]
-        pruned = [t for t in done if t.state == "pruned"]
+        scored = [
+            (t.state, t.number, t.score)
+            for t in result.trials
+            if t.family == family and t.score is not None
+        ]
+        complete = [(number, score) for state, number, score in scored if state == "complete"]
+        pruned = [(number, score) for state, number, score in scored if state == "pruned"]
         colour = _family_colour(family)
         ax.scatter(
-            [t.number for t in complete],
-            [t.score for t in complete],
+            [number for number, _ in complete],
+            [score for _, score in complete],
             color=colour,
             label=_label(family),
             s=36,
         )
         if pruned:
             ax.scatter(
-                [t.number for t in pruned],
-                [t.score for t in pruned],
+                [number for number, _ in pruned],
+                [score for _, score in pruned],
                 color=colour,
                 marker="x",
                 s=36,

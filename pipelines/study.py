@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-import mlflow.data
 import optuna
 import pandas as pd
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -136,8 +136,10 @@ class _TrialLogger:
         folds = trial.intermediate_values
         score = trial.value if state == "complete" else (folds[max(folds)] if folds else None)
         duration = trial.duration.total_seconds() if trial.duration else 0.0
-        start = int(trial.datetime_start.timestamp() * 1000)
-        end = int((trial.datetime_complete or trial.datetime_start).timestamp() * 1000)
+        started = trial.datetime_start
+        assert started is not None  # Optuna calls back only for trials that ran
+        start = int(started.timestamp() * 1000)
+        end = int((trial.datetime_complete or started).timestamp() * 1000)
         name = f"trial-{trial.number:03d}-{family}"
         run = self.client.create_run(
             self.experiment_id,
@@ -223,7 +225,7 @@ def _log_study_setup(settings: Settings, dataset: Dataset, split: Split) -> None
         # MLflow registers its local-file source twice and warns that a path "can be
         # interpreted in multiple ways" (both the same class).
         warnings.simplefilter("ignore", UserWarning)
-        data_input = mlflow.data.from_pandas(
+        data_input = from_pandas(
             table,
             source=dataset.source,
             targets="label",
@@ -346,10 +348,12 @@ def run_study(
         _make_candidates(result, settings, on_candidate, on_rejected)
 
         winner = result.winner
+        best_cv = winner.trial.score
+        assert best_cv is not None  # the winner is a completed trial, so it has its CV mean
         mlflow.log_params(winner.trial.params)
         mlflow.log_metrics(
             {
-                f"best_cv_{training.objective}": winner.trial.score,
+                f"best_cv_{training.objective}": best_cv,
                 **{k: v for k, v in winner.evaluation.metrics.items()},
                 "n_trials_complete": sum(o.state == "complete" for o in result.trials),
                 "n_trials_pruned": sum(o.state == "pruned" for o in result.trials),
