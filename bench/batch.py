@@ -189,11 +189,11 @@ def run(
     try:
         server.wait_ready("/ready", timeout_s=120)
         url = server.base_url + "/batch-predict"
-        api_batch(url, server.process.pid, tiny, out_dir / "api-warmup.csv")
+        api_batch(url, server.pid, tiny, out_dir / "api-warmup.csv")
         for rows, source in files.items():
             for number in range(plan["rounds"]):
                 target = out_dir / f"api-{rows}.csv"
-                result = api_batch(url, server.process.pid, source, target)
+                result = api_batch(url, server.pid, source, target)
                 result["rows_out"] = _count_lines(target) - 1
                 runs["api"].setdefault(rows, []).append(result)
                 result = mlflow_predict(ws, model, source, out_dir / f"mlflow-{rows}.json")
@@ -213,9 +213,7 @@ def run(
                     runs["mlflow"][rows][-1]["peak_rss_mb"],
                     result["score_s"],
                 )
-        workers_hwm = [
-            round(peak_rss_kb(p) * 1024 / 1e6, 1) for p in process_tree(server.process.pid)
-        ]
+        workers_hwm = [round(peak_rss_kb(p) * 1024 / 1e6, 1) for p in process_tree(server.pid)]
     finally:
         server.stop()
     load_after = load_average()

@@ -201,6 +201,13 @@ class Server:
     def base_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The process id (its group's too); the server must have been started."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self.process.pid
+
     def start(self) -> Server:
         """Start the process (does not wait; see :meth:`wait_ready`)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -210,14 +210,14 @@ def run(
                 "url": url,
                 "ready_s": server.ready_s,
                 "answer": answer.decode()[:300],
-                "rss_idle_mb": tree_rss_mb(server.process.pid),
+                "rss_idle_mb": tree_rss_mb(server.pid),
             }
             run_wrk(url, script, max(plan["concurrencies"]), 1)  # warm-up, not recorded
             samples[name]["sequential_latency"] = sequential_latency_ms(
                 server.port, PATHS[name][0], body
             )
         rounds: dict[str, dict[int, list[dict[str, Any]]]] = {n: {} for n in servers}
-        samplers = {n: RssSampler(s.process.pid, interval_s=0.2) for n, s in servers.items()}
+        samplers = {n: RssSampler(s.pid, interval_s=0.2) for n, s in servers.items()}
         for sampler in samplers.values():
             sampler.__enter__()
         try:

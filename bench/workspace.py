@@ -74,7 +74,7 @@ class Workspace:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.embedded = EmbeddedSettings(port=free_port(), data_dir=self.dir / "registry")
         self.admin_token = secrets.token_hex(16)
-        self.settings: Settings | None = None
+        self._settings: Settings | None = None
         self.store: Any = None
         self._client: Any = None
 
@@ -96,7 +96,7 @@ class Workspace:
             env["VERTEBRAL_DATA"] = str(data)
         (self.dir / "mlflow").mkdir(exist_ok=True)
         loaded = load_settings(env=env)
-        self.settings = replace(
+        self._settings = replace(
             loaded,
             mlflow=replace(
                 loaded.mlflow,
@@ -118,11 +118,17 @@ class Workspace:
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    @property
+    def settings(self) -> Settings:
+        """The workspace's settings; they exist once the workspace is entered."""
+        if self._settings is None:
+            raise RuntimeError("enter the Workspace (with Workspace() as ws) before using it")
+        return self._settings
+
     # --- the model -----------------------------------------------------------------------
 
     @property
     def model_name(self) -> str:
-        assert self.settings is not None
         return self.settings.api.model_name
 
     def prepare_model(self, family: str = "logistic_regression") -> BenchModel:

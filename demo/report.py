@@ -69,6 +69,7 @@ def _fmt(value: Any) -> str:
 
 
 def data_section(run: DemoRun) -> str:
+    assert run.study is not None  # the report is written after a complete run
     dataset = run.study.dataset
     counts = dataset.labels.value_counts()
     stats = dataset.features.describe().T
@@ -89,6 +90,7 @@ def data_section(run: DemoRun) -> str:
 
 def study_section(run: DemoRun) -> str:
     study = run.study
+    assert study is not None  # the report is written after a complete run
     objective = study.objective
     rows = [
         (
