@@ -238,7 +238,6 @@ def gridfs_plugin_available() -> bool:
 
 
 def _measure(ws: Workspace, way: str, spec: dict[str, Any]) -> dict[str, Any]:
-    assert ws.settings is not None
     log_path = ws.dir / "logs" / f"spark-{way}.log"
     start = log_path.stat().st_size if log_path.exists() else 0
     env = venv_env(
