@@ -16,7 +16,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from api_fixtures import FAMILIES, MODEL, record
+from conftest import data_path
 
+from conf.settings import DataSettings
 from pipelines.data import FEATURES, load_dataset
 from registry_bridge.errors import RegistryError
 
@@ -41,9 +43,7 @@ def spark():
 
 @pytest.fixture(scope="module")
 def dataset():
-    from conf.settings import load_settings
-
-    return load_dataset(load_settings().data).features[list(FEATURES)]
+    return load_dataset(DataSettings(path=data_path())).features[list(FEATURES)]
 
 
 def _frame(spark, rows: pd.DataFrame, partitions: int = 2):

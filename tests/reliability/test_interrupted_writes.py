@@ -274,7 +274,7 @@ def test_batch_whose_client_leaves_half_way_saves_nothing(published, tmp_path, f
         jobs_before = sorted(p.name for p in out.glob("predicciones-*.csv"))
 
         head = (
-            f"POST /batch-predict HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            f"POST /batch-predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         partial_csv = _leave_half_way(server, out, head, body)
@@ -288,7 +288,7 @@ def test_batch_whose_client_leaves_half_way_saves_nothing(published, tmp_path, f
             + f"\r\n--{boundary}--\r\n".encode()
         )
         head = (
-            f"POST /batch-predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            f"POST /batch-predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
             f"boundary={boundary}\r\nContent-Length: {len(multipart)}\r\n\r\n"
         ).encode()
         _leave_half_way(server, out, head, multipart)
