@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
 from api_fixtures import MODEL
@@ -25,7 +26,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not shutil.which("chromium"), reason="headless Chromium is not installed"),
 ]
-aiohttp = pytest.importorskip("aiohttp")
 
 TOKEN = "console-test-token"
 CHROMIUM_FLAGS = [
