@@ -26,6 +26,16 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON request body with this schema."""
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _object(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """An object schema with these required keys and properties."""
+    return {"type": "object", "required": required, "properties": properties}
+
+
 _BATCH_SUMMARY = {
     "type": "object",
     "properties": {
@@ -108,10 +118,7 @@ def spec() -> dict[str, Any]:
         ]
     }
     predict_op = {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": predict_body}},
-        },
+        "requestBody": _json_body(predict_body),
         "responses": {
             "200": {**_json({"$ref": "#/components/schemas/Predictions"}), "headers": _STALE},
             **_errors(*_PREDICT_ERRORS),
@@ -330,22 +337,16 @@ def spec() -> dict[str, Any]:
                 "post": {
                     "summary": "Activate a version (admin)",
                     "security": _ADMIN,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["name", "version"],
-                                    "properties": {
-                                        "name": {"type": "string"},
-                                        "version": {"type": "integer"},
-                                        "reason": {"type": "string"},
-                                    },
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _json_body(
+                        _object(
+                            ["name", "version"],
+                            {
+                                "name": {"type": "string"},
+                                "version": {"type": "integer"},
+                                "reason": {"type": "string"},
+                            },
+                        )
+                    ),
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/ActiveState"}),
                         **_errors(
@@ -365,21 +366,11 @@ def spec() -> dict[str, Any]:
                 "post": {
                     "summary": "Return to the previous version (admin)",
                     "security": _ADMIN,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["name"],
-                                    "properties": {
-                                        "name": {"type": "string"},
-                                        "reason": {"type": "string"},
-                                    },
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _json_body(
+                        _object(
+                            ["name"], {"name": {"type": "string"}, "reason": {"type": "string"}}
+                        )
+                    ),
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/ActiveState"}),
                         **_errors(
