@@ -288,8 +288,9 @@ def test_batch_whose_client_leaves_half_way_saves_nothing(published, tmp_path, f
             + f"\r\n--{boundary}--\r\n".encode()
         )
         head = (
-            f"POST /batch-predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
-            f"boundary={boundary}\r\nContent-Length: {len(multipart)}\r\n\r\n"
+            "POST /batch-predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(multipart)}\r\n\r\n"
         ).encode()
         _leave_half_way(server, out, head, multipart)
         lines = _wait_for_status(server, 3)
