@@ -22,6 +22,7 @@ import numpy as np
 
 from bench.common import (
     RssSampler,
+    last_json_line,
     load_average,
     meets,
     peak_rss_kb,
@@ -153,10 +154,7 @@ def in_process(
         ],
         log_path,
     )
-    with open(log_path, "rb") as handle:
-        handle.seek(start)
-        line = [ln for ln in handle.read().decode().splitlines() if ln.startswith("{")][-1]
-    return {**measured, **json.loads(line)}
+    return {**measured, **last_json_line(log_path, start)}
 
 
 def run(

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 import urllib.request
 from typing import Any
 
-from bench.common import load_average, ratio, summarize
+from bench.common import load_average, ratio, require_wrk, summarize
 from bench.online import request_body, run_wrk, write_lua
 from bench.workspace import BenchModel, Workspace, run_single_part
 
@@ -66,8 +65,7 @@ def run(
     plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure both servers; the result document (see the module docstring)."""
-    if shutil.which("wrk") is None:
-        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    require_wrk()
     plan = dict(plan or (QUICK if quick else FULL))
     body = request_body(ws.settings)
     script = write_lua(body, ws.dir / "post-capture.lua")

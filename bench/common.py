@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -21,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -346,6 +347,36 @@ def run_measured(
 
 
 # --- machine, load, statistics, results ----------------------------------------------
+
+
+def last_json_line(log_path: Path, start: int) -> dict[str, Any]:
+    """The last JSON object line a child wrote to ``log_path`` after byte offset ``start``."""
+    with open(log_path, "rb") as handle:
+        handle.seek(start)
+        line = [ln for ln in handle.read().decode().splitlines() if ln.startswith("{")][-1]
+    parsed: dict[str, Any] = json.loads(line)
+    return parsed
+
+
+def require_wrk() -> None:
+    """Fail early, naming the package, when the wrk load generator is missing."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+
+
+def load_exported_model(meta_path: Path, onnx_path: Path, load_model: Callable[..., Any]) -> Any:
+    """The scoring model from an exported META.json and its ONNX file, through ``load_model``."""
+    # The loader is the caller's: each child times its own imports (api.runtime pulls in Flask).
+    meta = json.loads(meta_path.read_text())
+    return load_model(
+        meta["name"],
+        meta["version"],
+        meta.get("run_id"),
+        meta["classes"],
+        meta["input_schema"],
+        onnx_path.read_bytes(),
+        onnx_io=meta.get("onnx_io"),
+    )
 
 
 def load_average() -> list[float]:

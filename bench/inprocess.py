@@ -23,6 +23,7 @@ import pyarrow.compute as pa_compute
 import pyarrow.csv as pa_csv
 
 from api.runtime import load_model
+from bench.common import load_exported_model
 
 BLOCK_BYTES = 4 << 20
 
@@ -85,16 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     """Load the model described by META.json, score IN.csv into OUT.csv, print the timing."""
     paths = [Path(a) for a in (argv or sys.argv[1:])]
     onnx_path, meta_path, source, target = paths[:4]
-    meta = json.loads(meta_path.read_text())
-    model = load_model(
-        meta["name"],
-        meta["version"],
-        meta.get("run_id"),
-        meta["classes"],
-        meta["input_schema"],
-        onnx_path.read_bytes(),
-        onnx_io=meta.get("onnx_io"),
-    )
+    model = load_exported_model(meta_path, onnx_path, load_model)
     if len(paths) > 4:
         score_file(model, paths[4], target.with_suffix(".warmup.csv"))
     started = time.perf_counter()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import shutil
 import statistics
 import subprocess
 import time
@@ -26,7 +25,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import RssSampler, Server, load_average, meets, ratio, summarize, tree_rss_mb
+from bench.common import (
+    RssSampler,
+    Server,
+    load_average,
+    meets,
+    ratio,
+    require_wrk,
+    summarize,
+    tree_rss_mb,
+)
 from bench.workspace import BenchModel, Workspace, run_single_part
 
 log = logging.getLogger("bench")
@@ -190,8 +198,7 @@ def run(
     plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure the four servers; the result document (see the module docstring)."""
-    if shutil.which("wrk") is None:
-        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    require_wrk()
     plan = dict(plan or (QUICK if quick else FULL))
     body = request_body(ws.settings)
     script = write_lua(body, ws.dir / "post.lua")

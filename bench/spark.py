@@ -33,7 +33,9 @@ import numpy as np
 
 from bench.batch import NOISE, export_model, noisy_rows
 from bench.common import (
+    last_json_line,
     load_average,
+    load_exported_model,
     meets,
     peak_rss_kb,
     process_tree,
@@ -175,16 +177,7 @@ def _single_process(spec: dict[str, Any], source: str, target: str) -> dict[str,
 
     from registry_bridge.scoring import load_model
 
-    meta = json.loads(Path(spec["meta"]).read_text())
-    model = load_model(
-        meta["name"],
-        meta["version"],
-        meta.get("run_id"),
-        meta["classes"],
-        meta["input_schema"],
-        Path(spec["onnx"]).read_bytes(),
-        onnx_io=meta.get("onnx_io"),
-    )
+    model = load_exported_model(Path(spec["meta"]), Path(spec["onnx"]), load_model)
     started = time.perf_counter()
     lookup = model.column_of
     writer = None
@@ -254,10 +247,7 @@ def _measure(ws: Workspace, way: str, spec: dict[str, Any]) -> dict[str, Any]:
         env,
         timeout_s=3600,
     )
-    with open(log_path, "rb") as handle:
-        handle.seek(start)
-        line = [ln for ln in handle.read().decode().splitlines() if ln.startswith("{")][-1]
-    return {**json.loads(line), "process_wall_s": measured["wall_s"]}
+    return {**last_json_line(log_path, start), "process_wall_s": measured["wall_s"]}
 
 
 def run(
