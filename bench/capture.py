@@ -19,8 +19,8 @@ import time
 import urllib.request
 from typing import Any
 
-from bench.common import load_average, ratio, require_wrk, summarize
-from bench.online import request_body, run_wrk, write_lua
+from bench.common import load_average, ratio, summarize
+from bench.online import run_wrk, wrk_post
 from bench.workspace import BenchModel, Workspace, run_single_part
 
 log = logging.getLogger("bench")
@@ -65,10 +65,8 @@ def run(
     plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure both servers; the result document (see the module docstring)."""
-    require_wrk()
+    _, script = wrk_post(ws, "post-capture.lua")
     plan = dict(plan or (QUICK if quick else FULL))
-    body = request_body(ws.settings)
-    script = write_lua(body, ws.dir / "post-capture.lua")
     servers = {}
     for name, percent in SETTINGS.items():
         server = ws.api_server(workers, name=name)

@@ -83,6 +83,13 @@ def write_lua(body: bytes, path: Path) -> Path:
     return path
 
 
+def wrk_post(ws: Workspace, lua_name: str) -> tuple[bytes, Path]:
+    """Check wrk is there; the request body and the wrk script (in the workspace) POSTing it."""
+    require_wrk()
+    body = request_body(ws.settings)
+    return body, write_lua(body, ws.dir / lua_name)
+
+
 def run_wrk(url: str, script: Path, connections: int, duration_s: float) -> dict[str, Any]:
     """One wrk run; requests/s, latency percentiles (ms) and error counts.
 
@@ -198,10 +205,8 @@ def run(
     plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure the four servers; the result document (see the module docstring)."""
-    require_wrk()
+    body, script = wrk_post(ws, "post.lua")
     plan = dict(plan or (QUICK if quick else FULL))
-    body = request_body(ws.settings)
-    script = write_lua(body, ws.dir / "post.lua")
     load_before = load_average()
     servers = start_servers(ws, model, workers)
     try:
