@@ -14,8 +14,8 @@ from flask import Blueprint, Response, jsonify, request
 from api import registry
 from api.body import ADMIN_BODY_LIMIT, read_body
 from api.validation import invalid, parse_json
-from conf.contract import ContractError, check_model_name, parse_version
 from registry_bridge.errors import RegistryError
+from registry_bridge.store import checked_name, checked_version
 
 bp = Blueprint("models", __name__, url_prefix="/models")
 
@@ -75,20 +75,6 @@ def _text_field(body: dict[str, Any], key: str, required: bool = True) -> str | 
     return value.strip()
 
 
-def _name_field(value: Any) -> str:
-    try:
-        return check_model_name(value)
-    except ContractError as exc:
-        raise RegistryError.refusing(exc) from None
-
-
-def _version_field(value: Any) -> int:
-    try:
-        return parse_version(value)
-    except ContractError as exc:
-        raise RegistryError.refusing(exc) from None
-
-
 def _state(state: Any) -> dict[str, Any]:
     return {
         "name": state.name,
@@ -124,7 +110,7 @@ def list_models() -> Response:
 def show_version(name: str, version: str) -> Response:
     """One version's metadata and whether it is active."""
     store = registry().store
-    found = store.get_model_version(name, _version_field(version))
+    found = store.get_model_version(name, checked_version(version))
     state = store.get_active_version(name)
     return jsonify(
         {**found.to_dict(), "active": state is not None and state.active_version == found.version}
@@ -148,7 +134,7 @@ def attachment(filename: str) -> str:
 def download_artifact(name: str, version: str) -> Response:
     """The ONNX bytes, checked against their sha256 before they are sent."""
     store = registry().store
-    found = store.get_model_version(name, _version_field(version))
+    found = store.get_model_version(name, checked_version(version))
     data = store.artifacts.read(found)
     response = Response(data, mimetype="application/octet-stream")
     filename = found.filename or f"{name}-v{found.version}.onnx"
@@ -162,8 +148,8 @@ def download_artifact(name: str, version: str) -> Response:
 def activate() -> Response:
     """Make a version the one served; answers once every new request will use it."""
     body = _json_object()
-    name = _name_field(body.get("name"))
-    version = _version_field(body.get("version"))
+    name = checked_name(body.get("name"))
+    version = checked_version(body.get("version"))
     reason = _text_field(body, "reason", required=False)
     handle = registry()
     check = None
@@ -184,7 +170,7 @@ def activate() -> Response:
 def rollback() -> Response:
     """Return to the previously active version."""
     body = _json_object()
-    name = _name_field(body.get("name"))
+    name = checked_name(body.get("name"))
     reason = _text_field(body, "reason", required=False)
     state = registry().store.rollback(name, by=_actor(), reason=reason)
     return jsonify(_state(state))

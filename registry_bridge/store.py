@@ -150,7 +150,7 @@ class ModelStore:
     @_translated
     def get_active_version(self, name: str) -> ActiveState | None:
         """The active pointer of ``name``, or None when no version is active (one read by _id)."""
-        doc = self.state.find_one({"_id": _model_name(name)})
+        doc = self.state.find_one({"_id": checked_name(name)})
         if doc is None or doc.get("active_version") is None:
             return None
         return ActiveState.from_document(doc)
@@ -171,7 +171,7 @@ class ModelStore:
         Raises:
             RegistryError: NOT_FOUND naming ``name`` and ``version``.
         """
-        name, version = _model_name(name), _version_number(version)
+        name, version = checked_name(name), checked_version(version)
         doc = self.versions.find_one({"name": name, "version": version})
         if doc is None or doc.get("status") != READY:
             known = self._ready_numbers(name)
@@ -191,7 +191,7 @@ class ModelStore:
         self, name: str | None = None, include_deleted: bool = False
     ) -> list[ModelVersion]:
         """Versions sorted by name then version; deleted ones only on request."""
-        query: dict[str, Any] = {} if name is None else {"name": _model_name(name)}
+        query: dict[str, Any] = {} if name is None else {"name": checked_name(name)}
         if not include_deleted:
             query["status"] = READY
         docs = self.versions.find(query).sort([("name", ASCENDING), ("version", ASCENDING)])
@@ -201,7 +201,7 @@ class ModelStore:
     def find_published(self, name: str, run_id: str) -> ModelVersion | None:
         """The newest ready version of ``name`` published from MLflow run ``run_id``, if any."""
         doc = self.versions.find_one(
-            {"name": _model_name(name), "run_id": run_id, "status": READY},
+            {"name": checked_name(name), "run_id": run_id, "status": READY},
             sort=[("version", DESCENDING)],
         )
         return ModelVersion.from_document(doc) if doc else None
@@ -245,7 +245,7 @@ class ModelStore:
     @_translated
     def list_activation_log(self, name: str) -> list[ActivationEvent]:
         """Every activation and rollback of ``name``, oldest first."""
-        docs = self.log.find({"name": _model_name(name)}).sort(
+        docs = self.log.find({"name": checked_name(name)}).sort(
             [("at", ASCENDING), ("_id", ASCENDING)]
         )
         return [ActivationEvent.from_document(doc) for doc in docs]
@@ -266,7 +266,7 @@ class ModelStore:
             RegistryError: INVALID_INPUT for an empty artifact, CONFLICT when the stored
                 bytes differ from those sent, REGISTRY_UNAVAILABLE on database failure.
         """
-        _model_name(draft.name)  # the one rule for names, before a number is spent on it
+        checked_name(draft.name)  # the one rule for names, before a number is spent on it
         if not artifact:  # before a number is spent on it
             raise RegistryError("INVALID_INPUT", f"{draft.name}: the artifact is empty")
         if draft.run_id and not new_version:
@@ -602,7 +602,7 @@ class ModelStore:
         ]
 
 
-def _model_name(name: Any) -> str:
+def checked_name(name: Any) -> str:
     """``name`` when it follows the run contract's name rule; INVALID_INPUT naming it otherwise."""
     try:
         return check_model_name(name)
@@ -610,7 +610,7 @@ def _model_name(name: Any) -> str:
         raise RegistryError.refusing(exc) from None
 
 
-def _version_number(version: Any) -> int:
+def checked_version(version: Any) -> int:
     """A version number by the run contract's rule; INVALID_INPUT naming the field otherwise."""
     try:
         return parse_version(version)
