@@ -164,14 +164,21 @@ def _port(value: Any) -> int:
         raise ValueError(f"expected a port number 1..65535, got {value!r}") from None
 
 
-def _fraction(value: Any) -> float:
+def _checked_float(
+    value: Any, ok: Callable[[float], bool], expected: str, not_a_number: str | None = None
+) -> float:
+    """``value`` as a float when ``ok``; else ValueError "expected <expected>, got <value>"."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"expected a number between 0 and 1, got {value!r}") from None
-    if not 0.0 < number < 1.0:
-        raise ValueError(f"expected a number between 0 and 1, got {value!r}")
+        raise ValueError(f"expected {not_a_number or expected}, got {value!r}") from None
+    if not ok(number):
+        raise ValueError(f"expected {expected}, got {value!r}")
     return number
+
+
+def _fraction(value: Any) -> float:
+    return _checked_float(value, lambda n: 0.0 < n < 1.0, "a number between 0 and 1")
 
 
 def _number(
@@ -194,13 +201,7 @@ def _number(
 
 
 def _share(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number in [0, 1), got {value!r}") from None
-    if not 0.0 <= number < 1.0:
-        raise ValueError(f"expected a number in [0, 1), got {value!r}")
-    return number
+    return _checked_float(value, lambda n: 0.0 <= n < 1.0, "a number in [0, 1)")
 
 
 def _threshold_rule(value: Any) -> str:
@@ -221,23 +222,15 @@ def _threshold_rule(value: Any) -> str:
 def _optional_seconds(value: Any) -> float | None:
     if value in (None, ""):
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected seconds as a number, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {value!r}")
-    return number
+    return _checked_float(
+        value, lambda n: n > 0, "a positive number of seconds", "seconds as a number"
+    )
 
 
 def _seconds(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected seconds as a number, got {value!r}") from None
-    if not 0 <= number <= 3600:
-        raise ValueError(f"expected a number of seconds in 0..3600, got {value!r}")
-    return number
+    return _checked_float(
+        value, lambda n: 0 <= n <= 3600, "a number of seconds in 0..3600", "seconds as a number"
+    )
 
 
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
