@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Server, load_average, summarize
+from bench.common import Server, load_average, serving, summarize
 from bench.online import request_body
 from bench.workspace import BenchModel, Workspace, run_single_part
 
@@ -236,9 +236,7 @@ def _switches(
     versions: dict[str, int] = {}
     config = None if lease_ms is None else {"api": {"pointer_lease_ms": lease_ms}}
     label = "api-activation" if lease_ms is None else f"api-activation-lease{lease_ms}"
-    server = ws.api_server(workers, name=label, config=config).start()
-    try:
-        server.wait_ready("/ready", timeout_s=120)
+    with serving(ws.api_server(workers, name=label, config=config), timeout_s=120) as server:
         for number in range(plan["rounds"]):
             for kind, run_id in (("large", large_run), ("demo", model.run_id)):
                 fresh = ws.publish(run_id, new_version=True)
@@ -269,8 +267,6 @@ def _switches(
                     result["steady_p99_ms"],
                     result["errors"],
                 )
-    finally:
-        server.stop()
     return runs, sizes, versions
 
 

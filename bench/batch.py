@@ -29,6 +29,7 @@ from bench.common import (
     process_tree,
     ratio,
     run_measured,
+    serving,
     summarize,
 )
 from bench.workspace import BenchModel, Workspace, run_single_part
@@ -183,9 +184,7 @@ def run(
         else {}
     )
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {"api": {}, "mlflow": {}, "inprocess": {}}
-    server = ws.api_server(workers, name="api-batch").start()
-    try:
-        server.wait_ready("/ready", timeout_s=120)
+    with serving(ws.api_server(workers, name="api-batch"), timeout_s=120) as server:
         url = server.base_url + "/batch-predict"
         api_batch(url, server.pid, tiny, out_dir / "api-warmup.csv")
         for rows, source in files.items():
@@ -212,8 +211,6 @@ def run(
                     result["score_s"],
                 )
         workers_hwm = [round(peak_rss_kb(p) * 1024 / 1e6, 1) for p in process_tree(server.pid)]
-    finally:
-        server.stop()
     load_after = load_average()
     return _document(
         plan, workers, model, files, runs, startup, workers_hwm, load_before, load_after

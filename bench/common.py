@@ -22,7 +22,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -293,6 +294,17 @@ class Server:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@contextmanager
+def serving(server: Server, path: str = "/ready", timeout_s: float = 120.0) -> Iterator[Server]:
+    """Start ``server``, wait until ``path`` answers, and stop it when the block ends."""
+    server.start()
+    try:
+        server.wait_ready(path, timeout_s=timeout_s)
+        yield server
+    finally:
+        server.stop()
 
 
 def run_measured(

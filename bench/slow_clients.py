@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from api.__main__ import THREADS_PER_WORKER
+from bench.common import serving
 from bench.online import request_body
 from bench.workspace import BenchModel, Workspace, run_single_part
 
@@ -70,9 +71,7 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2)
     """Latency of /predict alone and with 2 x workers x threads slow clients."""
     requests = 100 if quick else 500
     body = request_body(ws.settings)
-    server = ws.api_server(workers, name="api-slow-clients").start()
-    try:
-        server.wait_ready("/ready", timeout_s=180)
+    with serving(ws.api_server(workers, name="api-slow-clients"), timeout_s=180) as server:
         _latencies_ms(server.port, body, 20)  # warm-up, not recorded
         alone = _latencies_ms(server.port, body, requests)
         count = 2 * workers * THREADS_PER_WORKER
@@ -93,8 +92,6 @@ def run(ws: Workspace, model: BenchModel, quick: bool = False, workers: int = 2)
             stop.set()
             for client in clients:
                 client.join(timeout=10)
-    finally:
-        server.stop()
     return {
         "workers": workers,
         "threads_per_worker": THREADS_PER_WORKER,
