@@ -19,7 +19,7 @@ import time
 import urllib.request
 from typing import Any
 
-from bench.common import load_average, ratio, summarize
+from bench.common import load_average, ratio, start_all, summarize
 from bench.online import run_wrk, wrk_post
 from bench.workspace import BenchModel, Workspace, run_single_part
 
@@ -75,10 +75,7 @@ def run(
     load_before = load_average()
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     try:
-        for server in servers.values():
-            server.start()
-        for server in servers.values():
-            server.wait_ready("/ready", timeout_s=180)
+        start_all(servers, dict.fromkeys(servers, "/ready"), timeout_s=180)
         for server in servers.values():  # warm-up, not recorded
             run_wrk(server.base_url + "/predict", script, plan["connections"], 1)
         wait_drained(servers["capture_100"].base_url)

@@ -307,6 +307,22 @@ def serving(server: Server, path: str = "/ready", timeout_s: float = 120.0) -> I
         server.stop()
 
 
+def start_all(
+    servers: Mapping[str, Server], ready_paths: Mapping[str, str], timeout_s: float = 180.0
+) -> None:
+    """Start every server at once, then wait for each; stop them all if any fails."""
+    try:
+        for server in servers.values():
+            server.start()
+        for name, server in servers.items():
+            server.wait_ready(ready_paths[name], timeout_s=timeout_s)
+            log.info("%s ready after %.1fs on port %d", name, server.ready_s, server.port)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+
+
 def run_measured(
     command: Sequence[str],
     log_path: Path,

@@ -32,6 +32,7 @@ from bench.common import (
     meets,
     ratio,
     require_wrk,
+    start_all,
     summarize,
     tree_rss_mb,
 )
@@ -184,16 +185,7 @@ def start_servers(ws: Workspace, model: BenchModel, workers: int) -> dict[str, S
         ),
         "constant": ws.constant_server(workers),
     }
-    try:
-        for server in servers.values():
-            server.start()
-        for name, server in servers.items():
-            server.wait_ready(PATHS[name][1], timeout_s=180)
-            log.info("%s ready after %.1fs on port %d", name, server.ready_s, server.port)
-    except BaseException:
-        for server in servers.values():
-            server.stop()
-        raise
+    start_all(servers, {name: PATHS[name][1] for name in servers}, timeout_s=180)
     return servers
 
 
