@@ -31,12 +31,13 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import csv as pa_csv
 
-from api.validation import check_width, invalid, sniff_delimiter
+from api.validation import check_width, sniff_delimiter
 from conf.settings import OutputRetention
 from registry_bridge.scoring import (
     LoadedModel,
     check_columns,
     csv_safe,
+    invalid,
     output_names,
     score_batch,
 )
@@ -48,7 +49,6 @@ LATEST_NAME = "predicciones.csv"
 _JOB_PREFIX = "predicciones-"  # + job id + .csv: one file per job, subject to retention
 _TMP_PREFIX = ".batch-"
 _STALE_TMP_S = 86400  # a temporary file this old belongs to a job that died
-MAX_DETAILS = 100  # problems listed in one 400; the message gives the total
 _PEEK_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 1024 * 1024  # a longer first line is refused (400) before it is parsed
 # Arrow reads blocks of bytes, not rows: aim at batch_chunk_rows rows of a typical width

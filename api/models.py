@@ -13,8 +13,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from api import registry
 from api.body import ADMIN_BODY_LIMIT, read_body
-from api.validation import invalid, parse_json
+from api.validation import parse_json
 from registry_bridge.errors import RegistryError
+from registry_bridge.scoring import invalid
 from registry_bridge.store import checked_name, checked_version
 
 bp = Blueprint("models", __name__, url_prefix="/models")

@@ -19,11 +19,10 @@ from api.validation import (
     check_json_size,
     csv_records,
     extract_records,
-    invalid,
     parse_json,
 )
 from registry_bridge.errors import RegistryError
-from registry_bridge.scoring import MAX_DETAILS, LoadedModel, decide, validate_records
+from registry_bridge.scoring import MAX_DETAILS, LoadedModel, decide, invalid, validate_records
 
 bp = Blueprint("predict", __name__)
 
@@ -51,29 +50,28 @@ def _unsupported(allowed: str) -> RegistryError:
     )
 
 
-def _records(accept_csv: bool, model: LoadedModel) -> tuple[list[Any], bool]:
+def _records(model: LoadedModel) -> tuple[list[Any], bool]:
     """The body's records (and whether cells are text), read under the body and record limits."""
     max_records = registry().settings.api.max_records
     if request.is_json:
         body = read_body(_body_limit())
         check_json_size(body, max_records, len(model.schema.features))
         return extract_records(parse_json(body)), False
-    if accept_csv and request.mimetype == CSV_TYPE:
-        body = read_body(_body_limit(), max_lines=max_records + 1)
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise invalid("the CSV body is not UTF-8 text") from None
-        del body  # the text is what is parsed; keep one copy of the body
-        return csv_records(text), True
-    raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
+    # Otherwise a CSV body: _predict refused every other media type before this.
+    body = read_body(_body_limit(), max_lines=max_records + 1)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("the CSV body is not UTF-8 text") from None
+    del body  # the text is what is parsed; keep one copy of the body
+    return csv_records(text), True
 
 
 def _predict(accept_csv: bool) -> Response:
     if not request.is_json and not (accept_csv and request.mimetype == CSV_TYPE):
         raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
     model = serving().model
-    records, from_text = _records(accept_csv, model)
+    records, from_text = _records(model)
     check_count(records, registry().settings.api.max_records)
     checked = validate_records(records, model.schema, from_text=from_text)
     decision = decide(model, model.predict(checked.matrix))

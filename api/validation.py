@@ -16,18 +16,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from registry_bridge.errors import RegistryError
-from registry_bridge.scoring import MAX_DETAILS, MAX_NAME_CHARS, invalid, shown
+from registry_bridge.scoring import MAX_DETAILS, invalid, shown
 
 __all__ = [
     "MAX_COLUMNS",
-    "MAX_DETAILS",
-    "MAX_NAME_CHARS",
     "check_count",
     "check_json_size",
     "check_width",
     "csv_records",
     "extract_records",
-    "invalid",
     "parse_json",
     "sniff_delimiter",
 ]
