@@ -1,32 +1,42 @@
 """Data capture: a sample of what the served version is asked and answers, kept for monitoring.
 
 A sampled ``/predict`` or ``/invocations`` request (``capture.sample_percent``) and a
-sample of ``/batch-predict`` rows become records ``{at, source, request_id, row,
-features, label, probabilities, latency_ms}``, written to ``inference_log`` in bucket
-documents (one per batch the writer takes, see :func:`registry_bridge.monitor.bucket`).
-Those are patients' measurements: they are kept ``capture.retention_days`` days.
+sample of ``/batch-predict`` rows are written to ``inference_log`` as columnar bucket
+documents (one per version of each batch the writer takes; the layout is in
+:mod:`registry_bridge.monitor`, whose :func:`~registry_bridge.monitor.bucket` builds them):
+per record its time, endpoint, request id, row, features, label, probabilities and the
+request's latency. Those are patients' measurements: they are kept
+``capture.retention_days`` days.
 
-Nothing is written on the request path. The request only appends records to a bounded
-in-memory queue (a deque: no lock, no thread woken); a background thread per worker
-process looks for them twice a second and writes them in batches. A full queue drops
-records and counts them (``api_capture_dropped_total``); a failing database loses the
-batch and counts it (``api_capture_failed_total``): a capture problem never fails or
-slows a prediction.
+Nothing is written, and almost nothing built, on the request path: :meth:`Capture.record`
+appends ONE tuple per request (its arrays by reference, no dict, no datetime, no Flask:
+a non-Flask hot path can call it) to a bounded in-memory queue (a deque: no lock, no
+thread woken). A background thread per worker process looks for them twice a second and
+turns a batch into columns. ``capture.queue_size`` bounds the queued records (one
+request's records are queued or dropped together). A full queue drops records and counts
+them (``api_capture_dropped_total``); a failing database loses the batch and counts it
+(``api_capture_failed_total``): a capture problem never fails or slows a prediction.
 
-Retention: a TTL index on ``at``, and the writer thread also deletes expired records
-itself every ``PURGE_INTERVAL_S``, so retention holds wherever the server's TTL monitor
-does not run.
+The request id is :func:`request_id`'s: the client's plain ``X-Request-Id``, else a new
+one; the caller echoes it in the answer.
+
+Retention: a TTL index on each bucket's ``last_at``, and the writer thread also deletes
+expired buckets itself every ``PURGE_INTERVAL_S``, so retention holds wherever the
+server's TTL monitor does not run.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
+import math
 import os
 import random
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,7 +49,7 @@ from pymongo import ASCENDING
 
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED, CAPTURE_WRITTEN
 from conf.settings import CaptureSettings
-from registry_bridge.monitor import INFERENCE_LOG, bucket
+from registry_bridge.monitor import INFERENCE_LOG, Entry, bucket
 from registry_bridge.scoring.columns import PREDICTION, probability_column
 
 log = logging.getLogger(__name__)
@@ -60,15 +70,20 @@ class Capture:
         self.settings = settings
         self.enabled = settings.sample_percent > 0
         self._share = settings.sample_percent / 100.0
+        self._limit = settings.max_rows_per_request
+        self._queue_size = settings.queue_size
         self._collection = db[INFERENCE_LOG]
         # A deque, not a queue.Queue: append/popleft need no lock and wake no thread, so a
-        # request pays ~nothing; the writer polls instead. Its bound is checked by length.
-        self._pending: deque[dict[str, Any]] = deque()
+        # request pays ~nothing; the writer polls instead. One entry per request (see
+        # registry_bridge.monitor.Entry, with the model in place of nothing: see _offer).
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self._queued = 0  # records in _pending (bounded by queue_size)
         self._in_flight = 0  # records taken by the writer and not yet written (or lost)
         self._thread: threading.Thread | None = None
-        self._pid = 0
         self._lock = threading.Lock()
         self._next_purge = 0.0
+        # gunicorn forks workers after import: a child starts its own writer on first use.
+        os.register_at_fork(after_in_child=functools.partial(_forget_writer, weakref.ref(self)))
 
     # --- request side: cheap, never raises ------------------------------------------
 
@@ -76,11 +91,56 @@ class Capture:
         """Whether this request is captured (decided once per request)."""
         return self.enabled and (self._share >= 1.0 or random.random() < self._share)
 
+    def record(
+        self,
+        source: str,
+        model: Any,
+        matrix: np.ndarray,
+        labels: Sequence[str],
+        probabilities: np.ndarray,
+        *,
+        request_id: str,
+        latency_ms: float | None,
+    ) -> None:
+        """Queue the scored records of a sampled request (the first max_rows_per_request).
+
+        ``matrix`` and ``probabilities`` are kept by reference: the caller must not change
+        them afterwards. No Flask: any hot path may call it. Never raises.
+        """
+        try:
+            n = len(labels)
+            if len(matrix) != n or len(probabilities) != n:
+                raise ValueError(
+                    f"{len(matrix)} rows, {n} labels and {len(probabilities)} probability rows"
+                )
+            if n > self._limit:
+                n = self._limit
+                matrix, labels, probabilities = matrix[:n], labels[:n], probabilities[:n]
+            elif not n:
+                return
+            self._offer(
+                n,
+                (
+                    time.time(),
+                    source,
+                    request_id,
+                    latency_ms,
+                    model,
+                    matrix,
+                    labels,
+                    probabilities,
+                    None,
+                ),
+            )
+        except Exception:  # capture must never fail a prediction
+            log.exception("capture failed on %s; the prediction is unaffected", source)
+
     def record_batch_rows(self, model: Any, scored: pa.RecordBatch) -> None:
         """Queue a sample of one scored /batch-predict chunk (each row drawn on its own).
 
-        At most ``max_rows_per_request`` rows of one upload are kept, over all its chunks;
-        a row whose cell was not a number is kept with that feature missing.
+        At most ``max_rows_per_request`` rows of one upload are kept, over all its chunks
+        (counted in Flask's ``g``); a row whose cell was not a number is kept with that
+        feature missing and without a prediction.
         """
         if not self.enabled:
             return
@@ -90,8 +150,10 @@ class Capture:
             log.exception("capture failed on a batch chunk; the prediction is unaffected")
 
     def _record_batch_rows(self, model: Any, scored: pa.RecordBatch) -> None:
-        budget = g.get("capture_budget", self.settings.max_rows_per_request)
+        budget = g.get("capture_budget", self._limit)
+        first = g.get("capture_rows_seen", 0)  # the chunk's first row in the upload
         n = scored.num_rows
+        g.capture_rows_seen = first + n
         if budget <= 0 or n == 0:
             return
         if self._share >= 1.0:
@@ -101,85 +163,47 @@ class Capture:
         g.capture_budget = budget - len(rows)
         if not len(rows):
             return
-        table = scored.take(pa.array(rows)).to_pydict()
-        features = model.schema.features
-        classes = model.classes
-        meta = self._meta("batch", model)
-        for i, row in enumerate(rows.tolist()):
-            label = table[PREDICTION][i]
-            self._offer(
-                {
-                    **meta,
-                    "row": row,
-                    "features": {f: _number(table[f][i]) for f in features},
-                    "label": label or None,
-                    "probabilities": {c: _number(table[probability_column(c)][i]) for c in classes}
-                    if label
-                    else None,
-                }
-            )
+        taken = scored.take(pa.array(rows))
+        matrix = np.column_stack(
+            [_numbers(taken.column(f)) for f in model.schema.features]
+        ).reshape(len(rows), len(model.schema.features))
+        labels = [label or None for label in taken.column(PREDICTION).to_pylist()]
+        probabilities = np.column_stack(
+            [_numbers(taken.column(probability_column(c))) for c in model.classes]
+        ).reshape(len(rows), len(model.classes))
+        probabilities[[label is None for label in labels]] = np.nan
+        latency = g.get("started")
+        self._offer(
+            len(rows),
+            (
+                time.time(),
+                "batch",
+                _flask_request_id(),
+                (time.perf_counter() - latency) * 1000 if latency else None,
+                model,
+                matrix,
+                labels,
+                probabilities,
+                rows + first,
+            ),
+        )
 
-    def record(
-        self,
-        source: str,
-        model: Any,
-        matrix: np.ndarray,
-        labels: Sequence[str],
-        probabilities: np.ndarray,
-    ) -> None:
-        """Queue the scored records of a sampled request (the first max_rows_per_request)."""
-        try:
-            limit = self.settings.max_rows_per_request
-            # Slices and tolist(): the cheapest way out of numpy for the usual single record.
-            values = matrix[:limit].tolist()
-            probs = probabilities[:limit].tolist()
-            if not values:
-                return
-            meta = self._meta(source, model)
-            features = model.schema.features
-            classes = model.classes
-            for row, (value, prob) in enumerate(zip(values, probs, strict=True)):
-                self._offer(
-                    {
-                        **meta,
-                        "row": row,
-                        "features": dict(zip(features, value, strict=True)),
-                        "label": str(labels[row]),
-                        "probabilities": dict(zip(classes, prob, strict=True)),
-                    }
-                )
-        except Exception:  # capture must never fail a prediction
-            log.exception("capture failed on %s; the prediction is unaffected", source)
-
-    @staticmethod
-    def _meta(source: str, model: Any) -> dict[str, Any]:
-        """What every record of this request shares (a new dict per record is made from it)."""
-        started = g.get("started")
-        return {
-            "name": model.name,
-            "version": model.version,
-            "at": datetime.now(UTC),
-            "source": source,
-            "request_id": _request_id(),
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3) if started else None,
-        }
-
-    def _offer(self, doc: dict[str, Any]) -> None:
-        self._ensure_writer()
-        if len(self._pending) >= self.settings.queue_size:
-            CAPTURE_DROPPED.inc()
-        else:
-            self._pending.append(doc)
+    def _offer(self, n: int, entry: tuple[Any, ...]) -> None:
+        if self._thread is None:
+            self._start_writer()
+        if self._queued >= self._queue_size:
+            CAPTURE_DROPPED.inc(n)
+            return
+        # Not atomic under every interpreter; the writer resets it whenever the queue is
+        # empty, so a lost update only moves the bound a little, and not for long.
+        self._queued += n
+        self._pending.append(entry)
 
     # --- writer side ----------------------------------------------------------------
 
-    def _ensure_writer(self) -> None:
-        # Started lazily in the process that captures: gunicorn forks workers after import.
-        if self._thread is not None and self._pid == os.getpid():
-            return
+    def _start_writer(self) -> None:
         with self._lock:
-            if self._thread is None or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="capture-writer", daemon=True
                 )
@@ -191,6 +215,7 @@ class Capture:
         self._prepare()
         while True:
             if not self._pending:
+                self._queued = 0  # see _offer
                 time.sleep(POLL_S)
             batch = self._take()
             if batch:
@@ -199,30 +224,48 @@ class Capture:
             if time.monotonic() >= self._next_purge:
                 self.purge()
 
-    def _take(self) -> list[dict[str, Any]]:
-        """Up to WRITE_BATCH queued records, oldest first."""
-        batch: list[dict[str, Any]] = []
+    def _take(self) -> list[tuple[Any, ...]]:
+        """Queued requests, oldest first, up to WRITE_BATCH records (at least one request)."""
+        batch: list[tuple[Any, ...]] = []
         pending = self._pending
+        taken = 0
         try:
-            while len(batch) < WRITE_BATCH:
-                batch.append(pending.popleft())
+            while taken < WRITE_BATCH:
+                entry = pending.popleft()
+                batch.append(entry)
+                taken += len(entry[ENTRY_LABELS])
         except IndexError:
             pass
-        self._in_flight = len(batch)
+        self._in_flight = taken
+        self._queued -= taken
         return batch
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
         """One bucket document per (name, version) of the batch (see registry_bridge.monitor)."""
-        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for record in batch:
-            groups.setdefault((record.pop("name"), record.pop("version")), []).append(record)
-        docs = [bucket(name, version, records) for (name, version), records in groups.items()]
+        records = sum(len(entry[ENTRY_LABELS]) for entry in batch)
         try:
+            groups: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
+            models: dict[tuple[str, int], Any] = {}
+            for entry in batch:
+                model = entry[ENTRY_MODEL]
+                key = (model.name, model.version)
+                models.setdefault(key, model)
+                groups.setdefault(key, []).append(entry)
+            docs = [
+                bucket(
+                    name,
+                    version,
+                    models[name, version].schema.features,
+                    models[name, version].classes,
+                    [_entry(e) for e in entries],
+                )
+                for (name, version), entries in groups.items()
+            ]
             self._collection.insert_many(docs, ordered=False)
-            CAPTURE_WRITTEN.inc(len(batch))
+            CAPTURE_WRITTEN.inc(records)
         except Exception as exc:  # the database is down or refuses: lose this batch, go on
-            CAPTURE_FAILED.inc(len(batch))
-            log.warning("capture: %d record(s) not written: %s", len(batch), str(exc)[:200])
+            CAPTURE_FAILED.inc(records)
+            log.warning("capture: %d record(s) not written: %s", records, str(exc)[:200])
 
     def _prepare(self) -> None:
         """Indexes for the reports and the TTL (best effort: the API runs without them)."""
@@ -258,13 +301,36 @@ class Capture:
         return False
 
 
-def _number(value: Any) -> float | None:
-    """A cell as a float, None when it is not a finite number."""
+# The queue's entries: monitor.Entry with the model at ENTRY_MODEL (the writer groups
+# by its name and version and reads its features and classes there, not per request).
+ENTRY_MODEL = 4
+ENTRY_LABELS = 6
+
+
+def _entry(queued: tuple[Any, ...]) -> Entry:
+    t, source, rid, latency, _model, matrix, labels, probabilities, rows = queued
+    return (t, source, rid, latency, matrix, labels, probabilities, rows)
+
+
+def _forget_writer(ref: weakref.ref[Capture]) -> None:
+    """In a forked child: the parent's writer thread is not there."""
+    capture = ref()
+    if capture is not None:
+        capture._thread = None
+        capture._lock = threading.Lock()
+
+
+def _numbers(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A batch column (text or numbers) as float64, NaN where a cell is not a finite number."""
+    return np.array([_number(v) for v in column.to_pylist()], dtype=np.float64)
+
+
+def _number(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None
+        return float("nan")
+    return number if math.isfinite(number) else float("nan")
 
 
 def current() -> Capture:
@@ -272,13 +338,19 @@ def current() -> Capture:
     return current_app.extensions[EXTENSION]
 
 
-def _request_id() -> str:
-    """The client's X-Request-Id when it is a plain token, else a new one; echoed in the answer."""
+def request_id(given: str | None) -> str:
+    """The client's ``X-Request-Id`` when it is a plain token, else a new one."""
+    if given and _CLIENT_ID.match(given):
+        return given
+    # Not uuid4: os.urandom cost ~0.2 ms per call here, and an id needs no secrecy.
+    return f"{random.getrandbits(128):032x}"
+
+
+def _flask_request_id() -> str:
+    """This Flask request's id (made once, echoed in the answer as X-Request-Id)."""
     rid = g.get("request_id")
     if rid is None:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        # Not uuid4: os.urandom cost ~0.2 ms per call here, and an id needs no secrecy.
-        rid = g.request_id = given if _CLIENT_ID.match(given) else f"{random.getrandbits(128):032x}"
+        rid = g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
 
         @after_this_request
         def _echo(response: Any) -> Any:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, g, jsonify, request, send_file
+from flask import Blueprint, Response, after_this_request, g, jsonify, request, send_file
 
 from api import registry
 from api.active import Resolved
 from api.batch import run_batch
 from api.body import MB, body_stream, read_body
+from api.capture import REQUEST_ID_HEADER, request_id
 from api.capture import current as capture_of_app
 from api.metrics import BATCH_ROWS, PREDICTIONS
 from api.validation import (
@@ -93,8 +95,23 @@ def _predict(accept_csv: bool) -> Response:
     # Off the request path: records only enter a bounded queue (api/capture.py).
     capture = capture_of_app()
     if capture.sampled():
-        source = request.path.strip("/")
-        capture.record(source, model, checked.matrix, labels, decision.probabilities)
+        rid = g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
+
+        @after_this_request
+        def _echo(response: Response) -> Response:
+            response.headers[REQUEST_ID_HEADER] = rid
+            return response
+
+        started = g.get("started")
+        capture.record(
+            request.path.strip("/"),
+            model,
+            checked.matrix,
+            labels,
+            decision.probabilities,
+            request_id=rid,
+            latency_ms=(time.perf_counter() - started) * 1000 if started else None,
+        )
     classes = model.classes
     predictions = [
         {

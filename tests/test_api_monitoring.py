@@ -58,7 +58,7 @@ def test_predict_and_invocations_are_captured_with_their_request_id(capturing, p
     assert docs[0]["features"] == pytest.approx(rows[0])
     assert docs[0]["source"] == "predict"
     assert [r["row"] for r in captured if r["source"] == "invocations"] == [0]
-    assert db[INFERENCE_LOG].find_one({"records.request_id": "abc-1"}) is not None
+    assert db[INFERENCE_LOG].find_one({"request_ids": "abc-1"}) is not None
 
 
 def test_batch_rows_are_captured(capturing, published):

@@ -1,4 +1,5 @@
-"""Capture: records written off the request path, drops counted, failures contained, retention."""
+"""Capture: records written off the request path as columnar buckets, read back exactly;
+drops counted, failures contained, retention."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from api import capture as capture_module
 from api.capture import Capture
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED
 from conf.settings import CaptureSettings
-from registry_bridge.monitor import INFERENCE_LOG, bucket, captured_records
+from registry_bridge.monitor import INFERENCE_LOG, captured_records, read_bucket, records_bucket
 
 FEATURES = ("a", "b")
 
@@ -45,12 +46,17 @@ def request_context():
         yield
 
 
-def test_sampled_records_are_written_with_what_monitoring_needs(registry_db, request_context):
+def record(capture: Capture, n: int, request_id: str = "req-42", **kwargs) -> None:
+    capture.record("predict", Model, *scored(n), request_id=request_id, latency_ms=1.5, **kwargs)
+
+
+def test_sampled_records_are_written_with_what_monitoring_needs(registry_db):
     """Check each record is kept with its version, time, features, label, probabilities,
-    latency and the request id, in one bucket document for the batch written."""
+    latency and the request id, in one bucket document for the batch written (no Flask:
+    record() runs outside any request)."""
     capture = Capture(registry_db, CaptureSettings(sample_percent=100))
     assert capture.sampled()
-    capture.record("predict", Model, *scored(3))
+    record(capture, 3)
     assert capture.flush()
     docs = sorted(captured_records(registry_db, "m"), key=lambda r: r["row"])
     assert len(docs) == 3 and registry_db[INFERENCE_LOG].count_documents({}) == 1
@@ -60,7 +66,49 @@ def test_sampled_records_are_written_with_what_monitoring_needs(registry_db, req
     assert first["probabilities"] == {"x": 0.25, "y": 0.75}
     assert first["request_id"] == "req-42" and first["row"] == 0
     assert abs(first["at"] - datetime.now(UTC)) < timedelta(minutes=1)
-    assert "latency_ms" in first
+    assert first["latency_ms"] == 1.5
+    assert registry_db[INFERENCE_LOG].find_one({"request_ids": "req-42"}) is not None
+    assert registry_db[INFERENCE_LOG].find_one({"request_ids": "other"}) is None
+
+
+def test_records_round_trip_exactly(registry_db):
+    """Check features (as float32, what the model saw), labels, probabilities, request ids,
+    sources, rows, times and latencies come back as they were queued, across requests of
+    several versions and sources, in a bucket of a handful of BSON elements."""
+    rng = np.random.default_rng(7)
+    capture = Capture(registry_db, CaptureSettings(sample_percent=100))
+    sent = []
+    for i in range(40):
+        n = 1 + i % 3
+        matrix = rng.normal(50, 20, (n, 2))  # float64, as validate_records gives it
+        probabilities = rng.dirichlet([1, 1], n).astype(np.float32)
+        labels = [("x", "y")[int(k)] for k in probabilities.argmax(axis=1)]
+        model = Model if i % 4 else type("Other", (Model,), {"version": 4})
+        source = "invocations" if i % 5 == 0 else "predict"
+        latency = None if i == 3 else float(i) / 8
+        capture.record(
+            source, model, matrix, labels, probabilities, request_id=f"r{i}", latency_ms=latency
+        )
+        sent.append((model.version, source, f"r{i}", latency, matrix, labels, probabilities))
+    assert capture.flush()
+    back = {(r["request_id"], r["row"]): r for r in captured_records(registry_db, "m")}
+    assert len(back) == sum(len(s[5]) for s in sent)
+    for version, source, rid, latency, matrix, labels, probabilities in sent:
+        for row in range(len(labels)):
+            got = back[rid, row]
+            assert (got["version"], got["source"], got["latency_ms"]) == (version, source, latency)
+            assert got["label"] == labels[row]
+            assert [got["features"][f] for f in FEATURES] == matrix[row].astype(np.float32).tolist()
+            assert [got["probabilities"][c] for c in Model.classes] == probabilities[row].tolist()
+    times = [r["at"] for r in back.values()]
+    assert max(times) - min(times) < timedelta(seconds=30)
+    assert abs(min(times) - datetime.now(UTC)) < timedelta(minutes=1)
+    docs = list(registry_db[INFERENCE_LOG].find())
+    assert sorted(d["version"] for d in docs) == [3, 4]
+    for doc in docs:
+        read = read_bucket(doc)
+        assert doc["at"].timestamp() == pytest.approx(read.at.min(), abs=1e-3)
+        assert "records" not in doc and len(doc) < 25 and len(doc["request_ids"]) <= 40
 
 
 def scored_chunk(n: int) -> pa.RecordBatch:
@@ -77,16 +125,20 @@ def scored_chunk(n: int) -> pa.RecordBatch:
 
 
 def test_batch_rows_are_capped_per_upload(registry_db, request_context):
-    """Check at most max_rows_per_request rows of one upload are kept over its chunks, and a
-    row without a prediction is kept with its bad cell missing."""
+    """Check at most max_rows_per_request rows of one upload are kept over its chunks
+    (numbered within the upload), and a row without a prediction is kept with its bad cell
+    missing and no probabilities; the upload's request id is the client's."""
     capture = Capture(registry_db, CaptureSettings(sample_percent=100, max_rows_per_request=5))
     capture.record_batch_rows(Model, scored_chunk(3))
     capture.record_batch_rows(Model, scored_chunk(3))
     assert capture.flush()
-    docs = captured_records(registry_db, "m")
+    docs = sorted(captured_records(registry_db, "m"), key=lambda r: r["row"])
     assert [d["source"] for d in docs] == ["batch"] * 5
+    assert [d["row"] for d in docs] == [0, 1, 2, 3, 4]
+    assert {d["request_id"] for d in docs} == {"req-42"}
     bad = [d for d in docs if d["label"] is None]
-    assert len(bad) == 2 and bad[0]["features"] == {"a": 0.0, "b": None}
+    assert [d["row"] for d in bad] == [0, 3]
+    assert bad[0]["features"] == {"a": 0.0, "b": None} and bad[0]["probabilities"] is None
     good = next(d for d in docs if d["label"] == "y")
     assert good["features"]["b"] == 1.5 and good["probabilities"] == {"x": 0.25, "y": 0.75}
 
@@ -129,37 +181,52 @@ class _Blocked:
             raise self.error
 
 
-def test_a_full_queue_drops_and_counts_without_waiting(request_context):
+def test_a_full_queue_drops_and_counts_without_waiting():
     """Check that when the writer is stuck, records beyond the queue are dropped, counted,
     and the request does not wait."""
     db = _Blocked()
     capture = Capture(db, CaptureSettings(sample_percent=100, queue_size=4))
     before = counter_value(CAPTURE_DROPPED)
     try:
-        capture.record("predict", Model, *scored(50))
+        for i in range(50):
+            record(capture, 1, request_id=f"r{i}")
         dropped = counter_value(CAPTURE_DROPPED) - before
-        assert 40 <= dropped <= 46  # the writer may have taken one batch out meanwhile
+        assert 42 <= dropped <= 46  # the writer may have taken a few out meanwhile
+        record(capture, 3)  # a request's records are queued or dropped together
+        assert counter_value(CAPTURE_DROPPED) - before == dropped + 3
     finally:
         db.release.set()
     assert capture.flush()
 
 
-def test_a_failing_database_loses_the_batch_not_the_prediction(request_context):
+def test_a_failing_database_loses_the_batch_not_the_prediction():
     """Check a refused write is counted and the caller never sees an exception."""
     db = _Blocked(error=RuntimeError("server down"))
     db.release.set()
     capture = Capture(db, CaptureSettings(sample_percent=100))
     before = counter_value(CAPTURE_FAILED)
-    capture.record("predict", Model, *scored(2))
+    record(capture, 2)
     assert capture.flush()
     assert counter_value(CAPTURE_FAILED) - before == 2
 
 
-def test_a_broken_record_never_raises(request_context, caplog):
-    """Check that an error while building records is logged, not raised."""
+def test_a_broken_record_never_raises(caplog):
+    """Check that an error while queueing or writing records is logged, not raised, and a
+    record the writer cannot store counts as failed."""
     capture = Capture(_Blocked(), CaptureSettings(sample_percent=100))
-    capture.record("predict", Model, np.zeros((1, 2)), [], np.zeros((1, 2)))
+    capture.record(
+        "predict", Model, np.zeros((1, 2)), [], np.zeros((1, 2)), request_id="r", latency_ms=None
+    )
     assert "capture failed" in caplog.text
+    before = counter_value(CAPTURE_FAILED)
+    db = _Blocked()
+    db.release.set()
+    broken = Capture(db, CaptureSettings(sample_percent=100))
+    broken.record(  # three features where the model has two: the bucket cannot hold it
+        "predict", Model, np.zeros((1, 3)), ["x"], np.zeros((1, 2)), request_id="r", latency_ms=1
+    )
+    assert broken.flush()
+    assert counter_value(CAPTURE_FAILED) - before == 1
 
 
 def test_retention_deletes_old_records_by_query(registry_db):
@@ -168,7 +235,7 @@ def test_retention_deletes_old_records_by_query(registry_db):
     capture = Capture(registry_db, CaptureSettings(sample_percent=100, retention_days=2))
     now = datetime.now(UTC)
     registry_db[INFERENCE_LOG].insert_many(
-        [bucket("m", 1, [{"at": now - timedelta(days=d)}]) for d in (0, 1, 3, 10)]
+        [records_bucket("m", 1, [{"at": now - timedelta(days=d)}]) for d in (0, 1, 3, 10)]
     )
     assert capture.purge() == 2
     ages = sorted(
@@ -178,8 +245,9 @@ def test_retention_deletes_old_records_by_query(registry_db):
 
 
 def test_client_request_ids_are_kept_only_when_plain():
-    """Check a hostile X-Request-Id is replaced by a fresh one."""
-    app = Flask(__name__)
-    with app.test_request_context("/predict", headers={"X-Request-Id": "<script>"}):
-        rid = capture_module._request_id()
-        assert rid != "<script>" and len(rid) == 32
+    """Check a hostile or absent X-Request-Id is replaced by a fresh one, a plain one kept."""
+    assert capture_module.request_id("abc-1") == "abc-1"
+    for given in ("<script>", "", None, "x" * 65):
+        rid = capture_module.request_id(given)
+        assert rid != given and len(rid) == 32 and int(rid, 16) >= 0
+    assert capture_module.request_id(None) != capture_module.request_id(None)

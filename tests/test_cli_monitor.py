@@ -12,7 +12,7 @@ from demo import monitoring as demo_traffic
 from pipelines.candidate import quick_candidate_run
 from pipelines.data import FEATURES, load_dataset
 from registry_bridge.cli import main
-from registry_bridge.monitor import INFERENCE_LOG, bucket
+from registry_bridge.monitor import INFERENCE_LOG, records_bucket
 
 pytestmark = pytest.mark.slow  # fits and logs a real candidate run
 
@@ -36,7 +36,7 @@ def capture(db, table, version=1):
         {"at": now, "features": dict(zip(FEATURES, map(float, row), strict=True)), "label": label}
         for row, label in zip(table[list(FEATURES)].to_numpy(), table["label"], strict=True)
     ]
-    db[INFERENCE_LOG].insert_one(bucket(NAME, version, records))
+    db[INFERENCE_LOG].insert_one(records_bucket(NAME, version, records))
 
 
 def test_monitor_exits_3_on_drift_and_names_the_feature(

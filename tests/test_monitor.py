@@ -115,12 +115,36 @@ def test_counts_and_windows_read_inside_buckets(registry_db):
     """Check a bucket across the start of the window counts only its records inside it."""
     now = datetime.now(UTC)
     records = [{"at": now - timedelta(hours=h), "label": "x"} for h in (0, 1, 3)]
-    registry_db[monitor.INFERENCE_LOG].insert_one(monitor.bucket("m", 1, records))
+    registry_db[monitor.INFERENCE_LOG].insert_one(monitor.records_bucket("m", 1, records))
     since = now - timedelta(hours=2)
     assert monitor.count_captured(registry_db, "m") == 3
     assert monitor.count_captured(registry_db, "m", 1, since) == 2
     assert monitor.count_captured(registry_db, "m", 2) == 0
     assert len(monitor.captured_records(registry_db, "m", 1, since)) == 2
+
+
+def test_malformed_buckets_are_skipped_not_fatal(registry_db, caplog):
+    """Check a document that is not a readable bucket (an older per-record bucket, a column
+    cut short, a column that is not bytes, a label code out of range) is logged and left
+    out of records, counts and reports instead of failing them."""
+    now = datetime.now(UTC)
+    good = monitor.records_bucket(
+        "m", 1, [{"at": now, "features": {"a": 1.0}, "label": "x"} for _ in range(3)]
+    )
+    short = {**good, "x": good["x"][:-1]}
+    pickled = {**good, "x": [1.0, 2.0, 3.0]}
+    bad_label = {**good, "y": np.array([0, 0, 7], dtype="<i2").tobytes()}
+    old = {"name": "m", "version": 1, "at": now, "last_at": now, "records": [{"at": now}]}
+    registry_db[monitor.INFERENCE_LOG].insert_many([good, short, pickled, bad_label, old])
+    records = monitor.captured_records(registry_db, "m", 1)
+    assert len(records) == 3 and {r["features"]["a"] for r in records} == {1.0}
+    sample = monitor.read_live(registry_db, "m", 1, ["a"], now - timedelta(hours=1))
+    assert sample.size == 3 and sample.labels == ["x"] * 3
+    # counts: the well-formed counts (count field), the one without it is read and skipped
+    assert monitor.count_captured(registry_db, "m", 1, now - timedelta(hours=1)) == 12
+    assert "a per-record bucket of an older release" in caplog.text
+    assert "x holds 11 bytes" in caplog.text and "x is not binary" in caplog.text
+    assert "label is not among label_names" in caplog.text
 
 
 def test_windows_are_durations():
@@ -147,7 +171,7 @@ def log_records(db, name, version, table, labels, at=None):
         {"at": at, "features": dict(zip(FEATURES, map(float, row), strict=True)), "label": label}
         for row, label in zip(table[list(FEATURES)].to_numpy(), labels, strict=True)
     ]
-    db[monitor.INFERENCE_LOG].insert_one(monitor.bucket(name, version, records))
+    db[monitor.INFERENCE_LOG].insert_one(monitor.records_bucket(name, version, records))
 
 
 def test_publish_stores_a_baseline_and_the_report_uses_it(
