@@ -74,8 +74,8 @@ class Capture:
         self._queue_size = settings.queue_size
         self._collection = db[INFERENCE_LOG]
         # A deque, not a queue.Queue: append/popleft need no lock and wake no thread, so a
-        # request pays ~nothing; the writer polls instead. One entry per request (see
-        # registry_bridge.monitor.Entry, with the model in place of nothing: see _offer).
+        # request pays ~nothing; the writer polls instead. One entry per request: a
+        # registry_bridge.monitor.Entry with the model inserted at ENTRY_MODEL.
         self._pending: deque[tuple[Any, ...]] = deque()
         self._queued = 0  # records in _pending (bounded by queue_size)
         self._in_flight = 0  # records taken by the writer and not yet written (or lost)
@@ -216,6 +216,10 @@ class Capture:
         while True:
             if not self._pending:
                 self._queued = 0  # see _offer
+            # Sleep unless a full batch waits, even right after a write: going on at once
+            # would write the few records queued meanwhile as one small bucket each time,
+            # and the server's cost is per document as much as per record.
+            if self._queued < WRITE_BATCH:
                 time.sleep(POLL_S)
             batch = self._take()
             if batch:

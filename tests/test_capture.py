@@ -4,6 +4,7 @@ drops counted, failures contained, retention."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -179,6 +180,30 @@ class _Blocked:
         self.release.wait(10)
         if self.error:
             raise self.error
+
+
+class _Slow(_Blocked):
+    """A database whose every write takes 50 ms, counting the documents written."""
+
+    def __init__(self):
+        super().__init__()
+        self.documents = 0
+
+    def insert_many(self, docs, ordered=True):
+        time.sleep(0.05)
+        self.documents += len(docs)
+
+
+def test_records_arriving_during_a_write_wait_for_the_next_batch():
+    """Check the writer does not write the few records queued during a write at once (one
+    small bucket after each write): a steady trickle goes out in a few buckets."""
+    db = _Slow()
+    capture = Capture(db, CaptureSettings(sample_percent=100))
+    for i in range(100):  # one request every 10 ms for 1 s: two polls of the writer
+        record(capture, 1, request_id=f"r{i}")
+        time.sleep(0.01)
+    assert capture.flush()
+    assert db.documents <= 4  # going on after each write made about one per write
 
 
 def test_a_full_queue_drops_and_counts_without_waiting():
