@@ -7,12 +7,7 @@ on the app with the store and the active-version resolver; gunicorn workers each
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
-import logging.handlers
-import os
-import queue
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +20,6 @@ from pymongo import MongoClient
 from conf.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("api.access")
 
 EXTENSION = "vertebral"
 
@@ -79,6 +73,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from api.active import ActiveModel
     from api.capture import EXTENSION as CAPTURE
     from api.capture import Capture
+    from api.fast import FastPredict
+    from api.hosts import allowed_hosts
     from registry_bridge.store import ModelStore
 
     app = Flask(__name__)
@@ -97,7 +93,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     store = ModelStore(client, settings, ensure_indexes=False)
     active = ActiveModel(store, settings.api.model_name)
     app.extensions[EXTENSION] = Registry(client, store, active, settings)
-    app.extensions[CAPTURE] = Capture(client[settings.registry.database], settings.capture)
+    capture = app.extensions[CAPTURE] = Capture(
+        client[settings.registry.database], settings.capture
+    )
 
     errors.init_app(app)
     app.register_blueprint(predict.bp)
@@ -109,8 +107,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         fleet.Heartbeat(store, active, settings.api.port).start()
     _init_host_check(app, settings)
     if not app.testing:
-        _access_log_off_the_request_path()
+        from api import observe
+
+        observe.log_off_the_request_path()
     _init_request_hooks(app)
+    # Outermost: the usual /predict is answered before Flask's machinery (api/fast.py).
+    hosts = allowed_hosts(settings.api)
+    fast = FastPredict(app.wsgi_app, app.extensions[EXTENSION], capture, hosts, app.json.dumps)
+    app.wsgi_app = fast  # type: ignore[method-assign]
     return app
 
 
@@ -136,28 +140,8 @@ def _init_host_check(app: Flask, settings: Settings) -> None:
             )
 
 
-def _access_log_off_the_request_path() -> None:
-    """Hand access-log records to a queue that one thread writes out: under load the
-    request threads of a worker otherwise queue on the stream handler's lock (py-spy:
-    ~8 % of a worker's samples waiting in ``Handler.acquire``)."""
-    if getattr(access_log, "_queued", False):  # create_app called twice in one process
-        return
-    targets = logging.getLogger().handlers
-    if not targets:
-        return
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, *targets, respect_handler_level=True)
-    listener.start()
-    access_log.addHandler(logging.handlers.QueueHandler(records))
-    access_log.propagate = False
-    access_log._queued = True  # type: ignore[attr-defined]
-    atexit.register(listener.stop)  # flush the last lines when the worker exits
-
-
 def _init_request_hooks(app: Flask) -> None:
-    from api.metrics import LATENCY, REQUESTS, STALE_RESPONSES
-
-    pid = str(os.getpid())
+    from api import observe
 
     @app.before_request
     def _start_timer() -> None:
@@ -167,32 +151,16 @@ def _init_request_hooks(app: Flask) -> None:
     def _finish(response: Any) -> Any:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        status = str(response.status_code)
-        REQUESTS.labels(rule, request.method, status).inc()
-        LATENCY.labels(rule, status).observe(elapsed)
-        response.headers["X-Worker-Pid"] = pid
         served = g.get("served")
-        version = None
-        if served is not None:
-            version = served.model.version
-            response.headers["X-Model-Name"] = served.model.name
-            response.headers["X-Model-Version"] = str(version)
-            if served.stale:
-                response.headers["X-Model-Stale"] = "true"
-                STALE_RESPONSES.inc()
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": request.method,
-                        "path": request.path,
-                        "status": response.status_code,
-                        "ms": round(elapsed * 1000, 2),
-                        "model_version": version,
-                        "stale": bool(served and served.stale),
-                        "pid": int(pid),
-                        "remote": request.remote_addr,
-                    }
-                )
-            )
+        for name, value in observe.answer_headers(served):
+            response.headers[name] = value
+        observe.observe(
+            rule,
+            request.method,
+            response.status_code,
+            elapsed,
+            served,
+            request.path,
+            request.remote_addr,
+        )
         return response

@@ -178,7 +178,7 @@ class Capture:
             (
                 time.time(),
                 "batch",
-                _flask_request_id(),
+                flask_request_id(),
                 (time.perf_counter() - latency) * 1000 if latency else None,
                 model,
                 matrix,
@@ -350,7 +350,7 @@ def request_id(given: str | None) -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def _flask_request_id() -> str:
+def flask_request_id() -> str:
     """This Flask request's id (made once, echoed in the answer as X-Request-Id)."""
     rid = g.get("request_id")
     if rid is None:

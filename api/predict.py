@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, after_this_request, g, jsonify, request, send_file
+from flask import Blueprint, Response, g, jsonify, request, send_file
 
 from api import registry
 from api.active import Resolved
 from api.batch import run_batch
 from api.body import MB, body_stream, read_body
-from api.capture import REQUEST_ID_HEADER, request_id
 from api.capture import current as capture_of_app
+from api.capture import flask_request_id
 from api.metrics import BATCH_ROWS, PREDICTIONS
 from api.validation import (
     check_count,
@@ -24,17 +25,28 @@ from api.validation import (
     parse_json,
 )
 from registry_bridge.errors import RegistryError
-from registry_bridge.scoring import MAX_DETAILS, LoadedModel, decide, invalid, validate_records
+from registry_bridge.scoring import (
+    MAX_DETAILS,
+    Decision,
+    LoadedModel,
+    ValidatedInput,
+    decide,
+    invalid,
+    validate_records,
+)
 
 bp = Blueprint("predict", __name__)
 
 JSON_TYPES = "application/json"
+# The environ key under which api/fast.py hands over the version it resolved.
+RESOLVED = "vertebral.resolved"
 CSV_TYPE = "text/csv"
 
 
 def serving() -> Resolved:
-    """The active version for this request (remembered for the response headers)."""
-    resolved = registry().active.resolve()
+    """The active version for this request (remembered for the response headers): the
+    one the fast path resolved when it handed the request over, else resolved now."""
+    resolved = request.environ.get(RESOLVED) or registry().active.resolve()
     g.served = resolved
     return resolved
 
@@ -69,12 +81,24 @@ def _records(model: LoadedModel) -> tuple[list[Any], bool]:
     return csv_records(text), True
 
 
-def _predict(accept_csv: bool) -> Response:
-    if not request.is_json and not (accept_csv and request.mimetype == CSV_TYPE):
-        raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
-    model = serving().model
-    records, from_text = _records(model)
-    check_count(records, registry().settings.api.max_records)
+@dataclass(frozen=True)
+class Scored:
+    """A request's records scored: the validated input, the labels, the decision and the
+    answer's body, the same whichever way (Flask view or ``api/fast.py``) answers it."""
+
+    checked: ValidatedInput
+    labels: list[str]
+    decision: Decision
+    body: dict[str, Any]
+
+
+def score(model: LoadedModel, records: list[Any], from_text: bool = False) -> Scored:
+    """Validate, predict and decide; the answer's body for ``/predict`` and ``/invocations``.
+
+    Raises:
+        RegistryError: INVALID_INPUT naming the records at fault (bad fields, or no
+            finite probabilities).
+    """
     checked = validate_records(records, model.schema, from_text=from_text)
     decision = decide(model, model.predict(checked.matrix))
     unscored = np.flatnonzero(~decision.finite)
@@ -92,26 +116,6 @@ def _predict(accept_csv: bool) -> Response:
             ],
         )
     labels = decision.labels.tolist()
-    # Off the request path: records only enter a bounded queue (api/capture.py).
-    capture = capture_of_app()
-    if capture.sampled():
-        rid = g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
-
-        @after_this_request
-        def _echo(response: Response) -> Response:
-            response.headers[REQUEST_ID_HEADER] = rid
-            return response
-
-        started = g.get("started")
-        capture.record(
-            request.path.strip("/"),
-            model,
-            checked.matrix,
-            labels,
-            decision.probabilities,
-            request_id=rid,
-            latency_ms=(time.perf_counter() - started) * 1000 if started else None,
-        )
     classes = model.classes
     predictions = [
         {
@@ -128,8 +132,32 @@ def _predict(accept_csv: bool) -> Response:
             strict=True,
         )
     ]
-    PREDICTIONS.labels(model.name, str(model.version)).inc(len(predictions))
-    return jsonify({"model": model.identity(), "predictions": predictions})
+    body = {"model": model.identity(), "predictions": predictions}
+    return Scored(checked, labels, decision, body)
+
+
+def _predict(accept_csv: bool) -> Response:
+    if not request.is_json and not (accept_csv and request.mimetype == CSV_TYPE):
+        raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
+    model = serving().model
+    records, from_text = _records(model)
+    check_count(records, registry().settings.api.max_records)
+    scored = score(model, records, from_text)
+    # Off the request path: records only enter a bounded queue (api/capture.py).
+    capture = capture_of_app()
+    if capture.sampled():
+        started = g.get("started")
+        capture.record(
+            request.path.strip("/"),
+            model,
+            scored.checked.matrix,
+            scored.labels,
+            scored.decision.probabilities,
+            request_id=flask_request_id(),
+            latency_ms=(time.perf_counter() - started) * 1000 if started else None,
+        )
+    PREDICTIONS.labels(model.name, str(model.version)).inc(len(scored.labels))
+    return jsonify(scored.body)
 
 
 @bp.post("/predict")
