@@ -11,10 +11,12 @@ activation request is sent: the preparation (staged until every worker loaded it
 answer reports), when it was acknowledged, the first prediction answered by the new
 version, and when every worker had answered with it, also counted from the
 acknowledgement. The steady p99 of the second before the activation is compared with
-the slowest request sent during the switch. A response with the old version to a
-request sent after the acknowledgement would break the API's promise; those are
-counted, as are errors. The whole is run with the default pointer lease and with a
-lease of 0 (a pointer read per request), each on its own API server.
+the slowest request sent during the switch (from the end of the preparation until every
+worker served the new version); the slowest request sent while the workers prepared
+(loaded the staged version in the background) is reported on its own. A response with
+the old version to a request sent after the acknowledgement would break the API's
+promise; those are counted, as are errors. The whole is run with the default pointer
+lease and with a lease of 0 (a pointer read per request), each on its own API server.
 """
 
 from __future__ import annotations
@@ -163,13 +165,16 @@ def measure_switch(
                 first_by_pid[pid] = done
     all_workers = max(first_by_pid.values()) if len(first_by_pid) >= workers else None
     late = [r for r in records if r[0] > acked and r[2] == 200 and r[3] != version]
-    # Requests sent while the switch was under way: from the activation to every worker on it.
-    switching = [
-        r for r in records if r[0] >= sent and (all_workers is None or r[0] <= all_workers)
-    ]
+    prepared = answer.get("prepared") or {}
+    # Two windows: while the workers load the staged version (prepare), and the switch
+    # itself, from the end of the preparation until every worker serves the new version.
+    flip = min(acked, sent + (prepared.get("prepare_s") or 0.0))
+    end = max(acked, all_workers or acked)
+    preparing = [r for r in records if sent <= r[0] < flip]
+    switching = [r for r in records if flip <= r[0] <= end]
     steady_p99 = float(np.percentile(steady, 99)) if steady else None
     slowest = max(((r[1] - r[0]) * 1000 for r in switching), default=None)
-    prepared = answer.get("prepared") or {}
+    slowest_preparing = max(((r[1] - r[0]) * 1000 for r in preparing), default=None)
     return {
         "version": version,
         "lease_ms": answer.get("lease_ms"),
@@ -182,6 +187,9 @@ def measure_switch(
         else round(max(0.0, all_workers - acked), 3),
         "steady_p99_ms": None if steady_p99 is None else round(steady_p99, 2),
         "slowest_during_switch_ms": None if slowest is None else round(slowest, 2),
+        "slowest_during_prepare_ms": None
+        if slowest_preparing is None
+        else round(slowest_preparing, 2),
         "first_new_prediction_s": None if first_new is None else round(first_new - sent, 3),
         "all_workers_s": None if all_workers is None else round(all_workers - sent, 3),
         "workers_seen_new": len(first_by_pid),
@@ -294,6 +302,9 @@ def _summary(results: list[dict[str, Any]], size: int) -> dict[str, Any]:
         "steady_p99_ms": summarize([r["steady_p99_ms"] for r in results], 2),
         "slowest_during_switch_ms": summarize([r["slowest_during_switch_ms"] for r in results], 2),
         "slowest_over_steady_p99": summarize(slow_ratio, 2),
+        "slowest_during_prepare_ms": summarize(
+            [r["slowest_during_prepare_ms"] for r in results], 2
+        ),
         "errors": errors,
         "old_version_after_ack": old,
         "old_version_after_ack_marked_stale": sum(

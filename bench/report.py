@@ -25,6 +25,13 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _prepare_ratio(entry: dict[str, Any]) -> str:
+    """Worst slowest-request-while-preparing over the steady p99 (a ratio of worst cases)."""
+    slowest = entry.get("slowest_during_prepare_ms", {}).get("max")
+    steady = entry.get("steady_p99_ms", {}).get("median")
+    return f"{_num(slowest / steady, 2)}×" if slowest and steady else "–"
+
+
 def _size(mb: float) -> str:
     return f"{mb:.1f} MB" if mb >= 1 else f"{mb * 1000:.0f} kB"
 
@@ -174,9 +181,9 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
         f"{plan.get('poll_pause_s', 0) * 1000:.0f} ms, median of {plan['rounds']} cold switches)",
         "",
         "| model | lease ms | ONNX | prepare s | acknowledged s | all workers s after ack "
-        "| slowest request / steady p99 | errors | answers marked stale "
-        "| old version after ack (of which marked stale) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| slowest request / steady p99: switch | while preparing | errors "
+        "| answers marked stale | old version after ack (of which marked stale) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     tables = [doc["models"]] + ([doc["models_lease_zero"]] if "models_lease_zero" in doc else [])
     for models in tables:
@@ -187,6 +194,7 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
                 f"| {_num(entry['acknowledged_s']['median'], 3)} "
                 f"| {_num(entry.get('all_workers_after_ack_s', {}).get('median'), 3)} "
                 f"| {_num(entry.get('slowest_over_steady_p99', {}).get('max'), 2)}× "
+                f"| {_prepare_ratio(entry)} "
                 f"| {entry['errors']} "
                 f"| {entry.get('stale_responses', '–')} "
                 f"| {entry['old_version_after_ack']} "
@@ -195,7 +203,9 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
     lines += [
         "",
         "Prepare: the version staged until every worker loaded it in the background (part of "
-        "the time to the acknowledgement). Slowest request: the worst ratio over the rounds.",
+        "the time to the acknowledgement). Slowest request: the worst ratio over the rounds, "
+        "of requests sent during the switch (from the end of the preparation until every "
+        "worker served the new version) and, apart, of those sent while the workers prepared.",
         "",
         "What one process pays to load a version (no HTTP, idle API): "
         + "; ".join(
