@@ -101,8 +101,8 @@ def score(model: LoadedModel, records: list[Any], from_text: bool = False) -> Sc
     """
     checked = validate_records(records, model.schema, from_text=from_text)
     decision = decide(model, model.predict(checked.matrix))
-    unscored = np.flatnonzero(~decision.finite)
-    if unscored.size:  # extreme (if finite) values overflow inside the model
+    if not decision.finite.all():  # extreme (if finite) values overflow inside the model
+        unscored = np.flatnonzero(~decision.finite)
         raise invalid(
             f"the model gives no finite probabilities for {unscored.size} record(s): "
             "values too far outside the training range",

@@ -17,6 +17,7 @@ from pipelines.data import FEATURES
 from registry_bridge import onnx_check
 from registry_bridge.errors import RegistryError
 from registry_bridge.scoring import (
+    Prediction,
     decide,
     load_model,
     output_names,
@@ -59,6 +60,27 @@ def test_importable_without_flask():
     code = "import sys, registry_bridge.scoring; assert 'flask' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True)
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_one_record_decides_as_the_batch_does(model, candidate):
+    """Check that /predict's single-record path gives each row what the batch gives it,
+    a non-finite row included."""
+    rows = candidate.test_inputs.astype(np.float32)
+    batch_prediction = model.predict(rows)
+    probabilities = batch_prediction.probabilities.copy()
+    probabilities[1, 0] = np.nan  # as an overflow inside the model would give
+    batch = decide(model, Prediction(batch_prediction.labels, probabilities))
+    for i in range(len(rows)):
+        one = decide(
+            model, Prediction(batch_prediction.labels[i : i + 1], probabilities[i : i + 1])
+        )
+        assert one.labels.tolist() == [batch.labels[i]]
+        assert one.column.tolist() == [batch.column[i]] and one.column.dtype == np.intp
+        assert one.probability.dtype == np.float32
+        assert np.array_equal(one.probability, batch.probability[i : i + 1], equal_nan=True)
+        assert np.array_equal(one.probabilities, probabilities[i : i + 1], equal_nan=True)
+        assert one.finite.tolist() == [bool(batch.finite[i])]
+    assert batch.finite.tolist().count(False) == 1
 
 
 def test_text_and_numeric_columns_score_like_the_model(model, candidate):
