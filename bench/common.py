@@ -50,6 +50,7 @@ LIBRARIES = (
     "pymongo",
     "nx-27017",
 )
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -90,6 +91,19 @@ def process_tree(pid: int) -> list[int]:
         found.append(current)
         todo.extend(_children(current))
     return found
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / _CLOCK_TICKS
 
 
 def rss_kb(pid: int) -> int:

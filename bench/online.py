@@ -34,6 +34,7 @@ from bench.common import (
     require_wrk,
     start_all,
     summarize,
+    tree_cpu_s,
     tree_rss_mb,
 )
 from bench.workspace import BenchModel, Workspace, run_single_part
@@ -229,8 +230,14 @@ def run(
                 for number in range(plan["rounds"]):
                     for name, server in servers.items():
                         reads = registry_reads(server.port) if name.startswith("api") else None
+                        cpu = tree_cpu_s(server.pid)
                         result = run_wrk(
                             samples[name]["url"], script, connections, plan["duration_s"]
+                        )
+                        # What a request costs the server's processes (not wrk, not the
+                        # registry's database): where a throughput gap comes from.
+                        result["cpu_ms_per_request"] = round(
+                            (tree_cpu_s(server.pid) - cpu) * 1000 / max(1, result["requests"]), 4
                         )
                         if reads is not None:
                             after = registry_reads(server.port) or reads
@@ -281,6 +288,7 @@ def _document(
                 **{f"p{p}_ms": summarize([r[f"p{p}_ms"] for r in runs], 2) for p in (50, 95, 99)},
                 "errors": sum(r["errors"] for r in runs),
                 "requests": sum(r["requests"] for r in runs),
+                "cpu_ms_per_request": summarize([r["cpu_ms_per_request"] for r in runs], 4),
                 "runs": runs,
             }
             if "registry_reads_per_request" in runs[0]:
@@ -329,10 +337,11 @@ def _document(
         "load_average_before": load_before,
         "load_average_after": load_after,
         "servers": {
-            "api": "python -m api (gunicorn gthread, Flask, onnxruntime), default pointer lease",
+            "api": "python -m api (gunicorn, the API's buffering gthread worker, onnxruntime), "
+            "default pointer lease",
             "api-lease0": "the same with api.pointer_lease_ms 0 (a pointer read per request)",
             "mlflow": "mlflow models serve --env-manager local (uvicorn, FastAPI, pyfunc sklearn)",
-            "constant": "bench.constant_app under gunicorn gthread (same threads)",
+            "constant": "bench.constant_app under gunicorn, the API's worker class and threads",
         },
         "results": results,
         "comparison": comparison,

@@ -90,6 +90,18 @@ def online_lines(doc: Mapping[str, Any]) -> list[str]:
             )
             + ".",
         ]
+    cpu = {
+        name: doc["results"][name]["by_concurrency"].get("8", {}).get("cpu_ms_per_request")
+        for name in doc["results"]
+    }
+    if all(c and c.get("median") for c in cpu.values()):
+        lines += [
+            "",
+            "Server CPU per request at 8 clients (all the server's processes, user + system, "
+            "median ms): "
+            + "; ".join(f"{SERVER_LABELS[n]} {c['median']:.3f}" for n, c in cpu.items())
+            + ".",
+        ]
     sequential = {
         name: doc["results"][name]["server"].get("sequential_latency")
         for name in ("api", "mlflow", "constant")
