@@ -11,9 +11,10 @@ activation request is sent: the preparation (staged until every worker loaded it
 answer reports), when it was acknowledged, the first prediction answered by the new
 version, and when every worker had answered with it, also counted from the
 acknowledgement. The steady p99 of the second before the activation is compared with
-the slowest request sent during the switch (from the end of the preparation until every
-worker served the new version); the slowest request sent while the workers prepared
-(loaded the staged version in the background) is reported on its own. A response with
+the slowest request sent during the switch (from the pointer write, as the answer's
+``switch_s`` places it, until every worker served the new version); the slowest request
+sent before it, while the version was checked and the workers prepared (loaded it in
+the background), is reported on its own. A response with
 the old version to a request sent after the acknowledgement would break the API's
 promise; those are counted, as are errors. The whole is run with the default pointer
 lease and with a lease of 0 (a pointer read per request), each on its own API server.
@@ -166,20 +167,23 @@ def measure_switch(
     all_workers = max(first_by_pid.values()) if len(first_by_pid) >= workers else None
     late = [r for r in records if r[0] > acked and r[2] == 200 and r[3] != version]
     prepared = answer.get("prepared") or {}
-    # Two windows: while the workers load the staged version (prepare), and the switch
-    # itself, from the end of the preparation until every worker serves the new version.
-    flip = min(acked, sent + (prepared.get("prepare_s") or 0.0))
+    # Two windows: before the pointer moves (the checks and the workers loading the staged
+    # version), and the switch itself, until every worker serves the new version.
+    # The server reports how long the switch proper (pointer write, mirror, commit wait)
+    # took before its answer; the preparation (and the checks before it) came earlier.
+    flip = acked - (prepared.get("switch_s") or 0.0)
     end = max(acked, all_workers or acked)
-    preparing = [r for r in records if sent <= r[0] < flip]
+    before = [r for r in records if sent <= r[0] < flip]
     switching = [r for r in records if flip <= r[0] <= end]
     steady_p99 = float(np.percentile(steady, 99)) if steady else None
     slowest = max(((r[1] - r[0]) * 1000 for r in switching), default=None)
-    slowest_preparing = max(((r[1] - r[0]) * 1000 for r in preparing), default=None)
+    slowest_before = max(((r[1] - r[0]) * 1000 for r in before), default=None)
     return {
         "version": version,
         "lease_ms": answer.get("lease_ms"),
         "prepare_s": prepared.get("prepare_s"),
         "prepare_timed_out": prepared.get("timed_out"),
+        "switch_s": prepared.get("switch_s"),
         "acknowledged_s": round(acked - sent, 3),
         # From the acknowledgement until every worker had answered with it (0: before it).
         "all_workers_after_ack_s": None
@@ -187,9 +191,9 @@ def measure_switch(
         else round(max(0.0, all_workers - acked), 3),
         "steady_p99_ms": None if steady_p99 is None else round(steady_p99, 2),
         "slowest_during_switch_ms": None if slowest is None else round(slowest, 2),
-        "slowest_during_prepare_ms": None
-        if slowest_preparing is None
-        else round(slowest_preparing, 2),
+        "slowest_before_switch_ms": None
+        if slowest_before is None
+        else round(slowest_before, 2),
         "first_new_prediction_s": None if first_new is None else round(first_new - sent, 3),
         "all_workers_s": None if all_workers is None else round(all_workers - sent, 3),
         "workers_seen_new": len(first_by_pid),
@@ -295,6 +299,7 @@ def _summary(results: list[dict[str, Any]], size: int) -> dict[str, Any]:
         "lease_ms": results[0]["lease_ms"] if results else None,
         "prepare_s": summarize([r["prepare_s"] for r in results]),
         "prepare_timed_out": sum(1 for r in results if r["prepare_timed_out"]),
+        "switch_s": summarize([r["switch_s"] for r in results]),
         "acknowledged_s": summarize([r["acknowledged_s"] for r in results]),
         "first_new_prediction_s": summarize([r["first_new_prediction_s"] for r in results]),
         "all_workers_s": visible,
@@ -302,8 +307,8 @@ def _summary(results: list[dict[str, Any]], size: int) -> dict[str, Any]:
         "steady_p99_ms": summarize([r["steady_p99_ms"] for r in results], 2),
         "slowest_during_switch_ms": summarize([r["slowest_during_switch_ms"] for r in results], 2),
         "slowest_over_steady_p99": summarize(slow_ratio, 2),
-        "slowest_during_prepare_ms": summarize(
-            [r["slowest_during_prepare_ms"] for r in results], 2
+        "slowest_before_switch_ms": summarize(
+            [r["slowest_before_switch_ms"] for r in results], 2
         ),
         "errors": errors,
         "old_version_after_ack": old,

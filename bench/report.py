@@ -27,7 +27,7 @@ def _num(value: Any, digits: int = 1) -> str:
 
 def _prepare_ratio(entry: dict[str, Any]) -> str:
     """Worst slowest-request-while-preparing over the steady p99 (a ratio of worst cases)."""
-    slowest = entry.get("slowest_during_prepare_ms", {}).get("max")
+    slowest = entry.get("slowest_before_switch_ms", {}).get("max")
     steady = entry.get("steady_p99_ms", {}).get("median")
     return f"{_num(slowest / steady, 2)}×" if slowest and steady else "–"
 
@@ -193,7 +193,7 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
         f"{plan.get('poll_pause_s', 0) * 1000:.0f} ms, median of {plan['rounds']} cold switches)",
         "",
         "| model | lease ms | ONNX | prepare s | acknowledged s | all workers s after ack "
-        "| slowest request / steady p99: switch | while preparing | errors "
+        "| slowest request / steady p99: switch | before it | errors "
         "| answers marked stale | old version after ack (of which marked stale) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -216,8 +216,9 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
         "",
         "Prepare: the version staged until every worker loaded it in the background (part of "
         "the time to the acknowledgement). Slowest request: the worst ratio over the rounds, "
-        "of requests sent during the switch (from the end of the preparation until every "
-        "worker served the new version) and, apart, of those sent while the workers prepared.",
+        "of requests sent during the switch (from the pointer write until every worker served "
+        "the new version) and, apart, of those sent before it, while the version was checked "
+        "and the workers prepared.",
         "",
         "What one process pays to load a version (no HTTP, idle API): "
         + "; ".join(

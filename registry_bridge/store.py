@@ -417,7 +417,11 @@ class ModelStore:
         prepared = None
         if current is not None and self.prepare_timeout_s > 0:
             prepared = fleet.prepare(self, target, current.active_version, self.prepare_timeout_s)
+        flipping = time.monotonic()
         state = self._move_pointer(name, current, target.version, by, reason, action)
+        if prepared is not None:
+            # The pointer write, the MLflow mirror and the commit wait: the switch proper.
+            prepared["switch_s"] = round(time.monotonic() - flipping, 3)
         return replace(state, prepared=prepared)
 
     def _move_pointer(
