@@ -75,7 +75,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from api.capture import Capture
     from api.fast import FastPredict
     from api.hosts import allowed_hosts
-    from registry_bridge.mirror import MirrorProcess
     from registry_bridge.store import ModelStore
 
     app = Flask(__name__)
@@ -92,8 +91,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     client = client or _open_client(settings)
     store = ModelStore(client, settings, ensure_indexes=False)
-    if store.mirror is not None:  # MLflow's mirror off the serving process (MirrorProcess)
-        store.mirror = MirrorProcess(settings)
     active = ActiveModel(store, settings.api.model_name)
     app.extensions[EXTENSION] = Registry(client, store, active, settings)
     capture = app.extensions[CAPTURE] = Capture(

@@ -19,10 +19,7 @@ numbers differ from the registry's: the ``registry_version`` tag says which is w
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import threading
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -116,21 +113,6 @@ class MirrorReport:
         return {**body, "in_sync": self.in_sync, "summary": self.describe()}
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
-def _not_mirrored(action: str, name: str, reason: str) -> None:
-    log.warning(
-        "%s of %r is done in the registry, but MLflow's Model Registry was not updated: "
-        "%s; repair with `bridge sync --name %s`",
-        action,
-        name,
-        reason,
-        name,
-    )
-
-
 class Mirror:
     """Writes the registry's state into MLflow's Model Registry (MLflow imported on first use)."""
 
@@ -170,12 +152,19 @@ class Mirror:
             try:
                 report = self.reconcile(store, name)
             except Exception as exc:  # MLflow, SQLAlchemy, HTTP: the registry change stands
-                reason = _first_line(exc)
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             else:
                 if report.problem is None:
                     return report
                 reason = report.problem
-        _not_mirrored(action, name, reason)
+        log.warning(
+            "%s of %r is done in the registry, but MLflow's Model Registry was not updated: "
+            "%s; repair with `bridge sync --name %s`",
+            action,
+            name,
+            reason,
+            name,
+        )
         return None
 
     def status(self, store: Any, name: str) -> MirrorReport:
@@ -297,71 +286,3 @@ class Mirror:
                 f"MLflow version {created.version} is registry version {version.version}",
             )
         return str(created.version)
-
-
-class MirrorProcess(Mirror):
-    """A :class:`Mirror` whose changes are written by a helper process: for serving processes.
-
-    Why: in an API worker, reconciling MLflow (its import, ~2 s the first time, then ~0.1 s
-    of Python per change) holds the GIL that the worker's request threads need. With the
-    mirror in the answering worker the slowest request of a switch was 4-5x the steady
-    p99, against at most 1.05x with the mirror off (bench.activation, 2026-11-27). Here
-    the worker only waits on a pipe: one helper per worker, started at its first change,
-    at a lower CPU priority. The change still waits for it, so the alias has moved when
-    the activation answers. A helper that dies or hangs is one warning and a new helper
-    for the next change; ``bridge sync`` repairs what it missed.
-    """
-
-    TIMEOUT_S = 60.0  # spawn, MLflow's import and a reconcile, with MLflow's HTTP timeouts
-
-    def __init__(self, settings: Settings):
-        super().__init__(settings.mlflow)
-        self._all_settings = settings
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def after_change(self, store: Any, name: str, action: str) -> MirrorReport | None:
-        """Reconcile ``name`` in the helper; a failure is one warning, never raised."""
-        reason = self.store_missing()  # cheap, and no helper for nothing
-        if reason is not None:
-            _not_mirrored(action, name, reason)
-            return None
-        try:
-            with self._lock:  # one change at a time, in order
-                if self._pool is None:
-                    self._pool = ProcessPoolExecutor(
-                        max_workers=1,
-                        mp_context=multiprocessing.get_context("spawn"),  # no fork of threads
-                        initializer=_start_helper,
-                    )
-                future = self._pool.submit(_after_change_here, self._all_settings, name, action)
-                return future.result(timeout=self.TIMEOUT_S)
-        except Exception as exc:  # a dead or stuck helper: the registry change stands
-            self._discard()
-            _not_mirrored(action, name, f"the mirror's helper process failed: {_first_line(exc)}")
-            return None
-
-    def _discard(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _start_helper() -> None:
-    """In the helper: below the serving workers in the CPU's queue, and log as they do."""
-    os.nice(10)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
-
-_HELPER_STORE: list[Any] = []  # the helper's own ModelStore, made at its first change
-
-
-def _after_change_here(settings: Settings, name: str, action: str) -> MirrorReport | None:
-    if not _HELPER_STORE:
-        from registry_bridge import database
-        from registry_bridge.store import ModelStore
-
-        client = database.connect(settings.registry)
-        _HELPER_STORE.append(ModelStore(client, settings, ensure_indexes=False))
-    store = _HELPER_STORE[0]
-    return store.mirror.after_change(store, name, action) if store.mirror else None

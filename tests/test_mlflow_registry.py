@@ -38,7 +38,7 @@ from test_demo import CHROMIUM_FLAGS
 from bench.common import venv_env
 from conf.contract import FEATURES
 from registry_bridge.cli import main as bridge_main
-from registry_bridge.mirror import Mirror, MirrorProcess, version_uri
+from registry_bridge.mirror import Mirror, version_uri
 from registry_bridge.mlflow_plugin import GridFSArtifactRepository, parse_uri
 from registry_bridge.store import ModelStore
 
@@ -261,30 +261,6 @@ def test_the_alias_follows_every_activate_and_rollback(registry, caplog):
     assert answer.status_code == 200, answer.json
     assert registry.alias_version() == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-def test_the_api_mirrors_from_a_helper_process_and_outlives_it(registry, caplog):
-    """Check the API's workers leave MLflow to a helper process (the GIL stays with the
-    requests), and a helper killed mid-life costs one warning, not the activation."""
-    app = make_app(registry.settings, registry.store.db.client)
-    mirror = app.extensions["vertebral"].store.mirror
-    assert isinstance(mirror, MirrorProcess)
-    client = app.test_client()
-    assert client.post("/models/activate", json={"name": MODEL, "version": 2}).status_code == 200
-    assert registry.alias_version() == 2
-    [helper] = [p.pid for p in mirror._pool._processes.values()]
-    assert helper != os.getpid()
-    os.kill(helper, signal.SIGKILL)
-    with caplog.at_level(logging.WARNING, logger="registry_bridge.mirror"):
-        answer = client.post("/models/rollback", json={"name": MODEL})
-    assert answer.status_code == 200, answer.json
-    assert answer.json["active_version"] == 1  # the registry moved
-    [warning] = [r.getMessage() for r in caplog.records if r.name == "registry_bridge.mirror"]
-    assert "helper process failed" in warning and f"bridge sync --name {MODEL}" in warning
-    assert registry.alias_version() == 2  # MLflow was not told...
-    assert client.post("/models/activate", json={"name": MODEL, "version": 2}).status_code == 200
-    assert client.post("/models/rollback", json={"name": MODEL}).status_code == 200
-    assert registry.alias_version() == 1  # ...and a new helper follows the next changes
 
 
 def test_an_mlflow_failure_warns_once_and_sync_repairs(registry, caplog):
