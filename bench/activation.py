@@ -14,10 +14,11 @@ acknowledgement. The steady p99 of the second before the activation is compared 
 the slowest request sent during the switch (from the pointer write, as the answer's
 ``switch_s`` places it, until every worker served the new version); the slowest request
 sent before it, while the version was checked and the workers prepared (loaded it in
-the background), is reported on its own. A response with
-the old version to a request sent after the acknowledgement would break the API's
-promise; those are counted, as are errors. The whole is run with the default pointer
-lease and with a lease of 0 (a pointer read per request), each on its own API server.
+the background), is reported on its own. A response with the old version to a request
+sent after the acknowledgement would break the API's promise; those are counted, as are
+errors. The whole is run on three API servers: the defaults, a pointer lease of 0 (a
+pointer read per request) and MLflow's mirror off (``mlflow.mirror: false``: what
+moving the ``@production`` alias costs the switch).
 """
 
 from __future__ import annotations
@@ -43,7 +44,18 @@ QUICK = {"rounds": 2, "large_rows": 4_000, "large_trees": 3, "pollers": 4}
 SWITCH_TIMEOUT_S = 30.0
 STEADY_S = 1.0  # traffic before the switch: the steady p99 it is compared with
 # The API's configured lease (conf/default.yaml) and 0: what the lease buys.
-LEASES = {"default": None, "zero": 0}
+# One API server each: the defaults; a pointer read per request (what the lease buys);
+# MLflow's mirror off (what moving the @production alias costs the switch).
+SERVERS: dict[str, dict[str, Any] | None] = {
+    "default": None,
+    "zero": {"api": {"pointer_lease_ms": 0}},
+    "no_mirror": {"mlflow": {"mirror": False}},
+}
+LABELS = {
+    "default": "api-activation",
+    "zero": "api-activation-lease0",
+    "no_mirror": "api-activation-no-mirror",
+}
 # Each client pauses this long between requests: steady traffic (~100 req/s per client),
 # not a saturating load that would measure the machine's queue instead of the switch.
 POLL_PAUSE_S = 0.01
@@ -191,9 +203,7 @@ def measure_switch(
         else round(max(0.0, all_workers - acked), 3),
         "steady_p99_ms": None if steady_p99 is None else round(steady_p99, 2),
         "slowest_during_switch_ms": None if slowest is None else round(slowest, 2),
-        "slowest_before_switch_ms": None
-        if slowest_before is None
-        else round(slowest_before, 2),
+        "slowest_before_switch_ms": None if slowest_before is None else round(slowest_before, 2),
         "first_new_prediction_s": None if first_new is None else round(first_new - sent, 3),
         "all_workers_s": None if all_workers is None else round(all_workers - sent, 3),
         "workers_seen_new": len(first_by_pid),
@@ -239,15 +249,14 @@ def _switches(
     large_run: str,
     plan: dict[str, Any],
     workers: int,
-    lease_ms: int | None,
+    server_name: str,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int], dict[str, int]]:
-    """Every round's cold switches on one API server with pointer lease ``lease_ms``."""
+    """Every round's cold switches on one API server (``SERVERS[server_name]`` settings)."""
     body = request_body(ws.settings)
     runs: dict[str, list[dict[str, Any]]] = {"large": [], "demo": []}
     sizes: dict[str, int] = {}
     versions: dict[str, int] = {}
-    config = None if lease_ms is None else {"api": {"pointer_lease_ms": lease_ms}}
-    label = "api-activation" if lease_ms is None else f"api-activation-lease{lease_ms}"
+    config, label = SERVERS[server_name], LABELS[server_name]
     with serving(ws.api_server(workers, name=label, config=config), timeout_s=120) as server:
         for number in range(plan["rounds"]):
             for kind, run_id in (("large", large_run), ("demo", model.run_id)):
@@ -307,9 +316,7 @@ def _summary(results: list[dict[str, Any]], size: int) -> dict[str, Any]:
         "steady_p99_ms": summarize([r["steady_p99_ms"] for r in results], 2),
         "slowest_during_switch_ms": summarize([r["slowest_during_switch_ms"] for r in results], 2),
         "slowest_over_steady_p99": summarize(slow_ratio, 2),
-        "slowest_before_switch_ms": summarize(
-            [r["slowest_before_switch_ms"] for r in results], 2
-        ),
+        "slowest_before_switch_ms": summarize([r["slowest_before_switch_ms"] for r in results], 2),
         "errors": errors,
         "old_version_after_ack": old,
         "old_version_after_ack_marked_stale": sum(
@@ -334,15 +341,16 @@ def run(
     plan: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish and activate cold versions of the demo and the large model, with the default
-    lease and with a lease of 0; the result document (``models``: default lease)."""
+    settings, a lease of 0 and the mirror off; the result (``models``: the defaults)."""
     plan = dict(plan or (QUICK if quick else FULL))
     load_before = load_average()
     large_run = ws.large_model_run(plan["large_rows"], plan["large_trees"])
     by_lease: dict[str, dict[str, Any]] = {}
     versions: dict[str, int] = {}
-    for lease_name, lease_ms in LEASES.items():
-        runs, sizes, versions = _switches(ws, model, large_run, plan, workers, lease_ms)
-        by_lease[lease_name] = {
+    # The mirror-off server is a diagnostic of the full run; --quick checks the harness.
+    for server_name in [n for n in SERVERS if not (quick and n == "no_mirror")]:
+        runs, sizes, versions = _switches(ws, model, large_run, plan, workers, server_name)
+        by_lease[server_name] = {
             kind: _summary(results, sizes[kind]) for kind, results in runs.items()
         }
     # Measured after the switches, with the API stopped, so it does not disturb them.
@@ -358,7 +366,7 @@ def run(
             "workers": workers,
             "poll_pause_s": POLL_PAUSE_S,
             "steady_window_s": STEADY_S,
-            "leases": {k: "conf/default.yaml" if v is None else v for k, v in LEASES.items()},
+            "servers": {k: v or "conf/default.yaml" for k, v in SERVERS.items()},
             "large_model": f"random forest, {plan['large_trees']} trees fitted on "
             f"{plan['large_rows']} resampled rows (run {large_run})",
             "demo_model": f"{model.family} (run {model.run_id})",
@@ -368,6 +376,7 @@ def run(
         "load_average_after": load_after,
         "models": by_lease["default"],
         "models_lease_zero": by_lease["zero"],
+        **({"models_no_mirror": by_lease["no_mirror"]} if "no_mirror" in by_lease else {}),
     }
 
 

@@ -197,11 +197,19 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
         "| answers marked stale | old version after ack (of which marked stale) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    tables = [doc["models"]] + ([doc["models_lease_zero"]] if "models_lease_zero" in doc else [])
-    for models in tables:
+    tables = [
+        (doc[key], suffix)
+        for key, suffix in (
+            ("models", ""),
+            ("models_lease_zero", ""),
+            ("models_no_mirror", " (MLflow mirror off)"),
+        )
+        if key in doc
+    ]
+    for models, suffix in tables:
         for kind, entry in models.items():
             lines.append(
-                f"| {kind} | {entry.get('lease_ms', '–')} | {_size(entry['onnx_mb'])} "
+                f"| {kind}{suffix} | {entry.get('lease_ms', '–')} | {_size(entry['onnx_mb'])} "
                 f"| {_num(entry.get('prepare_s', {}).get('median'), 3)} "
                 f"| {_num(entry['acknowledged_s']['median'], 3)} "
                 f"| {_num(entry.get('all_workers_after_ack_s', {}).get('median'), 3)} "
@@ -371,6 +379,13 @@ def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
                     f"| {entry['errors']} errors, {entry['old_version_after_ack']} old "
                     f"| {_mark(entry['goal_no_error_no_old_answer'])} |",
                 ]
+        for kind, entry in activation.get("models_no_mirror", {}).items():
+            if entry.get("slowest_over_steady_p99", {}).get("max") is not None:
+                lines.append(
+                    f"| the same, MLflow mirror off ({kind}, {_size(entry['onnx_mb'])}) "
+                    f"| {_num(entry['slowest_over_steady_p99']['max'], 2)}× (worst round) "
+                    f"| {_mark(entry['goal_no_request_over_2x_steady_p99'])} |"
+                )
     capture = docs.get("capture")
     if capture:
         cost = capture["comparison"]["throughput_cost"]
