@@ -230,6 +230,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
         "PYTHONUNBUFFERED": "1",
         "API_ADMIN_TOKEN": token,  # the demo's API shows the admin token at work
         "CAPTURE_SAMPLE_PERCENT": "100",  # every request is kept: step 9 watches them
+        "MODEL_NAME": settings.api.model_name,  # the API and bridge work on the run's model
     }
     started = Started()
     try:

@@ -29,7 +29,12 @@ if TYPE_CHECKING:
 # The settings of the 2-class demo: the lab's data and split; every family is searched.
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
     "3C": {},
-    "2C": {k: v for k, v in lab.SETTINGS.items() if k != "training.families"},
+    # Its own model name: 2-class versions never sit beside 3-class ones, where a rollback
+    # could switch the classes the API answers with.
+    "2C": {
+        **{k: v for k, v in lab.SETTINGS.items() if k != "training.families"},
+        "api.model_name": "vertebral-column-2c",
+    },
 }
 COUNTS = ("tp", "fp", "tn", "fn")
 

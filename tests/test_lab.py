@@ -120,13 +120,14 @@ def test_demo_2c_step_sets_the_labs_model_beside_the_winner_on_the_same_rows(set
     from demo.report import lab_section
     from pipelines.study import run_study
 
-    sections = {"data": settings.data, "training": settings.training}
+    sections = {"data": settings.data, "training": settings.training, "api": settings.api}
     for dotted, value in VARIANT_SETTINGS["2C"].items():
         section, key = dotted.split(".")
         sections[section] = replace(sections[section], **{key: value})
     # A small study keeps the test short; the demo searches every family.
     training = replace(sections["training"], trials=2, families=("logistic_regression", "svc"))
-    two = replace(settings, data=sections["data"], training=training)
+    two = replace(settings, data=sections["data"], training=training, api=sections["api"])
+    assert two.api.model_name == "vertebral-column-2c"  # never mixed with 3-class versions
     run = DemoRun(two)
     run.study = run_study(two)
     run.lab = train_lab_model(run)
