@@ -74,3 +74,26 @@ def test_one_structured_log_line_per_request(client, published, caplog):
     assert lines[0]["path"] == "/predict" and lines[0]["status"] == 200
     assert lines[0]["model_version"] == published.versions[FAMILIES[0]]
     assert lines[0]["ms"] > 0
+
+
+def test_a_method_the_client_invents_is_one_metric_series(client, published, caplog):
+    """Check that invented methods are counted as "other" (a label per value would grow the
+    metrics without bound) while the access line keeps what was sent."""
+
+    def others() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        assert not any(m in text for m in ("BREW", "WHEN", "XYZZY"))
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("api_requests_total{") and 'method="other"' in line
+        )
+
+    before = others()
+    with caplog.at_level(logging.INFO, logger="api.access"):
+        for method in ("BREW", "WHEN", "XYZZY"):
+            assert client.open("/predict", method=method).status_code == 405
+    assert others() == before + 3
+    access = [r for r in caplog.records if r.name == "api.access"]
+    logged = [json.loads(r.getMessage())["method"] for r in access]
+    assert logged == ["BREW", "WHEN", "XYZZY"]
