@@ -51,7 +51,6 @@ from typing import Any
 
 import numpy as np
 from bson.binary import Binary
-from scipy import stats
 
 from conf.contract import FEATURES
 from conf.settings import MonitorSettings, Settings
@@ -652,6 +651,10 @@ def feature_drift(
     }
     if present.size == 0:
         return result
+    # Imported here: scipy.stats is ~60 MB of every API worker's memory otherwise, for a
+    # report that runs now and then.
+    from scipy import stats
+
     test = stats.kstest(present, baseline_cdf(feature))
     expected, actual = bin_shares(feature, present)
     result.update(ks=float(test.statistic), ks_pvalue=float(test.pvalue), psi=psi(expected, actual))
