@@ -74,9 +74,9 @@ class Capture:
         self._queue_size = settings.queue_size
         self._collection = db[INFERENCE_LOG]
         # A deque, not a queue.Queue: append/popleft need no lock and wake no thread, so a
-        # request pays ~nothing; the writer polls instead. One entry per request: a
-        # registry_bridge.monitor.Entry with the model inserted at ENTRY_MODEL.
-        self._pending: deque[tuple[Any, ...]] = deque()
+        # request pays ~nothing; the writer polls instead. One (model, Entry) per request:
+        # the writer groups by the model's name and version and reads its features there.
+        self._pending: deque[tuple[Any, Entry]] = deque()
         self._queued = 0  # records in _pending (bounded by queue_size)
         self._in_flight = 0  # records taken by the writer and not yet written (or lost)
         self._thread: threading.Thread | None = None
@@ -120,16 +120,9 @@ class Capture:
                 return
             self._offer(
                 n,
-                (
-                    time.time(),
-                    source,
-                    request_id,
-                    latency_ms,
-                    model,
-                    matrix,
-                    labels,
-                    probabilities,
-                    None,
+                model,
+                Entry(
+                    time.time(), source, request_id, latency_ms, matrix, labels, probabilities, None
                 ),
             )
         except Exception:  # capture must never fail a prediction
@@ -175,12 +168,12 @@ class Capture:
         latency = g.get("started")
         self._offer(
             len(rows),
-            (
+            model,
+            Entry(
                 time.time(),
                 "batch",
                 flask_request_id(),
                 (time.perf_counter() - latency) * 1000 if latency else None,
-                model,
                 matrix,
                 labels,
                 probabilities,
@@ -188,7 +181,7 @@ class Capture:
             ),
         )
 
-    def _offer(self, n: int, entry: tuple[Any, ...]) -> None:
+    def _offer(self, n: int, model: Any, entry: Entry) -> None:
         if self._thread is None:
             self._start_writer()
         if self._queued >= self._queue_size:
@@ -197,7 +190,7 @@ class Capture:
         # Not atomic under every interpreter; the writer resets it whenever the queue is
         # empty, so a lost update only moves the bound a little, and not for long.
         self._queued += n
-        self._pending.append(entry)
+        self._pending.append((model, entry))
 
     # --- writer side ----------------------------------------------------------------
 
@@ -228,42 +221,32 @@ class Capture:
             if time.monotonic() >= self._next_purge:
                 self.purge()
 
-    def _take(self) -> list[tuple[Any, ...]]:
+    def _take(self) -> list[tuple[Any, Entry]]:
         """Queued requests, oldest first, up to WRITE_BATCH records (at least one request)."""
-        batch: list[tuple[Any, ...]] = []
+        batch: list[tuple[Any, Entry]] = []
         pending = self._pending
         taken = 0
         try:
             while taken < WRITE_BATCH:
-                entry = pending.popleft()
-                batch.append(entry)
-                taken += len(entry[ENTRY_LABELS])
+                queued = pending.popleft()
+                batch.append(queued)
+                taken += len(queued[1].labels)
         except IndexError:
             pass
         self._in_flight = taken
         self._queued -= taken
         return batch
 
-    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+    def _write(self, batch: list[tuple[Any, Entry]]) -> None:
         """One bucket document per (name, version) of the batch (see registry_bridge.monitor)."""
-        records = sum(len(entry[ENTRY_LABELS]) for entry in batch)
+        records = sum(len(entry.labels) for _, entry in batch)
         try:
-            groups: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
-            models: dict[tuple[str, int], Any] = {}
-            for entry in batch:
-                model = entry[ENTRY_MODEL]
-                key = (model.name, model.version)
-                models.setdefault(key, model)
-                groups.setdefault(key, []).append(entry)
+            groups: dict[tuple[str, int], tuple[Any, list[Entry]]] = {}
+            for model, entry in batch:
+                groups.setdefault((model.name, model.version), (model, []))[1].append(entry)
             docs = [
-                bucket(
-                    name,
-                    version,
-                    models[name, version].schema.features,
-                    models[name, version].classes,
-                    [_entry(e) for e in entries],
-                )
-                for (name, version), entries in groups.items()
+                bucket(model.name, model.version, model.schema.features, model.classes, entries)
+                for model, entries in groups.values()
             ]
             self._collection.insert_many(docs, ordered=False)
             CAPTURE_WRITTEN.inc(records)
@@ -303,17 +286,6 @@ class Capture:
                 return True
             time.sleep(0.02)
         return False
-
-
-# The queue's entries: monitor.Entry with the model at ENTRY_MODEL (the writer groups
-# by its name and version and reads its features and classes there, not per request).
-ENTRY_MODEL = 4
-ENTRY_LABELS = 6
-
-
-def _entry(queued: tuple[Any, ...]) -> Entry:
-    t, source, rid, latency, _model, matrix, labels, probabilities, rows = queued
-    return (t, source, rid, latency, matrix, labels, probabilities, rows)
 
 
 def _forget_writer(ref: weakref.ref[Capture]) -> None:

@@ -12,7 +12,7 @@ and record limits, the JSON rules (``api/validation.py``), :func:`api.predict.sc
 capture, the request metrics, the access log and the ``X-Worker-Pid``/``X-Model-*``
 headers (``api/observe.py``), and it serializes with the app's JSON provider, so the
 answer is byte for byte the view's. Everything else is handed to the Flask app,
-untouched but for the body (replayed from memory): another path or method, another
+untouched but for the body (replayed from memory when it was read): another path or method, another
 media type, a body without Content-Length or over the limit, a stale version, and
 every error. Errors therefore have one implementation, the Flask one; the fast path
 only ever answers 200.
@@ -28,8 +28,7 @@ from typing import Any
 from api.capture import REQUEST_ID_HEADER, Capture
 from api.capture import request_id as new_request_id
 from api.hosts import host_name
-from api.metrics import PREDICTIONS
-from api.observe import answer_headers, observe
+from api.observe import answer_headers, observe, predicted
 from api.predict import JSON_TYPES, RESOLVED, score
 from api.validation import check_count, check_json_size, extract_records, parse_json
 
@@ -64,23 +63,23 @@ class FastPredict:
         if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
         started = time.perf_counter()
-        body = self._body(environ)
-        if body is None:
+        length = self._length(environ)
+        if length is None:
             return self.app(environ, start_response)
-        environ["wsgi.input"] = io.BytesIO(body)  # for the Flask app, if it answers
+        body = environ["wsgi.input"].read(length)
         try:
-            answer = self._answer(environ, body, started)
+            answer = self._answer(environ, body, length, started)
         except Exception:  # RegistryError or not: the Flask app answers it, as always
             answer = None
         if answer is None:
-            environ["wsgi.input"].seek(0)
+            environ["wsgi.input"] = io.BytesIO(body)  # the body, read again by the view
             return self.app(environ, start_response)
         start_response("200 OK", answer[0])
         return [answer[1]]
 
-    def _body(self, environ: dict[str, Any]) -> bytes | None:
-        """The body when this path may answer: JSON, a known length within the limit, an
-        allowed Host; None hands the request over unread."""
+    def _length(self, environ: dict[str, Any]) -> int | None:
+        """The body's length when this path may answer: JSON, a known length within the
+        limit, an allowed Host; None hands the request over unread."""
         media = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
         length = environ.get("CONTENT_LENGTH", "")
         if (
@@ -94,10 +93,10 @@ class FastPredict:
             host_name(environ.get("HTTP_HOST", "")) not in self.allowed_hosts
         ):
             return None
-        return environ["wsgi.input"].read(int(length))
+        return int(length)
 
     def _answer(
-        self, environ: dict[str, Any], body: bytes, started: float
+        self, environ: dict[str, Any], body: bytes, length: int, started: float
     ) -> tuple[list[tuple[str, str]], bytes] | None:
         resolved = self.registry.active.resolve()
         environ[RESOLVED] = resolved  # served by this version, whoever answers
@@ -105,7 +104,7 @@ class FastPredict:
             return None  # rare: the view's answer says so
         model = resolved.model
         check_json_size(body, self.max_records, len(model.schema.features))
-        records = extract_records(parse_json(body, int(environ["CONTENT_LENGTH"])))
+        records = extract_records(parse_json(body, length))
         check_count(records, self.max_records)
         scored = score(model, records)
         payload = f"{self.dumps(scored.body, separators=(',', ':'))}\n".encode()
@@ -127,7 +126,7 @@ class FastPredict:
                 request_id=request_id,
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
-        PREDICTIONS.labels(model.name, str(model.version)).inc(len(scored.labels))
+        predicted(model, len(scored.labels))
         observe(
             _RULE,
             "POST",

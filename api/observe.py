@@ -23,25 +23,36 @@ import time
 from collections import deque
 from typing import Any
 
-from api.metrics import LATENCY, REQUESTS, STALE_RESPONSES
+from api.metrics import LATENCY, PREDICTIONS, REQUESTS, STALE_RESPONSES
 
 access_log = logging.getLogger("api.access")
 
 # Any other method is counted as "other": the label comes from the client, and each new
 # value would be a new time series in every worker's metrics file.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-# A deque, not a queue: append takes no lock and wakes no thread; the writer polls.
-_lines: deque[tuple[Any, ...]] | None = None
 WRITE_EVERY_S = 0.2
 MAX_PENDING_LINES = 100_000
+
+_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_predicted: dict[tuple[str, int], Any] = {}
+# A deque, not a queue: append takes no lock and wakes no thread; the writer polls.
+_lines: deque[tuple[Any, ...]] | None = None
 _lines_lock = threading.Lock()
+_pid = os.getpid()  # this process's, once: gunicorn forks, see _after_fork
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def answer_headers(served: Any) -> list[tuple[str, str]]:
     """``X-Worker-Pid``, and for an answer of a model version ``X-Model-Name``,
     ``X-Model-Version`` and (when the registry could not confirm it) ``X-Model-Stale``."""
-    headers = [("X-Worker-Pid", str(os.getpid()))]
+    headers = [("X-Worker-Pid", str(_pid))]
     if served is not None:
         headers += [
             ("X-Model-Name", served.model.name),
@@ -77,7 +88,7 @@ def observe(
         round(elapsed * 1000, 2),
         None if served is None else served.model.version,
         stale,
-        os.getpid(),
+        _pid,
         remote,
     )
     lines = _lines
@@ -85,6 +96,15 @@ def observe(
         _emit(line)  # tests and `flask run`: straight to the logger
     else:
         lines.append(line)
+
+
+def predicted(model: Any, records: int) -> None:
+    """Count ``records`` predictions by ``model`` (a version: the metric's labels)."""
+    key = (model.name, model.version)
+    child = _predicted.get(key)
+    if child is None:
+        child = _predicted[key] = PREDICTIONS.labels(model.name, str(model.version))
+    child.inc(records)
 
 
 def _emit(line: tuple[Any, ...]) -> None:

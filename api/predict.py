@@ -16,7 +16,8 @@ from api.batch import run_batch
 from api.body import MB, body_stream, read_body
 from api.capture import current as capture_of_app
 from api.capture import flask_request_id
-from api.metrics import BATCH_ROWS, PREDICTIONS
+from api.metrics import BATCH_ROWS
+from api.observe import predicted
 from api.validation import (
     check_count,
     check_json_size,
@@ -156,7 +157,7 @@ def _predict(accept_csv: bool) -> Response:
             request_id=flask_request_id(),
             latency_ms=(time.perf_counter() - started) * 1000 if started else None,
         )
-    PREDICTIONS.labels(model.name, str(model.version)).inc(len(scored.labels))
+    predicted(model, len(scored.labels))
     return jsonify(scored.body)
 
 
@@ -214,7 +215,7 @@ def batch_predict() -> Response:
     BATCH_ROWS.labels(model.name, version, "predicted").inc(result.predicted)
     if result.errors:
         BATCH_ROWS.labels(model.name, version, "error").inc(result.errors)
-    PREDICTIONS.labels(model.name, version).inc(result.predicted)
+    predicted(model, result.predicted)
     if answer == "json":
         response = jsonify(result.summary())
     else:

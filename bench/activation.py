@@ -43,18 +43,13 @@ FULL = {"rounds": 3, "large_rows": 40_000, "large_trees": 58, "pollers": 4}
 QUICK = {"rounds": 2, "large_rows": 4_000, "large_trees": 3, "pollers": 4}
 SWITCH_TIMEOUT_S = 30.0
 STEADY_S = 1.0  # traffic before the switch: the steady p99 it is compared with
-# The API's configured lease (conf/default.yaml) and 0: what the lease buys.
-# One API server each: the defaults; a pointer read per request (what the lease buys);
-# MLflow's mirror off (what moving the @production alias costs the switch).
-SERVERS: dict[str, dict[str, Any] | None] = {
-    "default": None,
-    "zero": {"api": {"pointer_lease_ms": 0}},
-    "no_mirror": {"mlflow": {"mirror": False}},
-}
-LABELS = {
-    "default": "api-activation",
-    "zero": "api-activation-lease0",
-    "no_mirror": "api-activation-no-mirror",
+# One API server each, by (name, settings over conf/default.yaml): the defaults; a
+# pointer read per request (what the lease buys); MLflow's mirror off (what moving the
+# @production alias costs the switch).
+SERVERS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "default": ("api-activation", None),
+    "zero": ("api-activation-lease0", {"api": {"pointer_lease_ms": 0}}),
+    "no_mirror": ("api-activation-no-mirror", {"mlflow": {"mirror": False}}),
 }
 # Each client pauses this long between requests: steady traffic (~100 req/s per client),
 # not a saturating load that would measure the machine's queue instead of the switch.
@@ -179,10 +174,9 @@ def measure_switch(
     all_workers = max(first_by_pid.values()) if len(first_by_pid) >= workers else None
     late = [r for r in records if r[0] > acked and r[2] == 200 and r[3] != version]
     prepared = answer.get("prepared") or {}
-    # Two windows: before the pointer moves (the checks and the workers loading the staged
-    # version), and the switch itself, until every worker serves the new version.
-    # The server reports how long the switch proper (pointer write, mirror, commit wait)
-    # took before its answer; the preparation (and the checks before it) came earlier.
+    # Two windows: before the pointer moves (the checks, the workers loading the staged
+    # version), and the switch itself until every worker serves the new version; the
+    # answer's switch_s (pointer write, mirror, commit wait) places the pointer write.
     flip = acked - (prepared.get("switch_s") or 0.0)
     end = max(acked, all_workers or acked)
     before = [r for r in records if sent <= r[0] < flip]
@@ -256,7 +250,7 @@ def _switches(
     runs: dict[str, list[dict[str, Any]]] = {"large": [], "demo": []}
     sizes: dict[str, int] = {}
     versions: dict[str, int] = {}
-    config, label = SERVERS[server_name], LABELS[server_name]
+    label, config = SERVERS[server_name]
     with serving(ws.api_server(workers, name=label, config=config), timeout_s=120) as server:
         for number in range(plan["rounds"]):
             for kind, run_id in (("large", large_run), ("demo", model.run_id)):
@@ -345,18 +339,18 @@ def run(
     plan = dict(plan or (QUICK if quick else FULL))
     load_before = load_average()
     large_run = ws.large_model_run(plan["large_rows"], plan["large_trees"])
-    by_lease: dict[str, dict[str, Any]] = {}
+    by_server: dict[str, dict[str, Any]] = {}
     versions: dict[str, int] = {}
     # The mirror-off server is a diagnostic of the full run; --quick checks the harness.
     for server_name in [n for n in SERVERS if not (quick and n == "no_mirror")]:
         runs, sizes, versions = _switches(ws, model, large_run, plan, workers, server_name)
-        by_lease[server_name] = {
+        by_server[server_name] = {
             kind: _summary(results, sizes[kind]) for kind, results in runs.items()
         }
     # Measured after the switches, with the API stopped, so it does not disturb them.
     costs = {kind: load_cost(ws, version) for kind, version in versions.items()}
     for kind, cost in costs.items():
-        for models in by_lease.values():
+        for models in by_server.values():
             models[kind]["load_cost_one_process"] = cost
     load_after = load_average()
     return {
@@ -366,7 +360,7 @@ def run(
             "workers": workers,
             "poll_pause_s": POLL_PAUSE_S,
             "steady_window_s": STEADY_S,
-            "servers": {k: v or "conf/default.yaml" for k, v in SERVERS.items()},
+            "servers": {k: config or "conf/default.yaml" for k, (_, config) in SERVERS.items()},
             "large_model": f"random forest, {plan['large_trees']} trees fitted on "
             f"{plan['large_rows']} resampled rows (run {large_run})",
             "demo_model": f"{model.family} (run {model.run_id})",
@@ -374,9 +368,9 @@ def run(
         "model": model.__dict__,
         "load_average_before": load_before,
         "load_average_after": load_after,
-        "models": by_lease["default"],
-        "models_lease_zero": by_lease["zero"],
-        **({"models_no_mirror": by_lease["no_mirror"]} if "no_mirror" in by_lease else {}),
+        "models": by_server["default"],
+        "models_lease_zero": by_server["zero"],
+        **({"models_no_mirror": by_server["no_mirror"]} if "no_mirror" in by_server else {}),
     }
 
 

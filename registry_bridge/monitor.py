@@ -47,7 +47,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from bson.binary import Binary
@@ -280,20 +280,20 @@ class LiveSample:
 # --- captured records: the columnar buckets of inference_log ------------------------
 
 BUCKET_FORMAT = 1
-# One captured request as api/capture.py's queue holds it (a plain tuple: the cheapest
-# thing a request can build): (epoch seconds, source, request id, latency ms or None,
-# matrix records × features, labels (None or "": no prediction), probabilities
-# records × classes (NaN: no prediction), row numbers or None for 0..n-1).
-Entry = tuple[
-    float,
-    str,
-    str,
-    float | None,
-    np.ndarray,
-    Sequence[str | None],
-    np.ndarray,
-    Sequence[int] | np.ndarray | None,
-]
+
+
+class Entry(NamedTuple):
+    """One captured request as api/capture.py queues it (a tuple: cheap for a request to
+    build, read by name here)."""
+
+    t: float  # epoch seconds
+    source: str  # the endpoint: "predict", "invocations", "batch"
+    request_id: str
+    latency_ms: float | None
+    x: np.ndarray  # records × features
+    labels: Sequence[str | None]  # None or "": no prediction
+    p: np.ndarray  # records × classes, NaN: no prediction
+    rows: Sequence[int] | np.ndarray | None  # the records' rows; None: 0..n-1
 
 
 def bucket(
@@ -310,33 +310,35 @@ def bucket(
         ValueError: an entry's arrays do not match its labels, the features or the classes.
     """
     width, depth = len(features), len(classes)
-    counts = [len(e[5]) for e in entries]
+    counts = [len(e.labels) for e in entries]
     count = sum(counts)
     # One numpy call per column, not per request: the writer shares the API worker's cores.
-    x = _stacked([e[4] for e in entries], count, width, "features")
-    p = _stacked([e[6] for e in entries], count, depth, "classes")
+    x = _stacked([e.x for e in entries], count, width, "features")
+    p = _stacked([e.p for e in entries], count, depth, "classes")
     starts = np.cumsum(counts) - counts
     rows = np.arange(count, dtype="<i4") - np.repeat(starts, counts).astype("<i4")
     for entry, first, n in zip(entries, starts.tolist(), counts, strict=True):
-        if entry[7] is not None:  # batch rows: their row in the upload
-            rows[first : first + n] = entry[7]
+        if entry.rows is not None:  # batch rows: their row in the upload
+            rows[first : first + n] = entry.rows
     label_names = list(classes)
     codes: dict[str | None, int] = {c: i for i, c in enumerate(label_names)}
     codes[None] = codes[""] = -1
     y_codes = []
     for entry in entries:
-        for label in entry[5]:
+        for label in entry.labels:
             code = codes.get(label)
             if code is None:  # a label the version does not list: kept all the same
                 code = codes[label] = len(label_names)
                 label_names.append(str(label))
             y_codes.append(code)
     sources: dict[str, int] = {}
-    source = [sources.setdefault(e[1], len(sources)) for e in entries]
+    source = [sources.setdefault(e.source, len(sources)) for e in entries]
     if len(sources) > 255:
         raise ValueError("more than 255 sources in one bucket")
-    t = np.array([e[0] for e in entries], dtype="<f8")
-    latency = np.array([np.nan if e[3] is None else e[3] for e in entries], dtype="<f4")
+    t = np.array([e.t for e in entries], dtype="<f8")
+    latency = np.array(
+        [np.nan if e.latency_ms is None else e.latency_ms for e in entries], dtype="<f4"
+    )
     return {
         "name": name,
         "version": int(version),
@@ -348,7 +350,7 @@ def bucket(
         "classes": list(classes),
         "label_names": label_names,
         "sources": list(sources),
-        "request_ids": [str(e[2]) for e in entries],
+        "request_ids": [str(e.request_id) for e in entries],
         "t": Binary(t.tobytes()),
         "latency_ms": Binary(latency.tobytes()),
         "source": Binary(np.array(source, dtype="<u1").tobytes()),
@@ -387,7 +389,7 @@ def records_bucket(name: str, version: int, records: Sequence[Mapping[str, Any]]
         probabilities = r.get("probabilities") or {}
         latency = r.get("latency_ms")
         entries.append(
-            (
+            Entry(
                 r["at"].timestamp(),
                 r.get("source") or "",
                 r.get("request_id") or "",
