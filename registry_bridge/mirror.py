@@ -7,9 +7,10 @@ For each registry name MLflow holds a registered model of that name (tag
 (``production``) on the active version. :meth:`Mirror.reconcile` compares the two sides and,
 unless ``dry_run``, writes MLflow to match: it creates missing versions, removes those of
 deleted registry versions, and moves the alias. ``bridge sync`` calls it; so does every
-registry change (publish, activate, rollback, delete) through :meth:`Mirror.after_change`,
-which never raises: the registry change is done, and an MLflow failure becomes one warning
-saying how to repair.
+registry change (publish, delete) through :meth:`Mirror.after_change`, which never raises:
+the registry change is done, and an MLflow failure becomes one warning saying how to
+repair. Activate and rollback reconcile before their switch (:meth:`Mirror.before_switch`)
+and only move the alias in it (:class:`AliasMove`), with the same one warning.
 
 MLflow numbers versions itself. When other versions were registered under the name, its
 numbers differ from the registry's: the ``registry_version`` tag says which is which, and a
@@ -35,6 +36,11 @@ TAG_NOTE = "registry_note"
 SCHEME = "gridfs"  # registry_bridge.mlflow_plugin reads it
 # An MLflow tracking server that does not answer should cost one short wait, not minutes.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line, bounded: what a warning or a report quotes."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def version_uri(database: str, name: str, version: int) -> str:
@@ -113,6 +119,34 @@ class MirrorReport:
         return {**body, "in_sync": self.in_sync, "summary": self.describe()}
 
 
+@dataclass(frozen=True)
+class AliasMove:
+    """The switch's share of the mirror, prepared by :meth:`Mirror.before_switch`."""
+
+    mirror: Mirror
+    name: str
+    mlflow_version: str | None  # the target's MLflow version; None when ``problem`` says why
+    problem: str | None
+
+    def apply(self, action: str) -> None:
+        """Move the alias to the target (one MLflow write); a failure is one warning."""
+        reason = self.problem
+        if reason is None:
+            try:
+                client = self.mirror.client
+                client.set_registered_model_alias(self.name, self.mirror.alias, self.mlflow_version)
+                log.info(
+                    "MLflow mirror of %r: @%s on MLflow v%s",
+                    self.name,
+                    self.mirror.alias,
+                    self.mlflow_version,
+                )
+                return
+            except Exception as exc:  # MLflow, SQLAlchemy, HTTP: the registry change stands
+                reason = _first_line(exc)
+        self.mirror.warn_not_updated(action, self.name, reason)
+
+
 class Mirror:
     """Writes the registry's state into MLflow's Model Registry (MLflow imported on first use)."""
 
@@ -147,16 +181,29 @@ class Mirror:
 
     def after_change(self, store: Any, name: str, action: str) -> MirrorReport | None:
         """Reconcile ``name`` after a registry change; a failure is one warning, never raised."""
-        reason = self.store_missing()
+        report, reason = self._reconciled(store, name)
         if reason is None:
-            try:
-                report = self.reconcile(store, name)
-            except Exception as exc:  # MLflow, SQLAlchemy, HTTP: the registry change stands
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            else:
-                if report.problem is None:
-                    return report
-                reason = report.problem
+            return report
+        self.warn_not_updated(action, name, reason)
+        return None
+
+    def before_switch(self, store: Any, name: str, version: int) -> AliasMove:
+        """Before an activation moves the pointer to ``version``: reconcile ``name`` (the alias
+        still on the current version), so that the switch itself is one alias write.
+
+        The first reconcile in a process imports MLflow and opens its store, about 2 s of
+        CPU; inside the switch it stalled the answering worker's requests (bench.activation
+        measured 28x the steady p99). A failure here is kept for the switch to report once:
+        an unreachable MLflow costs one wait, not two.
+        """
+        report, reason = self._reconciled(store, name)
+        target = report.versions.get(version) if report is not None else None
+        if reason is None and target is None:  # deleted meanwhile: the activation will fail
+            reason = f"registry v{version} has no MLflow version"
+        return AliasMove(self, name, target, reason)
+
+    def warn_not_updated(self, action: str, name: str, reason: str) -> None:
+        """The one warning of a registry change MLflow did not follow."""
         log.warning(
             "%s of %r is done in the registry, but MLflow's Model Registry was not updated: "
             "%s; repair with `bridge sync --name %s`",
@@ -165,7 +212,17 @@ class Mirror:
             reason,
             name,
         )
-        return None
+
+    def _reconciled(self, store: Any, name: str) -> tuple[MirrorReport | None, str | None]:
+        """The reconcile's report, or why there is none (the registry change stands)."""
+        reason = self.store_missing()
+        if reason is not None:
+            return None, reason
+        try:
+            report = self.reconcile(store, name)
+        except Exception as exc:  # MLflow, SQLAlchemy, HTTP: the registry change stands
+            return None, _first_line(exc)
+        return report, report.problem
 
     def status(self, store: Any, name: str) -> MirrorReport:
         """What ``bridge list``/``show`` say: a dry run; an MLflow failure becomes ``problem``."""
@@ -174,10 +231,7 @@ class Mirror:
             try:
                 return self.reconcile(store, name, dry_run=True)
             except Exception as exc:  # MLflow, SQLAlchemy, HTTP: report, do not fail the listing
-                reason = (
-                    "MLflow could not be read: "
-                    + ((str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
-                )
+                reason = "MLflow could not be read: " + _first_line(exc)
         return MirrorReport(name, self.alias, problem=f"{reason}; `bridge sync` repairs it")
 
     def reconcile(self, store: Any, name: str, dry_run: bool = False) -> MirrorReport:

@@ -60,7 +60,7 @@ from registry_bridge.entities import (
 )
 from registry_bridge.errors import RegistryError
 from registry_bridge.errors import translate_driver_errors as _translated
-from registry_bridge.mirror import Mirror
+from registry_bridge.mirror import AliasMove, Mirror
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +417,14 @@ class ModelStore:
         prepared = None
         if current is not None and self.prepare_timeout_s > 0:
             prepared = fleet.prepare(self, target, current.active_version, self.prepare_timeout_s)
+        # MLflow's side is brought up to date before the switch too, which then moves its alias.
+        alias = (
+            None if self.mirror is None else self.mirror.before_switch(self, name, target.version)
+        )
         flipping = time.monotonic()
-        state = self._move_pointer(name, current, target.version, by, reason, action)
+        state = self._move_pointer(name, current, target.version, by, reason, action, alias)
         if prepared is not None:
-            # The pointer write, the MLflow mirror and the commit wait: the switch proper.
+            # The pointer write, the MLflow alias and the commit wait: the switch proper.
             prepared["switch_s"] = round(time.monotonic() - flipping, 3)
         return replace(state, prepared=prepared)
 
@@ -432,6 +436,7 @@ class ModelStore:
         by: str | None,
         reason: str | None,
         action: str,
+        alias: AliasMove | None,
     ) -> ActiveState:
         by = by or current_user()
         now = utcnow()
@@ -482,7 +487,8 @@ class ModelStore:
             }
         )
         log.info("%s %s: v%s -> v%s by %s", action, name, from_version, to_version, by)
-        self.update_mirror(name, action)  # inside the commit wait, which counts from the write
+        if alias is not None:
+            alias.apply(action)  # inside the commit wait, which counts from the write
         # Commit wait: reads that began before the write expire before we acknowledge.
         wait_ms = lease.commit_wait_ms(self.pointer_lease_ms, int(replaced.get("lease_ms") or 0))
         lease.wait_after(acknowledged_at, wait_ms)

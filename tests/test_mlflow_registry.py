@@ -263,6 +263,41 @@ def test_the_alias_follows_every_activate_and_rollback(registry, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_the_switch_only_moves_the_alias_mlflow_is_reconciled_before_it(registry, monkeypatch):
+    """Check that activate and rollback reconcile MLflow (its import, store and versions: the
+    slow part) while the old version is still active, and that the switch itself is one
+    alias write, made once the pointer has moved."""
+    store, mirror = registry.store, registry.store.mirror
+    before = store.get_active_version(MODEL).active_version
+    other = 2 if before == 1 else 1
+    calls: list[tuple[str, int]] = []
+
+    def active() -> int:
+        return store.get_active_version(MODEL).active_version
+
+    def recording(what, real):
+        def call(*args, **kwargs):
+            calls.append((what, active()))
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(mirror, "reconcile", recording("reconcile", mirror.reconcile))
+    client = mirror.client
+    alias = recording("alias", client.set_registered_model_alias)
+    monkeypatch.setattr(client, "set_registered_model_alias", alias)
+    store.set_active_version(MODEL, other, by="tests")
+    assert registry.alias_version() == other
+    store.rollback(MODEL, by="tests")
+    assert registry.alias_version() == before
+    assert calls == [
+        ("reconcile", before),
+        ("alias", other),
+        ("reconcile", other),
+        ("alias", before),
+    ]
+
+
 def test_an_mlflow_failure_warns_once_and_sync_repairs(registry, caplog):
     """Check that with MLflow unreachable the activation still succeeds with one warning saying
     how to repair, `bridge list` reports the drift, and `bridge sync` repairs it."""
