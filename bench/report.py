@@ -25,11 +25,8 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _prepare_ratio(entry: dict[str, Any]) -> str:
-    """Worst slowest-request-while-preparing over the steady p99 (a ratio of worst cases)."""
-    slowest = entry.get("slowest_before_switch_ms", {}).get("max")
-    steady = entry.get("steady_p99_ms", {}).get("median")
-    return f"{_num(slowest / steady, 2)}×" if slowest and steady else "–"
+def _times(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{_num(ratio, 2)}×"
 
 
 def _size(mb: float) -> str:
@@ -213,8 +210,8 @@ def activation_lines(doc: Mapping[str, Any]) -> list[str]:
                 f"| {_num(entry.get('prepare_s', {}).get('median'), 3)} "
                 f"| {_num(entry['acknowledged_s']['median'], 3)} "
                 f"| {_num(entry.get('all_workers_after_ack_s', {}).get('median'), 3)} "
-                f"| {_num(entry.get('slowest_over_steady_p99', {}).get('max'), 2)}× "
-                f"| {_prepare_ratio(entry)} "
+                f"| {_times(entry.get('slowest_over_steady_p99', {}).get('max'))} "
+                f"| {_times(entry.get('slowest_before_switch_over_steady_p99', {}).get('max'))} "
                 f"| {entry['errors']} "
                 f"| {entry.get('stale_responses', '–')} "
                 f"| {entry['old_version_after_ack']} "
