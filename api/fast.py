@@ -12,9 +12,9 @@ and record limits, the JSON rules (``api/validation.py``), :func:`api.predict.sc
 capture, the request metrics, the access log and the ``X-Worker-Pid``/``X-Model-*``
 headers (``api/observe.py``), and it serializes with the app's JSON provider, so the
 answer is byte for byte the view's. Everything else is handed to the Flask app,
-untouched but for the body (replayed from memory when it was read): another path or method, another
-media type, a body without Content-Length or over the limit, a stale version, and
-every error. Errors therefore have one implementation, the Flask one; the fast path
+untouched but for the body (replayed from memory when it was read): another path or
+method, another media type, a body without Content-Length or over the limit, a stale
+version, and every error. Errors therefore have one implementation, the Flask one; the fast path
 only ever answers 200.
 """
 

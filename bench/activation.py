@@ -176,7 +176,7 @@ def measure_switch(
     prepared = answer.get("prepared") or {}
     # Two windows: before the pointer moves (the checks, the workers loading the staged
     # version), and the switch itself until every worker serves the new version; the
-    # answer's switch_s (pointer write, mirror, commit wait) places the pointer write.
+    # answer's switch_s (pointer write, MLflow alias, commit wait) places the pointer write.
     flip = acked - (prepared.get("switch_s") or 0.0)
     end = max(acked, all_workers or acked)
     before = [r for r in records if sent <= r[0] < flip]
