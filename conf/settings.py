@@ -56,7 +56,7 @@ class DataSettings:
     path: Path | None = None
     cache_dir: Path = Path("data")
     url: str = "https://archive.ics.uci.edu/static/public/212/vertebral+column.zip"
-    variant: str = "3C"
+    variant: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,7 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("data", "path"): _existing_file,
     ("data", "cache_dir"): _path,
     ("data", "url"): _text,
-    ("data", "variant"): _choice("3C", "2C"),
+    ("data", "variant"): _choice("3C", "2C", "auto"),
     ("training", "trials"): _int(1),
     ("training", "timeout"): _optional_seconds,
     ("training", "seed"): _int(0),

@@ -202,18 +202,36 @@ def _validate(table: pd.DataFrame, first_line: int, variant: str, source: str) -
     if labels.isna().any():
         line = labels.isna().idxmax()
         raise DataError(f"{source}: line {line}, column label: unknown label {raw_labels[line]!r}")
+    variant = _variant_of(labels, variant, source)
     if variant == "2C":
         labels = labels.replace({"Hernia": "Abnormal", "Spondylolisthesis": "Abnormal"})
-    elif (labels == "Abnormal").any():
-        line = (labels == "Abnormal").idxmax()
-        raise DataError(
-            f"{source}: line {line}: label 'Abnormal' belongs to the 2-class "
-            f"variant; use the 3C file or set data.variant to 2C"
-        )
 
     features = pd.DataFrame(values, columns=list(FEATURES)).reset_index(drop=True)
     labels = labels.reset_index(drop=True).rename("label")
     return Dataset(features, labels, variant, fingerprint(features, labels), source)
+
+
+def _variant_of(labels: pd.Series, asked: str, source: str) -> str:
+    """The variant to train: the file's own (auto), or the one asked when the file allows it.
+
+    A 3-class file read as 2C merges its two abnormal classes (the UCI 2C file is exactly
+    that table); a 2-class file cannot be split back into three, so asking 3C of it stops.
+    """
+    abnormal = labels == "Abnormal"
+    if abnormal.any() and (labels.isin(["Hernia", "Spondylolisthesis"])).any():
+        line = abnormal.idxmax()
+        raise DataError(
+            f"{source}: line {line}: label 'Abnormal' (2-class) mixed with 3-class labels"
+        )
+    found = "2C" if abnormal.any() else "3C"
+    if asked == "auto" or asked == found:
+        return found
+    if asked == "2C":
+        return "2C"
+    raise DataError(
+        f"{source}: its label 'Abnormal' belongs to the 2-class variant, but the "
+        "variant asked is 3C; give the 3-class file or --variant 2C"
+    )
 
 
 def fingerprint(features: pd.DataFrame, labels: pd.Series) -> str:
@@ -225,21 +243,25 @@ def fingerprint(features: pd.DataFrame, labels: pd.Series) -> str:
     return digest.hexdigest()
 
 
-def read_dataset(path: str | Path, variant: str = "3C") -> Dataset:
+def read_dataset(path: str | Path, variant: str = "auto") -> Dataset:
     """Read and validate one data file (CSV, .dat, .arff or the UCI zip).
+
+    ``variant`` "auto" follows the file's labels (the UCI zip: its 3-class member).
 
     Raises:
         DataError: the file is missing or invalid; the message names line and column.
     """
     path = Path(path)
-    if variant not in CLASSES:
-        raise DataError(f"unknown variant {variant!r}; expected one of {', '.join(CLASSES)}")
+    if variant not in (*CLASSES, "auto"):
+        raise DataError(
+            f"unknown variant {variant!r}; expected one of {', '.join(CLASSES)} or auto"
+        )
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     source = str(path)
     suffix = path.suffix.lower()
     if suffix == ".zip":
-        table, first, source = _read_zip(path, variant)
+        table, first, source = _read_zip(path, "3C" if variant == "auto" else variant)
     else:
         try:
             text = path.read_text(encoding="utf-8-sig")
@@ -282,18 +304,14 @@ def cached_or_downloaded(settings: DataSettings) -> Path:
 def variant_file(path: Path, variant: str) -> Path:
     """The UCI file of ``variant`` beside ``path`` (column_3C… <-> column_2C…), else ``path``.
 
-    So ``VERTEBRAL_DATA`` naming one of the published files serves both variants; any
-    other file is read as it is (a 3C file read as 2C merges its abnormal classes).
+    For callers that want the published file of a variant explicitly; ``load_dataset``
+    never swaps the file it was given.
     """
     sibling = path.with_name(re.sub(r"(?<=column_)[23]C", variant, path.name))
     return sibling if sibling != path and sibling.is_file() else path
 
 
 def load_dataset(settings: DataSettings) -> Dataset:
-    """The data set the settings point at (``VERTEBRAL_DATA`` or the cache)."""
-    if settings.path is None:
-        return read_dataset(cached_or_downloaded(settings), settings.variant)
-    path = variant_file(settings.path, settings.variant)
-    if path != settings.path:
-        log.info("data.variant %s: reading %s beside %s", settings.variant, path, settings.path)
+    """The data set the settings point at (``VERTEBRAL_DATA`` or the cache), as given."""
+    path = settings.path if settings.path is not None else cached_or_downloaded(settings)
     return read_dataset(path, settings.variant)

@@ -36,19 +36,22 @@ def settings_from_options(
     data: str | None,
     families: str | None,
     preset: str | None = None,
+    variant: str | None = None,
 ) -> Settings:
     """The settings with the preset's, then the command line's options on top (None: keep)."""
+    given = {
+        "training.trials": trials,
+        "training.timeout": timeout,
+        "training.seed": seed,
+        "mlflow.experiment": experiment,
+        "data.path": data,
+        "data.variant": variant,
+        "training.families": families,
+    }
+    preset_settings = lab.SETTINGS if preset == lab.PRESET else {}
     return load_settings(
         config,
-        overrides={
-            **(lab.SETTINGS if preset == lab.PRESET else {}),
-            "training.trials": trials,
-            "training.timeout": timeout,
-            "training.seed": seed,
-            "mlflow.experiment": experiment,
-            "data.path": data,
-            "training.families": families,
-        },
+        overrides={**preset_settings, **{k: v for k, v in given.items() if v is not None}},
     )
 
 
@@ -198,6 +201,13 @@ def rejection_printer(trial: TrialOutcome, error: Exception) -> None:
     "--data", type=str, default=None, help="Data file: CSV, .dat, .arff or the UCI zip (data.path)."
 )
 @click.option(
+    "--variant",
+    type=click.Choice(["auto", "3C", "2C"]),
+    default=None,
+    help="Classes to train: 3C, 2C (a 3-class file is merged into Abnormal/Normal), or auto: "
+    "the data file's own labels (data.variant).",
+)
+@click.option(
     "--families", default=None, help="Comma-separated model families to search (training.families)."
 )
 @click.option(
@@ -215,6 +225,7 @@ def main(
     seed: int | None,
     experiment: str | None,
     data: str | None,
+    variant: str | None,
     families: str | None,
     preset: str | None,
     verbose: bool,
@@ -226,7 +237,7 @@ def main(
     )
     try:
         settings = settings_from_options(
-            config, trials, timeout, seed, experiment, data, families, preset
+            config, trials, timeout, seed, experiment, data, families, preset, variant
         )
         if preset == lab.PRESET:
             click.echo(format_lab_report(lab.train_lab_baseline(settings)))

@@ -235,3 +235,39 @@ def test_offline_download_failure_names_vertebral_data(tmp_path):
     with pytest.raises(DataError, match="set VERTEBRAL_DATA"):
         load_dataset(settings)
     assert not list((tmp_path / "cache").iterdir()), "a failed download left a file behind"
+
+
+def test_the_data_file_given_is_the_file_used_and_its_labels_set_the_variant(tmp_path):
+    """Check that --data names the file trained on: a 2C file beside a 3C one is read as 2C."""
+    from pipelines.train import settings_from_options
+
+    three = write_dat(tmp_path / "column_3C.dat")
+    two = write_dat(tmp_path / "column_2C.dat", two_class=True)
+    for given, variant, labels in ((two, "2C", {"Abnormal", "Normal"}), (three, "3C", None)):
+        settings = settings_from_options(None, None, None, None, None, str(given), None)
+        dataset = load_dataset(settings.data)
+        assert dataset.source == str(given)
+        assert dataset.variant == variant
+        assert set(dataset.labels) == (labels or {"Hernia", "Spondylolisthesis", "Normal"})
+
+
+def test_a_variant_the_file_cannot_give_stops_with_one_line_naming_both(tmp_path):
+    """Check that `pipelines.train --data <2C file> --variant 3C` exits 1 with one line."""
+    from click.testing import CliRunner
+
+    from pipelines.train import main
+
+    two = write_dat(tmp_path / "column_2C.dat", two_class=True)
+    result = CliRunner().invoke(main, ["--data", str(two), "--variant", "3C"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    assert str(two) in lines[0] and "2-class" in lines[0] and "3C" in lines[0]
+
+
+def test_a_three_class_file_asked_as_2c_merges_its_abnormal_classes(tmp_path):
+    """Check that --variant 2C on a 3-class file trains Abnormal/Normal from that file."""
+    three = write_dat(tmp_path / "column_3C.dat")
+    dataset = load_dataset(DataSettings(path=three, variant="2C"))
+    assert dataset.source == str(three)
+    assert list(dataset.labels) == [ABNORMAL[full] for *_, full in ROWS_3C]
