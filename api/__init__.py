@@ -119,24 +119,38 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _init_host_check(app: Flask, settings: Settings) -> None:
-    """Answer only requests whose Host names this API (DNS rebinding), see api.hosts."""
-    from api.hosts import allowed_hosts, host_name
+    """Answer only requests whose Host names this API (DNS rebinding), and refuse writes
+    a page of another site makes a browser send (CSRF); see api.hosts."""
+    from api.hosts import allowed_hosts, cross_site_field, host_name
     from registry_bridge.errors import RegistryError
     from registry_bridge.scoring.schema import shown
 
     allowed = allowed_hosts(settings.api)
-    if allowed is None:
-        return
+    named = frozenset(name for name in settings.api.allowed_hosts if name != "*")
 
     @app.before_request
     def _check_host() -> None:
         given = request.headers.get("Host", "")
-        if host_name(given) not in allowed:
+        if allowed is not None and host_name(given) not in allowed:
             raise RegistryError(
                 "INVALID_INPUT",
                 f"the Host header {shown(given)!r} is not a name this API answers to "
                 "(setting api.allowed_hosts)",
                 [{"field": "Host", "problem": "not allowed"}],
+            )
+        field = cross_site_field(
+            request.method,
+            request.headers.get("Origin"),
+            request.headers.get("Sec-Fetch-Site"),
+            given,
+            named,
+        )
+        if field is not None:
+            raise RegistryError(
+                "FORBIDDEN",
+                f"a {request.method} from another site is refused: the {field} header "
+                f"{shown(request.headers.get(field, ''))!r} is not this API's origin",
+                [{"field": field, "problem": "cross-site"}],
             )
 
 

@@ -87,6 +87,9 @@ class FastPredict:
             or not length.isdigit()
             or int(length) > self.body_limit
             or "HTTP_TRANSFER_ENCODING" in environ
+            # A browser's request: the Flask app's origin check (CSRF) decides.
+            or "HTTP_ORIGIN" in environ
+            or "HTTP_SEC_FETCH_SITE" in environ
         ):
             return None
         if self.allowed_hosts is not None and (

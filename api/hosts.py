@@ -53,3 +53,33 @@ def host_name(header: str) -> str:
     else:
         name = header
     return name.rstrip(".")
+
+
+# Methods a browser may send across sites without asking first (no CORS preflight for a
+# form post or a multipart upload): every state-changing route is one of these.
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Sec-Fetch-Site values a page of this API itself (the console) or a typed URL sends.
+_SAME_SITE = frozenset({"same-origin", "none"})
+
+
+def cross_site_field(
+    method: str, origin: str | None, fetch_site: str | None, host: str, allowed: frozenset[str]
+) -> str | None:
+    """The header showing a write comes from another site (CSRF), or None.
+
+    A browser names the page that made a request in ``Origin`` and ``Sec-Fetch-Site``;
+    clients that are not browsers (curl, requests, MLflow) send neither, so they pass.
+    ``Origin: null`` (a sandboxed frame, a file) is refused: its page cannot be known.
+    """
+    if method not in _WRITES:
+        return None
+    if fetch_site is not None and fetch_site.strip().lower() not in _SAME_SITE:
+        return "Sec-Fetch-Site"
+    if origin is None:
+        return None
+    scheme, sep, netloc = origin.strip().lower().partition("://")
+    if not sep or scheme not in ("http", "https"):
+        return "Origin"
+    if netloc == host.strip().lower() or host_name(netloc) in allowed:
+        return None
+    return "Origin"

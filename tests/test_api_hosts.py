@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
-from api_fixtures import make_app, with_api
+from api_fixtures import FAMILIES, MODEL, make_app, with_api
 
 from api.hosts import allowed_hosts, host_name
+from conf.contract import FEATURES
 from conf.settings import ApiSettings, SettingsError, load_settings
 
 
@@ -74,3 +77,63 @@ def test_requests_for_other_hosts_get_400_naming_the_header(
             "/models/activate", json={"name": "m", "version": 1}, headers={"Host": host}
         )
         assert admin.status_code == 400 and "Host" in admin.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "headers, field",
+    [
+        ({"Origin": "http://evil.example"}, "Origin"),
+        ({"Origin": "null"}, "Origin"),
+        ({"Origin": "http://localhost:9999"}, "Origin"),  # another port is another site
+        ({"Sec-Fetch-Site": "cross-site"}, "Sec-Fetch-Site"),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "http://localhost"}, "Sec-Fetch-Site"),
+    ],
+)
+def test_cross_site_writes_are_403_and_write_nothing(client, published, headers, field):
+    """Check CSRF: a browser's multipart /batch-predict or activation from another site is
+    refused with 403 naming the header, and predicciones.csv is not written."""
+    from api_fixtures import output_dir
+
+    saved = output_dir(published.settings) / "predicciones.csv"
+    saved.unlink(missing_ok=True)
+    csv = ",".join(FEATURES) + "\n" + ",".join(["50"] * len(FEATURES)) + "\n"
+    batch = client.post(
+        "/batch-predict",
+        data={"file": (io.BytesIO(csv.encode()), "in.csv")},
+        content_type="multipart/form-data",
+        headers={"Host": "localhost", **headers},
+    )
+    assert batch.status_code == 403, batch.json
+    assert batch.json["error"]["details"] == [{"field": field, "problem": "cross-site"}]
+    assert not saved.exists()
+    version = published.versions[FAMILIES[1]]
+    for path, body in (
+        ("/models/activate", {"name": MODEL, "version": version}),
+        ("/models/rollback", {"name": MODEL}),
+        ("/predict", {name: 50.0 for name in FEATURES}),
+    ):
+        answer = client.post(path, json=body, headers={"Host": "localhost", **headers})
+        assert answer.status_code == 403, (path, answer.json)
+    active = published.store.get_active_version(MODEL)
+    assert active is not None and active.active_version == published.versions[FAMILIES[0]]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # curl, requests, MLflow: no browser headers
+        {"Origin": "http://localhost"},  # the console, served by this API
+        {"Origin": "http://LOCALHOST", "Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},  # a URL typed by the user
+    ],
+)
+def test_same_origin_and_non_browser_writes_pass(client, published, headers):
+    """Check that the origin check refuses only other sites."""
+    csv = ",".join(FEATURES) + "\n" + ",".join(["50"] * len(FEATURES)) + "\n"
+    batch = client.post(
+        "/batch-predict",
+        data={"file": (io.BytesIO(csv.encode()), "in.csv")},
+        content_type="multipart/form-data",
+        headers={"Host": "localhost", **headers},
+    )
+    assert batch.status_code == 200, batch.data[:300]
