@@ -355,25 +355,28 @@ class RegistryModel:
 
 
 def _load_pyfunc(path: str, model_config: Any = None) -> RegistryModel:
-    """MLflow's entry for the ``python_function`` flavour: the directory the plugin listed."""
-    from registry_bridge.scoring import load_model
+    """MLflow's entry for the ``python_function`` flavour: the directory the plugin listed.
+
+    The card is the version's document, so the model is built by the one path from registry
+    metadata to a scoring model (``model_from_version``) that the API and Spark use: every
+    field that decides a label (a binary version's threshold *and* its positive class) is
+    carried over, and MLflow's loader cannot label rows differently from ``/predict``.
+    """
+    from registry_bridge.scoring import model_from_version
 
     directory = Path(path)
     if directory.is_file():
         directory = directory.parent
     card = json.loads((directory / CARD_FILE).read_text(encoding="utf-8"))
     try:
-        model = load_model(
-            card["name"],
-            card["version"],
-            card.get("run_id"),
-            card["classes"],
-            card["input_schema"],
-            (directory / ONNX_FILE).read_bytes(),
-            card.get("sha256"),
-            onnx_io=card.get("onnx_io") or {},
-            threshold=card.get("threshold"),
-        )
+        meta = ModelVersion.from_document(card)
+    except TypeError as exc:  # a card written by another tool, or cut short
+        raise MlflowException(
+            f"{directory / CARD_FILE} is not a registry model card: {exc}",
+            error_code=INVALID_PARAMETER_VALUE,
+        ) from None
+    try:
+        model = model_from_version(meta, (directory / ONNX_FILE).read_bytes())
     except RegistryError as exc:
         raise mlflow_error(exc, str(directory)) from None
     return RegistryModel(model)

@@ -13,6 +13,8 @@ import json
 import uuid
 from dataclasses import replace
 
+import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pytest
 from api_fixtures import make_app, record
@@ -152,3 +154,62 @@ def test_publish_with_another_threshold_is_a_new_rescored_version(binary):
 
     wrong = CliRunner().invoke(bridge, [*args[:5], "--threshold", "1.5"], env=env)
     assert wrong.exit_code != 0 and "1.5" in wrong.output
+
+
+def _version_with(store: ModelStore, rule: str, threshold: float | None = None):
+    """The first version of NAME decided by ``rule`` (and ``threshold``), or None."""
+    return next(
+        (
+            v
+            for v in store.search_model_versions(NAME)
+            if v.threshold_rule == rule and threshold in (None, v.threshold)
+        ),
+        None,
+    )
+
+
+def test_mlflow_loads_the_2c_alias_and_labels_rows_as_predict_does(
+    binary, mongo_client, monkeypatch
+):
+    """Check models:/<2C name>@production through MLflow's own loader (what `mlflow models
+    serve` and spark_udf call) for a Youden version and a `publish --threshold 0.3` one:
+    it loads, and its labels are /predict's, the version's threshold applied."""
+    two, store, first, _ = binary
+    for key, value in {
+        "MONGODB_URI": two.registry.mongodb_uri,
+        "REGISTRY_DB": two.registry.database,
+        "MLFLOW_TRACKING_URI": two.mlflow.tracking_uri,
+    }.items():
+        monkeypatch.setenv(key, str(value))
+    youden = _version_with(store, "youden")
+    if youden is None:  # this test run alone: train the Youden version the module has
+        settings = replace(two, training=replace(two.training, threshold_rule="youden"))
+        run_id = quick_candidate_run(settings, family="xgboost")
+        youden = publish_run(store, settings, run_id, name=NAME).version
+    fixed = publish_run(store, two, first.run_id, name=NAME, threshold=0.3).version
+    assert (fixed.threshold, fixed.threshold_rule) == (0.3, "fixed")
+    rows = load_dataset(two.data).features  # all 310 rows: some fall between the thresholds
+    records = [record(r) for r in rows.to_numpy(dtype=np.float32)]
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(two.mlflow.tracking_uri)  # models:/ resolves through it
+    app_settings = replace(two, api=replace(two.api, model_name=NAME))
+    try:
+        for version in (youden, fixed):
+            store.set_active_version(NAME, version.version, by="tests", reason="mlflow loader")
+            loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@production")
+            out = loaded.predict(rows)
+            client = make_app(app_settings, mongo_client).test_client()
+            answer = client.post("/predict", json={"records": records})
+            assert answer.status_code == 200, answer.get_json()
+            predictions = answer.get_json()["predictions"]
+            assert {p["label"] for p in predictions} == {"Abnormal", "Normal"}
+            assert out["prediction"].tolist() == [p["label"] for p in predictions]
+            p_abnormal = out["prob_Abnormal"].to_numpy()
+            assert out["probability"].to_numpy() == pytest.approx(p_abnormal, abs=1e-6)
+            expected = ["Abnormal" if p >= version.threshold else "Normal" for p in p_abnormal]
+            assert out["prediction"].tolist() == expected
+        # At 0.3 the threshold decides: rows the graph's argmax calls Normal are Abnormal.
+        assert any(0.3 <= p < 0.5 for p in p_abnormal)
+    finally:
+        store.set_active_version(NAME, first.version, by="tests", reason="restore the fixture")
+        mlflow.set_tracking_uri(previous_uri)
