@@ -29,7 +29,10 @@ CONSOLE_POLICY = (
 
 
 def _since() -> str:
-    return request.args.get("since", monitor.DEFAULT_SINCE)
+    """``?since=``, checked before any work (400 naming it)."""
+    since = request.args.get("since", monitor.DEFAULT_SINCE)
+    monitor.parse_since(since)
+    return since
 
 
 @bp.get("/models/<name>/monitoring")

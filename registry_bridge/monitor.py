@@ -56,6 +56,7 @@ from conf.contract import FEATURES
 from conf.settings import MonitorSettings, Settings
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
+from registry_bridge.scoring.schema import shown
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,12 @@ PSI_FLOOR = 1e-4
 # Live records read for one report (the newest first): bounds memory and time.
 MAX_LIVE_RECORDS = 100_000
 DEFAULT_SINCE = "24h"
-_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# ASCII digits only (\d would take "٣h" as 3 h), and few of them: the value is bounded below.
+_SINCE = re.compile(r"^\s*([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*([smhdw])\s*$")
+# Ten years: longer than any capture retention, and far from datetime's range (a window
+# of 800000d used to overflow the window's start into a 500).
+MAX_SINCE = timedelta(days=3650)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 # --- baselines ------------------------------------------------------------------------
@@ -254,14 +259,17 @@ def parse_since(text: str) -> timedelta:
     Raises:
         RegistryError: INVALID_INPUT naming the value.
     """
-    match = _SINCE.match(str(text))
-    if not match or float(match.group(1)) <= 0:
+    text = str(text)
+    match = _SINCE.match(text) if len(text) <= 40 else None
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0.0
+    if not 0 < seconds <= MAX_SINCE.total_seconds():
         raise RegistryError(
             "INVALID_INPUT",
-            f"since must be a positive duration such as 30m, 24h or 7d, got {text!r}",
+            "since must be a positive duration up to 3650d such as 30m, 24h or 7d, "
+            f"got {shown(text)!r}",
             [{"field": "since", "problem": "not a duration"}],
         )
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)

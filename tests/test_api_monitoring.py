@@ -115,8 +115,13 @@ def test_monitoring_errors_name_what_is_wrong(client, published):
     assert client.get("/models/nope/monitoring").status_code == 404
     no_baseline = client.get(f"/models/{MODEL}/monitoring?version=2").json
     assert no_baseline["status"] == "no_baseline" and "--baseline" in no_baseline["message"]
-    bad = client.get(f"/models/{MODEL}/monitoring?since=soon")
-    assert bad.status_code == 400 and bad.json["error"]["details"][0]["field"] == "since"
+    for since in ("soon", "800000d", "9" * 400 + "h", "٣h"):
+        bad = client.get(f"/models/{MODEL}/monitoring", query_string={"since": since})
+        assert bad.status_code == 400 and bad.json["error"]["details"][0]["field"] == "since"
+        plot = client.get(
+            f"/models/{MODEL}/monitoring/plots/{FEATURES[0]}.png", query_string={"since": since}
+        )
+        assert plot.status_code == 400, since
     give_baseline(published, 1)
     assert client.get(f"/models/{MODEL}/monitoring/plots/age.png").status_code == 404
 

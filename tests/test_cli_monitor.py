@@ -78,8 +78,10 @@ def test_monitor_exits_3_on_drift_and_names_the_feature(
     assert {"name", "ks", "psi", "drift"} <= set(by_name[FEATURES[0]])
     assert [n for n, f in by_name.items() if f["drift"]] == [demo_traffic.SHIFTED_FEATURE]
 
-    bad = run_bridge(settings, registry_db_name, "monitor", NAME, "--since", "later")
-    assert bad.exit_code == 1 and "since must be a positive duration" in bad.output
+    for since in ("later", "800000d"):
+        bad = run_bridge(settings, registry_db_name, "monitor", NAME, "--since", since)
+        assert bad.exit_code == 1 and "since must be a positive duration" in bad.output
+        assert len(bad.output.strip().splitlines()) == 1, bad.output
 
 
 def test_verify_baseline_backfills_an_older_version(settings, registry_db, registry_db_name):

@@ -14,6 +14,7 @@ from pipelines.candidate import quick_candidate_run, split_dataset
 from pipelines.data import FEATURES, load_dataset
 from registry_bridge import monitor, publish
 from registry_bridge.errors import RegistryError
+from registry_bridge.monitor import parse_since
 from registry_bridge.store import ModelStore
 
 
@@ -243,3 +244,19 @@ def test_versions_without_a_baseline_say_so_and_backfill_from_their_run(
         False,
         f"{version.label} already has a baseline",
     )
+
+
+@pytest.mark.parametrize(
+    "text", ["800000d", "9" * 400 + "h", "٣h", "3651d", "0h", "-1h", "1e9w", " 99999999w"]
+)
+def test_a_window_out_of_range_or_in_other_digits_is_invalid_input(text):
+    """Check that ?since / --since refuses huge, zero and non-ASCII windows with INVALID_INPUT."""
+    with pytest.raises(RegistryError, match="since must be a positive duration") as info:
+        parse_since(text)
+    assert info.value.code == "INVALID_INPUT" and len(info.value.message) < 200
+
+
+@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("1.5h", 5400), ("3650d", 3650 * 86400)])
+def test_a_window_in_range_is_read(text, seconds):
+    """Check the accepted windows: ASCII digits, one unit, at most ten years."""
+    assert parse_since(text).total_seconds() == seconds
