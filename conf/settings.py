@@ -100,6 +100,8 @@ class ApiSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_timeout_s: float = 10.0
+    max_pending_connections: int = 1000
+    max_buffered_mb: int = 64
     allowed_hosts: tuple[str, ...] = ()  # empty: the bind host and its loopback aliases
 
 
@@ -363,6 +365,8 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "tls_cert"): _existing_file,
     ("api", "tls_key"): _existing_file,
     ("api", "client_timeout_s"): _seconds,
+    ("api", "max_pending_connections"): _int(4, 100000),
+    ("api", "max_buffered_mb"): _int(4, 4096),
     ("api", "allowed_hosts"): _host_names,
     ("capture", "sample_percent"): _number(0, 100),
     ("capture", "retention_days"): _number(0, above=True),
