@@ -94,7 +94,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     active = ActiveModel(store, settings.api.model_name)
     app.extensions[EXTENSION] = Registry(client, store, active, settings)
     capture = app.extensions[CAPTURE] = Capture(
-        client[settings.registry.database], settings.capture
+        client[settings.registry.database], settings.capture, settings.api.workers
     )
 
     errors.init_app(app)

@@ -17,6 +17,12 @@ request's records are queued or dropped together). A full queue drops records an
 them (``api_capture_dropped_total``); a failing database loses the batch and counts it
 (``api_capture_failed_total``): a capture problem never fails or slows a prediction.
 
+Volume: each window of ``WINDOW_S`` seconds keeps at most its share of
+``capture.max_records_per_minute`` (split between the instance's worker processes), drawn
+uniformly from every record the window offered (:class:`WindowSample`, reservoir sampling
+over rows). A flood therefore neither fills the disk nor decides which records drift
+reads: its records and everyone else's in the same window have the same chance.
+
 The request id is :func:`request_id`'s: the client's plain ``X-Request-Id``, else a new
 one; the caller echoes it in the answer.
 
@@ -58,6 +64,10 @@ WRITE_BATCH = 500  # documents per insert_many
 POLL_S = 0.5  # the writer looks for queued records this often
 PURGE_INTERVAL_S = 3600.0
 EXIT_FLUSH_S = 3.0
+# A window's sample is written when it closes, so this is how late a captured record can
+# reach the database: short enough for a demo or a person watching the console, long
+# enough that a window holds many requests to draw from.
+WINDOW_S = 5.0
 REQUEST_ID_HEADER = "X-Request-Id"
 EXTENSION = "capture"  # key in app.extensions
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -66,7 +76,7 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 class Capture:
     """One per worker process: the sampling decision, the queue and its writer thread."""
 
-    def __init__(self, db: Any, settings: CaptureSettings):
+    def __init__(self, db: Any, settings: CaptureSettings, processes: int = 1):
         self.settings = settings
         self.enabled = settings.sample_percent > 0
         self._share = settings.sample_percent / 100.0
@@ -82,6 +92,10 @@ class Capture:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._next_purge = 0.0
+        per_window = settings.max_records_per_minute * WINDOW_S / 60.0 / max(processes, 1)
+        self._window = WindowSample(max(1, math.ceil(per_window)))
+        self._window_ends = 0.0
+        self._close_window = False  # flush(): write the open window now
         # gunicorn forks workers after import: a child starts its own writer on first use.
         os.register_at_fork(after_in_child=functools.partial(_forget_writer, weakref.ref(self)))
 
@@ -206,17 +220,24 @@ class Capture:
 
     def _run(self) -> None:
         self._prepare()
+        self._window_ends = time.monotonic() + WINDOW_S
         while True:
             if not self._pending:
                 self._queued = 0  # see _offer
-            # Sleep unless a full batch waits, even right after a write: going on at once
-            # would write the few records queued meanwhile as one small bucket each time,
-            # and the server's cost is per document as much as per record.
+            # Sleep unless a full batch waits: going on at once would turn the few records
+            # queued meanwhile into a batch of their own each time, for nothing.
             if self._queued < WRITE_BATCH:
                 time.sleep(POLL_S)
-            batch = self._take()
-            if batch:
-                self._write(batch)
+            for model, entry in self._take():
+                self._window.add(model, entry)
+            self._in_flight = 0  # counted in the window's rows now
+            if self._close_window or time.monotonic() >= self._window_ends:
+                self._close_window = False
+                self._window_ends = time.monotonic() + WINDOW_S
+                self._in_flight = self._window.seen  # until written: see flush()
+                sample = self._window.take()
+                if sample:
+                    self._write(sample)
                 self._in_flight = 0
             if time.monotonic() >= self._next_purge:
                 self.purge()
@@ -279,13 +300,84 @@ class Capture:
             return 0
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued record was written or failed (tests, shutdown)."""
+        """Write every queued record and the open window's sample now (tests, shutdown);
+        False when that took longer than ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self._pending and not self._in_flight:
-                return True
+                if not self._window.seen:
+                    return True
+                self._close_window = True  # once all is in the window: one window, one cap
             time.sleep(0.02)
         return False
+
+
+class WindowSample:
+    """A uniform sample of at most ``cap`` of the records offered in one window.
+
+    Reservoir sampling (Vitter's algorithm R) over rows: the i-th row offered takes a
+    slot with probability cap/i, in place of a slot drawn uniformly, so after any number
+    of rows every one of them is in the sample with the same probability. Memory is the
+    cap plus the requests still referenced by a slot, whatever the window's volume.
+    """
+
+    def __init__(self, cap: int, rng: np.random.Generator | None = None):
+        self.cap = cap
+        self.seen = 0  # rows offered since the last take()
+        self._rng = rng or np.random.default_rng()
+        self._entries: list[tuple[Any, Entry]] = []
+        self._slot_entry = np.empty(cap, dtype=np.int64)
+        self._slot_row = np.empty(cap, dtype=np.int64)
+
+    def add(self, model: Any, entry: Entry) -> None:
+        """Offer the rows of one request."""
+        n = len(entry.labels)
+        index = len(self._entries)
+        fill = min(n, max(self.cap - self.seen, 0))  # free slots: taken in order
+        slots = np.arange(self.seen, self.seen + fill)
+        rows = np.arange(fill)
+        if n > fill:  # row j is the (seen + j + 1)-th offered: a slot in [0, seen + j]
+            later = np.arange(fill, n)
+            drawn = self._rng.integers(0, self.seen + later + 1)
+            keep = drawn < self.cap
+            # Two rows drawing one slot: the later wins, as when drawn one at a time.
+            reversed_slots = drawn[keep][::-1]
+            unique, first = np.unique(reversed_slots, return_index=True)
+            slots = np.concatenate([slots, unique])
+            rows = np.concatenate([rows, later[keep][::-1][first]])
+        self.seen += n
+        if len(slots):
+            self._slot_entry[slots] = index
+            self._slot_row[slots] = rows
+            self._entries.append((model, entry))
+
+    def take(self) -> list[tuple[Any, Entry]]:
+        """The sample, each request cut to its rows in the sample; the window starts again."""
+        kept = min(self.seen, self.cap)
+        by_entry: dict[int, list[int]] = {}
+        for index, row in zip(self._slot_entry[:kept], self._slot_row[:kept], strict=True):
+            by_entry.setdefault(int(index), []).append(int(row))
+        sample = []
+        for index, rows in sorted(by_entry.items()):
+            model, entry = self._entries[index]
+            sample.append((model, _rows_of(entry, sorted(rows))))
+        self.seen = 0
+        self._entries = []
+        return sample
+
+
+def _rows_of(entry: Entry, rows: list[int]) -> Entry:
+    """``entry`` cut to ``rows`` (kept in order, each still naming its row in the request)."""
+    if len(rows) == len(entry.labels):
+        return entry
+    picked = np.asarray(rows)
+    original = np.arange(len(entry.labels)) if entry.rows is None else np.asarray(entry.rows)
+    return entry._replace(
+        x=entry.x[picked],
+        labels=[entry.labels[i] for i in rows],
+        p=entry.p[picked],
+        rows=original[picked],
+    )
 
 
 def _forget_writer(ref: weakref.ref[Capture]) -> None:

@@ -7,6 +7,8 @@ of truth. A bad value fails here, at start-up, with a one-line
 
 from __future__ import annotations
 
+import math
+
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -111,6 +113,7 @@ class CaptureSettings:
     retention_days: float = 30.0
     queue_size: int = 10000
     max_rows_per_request: int = 1000
+    max_records_per_minute: int = 60000
 
 
 @dataclass(frozen=True)
@@ -193,8 +196,10 @@ def _number(
             number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"expected a number, got {value!r}") from None
-        if number != number or number < low or (above and number == low):
-            raise ValueError(f"expected a number {'>' if above else '>='} {low:g}, got {value!r}")
+        if not math.isfinite(number) or number < low or (above and number == low):
+            raise ValueError(
+                f"expected a finite number {'>' if above else '>='} {low:g}, got {value!r}"
+            )
         if high is not None and number > high:
             raise ValueError(f"expected a number <= {high:g}, got {value!r}")
         return number
@@ -369,9 +374,11 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "max_buffered_mb"): _int(4, 4096),
     ("api", "allowed_hosts"): _host_names,
     ("capture", "sample_percent"): _number(0, 100),
-    ("capture", "retention_days"): _number(0, above=True),
+    # Ten years at most: a longer TTL overflows MongoDB's and datetime's ranges.
+    ("capture", "retention_days"): _number(0, 3650, above=True),
     ("capture", "queue_size"): _int(1),
     ("capture", "max_rows_per_request"): _int(1),
+    ("capture", "max_records_per_minute"): _int(1),
     ("monitor", "psi_threshold"): _number(0, above=True),
     ("monitor", "ks_threshold"): _number(0, 1, above=True),
     ("monitor", "min_samples"): _int(1),

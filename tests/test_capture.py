@@ -276,3 +276,58 @@ def test_client_request_ids_are_kept_only_when_plain():
         rid = capture_module.request_id(given)
         assert rid != given and len(rid) == 32 and int(rid, 16) >= 0
     assert capture_module.request_id(None) != capture_module.request_id(None)
+
+
+def _entry(n: int, request_id: str):
+    from registry_bridge.monitor import Entry
+
+    matrix, labels, probabilities = scored(n)
+    return Entry(time.time(), "predict", request_id, 1.0, matrix, labels, probabilities, None)
+
+
+def test_a_window_keeps_at_most_its_cap_drawn_uniformly_whatever_comes_first():
+    """Check the volume cap's sample: never more than the cap, and a flood sent first (or
+    last) does not push out the others: each row is kept with probability cap/offered."""
+    from api.capture import WindowSample
+
+    rng = np.random.default_rng(3)
+    cap, kept_legit, kept_flood = 50, 0, 0
+    for trial in range(400):
+        window = WindowSample(cap, rng)
+        # 900 flood rows in requests of 1 and 100, then 100 ordinary rows (or the reverse)
+        offered = [_entry(1, "flood")] * 400 + [_entry(100, "flood")] * 5 + [
+            _entry(1, "legit")
+        ] * 100
+        for entry in offered if trial % 2 else reversed(offered):
+            window.add(Model, entry)
+        sample = window.take()
+        rows = [(entry.request_id, len(entry.labels)) for _, entry in sample]
+        assert sum(n for _, n in rows) == cap
+        kept_legit += sum(n for rid, n in rows if rid == "legit")
+        kept_flood += sum(n for rid, n in rows if rid == "flood")
+        assert window.seen == 0 and window.take() == []
+    share = kept_legit / (kept_legit + kept_flood)
+    assert 0.085 < share < 0.115  # 100 of 1,000 rows offered: 10 % (first-come gave 0 or 100 %)
+
+
+def test_rows_cut_from_a_request_keep_their_row_numbers():
+    """Check that a request cut by the sample still names each kept record's row."""
+    from api.capture import WindowSample
+
+    window = WindowSample(3, np.random.default_rng(0))
+    window.add(Model, _entry(10, "big"))
+    (_, cut), = window.take()
+    assert len(cut.labels) == 3 and len(cut.x) == 3 and len(cut.p) == 3
+    assert list(cut.x[:, 0]) == [2.0 * row for row in cut.rows]  # row r holds 2r, 2r+1
+
+
+def test_a_flood_is_capped_per_window_in_the_database(registry_db):
+    """Check capture.max_records_per_minute end to end: 3,000 records offered at once are
+    written as one window's share of the cap (60 a minute -> 5 per 5 s window)."""
+    capture = Capture(registry_db, CaptureSettings(sample_percent=100, max_records_per_minute=60))
+    for i in range(300):
+        record(capture, 10, request_id=f"r{i}")
+    assert capture.flush()
+    written = captured_records(registry_db, "m")
+    assert len(written) == 5
+    assert len({(r["request_id"], r["row"]) for r in written}) == 5

@@ -109,6 +109,11 @@ def test_bad_environment_value_names_the_variable(env, message):
     [
         ("api:\n  port: abc\n", r"^api\.port: expected a port number"),
         ("data:\n  variant: 4C\n", r"^data\.variant: expected one of 3C, 2C"),
+        # A retention the writer cannot turn into a date or a TTL (it used to die silently).
+        ("capture:\n  retention_days: inf\n", r"^capture\.retention_days: expected a finite"),
+        ("capture:\n  retention_days: .nan\n", r"^capture\.retention_days: expected a finite"),
+        ("capture:\n  retention_days: 1e6\n", r"^capture\.retention_days: expected a number <="),
+        ("capture:\n  max_records_per_minute: 0\n", r"^capture\.max_records_per_minute: "),
         ("training:\n  test_size: 2\n", r"^training\.test_size: expected a number between 0 and 1"),
         (
             "training:\n  families: [nope]\n",
