@@ -8,7 +8,6 @@ of truth. A bad value fails here, at start-up, with a one-line
 from __future__ import annotations
 
 import math
-
 import os
 import re
 from collections.abc import Callable, Mapping

@@ -295,9 +295,9 @@ def test_a_window_keeps_at_most_its_cap_drawn_uniformly_whatever_comes_first():
     for trial in range(400):
         window = WindowSample(cap, rng)
         # 900 flood rows in requests of 1 and 100, then 100 ordinary rows (or the reverse)
-        offered = [_entry(1, "flood")] * 400 + [_entry(100, "flood")] * 5 + [
-            _entry(1, "legit")
-        ] * 100
+        offered = (
+            [_entry(1, "flood")] * 400 + [_entry(100, "flood")] * 5 + [_entry(1, "legit")] * 100
+        )
         for entry in offered if trial % 2 else reversed(offered):
             window.add(Model, entry)
         sample = window.take()
@@ -316,7 +316,7 @@ def test_rows_cut_from_a_request_keep_their_row_numbers():
 
     window = WindowSample(3, np.random.default_rng(0))
     window.add(Model, _entry(10, "big"))
-    (_, cut), = window.take()
+    ((_, cut),) = window.take()
     assert len(cut.labels) == 3 and len(cut.x) == 3 and len(cut.p) == 3
     assert list(cut.x[:, 0]) == [2.0 * row for row in cut.rows]  # row r holds 2r, 2r+1
 
