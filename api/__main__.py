@@ -11,8 +11,10 @@ import argparse
 import logging
 import os
 import shutil
+import ssl
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from api.hosts import is_loopback
@@ -50,7 +52,11 @@ def check_bind(settings: Settings, insecure: bool) -> None:
 
 
 def check_tls(settings: Settings) -> None:
-    """Refuse a certificate without its key, or a key without its certificate."""
+    """Refuse a certificate without its key (or the reverse), and a pair that TLS cannot use.
+
+    gunicorn loads the pair only in each worker, where a bad file is a traceback per worker
+    and exit 255; loading it once here turns that into one line naming the setting.
+    """
     cert, key = settings.api.tls_cert, settings.api.tls_key
     if bool(cert) != bool(key):
         given, missing = (
@@ -59,6 +65,29 @@ def check_tls(settings: Settings) -> None:
         raise SettingsError(
             f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key"
         )
+    if not cert or not key:
+        return
+    try:
+        # An encrypted key would make OpenSSL prompt on the terminal: refuse it instead.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=_no_password)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise SettingsError(_tls_problem(cert, key, exc)) from None
+
+
+def _no_password() -> bytes:
+    raise ValueError("the key is encrypted; give an unencrypted PEM key")
+
+
+def _tls_problem(cert: Path, key: Path, exc: Exception) -> str:
+    """One line naming the setting at fault: the certificate, the key, or their pairing."""
+    try:
+        ssl.create_default_context(cafile=str(cert))  # parses every certificate in the file
+    except (ssl.SSLError, OSError, ValueError):
+        return f"api.tls_cert: {cert} is not a readable PEM certificate"
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    if reason == "KEY_VALUES_MISMATCH":
+        return f"api.tls_key: {key} is not the private key of api.tls_cert {cert}"
+    return f"api.tls_key: {key} is not a usable PEM private key ({reason})"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -87,6 +116,8 @@ def _gunicorn_app(settings: Settings) -> Any:
 
     # Read by the workers, which the arbiter forks after this.
     BufferingThreadWorker.client_timeout = settings.api.client_timeout_s
+    BufferingThreadWorker.max_pending = settings.api.max_pending_connections
+    BufferingThreadWorker.max_buffered = settings.api.max_buffered_mb * 1024 * 1024
     tls = {}
     if settings.api.tls_cert and settings.api.tls_key:
         tls = {"certfile": str(settings.api.tls_cert), "keyfile": str(settings.api.tls_key)}
@@ -161,10 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     # Must be set before any worker imports prometheus_client (values pick their backend then).
     metrics_dir = tempfile.mkdtemp(prefix="api-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    owner = os.getpid()
     try:
         _gunicorn_app(settings).run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        # Forked workers leave run() through this block too (gunicorn's worker ends with
+        # sys.exit): a worker stopped by HUP, TERM or max_requests removed the directory
+        # that every next worker needs (its heartbeat file lives there), and the arbiter
+        # halted on "Worker failed to boot". Only the arbiter, which created it, removes it.
+        if os.getpid() == owner:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
