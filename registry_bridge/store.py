@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -45,7 +46,7 @@ from pymongo.errors import DuplicateKeyError
 
 from conf.contract import ContractError, check_model_name, parse_version
 from conf.settings import ApiSettings, RegistrySettings, Settings
-from registry_bridge import database, fleet, lease, onnx_check
+from registry_bridge import database, fleet, lease, onnx_check, pointer_guard
 from registry_bridge.artifacts import FORMAT, ORPHAN_MIN_AGE_S, GridFSArtifacts
 from registry_bridge.artifacts import artifact_filename as artifact_filename  # the CLI's import
 from registry_bridge.entities import (
@@ -64,7 +65,7 @@ from registry_bridge.mirror import AliasMove, Mirror
 
 log = logging.getLogger(__name__)
 
-READY, DELETED = "ready", "deleted"
+READY, DELETING, DELETED = pointer_guard.READY, pointer_guard.DELETING, pointer_guard.DELETED
 VERSIONS, STATE, LOG, COUNTERS = "model_versions", "registry_state", "activation_log", "counters"
 
 
@@ -451,6 +452,7 @@ class ModelStore:
             "activated_by": by,
             "reason": reason,
             "lease_ms": self.pointer_lease_ms,
+            pointer_guard.TOKEN: uuid.uuid4().hex,  # lets this move be undone, and only it
         }
         replaced: dict[str, Any] | None
         if current is None:
@@ -475,6 +477,9 @@ class ModelStore:
                 f"now v{now_active.active_version if now_active else None}); "
                 "nothing changed, retry",
             )
+        # A deletion may have marked the target since it was validated (registry_bridge/
+        # pointer_guard.py): read its status after the move, and undo the move unless ready.
+        self._keep_only_if_ready(name, to_version, new_state, replaced, action)
         self.log.insert_one(
             {
                 "name": name,
@@ -493,6 +498,33 @@ class ModelStore:
         wait_ms = lease.commit_wait_ms(self.pointer_lease_ms, int(replaced.get("lease_ms") or 0))
         lease.wait_after(acknowledged_at, wait_ms)
         return ActiveState.from_document(new_state)
+
+    def _keep_only_if_ready(
+        self,
+        name: str,
+        version: int,
+        written: dict[str, Any],
+        replaced: dict[str, Any],
+        action: str,
+    ) -> None:
+        """Undo the pointer move to ``version`` when it is no longer ready (CONFLICT)."""
+        found = self.versions.find_one({"name": name, "version": version}, {"status": 1})
+        if pointer_guard.activation_stands(found):
+            return
+        mine = {"_id": name, pointer_guard.TOKEN: written[pointer_guard.TOKEN]}
+        if replaced:
+            self.state.find_one_and_replace(mine, pointer_guard.restored_state(replaced))
+        else:  # this activation created the pointer document
+            self.state.delete_one(mine)
+        status = {DELETING: "being deleted", DELETED: "deleted"}.get(
+            str(found.get("status")) if found else "", "removed"
+        )
+        log.warning("%s of %s v%s undone: the version is %s", action, name, version, status)
+        raise RegistryError(
+            "CONFLICT",
+            f"cannot {'roll back to' if action == 'rollback' else action} {name} v{version}: "
+            f"it was {status} while the {action} ran; nothing changed",
+        )
 
     def _validate(self, version: ModelVersion, refusing: str | None = None) -> VerificationReport:
         """Checksum, then load and re-score the input example; CONFLICT with ``refusing`` prefix."""
@@ -519,41 +551,32 @@ class ModelStore:
 
     @_translated
     def delete_model_version(self, name: str, version: int, by: str | None = None) -> ModelVersion:
-        """Remove a version's file and mark its document deleted; the active version is refused.
+        """Remove a version's file and mark its document deleted; the active or staged version
+        is refused, also when an activation races this deletion (registry_bridge/pointer_guard.py).
 
         The document stays as a tombstone (status "deleted") so the number is never reused
-        and the audit log keeps its meaning; it no longer appears in lists or lookups.
+        and the audit log keeps its meaning; it no longer appears in lists or lookups. A
+        deletion interrupted after its mark (status "deleting") is finished by running it again.
 
         Raises:
             RegistryError: NOT_FOUND for an unknown version, CONFLICT for the active one.
         """
-        target = self.get_model_version(name, version)
-        self._refuse_if_active(target)
-        original = self.versions.find_one({"name": name, "version": target.version})
-        if original is None:  # removed (unpublished) since it was read just above
-            raise RegistryError("NOT_FOUND", f"{target.label} was removed meanwhile")
+        marked = self._mark_deleting(name, version)
         tombstone = {
-            **original,
+            **marked,
             "status": DELETED,
             "deleted_at": utcnow(),
             "deleted_by": by or current_user(),
         }
+        tombstone.pop("publish_key", None)  # the run may be published again
         changed = self.versions.find_one_and_replace(
-            {"_id": original["_id"], "status": READY},
+            {"_id": marked["_id"], "status": DELETING},
             tombstone,
             return_document=ReturnDocument.AFTER,
         )
+        target = ModelVersion.from_document(marked)
         if changed is None:
-            raise RegistryError(
-                "NOT_FOUND",
-                f"model version name={name!r} version={target.version} was deleted meanwhile",
-            )
-        try:
-            # An activation validated before our status change may have landed meanwhile.
-            self._refuse_if_active(target)
-        except RegistryError:
-            self.versions.replace_one({"_id": original["_id"]}, original)
-            raise
+            raise RegistryError("NOT_FOUND", f"{target.label} was deleted meanwhile")
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("deleted %s (file %s)", target.label, target.artifact_file_id)
         self.update_mirror(name, "delete")
@@ -565,20 +588,55 @@ class ModelStore:
 
         Unlike :meth:`delete_model_version` no tombstone is kept. Refuses the active version.
         """
-        target = self.get_model_version(name, version)
-        self._refuse_if_active(target)
-        self.versions.delete_one({"name": name, "version": target.version})
+        marked = self._mark_deleting(name, version)
+        target = ModelVersion.from_document(marked)
+        self.versions.delete_one({"_id": marked["_id"], "status": DELETING})
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("unpublished %s", target.label)
         self.update_mirror(name, "unpublish")
 
-    def _refuse_if_active(self, version: ModelVersion) -> None:
-        state = self.get_active_version(version.name)
-        if state is not None and state.active_version == version.version:
+    def _mark_deleting(self, name: str, version: int) -> dict[str, Any]:
+        """Mark a ready version ``deleting``, then refuse (and unmark) it when the pointer holds
+        it: the deletion's half of registry_bridge/pointer_guard.py. The marked document."""
+        name, version = checked_name(name), checked_version(version)
+        found = self.versions.find_one({"name": name, "version": version})
+        if found is None or found.get("status") not in (READY, DELETING):
+            self.get_model_version(name, version)  # NOT_FOUND naming what is published
+        assert found is not None
+        label = f"{name} v{version}"
+        self._refuse_if_held(name, version, label)  # before marking: the common case, no undo
+        if found["status"] == READY:
+            marked = self.versions.find_one_and_update(
+                {"_id": found["_id"], "status": READY},
+                {"$set": {"status": DELETING}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if marked is None:
+                raise RegistryError("NOT_FOUND", f"{label} was deleted meanwhile")
+        else:  # an interrupted deletion, finished now
+            marked = found
+        try:
+            self._refuse_if_held(name, version, label)
+        except RegistryError:
+            self.versions.update_one(
+                {"_id": found["_id"], "status": DELETING}, {"$set": {"status": READY}}
+            )
+            raise
+        return marked
+
+    def _refuse_if_held(self, name: str, version: int, label: str) -> None:
+        state = self.state.find_one({"_id": name})
+        held = pointer_guard.holder(state, version)
+        if held == "active":
             raise RegistryError(
                 "CONFLICT",
-                f"{version.label} is the active version of "
-                f"{version.name!r}; activate another version first",
+                f"{label} is the active version of {name!r}; activate another version first",
+            )
+        if held == "staged":
+            raise RegistryError(
+                "CONFLICT",
+                f"{label} is being activated (staged while the API workers load it); "
+                "retry once the activation ends",
             )
 
     @_translated

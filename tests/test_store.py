@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
-from dataclasses import asdict
+import time
+from dataclasses import asdict, replace
 from datetime import datetime
 
 import gridfs
@@ -228,6 +230,101 @@ def test_delete_refuses_the_active_version_and_removes_the_file(store, registry_
             ObjectId(two.artifact_file_id)
         )
     assert publish(store, "run-c", seed=2).version.version == 3
+
+
+def _race(first, second, delays: tuple[float, float]) -> list[str]:
+    """Run ``first`` and ``second`` at once, each after its delay: "ok" or each error code."""
+    outcomes = ["", ""]
+    start = threading.Barrier(2)
+
+    def run(index: int, call) -> None:
+        start.wait()
+        time.sleep(delays[index])
+        try:
+            call()
+            outcomes[index] = "ok"
+        except RegistryError as exc:
+            outcomes[index] = exc.code
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate((first, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def _pointer_names_a_verified_version(store: ModelStore) -> int:
+    state = store.get_active_version("vertebral-column")
+    assert state is not None
+    served = store.get_model_version("vertebral-column", state.active_version)  # ready
+    assert store.read_artifact(served)  # its bytes are there and match their sha256
+    return served.version
+
+
+@pytest.mark.parametrize("action", ["activate", "rollback"])
+def test_activation_racing_a_delete_never_leaves_the_pointer_on_a_deleted_version(
+    action, registry_db, settings
+):
+    """Check activate (or rollback) and delete of one version started together, the delete
+    at delays spanning the activation's validation: never both succeed, and afterwards the
+    pointer names a ready version whose bytes verify."""
+    fast = replace(settings, api=replace(settings.api, pointer_lease_ms=0, prepare_timeout_s=0))
+    activating, deleting = ModelStore(registry_db, fast), ModelStore(registry_db, fast)
+    name = "vertebral-column"
+    keep = publish(activating, "run-keep").version.version
+    activating.set_active_version(name, keep)
+    seen = set()
+    for round_ in range(16):
+        target = publish(activating, f"run-{round_}", seed=round_ % 3).version.version
+        if action == "rollback":  # target active, then keep: rolling back goes to target
+            activating.set_active_version(name, target, check=lambda v: None)
+            activating.set_active_version(name, keep, check=lambda v: None)
+            move = functools.partial(activating.rollback, name)
+        else:
+            move = functools.partial(activating.set_active_version, name, target)
+        # Head starts of -40 to +35 ms: the delete well before, during, and well after the
+        # activation's validation and move.
+        lead = 0.005 * round_ - 0.04
+        delays = (max(lead, 0.0), max(-lead, 0.0))
+        delete = functools.partial(deleting.delete_model_version, name, target)
+        outcome = _race(move, delete, delays)
+        seen.add(tuple(outcome))
+        assert outcome != ["ok", "ok"], f"round {round_}: both succeeded"
+        assert set(outcome) <= {"ok", "CONFLICT", "NOT_FOUND"}
+        if _pointer_names_a_verified_version(activating) != keep:
+            activating.set_active_version(name, keep, check=lambda v: None)
+    # The delays reached both orders: each side won at least once.
+    # The delays reached both orders: each side won at least once.
+    assert any(o[0] == "ok" for o in seen) and any(o[1] == "ok" for o in seen), seen
+
+
+def test_an_activation_whose_version_is_deleted_before_the_move_is_undone(store, registry_db):
+    """Check the activation's half of the guard: a delete landing after the validation (here
+    from inside it) makes the activation put the pointer back, log nothing and refuse."""
+    publish(store, "run-a")
+    publish(store, "run-b", seed=1)
+    store.set_active_version("vertebral-column", 1)
+
+    def deleted_meanwhile(version) -> None:
+        store.delete_model_version("vertebral-column", version.version)
+
+    with pytest.raises(RegistryError, match="cannot activate vertebral-column v2: it was deleted"):
+        store.set_active_version("vertebral-column", 2, check=deleted_meanwhile)
+    assert store.get_active_version("vertebral-column").active_version == 1
+    assert [e.to_version for e in store.list_activation_log("vertebral-column")] == [1]
+
+
+def test_an_interrupted_delete_is_finished_by_running_it_again(store, registry_db):
+    """Check a version left "deleting" (a delete killed after its mark) is hidden, and a second
+    delete finishes it: tombstone, file removed."""
+    publish(store, "run-a")
+    two = publish(store, "run-b", seed=1).version
+    registry_db.model_versions.update_one({"version": 2}, {"$set": {"status": "deleting"}})
+    with pytest.raises(RegistryError, match="version=2 was deleted"):
+        store.get_model_version("vertebral-column", 2)
+    assert store.delete_model_version("vertebral-column", 2).status == "deleted"
+    assert two.artifact_file_id not in file_ids(registry_db)
 
 
 def test_failed_publish_leaves_no_version_and_no_file(store, registry_db, monkeypatch):
