@@ -75,6 +75,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from api.capture import Capture
     from api.fast import FastPredict
     from api.hosts import allowed_hosts
+    from api.report_cache import EXTENSION as REPORTS
+    from api.report_cache import ReportCache
     from registry_bridge.store import ModelStore
 
     app = Flask(__name__)
@@ -97,6 +99,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         client[settings.registry.database], settings.capture, settings.api.workers
     )
 
+    app.extensions[REPORTS] = ReportCache()
     errors.init_app(app)
     app.register_blueprint(predict.bp)
     app.register_blueprint(models.bp)

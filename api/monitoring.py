@@ -7,13 +7,15 @@ code (a ``script-src 'self'`` policy allows it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
 from api import registry
+from api.report_cache import EXTENSION as REPORTS
 from registry_bridge import monitor
 from registry_bridge.errors import RegistryError
 
@@ -28,6 +30,39 @@ CONSOLE_POLICY = (
 )
 
 
+def _cached(found: Any, what: str, since: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` for one version, thing and window, reused while no record came since
+    (api.report_cache: one computation at a time per worker)."""
+    store = registry().store
+    newest = monitor.newest_capture(store.db, found.name, found.version)
+    key = (found.name, found.version, what, monitor.parse_since(since), newest)
+    return current_app.extensions[REPORTS].get(key, compute)
+
+
+def _drift_report(name: str, version: int | str | None, since: str) -> dict[str, Any]:
+    """``monitor.drift_report`` of the resolved version (a baseline stored later counts)."""
+    store = registry().store
+    found = monitor.resolve_version(store, name, version)
+
+    def compute() -> dict[str, Any]:
+        report = monitor.drift_report(store, registry().settings, name, found.version, since)
+        if report["status"] == "no_baseline":  # cheap, and `bridge verify --baseline` ends it
+            raise _NotKept(report)
+        return report
+
+    try:
+        return dict(_cached(found, "report", since, compute))  # callers add to it
+    except _NotKept as kept:
+        return kept.report
+
+
+class _NotKept(Exception):
+    """A report answered once, not kept: it changes as soon as a baseline is stored."""
+
+    def __init__(self, report: dict[str, Any]):
+        self.report = report
+
+
 def _since() -> str:
     """``?since=``, checked before any work (400 naming it)."""
     since = request.args.get("since", monitor.DEFAULT_SINCE)
@@ -39,9 +74,7 @@ def _since() -> str:
 def monitoring(name: str) -> Response:
     """Drift of one version (``?version=``, default the active one) over ``?since=`` (24h)."""
     store = registry().store
-    report = monitor.drift_report(
-        store, registry().settings, name, request.args.get("version"), _since()
-    )
+    report = _drift_report(name, request.args.get("version"), _since())
     report["captured_total"] = monitor.count_captured(store.db, name, report["version"])
     report["capture"] = {
         "sample_percent": registry().settings.capture.sample_percent,
@@ -53,8 +86,14 @@ def monitoring(name: str) -> Response:
 @bp.get("/models/<name>/monitoring/plots/<feature>.png")
 def monitoring_plot(name: str, feature: str) -> Response:
     """The baseline-against-live histogram of one feature, as a PNG."""
+    since = _since()
     version = monitor.resolve_version(registry().store, name, request.args.get("version"))
-    png = monitor.feature_plot(registry().store, name, version.version, feature, _since())
+    png = _cached(
+        version,
+        f"plot:{feature}",
+        since,
+        lambda: monitor.feature_plot(registry().store, name, version.version, feature, since),
+    )
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -117,7 +156,7 @@ def _console_data(name: str) -> dict[str, Any]:
             shown = next((v for v in versions if v.version == data["active"]), versions[-1])
             data["features"] = shown.input_schema
             data["captured_total"] = monitor.count_captured(store.db, name)
-            data["report"] = monitor.drift_report(store, settings, name, shown.version)
+            data["report"] = _drift_report(name, shown.version, monitor.DEFAULT_SINCE)
     except RegistryError as exc:
         data["error"] = exc.message
     return data

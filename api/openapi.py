@@ -53,6 +53,7 @@ _BATCH_SUMMARY = {
 
 _PREDICT_ERRORS = (
     "INVALID_INPUT",
+    "FORBIDDEN",  # a browser's request from another site (api.hosts.cross_site_field)
     "PAYLOAD_TOO_LARGE",
     "UNSUPPORTED_MEDIA_TYPE",
     "NO_ACTIVE_MODEL",
@@ -459,7 +460,7 @@ def _monitoring_paths(name_path: list[dict[str, Any]]) -> dict[str, Any]:
                 "parameters": [*name_path, *query],
                 "responses": {
                     "200": _json({"type": "object"}),
-                    **_errors("INVALID_INPUT", "NOT_FOUND", "REGISTRY_UNAVAILABLE"),
+                    **_errors("INVALID_INPUT", "NOT_FOUND", "REGISTRY_UNAVAILABLE", "BUSY"),
                 },
             }
         },
@@ -472,7 +473,7 @@ def _monitoring_paths(name_path: list[dict[str, Any]]) -> dict[str, Any]:
                         "description": "PNG",
                         "content": {"image/png": {"schema": {"type": "string"}}},
                     },
-                    **_errors("INVALID_INPUT", "NOT_FOUND", "REGISTRY_UNAVAILABLE"),
+                    **_errors("INVALID_INPUT", "NOT_FOUND", "REGISTRY_UNAVAILABLE", "BUSY"),
                 },
             }
         },

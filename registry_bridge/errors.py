@@ -22,6 +22,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "INTERNAL_ERROR": 500,
     "NO_ACTIVE_MODEL": 503,
     "REGISTRY_UNAVAILABLE": 503,
+    "BUSY": 503,  # the server chose not to start more work now; the client may retry
 }
 
 

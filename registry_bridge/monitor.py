@@ -794,6 +794,15 @@ def drift_report(
     }
 
 
+def newest_capture(db: Any, name: str, version: int) -> Any:
+    """The id of the version's newest captured bucket (None: none): a report or plot
+    computed when this was newest still describes the data."""
+    doc = db[INFERENCE_LOG].find_one(
+        {"name": name, "version": int(version)}, {"_id": 1}, sort=[("last_at", -1), ("_id", -1)]
+    )
+    return None if doc is None else doc["_id"]
+
+
 def count_captured(
     db: Any, name: str, version: int | None = None, since: datetime | None = None
 ) -> int:

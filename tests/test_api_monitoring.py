@@ -143,3 +143,42 @@ def test_console_shows_versions_history_and_drift(client, published):
     script = client.get("/console/console.js")
     assert script.status_code == 200 and "Authorization" in script.get_data(as_text=True)
     assert client.get("/console/secrets.txt").status_code == 404
+
+
+def test_plots_are_computed_once_until_new_records_arrive(capturing, published, monkeypatch):
+    """Check that repeated plot and report requests reuse one computation, and that a new
+    captured record makes the next one fresh (issue 21 item 8: 16 clients fetching plots
+    took the CPU from /predict)."""
+    from registry_bridge import monitor
+
+    app, db = capturing
+    give_baseline(published, 1)
+    client = app.test_client()
+    assert client.post("/predict", json=record(published.inputs[0])).status_code == 200
+    with app.app_context():
+        assert current_capture().flush()
+    calls = {"plot": 0, "report": 0}
+    real_plot, real_report = monitor.feature_plot, monitor.drift_report
+
+    def counted(kind, real):
+        def call(*args, **kwargs):
+            calls[kind] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(monitor, "feature_plot", counted("plot", real_plot))
+    monkeypatch.setattr(monitor, "drift_report", counted("report", real_report))
+    for _ in range(5):
+        png = client.get(f"/models/{MODEL}/monitoring/plots/pelvic_tilt.png?since=1h")
+        assert png.status_code == 200 and png.data.startswith(b"\x89PNG")
+        assert client.get(f"/models/{MODEL}/monitoring?since=1h").json["sample_size"] == 1
+    assert calls == {"plot": 1, "report": 1}
+    assert client.post("/predict", json=record(published.inputs[1])).status_code == 200
+    with app.app_context():
+        assert current_capture().flush()
+    assert client.get(f"/models/{MODEL}/monitoring?since=1h").json["sample_size"] == 2
+    assert (
+        client.get(f"/models/{MODEL}/monitoring/plots/pelvic_tilt.png?since=1h").status_code == 200
+    )
+    assert calls == {"plot": 2, "report": 2}
