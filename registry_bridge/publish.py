@@ -181,8 +181,7 @@ def publish_run(
         ]
         if same and not new_version:
             return PublishResult(same[-1], created=False)
-        new_version = True  # the run's other versions keep their own thresholds
-    if not new_version:
+    if not new_version and threshold is None:  # a threshold publish was looked up above
         existing = store.find_published(name, run_id)
         if existing is not None:
             _tag_run(
@@ -219,7 +218,9 @@ def publish_run(
         **_threshold(card),
         created_by=by or current_user(),
     )
-    result = store.publish_model_version(draft, artifact, new_version=new_version)
+    # A run's versions at other thresholds are other versions: the key tells them apart.
+    key = None if threshold is None else f"{run_id}@threshold={threshold!r}"
+    result = store.publish_model_version(draft, artifact, new_version=new_version, publish_key=key)
     version = result.version
     try:
         _tag_run(client, settings, run_id, version.name, version.version, version.artifact_file_id)

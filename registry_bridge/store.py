@@ -144,6 +144,15 @@ class ModelStore:
             [("name", ASCENDING), ("version", ASCENDING)], unique=True, name="name_version_unique"
         )
         self.versions.create_index([("name", ASCENDING), ("run_id", ASCENDING)], name="name_run_id")
+        # One ready version per publish of a run (and threshold): two publishes of the same
+        # run at once cannot both insert. Deliberate re-publishes (--new-version) carry no key;
+        # a tombstone gives its key up, so a deleted run can be published again.
+        self.versions.create_index(
+            [("name", ASCENDING), ("publish_key", ASCENDING)],
+            unique=True,
+            name="name_publish_key_unique",
+            partialFilterExpression={"publish_key": {"$exists": True}},
+        )
         self.log.create_index([("name", ASCENDING), ("at", ASCENDING)], name="name_at")
 
     # --- reading ---------------------------------------------------------------------
@@ -255,23 +264,33 @@ class ModelStore:
 
     @_translated
     def publish_model_version(
-        self, draft: ModelVersionDraft, artifact: bytes, new_version: bool = False
+        self,
+        draft: ModelVersionDraft,
+        artifact: bytes,
+        new_version: bool = False,
+        publish_key: str | None = None,
     ) -> PublishResult:
         """Store ``artifact`` as the next version of ``draft.name``; visible only once verified.
 
         Re-publishing a run already published returns its version (``created=False``)
         unless ``new_version``. Order: number -> upload -> re-read and check sha256 ->
         insert the version document; any failure after the upload deletes the file.
+        The document carries ``publish_key`` (default: the run id; none with ``new_version``)
+        under a unique index, so of two publishes of one run at once only one inserts.
 
         Raises:
             RegistryError: INVALID_INPUT for an empty artifact, CONFLICT when the stored
-                bytes differ from those sent, REGISTRY_UNAVAILABLE on database failure.
+                bytes differ from those sent or a concurrent publish of the same run won
+                (naming its version), REGISTRY_UNAVAILABLE on database failure.
         """
         checked_name(draft.name)  # the one rule for names, before a number is spent on it
         if not artifact:  # before a number is spent on it
             raise RegistryError("INVALID_INPUT", f"{draft.name}: the artifact is empty")
-        if draft.run_id and not new_version:
-            existing = self.find_published(draft.name, draft.run_id)
+        key = None if new_version or not draft.run_id else (publish_key or draft.run_id)
+        if key is not None:
+            existing = self._published_under(draft.name, key)
+            if existing is None and publish_key is None:  # published before keys existed
+                existing = self.find_published(draft.name, str(draft.run_id))
             if existing is not None:
                 return PublishResult(existing, created=False)
         version = self._next_version(draft.name)
@@ -293,6 +312,7 @@ class ModelStore:
                     "sha256": stored.sha256,
                     "size_bytes": stored.size_bytes,
                     "status": READY,
+                    **({} if key is None else {"publish_key": key}),
                 }
             )
         except BaseException:
@@ -309,10 +329,23 @@ class ModelStore:
         self.update_mirror(draft.name, "publish")
         return PublishResult(self.get_model_version(draft.name, version), created=True)
 
+    def _published_under(self, name: str, key: str) -> ModelVersion | None:
+        doc = self.versions.find_one({"name": name, "publish_key": key, "status": READY})
+        return ModelVersion.from_document(doc) if doc else None
+
     def _insert_version(self, doc: dict[str, Any]) -> None:
         try:
             self.versions.insert_one(doc)
         except DuplicateKeyError:
+            winner = doc.get("publish_key") and self._published_under(
+                doc["name"], doc["publish_key"]
+            )
+            if winner:
+                raise RegistryError(
+                    "CONFLICT",
+                    f"run {doc['run_id']} is already published as {winner.label} (by a publish "
+                    "that ran at the same time); nothing published",
+                ) from None
             raise RegistryError(
                 "CONFLICT",
                 f"{doc['name']} v{doc['version']} already exists "

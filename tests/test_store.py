@@ -386,6 +386,44 @@ def test_ten_concurrent_publishes_get_ten_distinct_versions(registry_db, setting
     assert len(file_ids(registry_db)) == 10
 
 
+def test_concurrent_publishes_of_one_run_make_one_version(registry_db, settings):
+    """Check four publishes of one run at once: one version; the others get CONFLICT naming
+    it, leave no file behind; a deliberate --new-version and a publish after delete still work."""
+    results: list[int] = []
+    refusals: list[str] = []
+    start = threading.Barrier(4)
+    d, artifact = draft(run_id="run-twice")
+
+    def worker() -> None:
+        store = ModelStore(registry_db, settings)
+        start.wait()
+        try:
+            results.append(store.publish_model_version(d, artifact).version.version)
+        except RegistryError as exc:
+            assert exc.code == "CONFLICT"
+            refusals.append(exc.message)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store = ModelStore(registry_db, settings)
+    [only] = store.search_model_versions("vertebral-column")
+    assert set(results) == {only.version}  # a publish that saw it first returns it
+    for message in refusals:
+        assert message == (
+            f"run run-twice is already published as vertebral-column v{only.version} "
+            "(by a publish that ran at the same time); nothing published"
+        )
+    assert file_ids(registry_db) == {only.artifact_file_id}
+    store.delete_model_version("vertebral-column", only.version)  # gives the key up
+    again = store.publish_model_version(d, artifact)
+    assert again.created and again.version.version > only.version
+    forced = store.publish_model_version(d, artifact, new_version=True)
+    assert forced.created and forced.version.version > again.version.version
+
+
 @pytest.mark.slow
 def test_concurrent_publishes_from_processes_get_distinct_versions(
     mongo_server, registry_db_name, registry_db
