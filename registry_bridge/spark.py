@@ -134,12 +134,19 @@ class ScoringJob:
         context = df.sparkSession.sparkContext
         payload = context.broadcast((found, data))
         counts: Any = context.accumulator({}, cast(Any, _LatestPerPartition()))
-        out_schema = ", ".join(
-            [f"`{f.name}` {f.dataType.simpleString()}" for f in df.schema.fields]
-            + [f"`{n}` {t}" for n, t in output_columns(found.classes, on_error)]
+        from pyspark.sql.types import StructField, StructType, _parse_datatype_string
+
+        out_schema = StructType(
+            [
+                *df.schema.fields,
+                *(
+                    StructField(n, _parse_datatype_string(t))
+                    for n, t in output_columns(found.classes, on_error)
+                ),
+            ]
         )
         scorer = _partition_scorer(found.sha256, payload, on_error, counts)
-        return cls(df, df.mapInArrow(scorer, out_schema), found, on_error, counts)
+        return cls(df, _map_in_arrow(df, scorer, out_schema), found, on_error, counts)
 
     def totals(self) -> tuple[int, int]:
         """Rows scored and rows in error, once an action ran (each partition counted once)."""
@@ -251,7 +258,26 @@ def _csv_safe(df: DataFrame) -> DataFrame:
         for batch in batches:
             yield scoring.csv_safe(batch)
 
-    return df.mapInArrow(run, schema)
+    return _map_in_arrow(df, run, schema)
+
+
+def _map_in_arrow(
+    df: DataFrame,
+    run: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+    schema: Any,
+) -> DataFrame:
+    """``df.mapInArrow(run, schema)`` for any column names: ``run`` sees the input's own.
+
+    pyspark resolves the input columns by name as SQL paths, so a CSV column named
+    ``patient.id`` failed with an AnalysisException; they cross by position instead.
+    """
+    names = list(df.columns)
+
+    def renamed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return run(pa.RecordBatch.from_arrays(b.columns, names=names) for b in batches)
+
+    positional = df.toDF(*[f"_c{i}" for i in range(len(names))])
+    return positional.mapInArrow(renamed, schema)
 
 
 def _bad_cell_marker(exc: RegistryError, partition: int) -> str:
@@ -367,7 +393,10 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
     try:
         if kind == "parquet":
             return spark.read.parquet(path)
-        frame = spark.read.options(header=True, inferSchema=False, mode="PERMISSIVE").csv(path)
+        # multiLine: a quoted cell may hold a line break (it split its row into two).
+        frame = spark.read.options(
+            header=True, inferSchema=False, mode="PERMISSIVE", multiLine=True
+        ).csv(path)
     except Exception as exc:
         if not _is_spark_error(exc):
             raise
@@ -432,7 +461,11 @@ def run_job(
     watcher = _Progress(spark, progress) if progress else None
     try:
         if output_format == "csv":
-            writer.options(header=True).csv(str(target))
+            # Spark trims each cell's outer spaces by default: written as they are instead,
+            # so what csv_safe checked is what a spreadsheet opens.
+            writer.options(
+                header=True, ignoreLeadingWhiteSpace=False, ignoreTrailingWhiteSpace=False
+            ).csv(str(target))
         else:
             writer.parquet(str(target))
     except Exception as exc:

@@ -200,3 +200,16 @@ def test_csv_safe_prefixes_formulas_keeps_numbers_and_drops_nul():
     assert csv_safe(batch.slice(3, 4)).column(0).to_pylist() == expected[3:7]
     numbers = pa.RecordBatch.from_arrays([pa.array(["-1", "-2.5", "+3", "4"])], names=["x"])
     assert csv_safe(numbers).column(0).to_pylist() == ["-1", "-2.5", "+3", "4"]
+
+
+def test_csv_safe_sees_a_formula_behind_leading_spaces():
+    """Check that " =1+2" is prefixed (a trimming writer or spreadsheet would run it), while
+    " plain ", " -0.25" and "\\n" stay as they are."""
+    from registry_bridge.scoring import csv_safe, safe_text
+
+    cells = [" =1+2", "  @SUM(A1)", "\n+1", " plain ", " -0.25", "\n"]
+    expected = ["' =1+2", "'  @SUM(A1)", "'\n+1", " plain ", " -0.25", "\n"]
+    batch = pa.RecordBatch.from_arrays([pa.array(cells)], names=[" =name"])
+    safe = csv_safe(batch)
+    assert safe.column(0).to_pylist() == expected == [safe_text(c) for c in cells]
+    assert safe.schema.names == ["' =name"]

@@ -271,7 +271,7 @@ def test_bridge_score_command(spark, published, dataset, tmp_path):
 def test_csv_output_neutralises_spreadsheet_formulas(spark, published, dataset, tmp_path):
     """Check that text a spreadsheet would evaluate gets a leading quote in the CSV output,
     numbers such as -0.25 excepted, like /batch-predict's CSV."""
-    frame = dataset.iloc[:4].assign(note=["=1+2", "@SUM(A1)", "-0.25", "plain"])
+    frame = dataset.iloc[:6].assign(note=["=1+2", "@SUM(A1)", "-0.25", "plain", " =1+2", " plain "])
     frame = frame.rename(columns={"note": "+note"})
     source = _write_csv(tmp_path / "in.csv", frame)
     target = tmp_path / "out"
@@ -282,4 +282,26 @@ def test_csv_output_neutralises_spreadsheet_formulas(spark, published, dataset, 
         pd.read_csv(p, dtype=str, keep_default_na=False) for p in sorted(target.glob("part-*.csv"))
     )
     assert "'+note" in out.columns
-    assert sorted(out["'+note"]) == sorted(["'=1+2", "'@SUM(A1)", "-0.25", "plain"])
+    # Spark's CSV writer trims spaces by default: " =1+2" left as a bare =1+2 (item 11).
+    assert sorted(out["'+note"]) == sorted(
+        ["'=1+2", "'@SUM(A1)", "-0.25", "plain", "' =1+2", " plain "]
+    )
+
+
+def test_dotted_column_names_and_multiline_cells_pass_through(spark, published, dataset, tmp_path):
+    """Check that a column named patient.id is a column, not a struct path, and that a quoted
+    cell holding a line break stays in its row (11 rows in, 11 out)."""
+    frame = dataset.iloc[:11].assign(**{"patient.id": [f"p{i}" for i in range(11)]})
+    frame["note"] = ["one line"] * 11
+    frame.loc[frame.index[3], "note"] = "two\nlines"
+    source = _write_csv(tmp_path / "in.csv", frame)
+    target = tmp_path / "out"
+    result = spark_scoring.run_job(
+        spark, published.store, MODEL, str(source), str(target), output_format="csv"
+    )
+    assert result.rows_in == result.rows_out == 11
+    out = pd.concat(
+        pd.read_csv(p, dtype=str, keep_default_na=False) for p in sorted(target.glob("part-*.csv"))
+    )
+    assert len(out) == 11 and sorted(out["patient.id"]) == sorted(frame["patient.id"])
+    assert "two\nlines" in set(out["note"])

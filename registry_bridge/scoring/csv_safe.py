@@ -2,7 +2,9 @@
 
 OWASP's rule: a cell (or column name) starting with ``=``, ``+``, ``-``, ``@``, tab or
 carriage return is prefixed with ``'``, so spreadsheets show it as text instead of
-running it; quoting the cell does not stop them. Plain numbers such as ``-0.25`` or
+running it; quoting the cell does not stop them. Spaces before such a character count
+too: a writer or a spreadsheet that trims them (Spark's CSV writer does by default)
+would otherwise leave a bare formula. Plain numbers such as ``-0.25`` or
 ``+1e3`` are left as they are (a feature value must round-trip), and NUL bytes are
 removed. Every CSV the project writes from client data goes through ``csv_safe``.
 """
@@ -15,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import compute as pa_compute
 
-_RISKY = r"^[=+\-@\t\r]"
-_RISKY_FIRST = np.frombuffer(b"=+-@\t\r", dtype=np.uint8)  # first bytes of _RISKY
-_NUMBER = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+_RISKY = r"^[ \n]*[=+\-@\t\r]"
+_RISKY_FIRST = np.frombuffer(b"=+-@\t\r \n", dtype=np.uint8)  # first bytes of _RISKY
+_NUMBER = r"^ *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *$"
 _RISKY_RE = re.compile(_RISKY)
 _NUMBER_RE = re.compile(_NUMBER)
 
@@ -60,8 +62,10 @@ def _safe_column(column: pa.Array) -> pa.Array:
         return column
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    numeric = pa_compute.match_substring_regex(column.take(pa.array(at)), _NUMBER)
-    at = at[~numeric.fill_null(False).to_numpy(zero_copy_only=False)]
+    candidates = column.take(pa.array(at))
+    risky = pa_compute.match_substring_regex(candidates, _RISKY).fill_null(False)
+    numeric = pa_compute.match_substring_regex(candidates, _NUMBER).fill_null(False)
+    at = at[risky.to_numpy(zero_copy_only=False) & ~numeric.to_numpy(zero_copy_only=False)]
     if not at.size:
         return column
     mask = np.zeros(len(column), dtype=bool)
