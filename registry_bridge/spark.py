@@ -393,7 +393,8 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
     try:
         if kind == "parquet":
             return spark.read.parquet(path)
-        # multiLine: a quoted cell may hold a line break (it split its row into two).
+        # multiLine: a quoted cell may hold a line break (it split its row into two). The
+        # price: each CSV file is read by one task; Parquet, or several files, parallelise.
         frame = spark.read.options(
             header=True, inferSchema=False, mode="PERMISSIVE", multiLine=True
         ).csv(path)
