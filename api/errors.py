@@ -40,7 +40,7 @@ def _registry_error(exc: RegistryError) -> Response:
     if exc.code == "REGISTRY_UNAVAILABLE":
         # The message names the database (masked URI, host, port, driver text): fine for the
         # server log, not for any client that can reach the API.
-        log.warning("%s %s: %s", request.method, request.path, exc.message)
+        log.warning("%s %s: %s", request.method, request.path, exc)  # with operator detail
         exc = RegistryError(exc.code, UNAVAILABLE_MESSAGE)
     response = jsonify(exc.to_dict())
     response.status_code = exc.status

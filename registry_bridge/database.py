@@ -3,8 +3,9 @@
 The embedded server (nx-27017, MongoDB wire protocol over SQLite) is started on
 demand as a daemon on ``registry.embedded.host:port`` with its files under
 ``registry.embedded.data_dir``, so the CLI, the API and the demo share one database.
-Connection failures become one ``RegistryError("REGISTRY_UNAVAILABLE", ...)`` naming
-the URI with its password masked.
+Connection failures become one ``RegistryError("REGISTRY_UNAVAILABLE", ...)``: its message
+says only that the database is unreachable (it may reach a page or an HTTP answer); the URI,
+password masked, and the driver's text go in its operator detail (the CLI's line, the logs).
 """
 
 from __future__ import annotations
@@ -259,17 +260,17 @@ def connect(settings: RegistrySettings, start: bool = True) -> MongoClient:
         refused_login = isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED
         raise RegistryError(
             "UNAUTHORIZED" if refused_login else "REGISTRY_UNAVAILABLE",
-            f"cannot {'log in to' if refused_login else 'reach'} the registry database at "
-            f"{mask_uri(uri)}: {reason}",
+            f"cannot {'log in to' if refused_login else 'reach'} the registry database",
+            operator_detail=f"at {mask_uri(uri)}: {reason}",
         ) from None
     except (KeyError, TypeError) as exc:
         # pymongo's SASL code indexes the server's answer: a server without authentication
         # (the embedded one) answers without "payload" and the driver raises KeyError.
         raise RegistryError(
             "UNAUTHORIZED",
-            f"cannot log in to the registry database at {mask_uri(uri)}: the server answered "
-            f"the authentication handshake unexpectedly ({type(exc).__name__} {exc}); "
-            "does it have authentication enabled? If not, remove the user and password "
-            "from MONGODB_URI",
+            "cannot log in to the registry database",
+            operator_detail=f"at {mask_uri(uri)}: the server answered the authentication "
+            f"handshake unexpectedly ({type(exc).__name__} {exc}); does it have "
+            "authentication enabled? If not, remove the user and password from MONGODB_URI",
         ) from None
     return client

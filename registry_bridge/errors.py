@@ -30,15 +30,26 @@ class RegistryError(Exception):
     """A failure a user can act on: a code from STATUS_BY_CODE and a message naming the entity.
 
     ``details`` lists individual problems (``{"record": 3, "field": "x", "problem": "missing"}``).
+    ``message`` (and ``to_dict()``) is what any client may read; ``operator_detail`` says where
+    and why for whoever runs the process (the masked database URI, its host and port, the
+    driver's text): ``str()`` appends it, for the CLI's one line and the logs, and no HTTP
+    answer or page shows it.
     """
 
-    def __init__(self, code: str, message: str, details: list[dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        operator_detail: str | None = None,
+    ):
         if code not in STATUS_BY_CODE:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
         self.details = details or []
+        self.operator_detail = operator_detail
 
     @classmethod
     def refusing(cls, exc: ContractError) -> RegistryError:
@@ -56,7 +67,7 @@ class RegistryError(Exception):
         return {"error": body}
 
     def __str__(self) -> str:
-        return self.message
+        return f"{self.message} {self.operator_detail}" if self.operator_detail else self.message
 
 
 T = TypeVar("T")
@@ -68,7 +79,8 @@ def first_line(exc: BaseException) -> str:
 
 
 def translate_driver_errors(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn driver errors escaping a method into one RegistryError naming ``self.uri_label``.
+    """Turn driver errors escaping a method into one RegistryError; ``self.uri_label`` and the
+    driver's text go in its operator detail only.
 
     For the store and the artifacts classes, whose ``uri_label`` is the masked server URI.
     """
@@ -80,13 +92,14 @@ def translate_driver_errors(method: Callable[..., T]) -> Callable[..., T]:
         except ConnectionFailure as exc:
             raise RegistryError(
                 "REGISTRY_UNAVAILABLE",
-                f"cannot reach the registry database at {self.uri_label}: {first_line(exc)}",
+                "cannot reach the registry database",
+                operator_detail=f"at {self.uri_label}: {first_line(exc)}",
             ) from None
         except PyMongoError as exc:
             raise RegistryError(
                 "REGISTRY_UNAVAILABLE",
-                f"the registry database at {self.uri_label} refused {method.__name__}: "
-                f"{first_line(exc)}",
+                f"the registry database refused {method.__name__}",
+                operator_detail=f"(at {self.uri_label}: {first_line(exc)})",
             ) from None
 
     return wrapper

@@ -157,3 +157,33 @@ def test_bridge_reports_bad_setting_in_one_line(tmp_path):
     )
     assert result.returncode != 0
     assert result.stderr.strip() == "error: API_PORT: expected a port number 1..65535, got 'http'"
+
+
+def test_the_console_and_answers_never_show_the_uri_of_an_unreachable_database(tmp_path):
+    """Check GET / (and what the console fetches) with the database down: says the registry
+    is unreachable, without the URI's host, port, user, password or options; the log keeps
+    the masked URI for the operator."""
+    from dataclasses import replace
+
+    from api_fixtures import make_app
+    from conftest import throwaway_settings
+
+    port = free_port()
+    uri = (
+        f"mongodb://reader:s3cret@127.0.0.1:{port}/"
+        "?authSource=vaultdb&appName=leaky-app-name&tlsAllowInvalidHostnames=false"
+    )
+    settings = throwaway_settings(uri, "model_registry", tmp_path)
+    settings = replace(settings, registry=replace(settings.registry, timeout_ms=300))
+    client = make_app(settings).test_client()
+    page = client.get("/")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "cannot reach the registry database" in text
+    answers = [text] + [
+        client.get(path).get_data(as_text=True)
+        for path in ("/models", "/ready", "/models/vertebral-column/history", "/fleet")
+    ]
+    for answer in answers:
+        for part in ("reader", "s3cret", str(port), "127.0.0.1", "vaultdb", "leaky-app-name"):
+            assert part not in answer, (part, answer[:500])
