@@ -71,6 +71,10 @@ class BatchResult:
     errors: int
     counts: dict[str, int]
     duration_s: float
+    # The job's file, opened before retention ran: another job's retention may remove the
+    # name at once (api.output_retention: 1), and the answer is still sent from this.
+    # The caller closes it (Flask's send_file does).
+    saved: IO[bytes]
     model: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -191,6 +195,7 @@ def run_batch(
         writer.close()
         if tally.rows == 0:
             raise invalid("the CSV has a header but no data rows")
+    assert output.saved is not None  # _atomic_output opens it when the job is saved
     duration = time.perf_counter() - started
     log.info(
         "batch %s: %d rows (%d predicted) with %s v%s in %.2fs",
@@ -210,6 +215,7 @@ def run_batch(
         tally.rows - tally.predicted,
         {c: int(n) for c, n in zip(model.classes, tally.counts, strict=True)},
         duration,
+        output.saved,
         model.identity(),
     )
 
@@ -245,6 +251,7 @@ class _Output:
     job_id: str
     job_path: Path
     latest_path: Path
+    saved: IO[bytes] | None = None  # the job's file, read back (see BatchResult.saved)
 
 
 @contextmanager
@@ -271,6 +278,7 @@ def _atomic_output(output_dir: Path, retention: OutputRetention | None) -> Itera
             yield output
         os.replace(tmp_path, output.job_path)
         _publish_latest(output.job_path, output.latest_path)
+        output.saved = output.job_path.open("rb")
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -217,10 +217,11 @@ def batch_predict() -> Response:
         BATCH_ROWS.labels(model.name, version, "error").inc(result.errors)
     predicted(model, result.predicted)
     if answer == "json":
+        result.saved.close()
         response = jsonify(result.summary())
     else:
         response = send_file(
-            result.job_path,
+            result.saved,
             mimetype=CSV_TYPE,
             as_attachment=True,
             download_name=result.job_path.name,

@@ -351,3 +351,31 @@ def test_bad_cell_early_in_a_long_upload_fails_without_waiting_for_the_rest(
         "/batch-predict?format=json", data=_csv(published.inputs[:3]), content_type="text/csv"
     )
     assert again.status_code == 200 and again.json["rows"] == 3
+
+
+def test_concurrent_jobs_with_retention_one_all_get_their_own_csv(published, mongo_client):
+    """Check api.output_retention: 1 under 8 concurrent uploads: every answer is 200 with
+    its own rows (one job's retention removed another's file before it was sent: 500)."""
+    import threading
+
+    from conf.settings import OutputRetention
+
+    settings = with_api(published.settings, output_retention=OutputRetention(count=1))
+    app = make_app(settings, mongo_client)
+    rows = published.inputs[:50]
+    answers: list[tuple[int, bytes]] = []
+
+    def upload(times: int) -> None:
+        client = app.test_client()
+        for _ in range(times):
+            response = client.post("/batch-predict", data=_csv(rows), content_type="text/csv")
+            answers.append((response.status_code, response.get_data()))
+
+    threads = [threading.Thread(target=upload, args=(6,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [status for status, _ in answers] == [200] * 48
+    assert all(len(_read(body)) == len(rows) for _, body in answers)
+    assert len(list(output_dir(settings).glob("predicciones-*.csv"))) >= 1
