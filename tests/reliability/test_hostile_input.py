@@ -96,7 +96,52 @@ def cases() -> list[Case]:
     ten_mb = "7" * (10 * 1024 * 1024)
     million = [f"c{i}" for i in range(1_000_000)]
     admin = {"Authorization": f"Bearer {TOKEN}"}
-    return [*_size_cases(admin), *_shape_cases(), *_classic_cases(admin, ten_mb, million)]
+    return [
+        *_size_cases(admin),
+        *_shape_cases(),
+        *_classic_cases(admin, ten_mb, million),
+        *_cross_site_and_window_cases(admin),
+    ]
+
+
+def _cross_site_and_window_cases(admin: dict[str, str]) -> list[Case]:
+    """Second hostile review, items 10 and 13: writes a page of another site makes a
+    browser send (403 naming the header), and monitoring windows out of range (400)."""
+    evil = {"Origin": "http://evil.example"}
+    csv = _csv(list(FEATURES), [["50"] * len(FEATURES)])
+    monitoring = f"/models/{MODEL}/monitoring"
+    return [
+        Case(
+            "cross-site multipart batch (CSRF, overwrites predicciones.csv)",
+            "/batch-predict",
+            content_type=None,
+            files={"file": ("in.csv", csv)},
+            headers=evil,
+            names=("origin",),
+        ),
+        Case(
+            "cross-site activation with the admin token",
+            "/models/activate",
+            _json({"name": MODEL, "version": 1}),
+            headers={**admin, **evil},
+            names=("origin",),
+        ),
+        Case(
+            "Sec-Fetch-Site: cross-site predict",
+            "/predict",
+            _json(GOOD),
+            headers={"Sec-Fetch-Site": "cross-site"},
+            names=("sec-fetch-site",),
+        ),
+        Case("since of 800000 days", f"{monitoring}?since=800000d", method="GET", names=("since",)),
+        Case(
+            "since of 400 nines (plot)",
+            f"{monitoring}/plots/{FEATURES[0]}.png?since={'9' * 400}h",
+            method="GET",
+            names=("since",),
+        ),
+        Case("since in Arabic digits", f"{monitoring}?since=٣h", method="GET", names=("since",)),
+    ]
 
 
 def _size_cases(admin: dict[str, str]) -> list[Case]:
