@@ -26,7 +26,7 @@ from conf.contract import ContractError, check_model_name, cv_mean_key, parse_ve
 from conf.settings import Settings, SettingsError, load_settings
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
-from registry_bridge.store import ORPHAN_MIN_AGE_S, ModelStore, artifact_filename
+from registry_bridge.store import ORPHAN_MIN_AGE_S, ModelStore, artifact_filename, checked_reason
 
 
 class CliState:
@@ -224,6 +224,7 @@ def publish_command(
         raise click.UsageError("give exactly one of --run-id ID or --best")
     if experiment and not best:
         raise click.UsageError("--experiment only applies with --best")
+    checked_reason(reason)  # before publishing: not a version published, then a refusal
     store = open_store(state)
     chosen = run_id or publish.best_candidate_run_id(state.settings, experiment)
     result = publish.publish_run(

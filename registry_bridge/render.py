@@ -18,9 +18,18 @@ from registry_bridge.entities import (
 MISSING = "-"
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (line breaks, ESC, bidi controls such as
+    U+202E) shown as its Python escape: a stored value cannot forge rows or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Left-aligned columns separated by two spaces, a dashed rule under the headers."""
-    cells = [[MISSING if value is None else str(value) for value in row] for row in rows]
+    """Left-aligned columns separated by two spaces, a dashed rule under the headers; cells
+    are escaped by :func:`printable` (values written before a rule existed are printed too)."""
+    cells = [[MISSING if value is None else printable(str(value)) for value in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
     lines = [
         "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip(),

@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 
 READY, DELETING, DELETED = pointer_guard.READY, pointer_guard.DELETING, pointer_guard.DELETED
 VERSIONS, STATE, LOG, COUNTERS = "model_versions", "registry_state", "activation_log", "counters"
+# An activation's reason is stored in the pointer document (read on every pointer read) and
+# printed by `bridge history`: short, and printable (no line break, escape or bidi control).
+REASON_MAX_CHARS = 500
 
 
 class ModelStore:
@@ -398,6 +401,7 @@ class ModelStore:
         ``check`` replaces the validation (raising CONFLICT the same way): the API passes
         one that loads the version into its own session cache, so it is loaded once.
         """
+        reason = checked_reason(reason)
         target = self.get_model_version(name, version)
         current = self.get_active_version(name)
         if current is not None and current.active_version == target.version:
@@ -418,6 +422,7 @@ class ModelStore:
             RegistryError: CONFLICT when nothing is active, there is no previous version,
                 or the previous version was deleted or no longer validates.
         """
+        reason = checked_reason(reason)
         current = self.get_active_version(name)
         if current is None:
             raise RegistryError("CONFLICT", f"cannot roll back {name!r}: no version is active")
@@ -717,3 +722,35 @@ def checked_version(version: Any) -> int:
         return parse_version(version)
     except ContractError as exc:
         raise RegistryError.refusing(exc) from None
+
+
+def checked_reason(reason: Any) -> str | None:
+    """An activation's ``reason``: at most REASON_MAX_CHARS printable characters (or None).
+
+    Line breaks, escape sequences (ESC, OSC/BEL), other control and format characters
+    (U+202E and the other bidirectional controls) would forge rows or retitle the terminal
+    where ``bridge history`` prints it. Refused, not cleaned: the log keeps what was given.
+
+    Raises:
+        RegistryError: INVALID_INPUT naming the field ``reason`` and the problem.
+    """
+    if reason is None:
+        return None
+    problem = None
+    if not isinstance(reason, str):
+        problem = "must be text"
+    elif len(reason) > REASON_MAX_CHARS:
+        problem = f"is {len(reason)} characters long; at most {REASON_MAX_CHARS}"
+    else:
+        bad = next(((i, c) for i, c in enumerate(reason) if not c.isprintable()), None)
+        if bad is not None:
+            position, char = bad
+            problem = (
+                f"holds the non-printable character U+{ord(char):04X} at position {position} "
+                "(line breaks, control, escape and bidirectional characters are refused)"
+            )
+    if problem is None:
+        return reason
+    raise RegistryError(
+        "INVALID_INPUT", f"reason {problem}", [{"field": "reason", "problem": problem}]
+    )

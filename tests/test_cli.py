@@ -237,6 +237,43 @@ def test_unreachable_database_is_one_line_with_masked_uri(bridge, tmp_path):
     assert "hunter2" not in line
 
 
+def test_history_escapes_a_reason_and_activate_refuses_an_unprintable_one(
+    bridge, settings, registry_db
+):
+    """Check `bridge history` prints a stored reason with CR/LF, OSC and U+202E escaped on its
+    row (one row per event, no ESC reaching the terminal), and `activate --reason` with a line
+    break is one error line naming reason."""
+    from datetime import UTC, datetime
+
+    registry_db.activation_log.insert_one(  # as written before reasons were checked
+        {
+            "name": NAME,
+            "from_version": None,
+            "to_version": 1,
+            "at": datetime(2026, 1, 1, tzinfo=UTC),
+            "by": "old-api",
+            "reason": "ok\r\n2026-01-02 00:00:00  activate  v1  v9  root  forged"
+            "\x1b]0;pwned\x07 \u202eenilepip",
+            "action": "activate",
+        }
+    )
+    history = bridge("history", NAME)
+    assert history.exit_code == 0, history.output
+    lines = history.output.splitlines()
+    assert len(lines) == 3 and "v9" in lines[2]  # headers, rule, the one row
+    assert "\x1b" not in history.output and "\u202e" not in history.output
+    assert "\\r\\n2026-01-02" in lines[2] and "\\x1b]0;pwned\\x07" in lines[2]
+    assert "\\u202e" in lines[2]
+
+    run_id = quick_candidate_run(settings, family="logistic_regression")
+    refused = bridge("publish", "--run-id", run_id, "--activate", "--reason", "a\nb")
+    assert "reason holds the non-printable character U+000A" in one_line_error(refused)
+    assert bridge("list", "--json").output.strip() == "[]"  # refused before publishing
+    assert bridge("publish", "--run-id", run_id).exit_code == 0
+    line = one_line_error(bridge("activate", NAME, "1", "--reason", "a\u202eb"))
+    assert "reason holds the non-printable character U+202E" in line
+
+
 def test_every_registry_command_has_help(bridge):
     """Check that every command documents itself in --help."""
     for command in (

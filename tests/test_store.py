@@ -155,6 +155,33 @@ def test_activate_rollback_and_history(store):
     assert all(isinstance(e.at, datetime) for e in store.list_activation_log("vertebral-column"))
 
 
+@pytest.mark.parametrize(
+    "reason, problem",
+    [
+        ("ok\r\n2026-01-01 00:00:00  activate  v1  v2  admin  forged", "U+000D at position 2"),
+        ("\x1b]0;pwned\x07 title", "U+001B at position 0"),
+        ("fix \u202eenilepip", "U+202E at position 4"),
+        ("x" * 60_000, "is 60000 characters long; at most 500"),
+    ],
+)
+def test_an_activation_reason_is_short_and_printable(store, reason, problem):
+    """Check activate and rollback refuse a reason with a line break, an OSC sequence, a bidi
+    override or 60 KB, naming the field; the pointer and the log are unchanged."""
+    publish(store, "run-a")
+    publish(store, "run-b", seed=1)
+    store.set_active_version("vertebral-column", 1, reason="x" * 500)  # the longest allowed
+    for call in (
+        lambda: store.set_active_version("vertebral-column", 2, reason=reason),
+        lambda: store.rollback("vertebral-column", reason=reason),
+    ):
+        with pytest.raises(RegistryError) as err:
+            call()
+        assert err.value.code == "INVALID_INPUT" and err.value.message.startswith("reason ")
+        assert problem in err.value.message and err.value.details[0]["field"] == "reason"
+    assert store.get_active_version("vertebral-column").active_version == 1
+    assert len(store.list_activation_log("vertebral-column")) == 1
+
+
 def test_rollback_without_previous_version_is_refused(store):
     """Check that rollback with nothing to return to is a CONFLICT naming the model."""
     with pytest.raises(RegistryError, match="no version is active"):

@@ -101,6 +101,29 @@ def cases() -> list[Case]:
         *_shape_cases(),
         *_classic_cases(admin, ten_mb, million),
         *_cross_site_and_window_cases(admin),
+        *_reason_cases(admin),
+    ]
+
+
+def _reason_cases(admin: dict[str, str]) -> list[Case]:
+    """Issue 21 item 19: an activation reason is stored with the pointer and printed by
+    `bridge history`: a 400 naming reason for a forged row, an OSC title, a bidi override or
+    60 KB (under the 64 KB admin body limit), before anything is activated."""
+    bodies = {
+        "reason with CR/LF (a forged history row)": "ok\r\n2026-01-01  activate  v1  v9  root",
+        "reason with an OSC sequence": "\x1b]0;pwned\x07",
+        "reason with U+202E": "fix \u202eenilepip",
+        "60 KB reason": "x" * 60_000,
+    }
+    return [
+        Case(
+            label,
+            "/models/activate",
+            _json({"name": MODEL, "version": 1, "reason": reason}),
+            headers=admin,
+            names=("reason",),
+        )
+        for label, reason in bodies.items()
     ]
 
 
