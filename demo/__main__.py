@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ from demo import lab as demo_lab
 from demo import monitoring as demo_monitoring
 from demo.http import ApiClient, Exchange
 from demo.report import write_report
+from demo.run import DemoRun
 from pipelines.data import DataError
-from pipelines.study import StudyResult, run_study
+from pipelines.results import StudyResult
+from pipelines.study import run_study
 from pipelines.train import ProgressPrinter, candidate_printer, format_report
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
@@ -45,27 +47,6 @@ READY_TIMEOUT_S = 90
 
 class DemoFailure(RuntimeError):
     """A step did not do what it should; the message says which and why."""
-
-
-@dataclass
-class DemoRun:
-    """What the demo did, for the report."""
-
-    settings: Settings
-    timings: list[tuple[str, float]] = field(default_factory=list)
-    study: StudyResult | None = None
-    study_report: str = ""
-    cli_outputs: list[tuple[str, str]] = field(default_factory=list)
-    versions: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    exchanges: list[Exchange] = field(default_factory=list)
-    batch_input: Path | None = None
-    batch_output: Path | None = None
-    monitoring: dict[str, Any] | None = None  # the drift report after the shifted batch
-    monitoring_plots: list[Path] = field(default_factory=list)
-    console_url: str | None = None
-    aliases: list[str] = field(default_factory=list)  # where MLflow's alias pointed, in order
-    lab: Any = None  # 2C: the lab's model (pipelines.lab.LabBaseline) on the same test rows
 
 
 @contextmanager

@@ -18,13 +18,13 @@ import numpy as np
 
 from pipelines import lab
 from pipelines.metrics import BINARY_METRICS
-from pipelines.plots import binary_figures, roc_comparison
+from pipelines.threshold_plots import binary_figures, roc_comparison
 from pipelines.train import format_lab_report
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from demo.__main__ import DemoRun
+    from demo.run import DemoRun
 
 # The settings of the 2-class demo: the lab's data and split; every family is searched.
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {

@@ -16,7 +16,7 @@ from conf.contract import FEATURES, cv_mean_key, cv_std_key
 from pipelines.metrics import METRICS
 
 if TYPE_CHECKING:
-    from demo.__main__ import DemoRun
+    from demo.run import DemoRun
 
 SECTIONS = (
     ("data", "Data set"),

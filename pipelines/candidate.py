@@ -367,7 +367,7 @@ def _log_models(
 
 def _log_threshold(evaluation: Evaluation, split: Split, family: str) -> None:
     """The threshold (metric + tags) and the lab's two threshold plots, in the active run."""
-    from pipelines.plots import binary_figures  # matplotlib: only for binary candidates
+    from pipelines.threshold_plots import binary_figures  # matplotlib: only for binary candidates
 
     threshold = evaluation.threshold
     assert threshold is not None

@@ -13,8 +13,6 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import mlflow
 import optuna
@@ -23,13 +21,11 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-from sklearn.pipeline import Pipeline
 
 from conf.contract import cv_mean_key
 from conf.settings import Settings
 from pipelines.candidate import (
     CandidateError,
-    Evaluation,
     Split,
     evaluate,
     log_candidate,
@@ -40,6 +36,7 @@ from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline, get_family, search_space
 from pipelines.metrics import METRICS, cross_validate, summarise_folds
 from pipelines.plots import write_plots
+from pipelines.results import Candidate, StudyResult, TrialOutcome
 from pipelines.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
@@ -55,53 +52,6 @@ PLOTS_DIR = "plots"  # artifact directory of the parent run (docs/run-contract.m
 
 class StudyError(RuntimeError):
     """The study ended without a result (e.g. no trial completed before the timeout)."""
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """One finished trial as the progress line and the tables show it."""
-
-    number: int
-    family: str
-    state: str  # "complete", "pruned" or "failed"
-    score: float | None  # the objective: CV mean, or the last fold mean when pruned
-    duration: float
-    run_id: str
-    params: dict[str, Any]
-    cv_metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """The best trial of one family, refit on the whole training split and evaluated."""
-
-    family: str
-    trial: TrialOutcome
-    pipeline: Pipeline
-    evaluation: Evaluation
-
-    @property
-    def run_id(self) -> str:
-        return self.trial.run_id
-
-
-@dataclass
-class StudyResult:
-    """Everything the CLI prints and the plots draw."""
-
-    parent_run_id: str
-    experiment_id: str
-    objective: str
-    dataset: Dataset
-    split: Split
-    study: optuna.Study
-    trials: list[TrialOutcome] = field(default_factory=list)
-    candidates: list[Candidate] = field(default_factory=list)  # best first
-    rejected: list[tuple[TrialOutcome, str]] = field(default_factory=list)  # ONNX failures
-
-    @property
-    def winner(self) -> Candidate:
-        return self.candidates[0]
 
 
 def _state(trial: optuna.trial.FrozenTrial) -> str:

@@ -22,7 +22,8 @@ from pipelines import lab
 from pipelines.candidate import CandidateError, Evaluation
 from pipelines.data import DataError
 from pipelines.metrics import BINARY_METRICS, METRICS
-from pipelines.study import Candidate, StudyError, StudyResult, TrialOutcome, run_study
+from pipelines.results import Candidate, StudyResult, TrialOutcome
+from pipelines.study import StudyError, run_study
 
 log = logging.getLogger("pipelines.train")
 

@@ -115,9 +115,9 @@ def test_demo_2c_step_sets_the_labs_model_beside_the_winner_on_the_same_rows(set
     """Check the 2C demo's last step: same test rows, both thresholds, table and figures."""
     from dataclasses import replace
 
-    from demo.__main__ import DemoRun
     from demo.lab import VARIANT_SETTINGS, comparison_rows, train_lab_model
     from demo.report import lab_section
+    from demo.run import DemoRun
     from pipelines.study import run_study
 
     sections = {"data": settings.data, "training": settings.training, "api": settings.api}

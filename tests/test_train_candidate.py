@@ -130,7 +130,8 @@ def test_family_falls_back_to_its_next_trial_when_onnx_parity_fails(settings):
     """Check that a trial failing ONNX parity is a FAILED run naming svc, and the next is used."""
     import optuna
 
-    from pipelines.study import StudyResult, TrialOutcome, _make_candidates
+    from pipelines.results import StudyResult, TrialOutcome
+    from pipelines.study import _make_candidates
     from pipelines.tracking import ensure_experiment
 
     dataset = load_dataset(settings.data)
