@@ -89,9 +89,30 @@ def parse_uri(uri: str) -> list[str]:
             "the connection comes from MONGODB_URI or registry.mongodb_uri",
             error_code=INVALID_PARAMETER_VALUE,
         )
+    _check_database(segments[0], uri)
     if len(segments) == 3:
         _version_number(segments[2], uri)
     return segments
+
+
+# What MongoDB refuses in a database name (on any platform), and its length limit in bytes.
+_DATABASE_FORBIDDEN = set('/\\. "$*<>:|?\x00')
+_DATABASE_MAX_BYTES = 63
+
+
+def _check_database(name: str, uri: str) -> None:
+    """Refuse a database segment MongoDB would refuse (the driver raises a bare InvalidName)."""
+    bad = sorted({c for c in name if c in _DATABASE_FORBIDDEN or not c.isprintable()})
+    if bad or len(name.encode()) > _DATABASE_MAX_BYTES:
+        problem = (
+            f"holds {', '.join(repr(c) for c in bad)}"
+            if bad
+            else f"is longer than {_DATABASE_MAX_BYTES} bytes"
+        )
+        raise MlflowException(
+            f"{uri!r}: {name!r} is not a database name: it {problem}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
 
 
 def parse_version_uri(uri: str) -> tuple[str, str, int]:
@@ -131,13 +152,23 @@ _STORES_LOCK = threading.Lock()
 
 
 def _store(database: str) -> Any:
-    """A ModelStore on ``database`` of the configured server (MONGODB_URI or the settings)."""
+    """A reading ModelStore on ``database`` of the configured server (MONGODB_URI or the
+    settings). Read-only in effect: no index is created, and a database without a registry
+    is refused rather than touched (MongoDB creates a database on its first write).
+
+    Raises:
+        MlflowException: RESOURCE_DOES_NOT_EXIST when ``database`` holds no registry,
+            TEMPORARILY_UNAVAILABLE when the server cannot be reached.
+    """
     from dataclasses import replace
 
-    from registry_bridge.store import ModelStore
+    from pymongo.errors import PyMongoError
+
+    from registry_bridge.store import VERSIONS, ModelStore
 
     settings = load_settings()
     key = (settings.registry.mongodb_uri, database)
+    where = f"{SCHEME}:///{database}"
     with _STORES_LOCK:
         found = _STORES.get(key)
         if found is None:
@@ -145,7 +176,31 @@ def _store(database: str) -> Any:
             # No MLflow mirror from inside MLflow: this store only reads.
             quiet = replace(settings.mlflow, mirror=False)
             reader = replace(settings, registry=registry, mlflow=quiet)
-            found = _STORES[key] = ModelStore.from_settings(reader)
+            try:
+                store = ModelStore.from_settings(reader, ensure_indexes=False)
+            except RegistryError as exc:
+                raise mlflow_error(exc, where) from None
+            try:
+                # Listing the databases first: the embedded server creates a database on any
+                # access to it, even a listing of its collections (MongoDB only on a write).
+                exists = database in store.db.client.list_database_names() and (
+                    VERSIONS in store.db.list_collection_names()
+                )
+            except PyMongoError:
+                store.close()
+                raise MlflowException(
+                    f"{where}: cannot list the collections of the registry database",
+                    error_code=TEMPORARILY_UNAVAILABLE,
+                ) from None
+            if not exists:
+                store.close()
+                raise MlflowException(
+                    f"{where}: no registry in database {database!r} on the configured server "
+                    "(no model_versions collection); versions are published with "
+                    "`bridge publish`",
+                    error_code=RESOURCE_DOES_NOT_EXIST,
+                )
+            found = _STORES[key] = store
         return found
 
 

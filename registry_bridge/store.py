@@ -123,14 +123,17 @@ class ModelStore:
             self.ensure_indexes()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelStore:
+    def from_settings(cls, settings: Settings, ensure_indexes: bool = True) -> ModelStore:
         """Connect (starting the embedded server when ``MONGODB_URI`` is unset) and bind.
+
+        ``ensure_indexes=False`` for a reader (the MLflow plugin): creating an index creates
+        the database, which a read must never do.
 
         Raises:
             RegistryError: REGISTRY_UNAVAILABLE naming the masked URI.
         """
         client = database.connect(settings.registry)
-        store = cls(client, settings)
+        store = cls(client, settings, ensure_indexes=ensure_indexes)
         store._owned_client = client
         return store
 

@@ -169,12 +169,38 @@ def test_writes_through_the_plugin_are_refused(registry, tmp_path):
         ("gridfs:///model_registry/m/1/x", "expected gridfs:///<database>/<name>/<version>"),
         ("gridfs:///model_registry/m/0", "positive whole number"),
         ("gridfs:///model_registry/m/١", "positive whole number"),
+        ("gridfs:///a%00b/m/1", "'a.x00b' is not a database name: it holds '.x00'"),
+        ("gridfs:///a.b/m/1", "'a.b' is not a database name"),
+        (f"gridfs:///{'d' * 64}/m/1", "longer than 63 bytes"),
     ],
 )
 def test_malformed_uris_are_refused(uri, problem):
     """Check a gridfs URI naming a host or credentials, or no version, is refused."""
     with pytest.raises(MlflowException, match=problem.replace("<", ".").replace(">", ".")):
         parse_uri(uri)
+
+
+def test_reading_a_database_without_a_registry_creates_nothing(registry, mongo_client, tmp_path):
+    """Check the plugin is read-only in effect: a gridfs URI on a database that holds no registry
+    is a clear MlflowException, and neither the database nor an index is created; a NUL in the
+    name is refused as such, not as pymongo's raw InvalidName."""
+    absent = f"test_absent_{uuid.uuid4().hex[:8]}"
+    for uri in (f"gridfs:///{absent}/{MODEL}/1", f"gridfs:///{absent}"):
+        with pytest.raises(MlflowException, match=f"no registry in database '{absent}'"):
+            GridFSArtifactRepository(uri).list_artifacts()
+    with pytest.raises(MlflowException, match="no registry in database"):
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"gridfs:///{absent}/{MODEL}/1", dst_path=str(tmp_path)
+        )
+    assert absent not in mongo_client.list_database_names()
+    with pytest.raises(MlflowException, match="is not a database name"):
+        mlflow.artifacts.download_artifacts(artifact_uri="gridfs:///x%00y/m/1")
+    # The registry's own database still reads (and the reader created no index of its own).
+    before = mongo_client[registry.database].model_versions.index_information()
+    assert [
+        f.path for f in GridFSArtifactRepository(f"gridfs:///{registry.database}").list_artifacts()
+    ] == [MODEL]
+    assert mongo_client[registry.database].model_versions.index_information() == before
 
 
 def test_a_tampered_artifact_is_refused_naming_version_and_checksum(
