@@ -684,14 +684,18 @@ class ModelStore:
     def collect_orphan_files(
         self, dry_run: bool = False, min_age_s: float = ORPHAN_MIN_AGE_S
     ) -> list[dict[str, Any]]:
-        """Files no ready version points to (a crashed publish or delete); removed unless dry_run.
+        """Files no ready (or being deleted) version points to (a crashed publish or delete);
+        removed unless dry_run.
 
         Files younger than ``min_age_s`` (by their ObjectId's time) are spared: they may
         belong to a publish that has not inserted its version document yet.
         """
+        # A "deleting" version may still go back to ready (an activation won): keep its file.
         referenced = {
             str(doc["artifact_file_id"])
-            for doc in self.versions.find({"status": READY}, {"artifact_file_id": 1})
+            for doc in self.versions.find(
+                {"status": {"$in": [READY, DELETING]}}, {"artifact_file_id": 1}
+            )
         }
         return self.artifacts.collect_orphans(referenced, dry_run=dry_run, min_age_s=min_age_s)
 
