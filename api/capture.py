@@ -2,9 +2,9 @@
 
 A sampled ``/predict`` or ``/invocations`` request (``capture.sample_percent``) and a
 sample of ``/batch-predict`` rows are written to ``inference_log`` as columnar bucket
-documents (one per version of each batch the writer takes; the layout is in
-:mod:`registry_bridge.monitor`, whose :func:`~registry_bridge.monitor.bucket` builds them):
-per record its time, endpoint, request id, row, features, label, probabilities and the
+documents (one per version of each batch the writer takes; the layout and its only
+writer, :func:`~registry_bridge.monitoring.inference_log.bucket`, are in
+:mod:`registry_bridge.monitoring.inference_log`): per record its time, endpoint, request id, row, features, label, probabilities and the
 request's latency. Those are patients' measurements: they are kept
 ``capture.retention_days`` days.
 
@@ -55,7 +55,7 @@ from pymongo import ASCENDING
 
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED, CAPTURE_WRITTEN
 from conf.settings import CaptureSettings
-from registry_bridge.monitor import INFERENCE_LOG, Entry, bucket
+from registry_bridge.monitoring.inference_log import INFERENCE_LOG, Entry, bucket
 from registry_bridge.scoring.columns import PREDICTION, probability_column
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class Capture:
         return batch
 
     def _write(self, batch: list[tuple[Any, Entry]]) -> None:
-        """One bucket document per (name, version) of the batch (see registry_bridge.monitor)."""
+        """One bucket document per (name, version) of the batch (see registry_bridge.monitoring.inference_log)."""
         records = sum(len(entry.labels) for _, entry in batch)
         try:
             groups: dict[tuple[str, int], tuple[Any, list[Entry]]] = {}

@@ -16,8 +16,9 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 
 from api import registry
 from api.report_cache import EXTENSION as REPORTS
-from registry_bridge import monitor
 from registry_bridge.errors import RegistryError
+from registry_bridge.monitoring import drift, inference_log
+from registry_bridge.monitoring import plots as drift_plots
 
 bp = Blueprint("monitoring", __name__)
 
@@ -34,18 +35,18 @@ def _cached(found: Any, what: str, since: str, compute: Callable[[], Any]) -> An
     """``compute()`` for one version, thing and window, reused while no record came since
     (api.report_cache: one computation at a time per worker)."""
     store = registry().store
-    newest = monitor.newest_capture(store.db, found.name, found.version)
-    key = (found.name, found.version, what, monitor.parse_since(since), newest)
+    newest = inference_log.newest_capture(store.db, found.name, found.version)
+    key = (found.name, found.version, what, drift.parse_since(since), newest)
     return current_app.extensions[REPORTS].get(key, compute)
 
 
 def _drift_report(name: str, version: int | str | None, since: str) -> dict[str, Any]:
-    """``monitor.drift_report`` of the resolved version (a baseline stored later counts)."""
+    """``drift.drift_report`` of the resolved version (a baseline stored later counts)."""
     store = registry().store
-    found = monitor.resolve_version(store, name, version)
+    found = drift.resolve_version(store, name, version)
 
     def compute() -> dict[str, Any]:
-        report = monitor.drift_report(store, registry().settings, name, found.version, since)
+        report = drift.drift_report(store, registry().settings, name, found.version, since)
         if report["status"] == "no_baseline":  # cheap, and `bridge verify --baseline` ends it
             raise _NotKept(report)
         return report
@@ -65,8 +66,8 @@ class _NotKept(Exception):
 
 def _since() -> str:
     """``?since=``, checked before any work (400 naming it)."""
-    since = request.args.get("since", monitor.DEFAULT_SINCE)
-    monitor.parse_since(since)
+    since = request.args.get("since", drift.DEFAULT_SINCE)
+    drift.parse_since(since)
     return since
 
 
@@ -75,7 +76,7 @@ def monitoring(name: str) -> Response:
     """Drift of one version (``?version=``, default the active one) over ``?since=`` (24h)."""
     store = registry().store
     report = _drift_report(name, request.args.get("version"), _since())
-    report["captured_total"] = monitor.count_captured(store.db, name, report["version"])
+    report["captured_total"] = inference_log.count_captured(store.db, name, report["version"])
     report["capture"] = {
         "sample_percent": registry().settings.capture.sample_percent,
         "retention_days": registry().settings.capture.retention_days,
@@ -87,12 +88,12 @@ def monitoring(name: str) -> Response:
 def monitoring_plot(name: str, feature: str) -> Response:
     """The baseline-against-live histogram of one feature, as a PNG."""
     since = _since()
-    version = monitor.resolve_version(registry().store, name, request.args.get("version"))
+    version = drift.resolve_version(registry().store, name, request.args.get("version"))
     png = _cached(
         version,
         f"plot:{feature}",
         since,
-        lambda: monitor.feature_plot(registry().store, name, version.version, feature, since),
+        lambda: drift_plots.feature_plot(registry().store, name, version.version, feature, since),
     )
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "no-store"
@@ -155,8 +156,8 @@ def _console_data(name: str) -> dict[str, Any]:
         if versions:
             shown = next((v for v in versions if v.version == data["active"]), versions[-1])
             data["features"] = shown.input_schema
-            data["captured_total"] = monitor.count_captured(store.db, name)
-            data["report"] = _drift_report(name, shown.version, monitor.DEFAULT_SINCE)
+            data["captured_total"] = inference_log.count_captured(store.db, name)
+            data["report"] = _drift_report(name, shown.version, drift.DEFAULT_SINCE)
     except RegistryError as exc:
         data["error"] = exc.message
     return data

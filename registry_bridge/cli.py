@@ -474,12 +474,12 @@ def fleet_command(state: CliState, name: str | None, as_json: bool) -> None:
 
 def _backfill_baseline(state: CliState, name: str, version: int) -> None:
     """``verify --baseline``: compute a missing baseline from the run, or say why there is none."""
-    from registry_bridge import monitor
+    from registry_bridge.monitoring import baselines
 
     store = open_store(state)
     found = store.get_model_version(name, version)
     try:
-        _, message = monitor.backfill_baseline(store, state.settings, found)
+        _, message = baselines.backfill_baseline(store, state.settings, found)
     except RegistryError as exc:
         message = f"{found.label} has no baseline: {exc.message}"
     click.echo(message)
@@ -507,16 +507,18 @@ def monitor_command(
     """Compare captured requests with the version's training baseline (exit 3 on drift)."""
     from pathlib import Path
 
-    from registry_bridge import monitor, render
+    from registry_bridge import render
+    from registry_bridge.monitoring import drift
+    from registry_bridge.monitoring import plots as drift_plots
 
     store = open_store(state)
-    report = monitor.drift_report(store, state.settings, name, version, since)
+    report = drift.drift_report(store, state.settings, name, version, since)
     if as_json:
         click.echo(render.as_json(report))
     else:
         click.echo(render.drift_table(report))
     if plots and report["features"]:
-        written = monitor.write_plots(store, name, report["version"], Path(plots), since)
+        written = drift_plots.write_plots(store, name, report["version"], Path(plots), since)
         if not as_json:
             click.echo(f"wrote {len(written)} plot(s) to {plots}")
     if report["drift"]:

@@ -22,9 +22,10 @@ import yaml
 
 from conf.contract import MODEL_CARD, cv_mean_key
 from conf.settings import Settings
-from registry_bridge import monitor, onnx_check
+from registry_bridge import onnx_check
 from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishResult, current_user
 from registry_bridge.errors import RegistryError
+from registry_bridge.monitoring import baselines
 from registry_bridge.store import ModelStore
 from registry_bridge.threshold import decide
 
@@ -229,7 +230,7 @@ def publish_run(
             store.unpublish_model_version(version.name, version.version)
         raise
     if result.created:  # the training baseline drift is measured against (never fails this)
-        monitor.attach_baseline(store, settings, version, card, draft.data_fingerprint)
+        baselines.attach_baseline(store, settings, version, card, draft.data_fingerprint)
     return result
 
 

@@ -7,12 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from api_fixtures import MODEL, make_app, record
+from inference_records import captured_records
 
 from api.capture import current as current_capture
 from pipelines.candidate import split_dataset
 from pipelines.data import FEATURES, load_dataset
-from registry_bridge import monitor
-from registry_bridge.monitor import INFERENCE_LOG
+from registry_bridge.monitoring import baselines, drift
+from registry_bridge.monitoring import plots as drift_plots
+from registry_bridge.monitoring.inference_log import INFERENCE_LOG
 
 
 def with_capture(settings, percent: float):
@@ -25,11 +27,11 @@ def give_baseline(published, version: int) -> None:
     split = split_dataset(
         load_dataset(settings.data), settings.training.test_size, settings.training.seed
     )
-    baseline = monitor.build_baseline(
+    baseline = baselines.build_baseline(
         {f: split.x_train[f].to_numpy() for f in FEATURES}, list(split.y_test), "fixture"
     )
     found = published.store.get_model_version(MODEL, version)
-    monitor.store_baseline(published.store, found, baseline)
+    baselines.store_baseline(published.store, found, baseline)
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def test_predict_and_invocations_are_captured_with_their_request_id(capturing, p
     assert other.status_code == 200 and len(other.headers["X-Request-Id"]) == 32
     with app.app_context():
         assert current_capture().flush()
-    captured = monitor.captured_records(db, MODEL)
+    captured = captured_records(db, MODEL)
     docs = sorted((r for r in captured if r["request_id"] == "abc-1"), key=lambda r: r["row"])
     assert [d["label"] for d in docs] == [p["label"] for p in answer.json["predictions"]]
     assert {d["version"] for d in docs} == {answer.json["model"]["version"]}
@@ -74,7 +76,7 @@ def test_batch_rows_are_captured(capturing, published):
     assert answer.status_code == 200
     with app.app_context():
         assert current_capture().flush()
-    captured = monitor.captured_records(db, MODEL)
+    captured = captured_records(db, MODEL)
     docs = sorted((r for r in captured if r["source"] == "batch"), key=lambda r: r["row"])
     assert len(docs) == 5 and docs[4]["label"] is None
     assert docs[4]["features"]["pelvic_incidence"] is None
@@ -149,7 +151,6 @@ def test_plots_are_computed_once_until_new_records_arrive(capturing, published, 
     """Check that repeated plot and report requests reuse one computation, and that a new
     captured record makes the next one fresh (issue 21 item 8: 16 clients fetching plots
     took the CPU from /predict)."""
-    from registry_bridge import monitor
 
     app, db = capturing
     give_baseline(published, 1)
@@ -158,7 +159,7 @@ def test_plots_are_computed_once_until_new_records_arrive(capturing, published, 
     with app.app_context():
         assert current_capture().flush()
     calls = {"plot": 0, "report": 0}
-    real_plot, real_report = monitor.feature_plot, monitor.drift_report
+    real_plot, real_report = drift_plots.feature_plot, drift.drift_report
 
     def counted(kind, real):
         def call(*args, **kwargs):
@@ -167,8 +168,8 @@ def test_plots_are_computed_once_until_new_records_arrive(capturing, published, 
 
         return call
 
-    monkeypatch.setattr(monitor, "feature_plot", counted("plot", real_plot))
-    monkeypatch.setattr(monitor, "drift_report", counted("report", real_report))
+    monkeypatch.setattr(drift_plots, "feature_plot", counted("plot", real_plot))
+    monkeypatch.setattr(drift, "drift_report", counted("report", real_report))
     for _ in range(5):
         png = client.get(f"/models/{MODEL}/monitoring/plots/pelvic_tilt.png?since=1h")
         assert png.status_code == 200 and png.data.startswith(b"\x89PNG")

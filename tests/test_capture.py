@@ -11,12 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from flask import Flask
+from inference_records import captured_records, records_bucket
 
 from api import capture as capture_module
 from api.capture import Capture
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED
 from conf.settings import CaptureSettings
-from registry_bridge.monitor import INFERENCE_LOG, captured_records, read_bucket, records_bucket
+from registry_bridge.monitoring.inference_log import INFERENCE_LOG, read_bucket
 
 FEATURES = ("a", "b")
 
@@ -279,7 +280,7 @@ def test_client_request_ids_are_kept_only_when_plain():
 
 
 def _entry(n: int, request_id: str):
-    from registry_bridge.monitor import Entry
+    from registry_bridge.monitoring.inference_log import Entry
 
     matrix, labels, probabilities = scored(n)
     return Entry(time.time(), "predict", request_id, 1.0, matrix, labels, probabilities, None)

@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
+from inference_records import records_bucket
 
 from demo import monitoring as demo_traffic
 from pipelines.candidate import quick_candidate_run
 from pipelines.data import FEATURES, load_dataset
 from registry_bridge.cli import main
-from registry_bridge.monitor import INFERENCE_LOG, records_bucket
+from registry_bridge.monitoring.inference_log import INFERENCE_LOG
 
 pytestmark = pytest.mark.slow  # fits and logs a real candidate run
 
