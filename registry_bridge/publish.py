@@ -9,7 +9,6 @@ registry version and file id back onto the run as tags.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from datetime import UTC
@@ -20,9 +19,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from conf.contract import MODEL_CARD, cv_mean_key
+from conf.contract import cv_mean_key
 from conf.settings import Settings
 from registry_bridge import onnx_check
+from registry_bridge import runs as mlflow_runs
 from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishResult, current_user
 from registry_bridge.errors import RegistryError
 from registry_bridge.monitoring import baselines
@@ -43,28 +43,6 @@ LIBRARIES = {
     "mlflow": "mlflow",
     "numpy": "numpy",
 }
-_CARD_KEYS = ("classes", "input_schema", "onnx", "evaluation")
-
-
-def _client(settings: Settings) -> Any:
-    from pipelines.tracking import use_tracking_store  # imports mlflow: only when needed
-
-    return use_tracking_store(settings.mlflow)
-
-
-def _mlflow_error(exc: Exception, settings: Settings, what: str) -> RegistryError:
-    """One RegistryError for an MLflow failure: NOT_FOUND for a missing resource."""
-    code = getattr(exc, "error_code", "")
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if code == "RESOURCE_DOES_NOT_EXIST" or "not found" in first.lower():
-        return RegistryError(
-            "NOT_FOUND",
-            f"{what} not found in the MLflow tracking store {settings.mlflow.tracking_uri}",
-        )
-    return RegistryError(
-        "REGISTRY_UNAVAILABLE",
-        f"MLflow tracking store {settings.mlflow.tracking_uri} failed on {what}: {first}",
-    )
 
 
 def _objective_key(settings: Settings) -> str:
@@ -83,7 +61,7 @@ def list_candidate_runs(
     from mlflow.exceptions import MlflowException
 
     name = experiment or settings.mlflow.experiment
-    client = _client(settings)
+    client = mlflow_runs.tracking_client(settings)
     try:
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -96,7 +74,7 @@ def list_candidate_runs(
             [found.experiment_id], filter_string=CANDIDATE_FILTER, max_results=5000
         )
     except MlflowException as exc:
-        raise _mlflow_error(exc, settings, f"experiment {name!r}") from None
+        raise mlflow_runs.mlflow_error(exc, settings, f"experiment {name!r}") from None
     objective, tie_break = _objective_key(settings), f"test_{settings.training.objective}"
 
     def rank(run: Any) -> tuple[float, float]:
@@ -161,11 +139,11 @@ def publish_run(
     from mlflow.exceptions import MlflowException
 
     name = name or settings.api.model_name
-    client = _client(settings)
+    client = mlflow_runs.tracking_client(settings)
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise _mlflow_error(exc, settings, f"MLflow run {run_id!r}") from None
+        raise mlflow_runs.mlflow_error(exc, settings, f"MLflow run {run_id!r}") from None
     tags = run.data.tags
     if tags.get("candidate") != "true":
         raise RegistryError(
@@ -195,7 +173,7 @@ def publish_run(
         raise RegistryError("INVALID_INPUT", f"MLflow run {run_id} has no tag onnx_model_uri")
     with tempfile.TemporaryDirectory(prefix="bridge-publish-") as tmp:
         artifact, model_dir = _download_onnx(settings, model_uri, Path(tmp) / "onnx", run_id)
-        card = _read_card(client, settings, run_id, Path(tmp) / "card")
+        card = mlflow_runs.read_card(client, settings, run_id, Path(tmp) / "card")
         if threshold is not None:
             card = _with_threshold(card, threshold, run_id)
         libraries = _library_versions(client, artifact, model_dir, tags.get("sklearn_model_uri"))
@@ -310,7 +288,7 @@ def _tag_run(
         client.set_tag(run_id, TAG_VERSION, str(version))
         client.set_tag(run_id, TAG_FILE_ID, file_id)
     except MlflowException as exc:
-        raise _mlflow_error(exc, settings, f"tagging MLflow run {run_id}") from None
+        raise mlflow_runs.mlflow_error(exc, settings, f"tagging MLflow run {run_id}") from None
 
 
 def _download_onnx(
@@ -330,47 +308,15 @@ def _download_onnx(
             )
         )
     except (MlflowException, OSError) as exc:
-        raise _mlflow_error(exc, settings, f"ONNX model {model_uri} of run {run_id}") from None
+        raise mlflow_runs.mlflow_error(
+            exc, settings, f"ONNX model {model_uri} of run {run_id}"
+        ) from None
     files = sorted(local.rglob("*.onnx"))
     if not files:
         raise RegistryError(
             "INVALID_INPUT", f"MLflow run {run_id}: the model {model_uri} holds no .onnx file"
         )
     return files[0].read_bytes(), local
-
-
-def _read_card(client: Any, settings: Settings, run_id: str, destination: Path) -> dict[str, Any]:
-    """The run's ``registry/model_card.json``, with the keys publishing needs checked."""
-    from mlflow.exceptions import MlflowException
-
-    destination.mkdir(parents=True)
-    try:
-        path = Path(client.download_artifacts(run_id, MODEL_CARD, str(destination)))
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (MlflowException, OSError) as exc:
-        raise RegistryError(
-            "INVALID_INPUT",
-            f"MLflow run {run_id} has no readable {MODEL_CARD}: {str(exc).splitlines()[0]}",
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise RegistryError(
-            "INVALID_INPUT",
-            f"MLflow run {run_id}: {MODEL_CARD} is not JSON (line {exc.lineno}: {exc.msg})",
-        ) from None
-    if not isinstance(card, dict):
-        raise RegistryError("INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} is not an object")
-    missing = [key for key in _CARD_KEYS if not card.get(key)]
-    evaluation = card.get("evaluation") or {}
-    missing += [
-        f"evaluation.{key}"
-        for key in ("inputs", "labels", "probabilities")
-        if "evaluation" not in missing and not evaluation.get(key)
-    ]
-    if missing:
-        raise RegistryError(
-            "INVALID_INPUT", f"MLflow run {run_id}: {MODEL_CARD} lacks {', '.join(missing)}"
-        )
-    return card
 
 
 def _library_versions(

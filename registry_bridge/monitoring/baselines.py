@@ -184,11 +184,11 @@ def backfill_baseline(store: Any, settings: Settings, version: ModelVersion) -> 
         )
     import tempfile
 
-    from registry_bridge import publish
+    from registry_bridge import runs
 
-    client = publish._client(settings)
+    client = runs.tracking_client(settings)
     with tempfile.TemporaryDirectory(prefix="bridge-baseline-") as tmp:
-        card = publish._read_card(client, settings, version.run_id, Path(tmp) / "card")
+        card = runs.read_card(client, settings, version.run_id, Path(tmp) / "card")
     baseline = baseline_from_card(settings, card, version.data_fingerprint, version.run_id)
     store_baseline(store, version, baseline)
     rows = next(iter(baseline["features"].values()))["count"]
