@@ -12,9 +12,9 @@ Every read has a deadline. In the loop, a request must have arrived within
 ``api.client_timeout_s`` of its first byte being awaited, or the client gets 408. A
 larger body (``/batch-predict`` uploads) is streamed by a thread, at most
 :data:`STREAM_SHARE` of the threads at once (the others stay free for small requests),
-and each of its reads must come before a deadline that starts at ``client_timeout_s``
-and grows by 1 s per :data:`MIN_BODY_RATE` bytes received: a steady upload never meets
-it, a drip does within ``client_timeout_s``.
+and each of its reads must return within ``client_timeout_s`` and before a deadline that
+starts at ``client_timeout_s`` and grows by 1 s per :data:`MIN_BODY_RATE` bytes received:
+a steady upload never meets it, a drip or a silence does within ``client_timeout_s``.
 
 The loop itself is bounded: at most ``api.max_pending_connections`` connections and
 ``api.max_buffered_mb`` of buffered requests per worker, a quarter of each per client
@@ -134,22 +134,37 @@ class RequestReadTimeout(RequestTimeout):
 class _DeadlineUnreader(SocketUnreader):
     """The parser's socket reads in a thread, each bounded by the request's deadline."""
 
-    def __init__(self, sock: Any):
+    def __init__(self, sock: Any, parser: Any):
         super().__init__(sock, max_chunk=READ_CHUNK)
+        self.parser = parser
         self.deadline = 0.0
+        self.timeout = 0.0
+        self.timed_out = False
 
     def arm(self, timeout: float) -> None:
+        self.timeout = timeout
         self.deadline = time.monotonic() + timeout
+        self.timed_out = False
+
+    def _give_up(self) -> RequestReadTimeout:
+        # The stream is cut mid-body: the answer says "Connection: close" and the
+        # connection is never reused (gunicorn's chunked reader reads as finished then).
+        self.timed_out = True
+        if self.parser.mesg is not None:
+            self.parser.mesg.must_close = True
+        return RequestReadTimeout()
 
     def chunk(self) -> bytes:
-        remaining = self.deadline - time.monotonic()
+        # Two bounds: the whole body's (a drip never earns time), and silence after a burst
+        # (what was sent fast does not buy minutes of holding the thread).
+        remaining = min(self.deadline - time.monotonic(), self.timeout)
         if remaining <= 0:
-            raise RequestReadTimeout()
+            raise self._give_up()
         self.sock.settimeout(remaining)
         try:
             data: bytes = self.sock.recv(self.mxchunk)
         except (TimeoutError, ssl.SSLWantReadError):
-            raise RequestReadTimeout() from None
+            raise self._give_up() from None
         finally:
             self.sock.settimeout(None)
         self.deadline += len(data) / MIN_BODY_RATE
@@ -613,7 +628,7 @@ class BufferingThreadWorker(ThreadWorker):
             conn.initialized = True
         unreader = conn.parser.unreader
         if not isinstance(unreader, _DeadlineUnreader):
-            unreader = conn.parser.unreader = _DeadlineUnreader(conn.sock)
+            unreader = conn.parser.unreader = _DeadlineUnreader(conn.sock, conn.parser)
         unreader.arm(self.client_timeout)
         unreader.unread(bytes(buffer))
         conn.data_ready = True
@@ -656,10 +671,10 @@ class BufferingThreadWorker(ThreadWorker):
         gthread drains an unread body for up to 5 s in the thread; a client that went
         silent after ``Expect`` held a thread that long. Closing costs nothing here.
         """
-        if not keepalive:
+        unreader = conn.parser.unreader
+        if not keepalive or getattr(unreader, "timed_out", False):
             return False
         deadline = time.monotonic() + DRAIN_S
-        unreader = conn.parser.unreader
         if isinstance(unreader, _DeadlineUnreader):  # its deadline bounds each read
             unreader.deadline = min(unreader.deadline, deadline)
         try:

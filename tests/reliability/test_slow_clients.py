@@ -15,8 +15,13 @@ new connection. Every one must be answered within 5 s, the p99 must stay within
 from __future__ import annotations
 
 import json
+import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from api_fixtures import publish_candidates
@@ -82,3 +87,133 @@ def test_predict_keeps_its_latency_under_slow_and_idle_clients(server, attack: A
     assert loaded["p99_ms"] <= bound, result
     assert result["worker_peak_rss_growth_mb"] <= RSS_BOUND_MB, result
     assert "Traceback" not in server.log()
+
+
+def _answers(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server sends until it closes (or ``timeout`` s pass)."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (TimeoutError, OSError):
+        pass
+    return received
+
+
+def _predict_bytes(body: bytes, close: bool = False) -> bytes:
+    return (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n".encode()
+        + (b"Connection: close\r\n" if close else b"")
+        + b"\r\n"
+        + body
+    )
+
+
+def test_pipelined_requests_are_answered_in_order_however_they_are_split(server, figure):
+    """Check that requests sent back to back on one connection are all answered 200: one
+    split across two reads in the middle of its head (item 14: gunicorn's unread() put the
+    second read before the bytes left from the first, and the request got a 400), and one
+    that arrived whole with the request before it (it waited for bytes that never came)."""
+    body = json.dumps({name: 50.0 for name in FEATURES}).encode()
+    first, second, last = _predict_bytes(body), _predict_bytes(body), _predict_bytes(body, True)
+    cut = second.index(b"Content-Type")  # the Content-Length comes with the second read
+    outcomes = {}
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(first + second[:cut])
+        time.sleep(0.3)  # the worker has served the first request by now
+        sock.sendall(second[cut:] + last)
+        outcomes["split across two reads"] = _answers(sock, 10)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(first + second + last)  # one write: the second and third come buffered
+        outcomes["whole, behind the first"] = _answers(sock, 10)
+    for name, received in outcomes.items():
+        statuses = re.findall(rb"^HTTP/1\.1 (\d{3}) ", received, re.MULTILINE)
+        figure(f"pipelined /predict x3, {name}: answered 200", statuses.count(b"200"), "= 3")
+        assert statuses == [b"200"] * 3, (name, received[:600])
+
+
+def test_small_body_after_expect_100_continue_gets_one_100_and_its_answer(server, figure):
+    """Check that the loop answers Expect: 100-continue for a small body and the thread does
+    not send a second 100 Continue (gunicorn would, the header is removed once answered)."""
+    body = json.dumps({name: 50.0 for name in FEATURES}).encode()
+    head = _predict_bytes(body, close=True)[: -len(body)].replace(
+        b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        sock.settimeout(5)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        rest = _answers(sock, 10)
+    figure(
+        "Expect: 100-continue, small body: 100s sent after the first", rest.count(b" 100 "), "= 0"
+    )
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:300]
+    assert b"100 Continue" not in rest
+
+
+@dataclass
+class _Probe:
+    name: str
+    opening: bytes
+    after: bytes = b""  # sent once 0.2 s after the opening, then nothing
+    answer: bytes = b""
+    seconds: float = 0.0
+
+
+def _run_probe(port: int, probe: _Probe) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(probe.opening)
+        time.sleep(0.2)
+        if probe.after:
+            sock.sendall(probe.after)
+        probe.answer = _answers(sock, 20)
+    probe.seconds = time.monotonic() - started
+
+
+def test_every_read_of_a_request_has_a_deadline(published, tmp_path, figure):
+    """Check that with api.client_timeout_s 2 a request that stops arriving, at any point
+    (head, buffered body, chunked, streamed body, after 100 Continue), gets a 408 JSON error
+    and is closed within the timeout plus 2 s, whether the loop or a thread was reading."""
+    timeout = 2
+    big = 4 * 1024 * 1024
+    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    length = f"Content-Length: {big}\r\n".encode()
+    chunked = b"Transfer-Encoding: chunked\r\n\r\n"
+    probes = [
+        _Probe("head", head),
+        _Probe("small Content-Length body (loop)", head + b"Content-Length: 100\r\n\r\n{"),
+        _Probe("chunked body (loop)", head + chunked + b"1\r\n{\r\n"),
+        _Probe("4 MB Content-Length body (thread)", head + length + b"\r\n", b" " * (2 << 20)),
+        _Probe("2 MB chunk (thread)", head + chunked + b"200000\r\n", b" " * (1 << 20)),
+        _Probe(
+            "4 MB body after 100 Continue (thread)", head + length + b"Expect: 100-continue\r\n\r\n"
+        ),
+    ]
+    api = ApiServer(
+        published.settings, tmp_path, workers=1, config={"api": {"client_timeout_s": timeout}}
+    )
+    with api:
+        threads = [threading.Thread(target=_run_probe, args=(api.port, p)) for p in probes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        log = api.log()
+    problems = []
+    for probe in probes:
+        final = re.sub(rb"^HTTP/1\.1 100 Continue\r\n\r\n", b"", probe.answer)
+        figure(
+            f"request stopped arriving, {probe.name}: closed after (s)",
+            round(probe.seconds, 1),
+            f"<= {timeout + 2}",
+        )
+        if not final.startswith(b"HTTP/1.1 408") or b'"REQUEST_TIMEOUT"' not in final:
+            problems.append(f"{probe.name}: {probe.answer[:300]!r}")
+        elif probe.seconds > timeout + 2:
+            problems.append(f"{probe.name}: closed after {probe.seconds:.1f} s")
+    assert not problems, "\n".join(problems)
+    assert "Traceback" not in log, log[-3000:]
