@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the project
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy, as CI runs them
+lint: $(STAMP) ## ruff (lint + format check), mypy and the import layers, as CI runs them
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP) ## run the test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)

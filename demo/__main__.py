@@ -29,6 +29,7 @@ import click
 import pandas as pd
 
 from conf.settings import Settings, SettingsError, load_settings
+from conf.uris import mask_uri
 from demo import lab as demo_lab
 from demo import monitoring as demo_monitoring
 from demo.http import ApiClient, Exchange
@@ -257,7 +258,7 @@ def reach_registry(settings: Settings) -> bool:
     registry = settings.registry
     started = False
     if registry.mongodb_uri:
-        click.echo(f"MONGODB_URI: {database.mask_uri(registry.mongodb_uri)}")
+        click.echo(f"MONGODB_URI: {mask_uri(registry.mongodb_uri)}")
     else:
         started = not database.embedded_status(registry.embedded).running
     database.connect(registry).close()

@@ -54,7 +54,7 @@ from pipelines.metrics import cross_validate, evaluation_metrics, summarise_fold
 from pipelines.threshold import Threshold, choose_threshold
 from pipelines.tracking import ensure_experiment
 from registry_bridge.scoring.session import build_session
-from registry_bridge.threshold import decide
+from registry_bridge.scoring.threshold import decide
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 
 from conf.settings import MlflowSettings, SettingsError, load_settings
+from conf.uris import mask_uri
 from pipelines.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, sqlite_path
-from registry_bridge.database import mask_uri
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -24,6 +24,7 @@ import click
 
 from conf.contract import ContractError, check_model_name, cv_mean_key, parse_version
 from conf.settings import Settings, SettingsError, load_settings
+from conf.uris import mask_uri
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ORPHAN_MIN_AGE_S, ModelStore, artifact_filename, checked_reason
@@ -125,7 +126,7 @@ def db_start(state: CliState) -> None:
     """Start the embedded server (a no-op when it already runs)."""
     if state.settings.registry.mongodb_uri:
         click.echo(
-            f"MONGODB_URI is set ({database.mask_uri(state.settings.registry.mongodb_uri)}); "
+            f"MONGODB_URI is set ({mask_uri(state.settings.registry.mongodb_uri)}); "
             "nothing to start"
         )
         return
@@ -153,7 +154,7 @@ def db_status(state: CliState) -> None:
     if registry.mongodb_uri:
         client = database.connect(registry, start=False)
         client.close()
-        click.echo(f"MONGODB_URI {database.mask_uri(registry.mongodb_uri)}: reachable")
+        click.echo(f"MONGODB_URI {mask_uri(registry.mongodb_uri)}: reachable")
         return
     status = database.embedded_status(registry.embedded)
     click.echo(status.describe())

@@ -80,7 +80,7 @@ class _VersionDescription(_Entity):
     input_example: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None
     # Binary versions: the label is positive_class when P(positive_class) >= threshold
-    # (registry_bridge.threshold); threshold_rule says how training chose it.
+    # (registry_bridge.scoring.threshold); threshold_rule says how training chose it.
     threshold: float | None = None
     threshold_rule: str | None = None
     positive_class: str | None = None

@@ -15,7 +15,7 @@ import numpy as np
 
 from conf.contract import EXAMPLE_ROWS, ONNX_IO, PARITY_TOLERANCE
 from registry_bridge.errors import RegistryError
-from registry_bridge.threshold import decide
+from registry_bridge.scoring.threshold import decide
 
 
 @dataclass(frozen=True)

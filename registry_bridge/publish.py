@@ -27,7 +27,7 @@ from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishRes
 from registry_bridge.errors import RegistryError
 from registry_bridge.monitoring import baselines
 from registry_bridge.store import ModelStore
-from registry_bridge.threshold import decide
+from registry_bridge.scoring.threshold import decide
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import free_port
 
 from conf.settings import EmbeddedSettings, RegistrySettings
+from conf.uris import mask_uri
 from registry_bridge import database
 from registry_bridge.errors import RegistryError
 
@@ -91,7 +92,7 @@ def test_unreachable_uri_is_one_line_with_masked_password():
 )
 def test_mask_uri(uri, masked):
     """Check that passwords never survive mask_uri, whatever characters they hold."""
-    assert database.mask_uri(uri) == masked
+    assert mask_uri(uri) == masked
 
 
 @pytest.mark.parametrize("password", ["Zq7#Kx9", "Jw3/Rt8?Pm2", "Hv5?Lb4#Qs6/"])

@@ -15,7 +15,7 @@ from pipelines.data import read_dataset, variant_file
 from pipelines.metrics import binary_metrics
 from pipelines.threshold import rule_threshold
 from pipelines.train import main
-from registry_bridge.threshold import decide
+from registry_bridge.scoring.threshold import decide
 
 POSITIVE = np.array([True, True, True, True, False, False, False, False])
 SCORES = np.array([0.95, 0.8, 0.6, 0.35, 0.55, 0.3, 0.2, 0.1])

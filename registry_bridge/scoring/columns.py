@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from registry_bridge.scoring.session import LoadedModel, Prediction
-from registry_bridge.threshold import threshold_labels
+from registry_bridge.scoring.threshold import threshold_labels
 
 PREDICTION = "prediction"
 PROBABILITY = "probability"
