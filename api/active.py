@@ -37,7 +37,7 @@ from api.metrics import REGISTRY_READS
 from api.runtime import LoadedModel, SessionCache
 from registry_bridge import onnx_check
 from registry_bridge.entities import ModelVersion
-from registry_bridge.errors import RegistryError
+from registry_bridge.errors import RegistryError, first_line
 from registry_bridge.lease import reuse_window_s
 from registry_bridge.scoring import model_from_version
 
@@ -188,7 +188,7 @@ class ActiveModel:
                 log.warning(
                     "registry database unreachable, serving %s stale: %s",
                     self._current and f"{self.name} v{self._current.version}",
-                    str(exc).splitlines()[0][:200],
+                    first_line(exc),
                 )
             self.registry_reachable = False
             self._retry_at = time.monotonic() + self.backoff_s

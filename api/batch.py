@@ -113,7 +113,7 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _first_line(stream: IO[bytes]) -> tuple[bytes, bytes]:
+def _peek_header_line(stream: IO[bytes]) -> tuple[bytes, bytes]:
     """The bytes read so far and the header line in them (ended by \n, \r or the end).
 
     Read in pieces into one buffer (linear time), and refused past MAX_HEADER_BYTES:
@@ -141,7 +141,7 @@ def _first_line(stream: IO[bytes]) -> tuple[bytes, bytes]:
 
 def _open_csv(stream: IO[bytes]) -> tuple[IO[bytes], str, list[str]]:
     """The stream ready for the reader, its delimiter (sniffed) and the header's names."""
-    head, line = _first_line(stream)
+    head, line = _peek_header_line(stream)
     try:
         first_line = line.decode("utf-8-sig")
     except UnicodeDecodeError:

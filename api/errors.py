@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from registry_bridge.errors import STATUS_BY_CODE, RegistryError
+from registry_bridge.errors import STATUS_BY_CODE, RegistryError, error_body
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,18 @@ _CODE_BY_STATUS = {
 }
 
 
-def error_response(code: str, message: str, status: int, details: list | None = None) -> Response:
-    """A JSON error response with the project's body shape."""
-    body: dict = {"code": code, "message": message}
-    if details:
-        body["details"] = details
-    response = jsonify({"error": body})
+def error_response(
+    code: str, message: str, status: int, details: list[dict[str, Any]] | None = None
+) -> Response:
+    """A JSON error response whose body is ``registry_bridge.errors.error_body``."""
+    response = jsonify(error_body(code, message, details))
     response.status_code = status
     return response
+
+
+def registry_error_response(exc: RegistryError) -> Response:
+    """The answer to a RegistryError: its code's status and its body (never its operator detail)."""
+    return error_response(exc.code, exc.message, exc.status, exc.details)
 
 
 def _registry_error(exc: RegistryError) -> Response:
@@ -42,9 +47,7 @@ def _registry_error(exc: RegistryError) -> Response:
         # server log, not for any client that can reach the API.
         log.warning("%s %s: %s", request.method, request.path, exc)  # with operator detail
         exc = RegistryError(exc.code, UNAVAILABLE_MESSAGE)
-    response = jsonify(exc.to_dict())
-    response.status_code = exc.status
-    return response
+    return registry_error_response(exc)
 
 
 def _http_error(exc: HTTPException) -> Response:

@@ -20,7 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from api import registry
 from registry_bridge import fleet
 from registry_bridge.entities import utcnow
-from registry_bridge.errors import RegistryError
+from registry_bridge.errors import RegistryError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Heartbeat:
             try:
                 self.beat()
             except Exception as exc:  # never let the thread die: the next beat retries
-                log.warning("heartbeat failed: %s", str(exc).splitlines()[0][:200])
+                log.warning("heartbeat failed: %s", first_line(exc))
             self._wake.wait(fleet.INTERVAL_S)
 
     def beat(self) -> None:

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from api import registry
 from api.body import ADMIN_BODY_LIMIT, read_body
+from api.errors import registry_error_response
 from api.validation import parse_json
 from registry_bridge.errors import RegistryError
 from registry_bridge.scoring import invalid
@@ -35,8 +36,7 @@ def admin_required(view: Callable[..., Response]) -> Callable[..., Response]:
                     "UNAUTHORIZED",
                     "this endpoint needs the header 'Authorization: Bearer <API_ADMIN_TOKEN>'",
                 )
-                response = jsonify(error.to_dict())
-                response.status_code = error.status
+                response = registry_error_response(error)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
                 return response
             # Constant-time comparison: the token must not leak through timing.

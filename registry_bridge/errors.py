@@ -61,10 +61,8 @@ class RegistryError(Exception):
         return STATUS_BY_CODE[self.code]
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
-            body["details"] = self.details
-        return {"error": body}
+        """The JSON error body of this error (:func:`error_body`)."""
+        return error_body(self.code, self.message, self.details)
 
     def __str__(self) -> str:
         return f"{self.message} {self.operator_detail}" if self.operator_detail else self.message
@@ -72,10 +70,34 @@ class RegistryError(Exception):
 
 T = TypeVar("T")
 
+# What a warning, a report or an operator detail quotes of an exception's text, at most.
+FIRST_LINE_MAX_CHARS = 300
+
+
+def error_body(
+    code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """``{"error": {"code", "message", "details"?}}``: the one JSON error body (DESIGN.md).
+
+    Every answer uses it: ``RegistryError.to_dict``, the Flask handlers (api/errors.py)
+    and the raw answers gunicorn's loop writes itself (api/worker.py). ``details`` only
+    when there are some.
+    """
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return {"error": body}
+
 
 def first_line(exc: BaseException) -> str:
-    """The useful part of a driver error (pymongo appends timeouts and a topology dump)."""
-    return str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0].splitlines()[0]
+    """What a one-line report quotes of an exception: its first non-empty line, bounded.
+
+    pymongo's appended timeouts and topology dump are cut, and so are Spark's and MLflow's
+    stack traces (the lines after the first); an exception without text gives its type.
+    """
+    text = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:FIRST_LINE_MAX_CHARS]
 
 
 def translate_driver_errors(method: Callable[..., T]) -> Callable[..., T]:

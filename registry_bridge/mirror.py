@@ -28,6 +28,7 @@ from urllib.parse import quote
 from conf.settings import MlflowSettings, Settings
 from pipelines.tracking import sqlite_path
 from registry_bridge.entities import ModelVersion
+from registry_bridge.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,6 @@ TAG_NOTE = "registry_note"
 SCHEME = "gridfs"  # registry_bridge.mlflow_plugin reads it
 # An MLflow tracking server that does not answer should cost one short wait, not minutes.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception's first line, bounded: what a warning or a report quotes."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def version_uri(database: str, name: str, version: int) -> str:
@@ -143,7 +139,7 @@ class AliasMove:
                 )
                 return
             except Exception as exc:  # MLflow, SQLAlchemy, HTTP: the registry change stands
-                reason = _first_line(exc)
+                reason = first_line(exc)
         self.mirror.warn_not_updated(action, self.name, reason)
 
 
@@ -221,7 +217,7 @@ class Mirror:
         try:
             report = self.reconcile(store, name)
         except Exception as exc:  # MLflow, SQLAlchemy, HTTP: the registry change stands
-            return None, _first_line(exc)
+            return None, first_line(exc)
         return report, report.problem
 
     def status(self, store: Any, name: str) -> MirrorReport:
@@ -231,7 +227,7 @@ class Mirror:
             try:
                 return self.reconcile(store, name, dry_run=True)
             except Exception as exc:  # MLflow, SQLAlchemy, HTTP: report, do not fail the listing
-                reason = "MLflow could not be read: " + _first_line(exc)
+                reason = "MLflow could not be read: " + first_line(exc)
         return MirrorReport(name, self.alias, problem=f"{reason}; `bridge sync` repairs it")
 
     def reconcile(self, store: Any, name: str, dry_run: bool = False) -> MirrorReport:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from conf.contract import EXAMPLE_ROWS, ONNX_IO, PARITY_TOLERANCE
-from registry_bridge.errors import RegistryError
+from registry_bridge.errors import RegistryError, first_line
 from registry_bridge.scoring.threshold import decide
 
 
@@ -55,7 +55,7 @@ def score(
     except Exception as exc:  # onnxruntime's InvalidArgument/Fail have no common public base
         raise RegistryError(
             "CONFLICT",
-            f"{what}: the ONNX model cannot score its input example: {str(exc).splitlines()[0]}",
+            f"{what}: the ONNX model cannot score its input example: {first_line(exc)}",
         ) from None
     return Scores(
         [str(label) for label in np.asarray(labels).ravel()],

@@ -14,7 +14,7 @@ from typing import Any
 
 from conf.contract import MODEL_CARD
 from conf.settings import Settings
-from registry_bridge.errors import RegistryError
+from registry_bridge.errors import RegistryError, first_line
 
 CARD_KEYS = ("classes", "input_schema", "onnx", "evaluation")
 
@@ -29,7 +29,7 @@ def tracking_client(settings: Settings) -> Any:
 def mlflow_error(exc: Exception, settings: Settings, what: str) -> RegistryError:
     """One RegistryError for an MLflow failure: NOT_FOUND for a missing resource."""
     code = getattr(exc, "error_code", "")
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    first = first_line(exc)
     if code == "RESOURCE_DOES_NOT_EXIST" or "not found" in first.lower():
         return RegistryError(
             "NOT_FOUND",
@@ -52,7 +52,7 @@ def read_card(client: Any, settings: Settings, run_id: str, destination: Path) -
     except (MlflowException, OSError) as exc:
         raise RegistryError(
             "INVALID_INPUT",
-            f"MLflow run {run_id} has no readable {MODEL_CARD}: {str(exc).splitlines()[0]}",
+            f"MLflow run {run_id} has no readable {MODEL_CARD}: {first_line(exc)}",
         ) from None
     except json.JSONDecodeError as exc:
         raise RegistryError(

@@ -36,7 +36,7 @@ import pyarrow as pa
 from pyarrow import compute as pa_compute
 
 from registry_bridge import scoring
-from registry_bridge.errors import RegistryError
+from registry_bridge.errors import RegistryError, first_line
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -401,7 +401,7 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
     except Exception as exc:
         if not _is_spark_error(exc):
             raise
-        raise RegistryError("INVALID_INPUT", f"cannot read {path}: {_first_line(exc)}") from None
+        raise RegistryError("INVALID_INPUT", f"cannot read {path}: {first_line(exc)}") from None
     # /batch-predict strips spaces around header names; so does this.
     return frame.toDF(*[c.strip() for c in frame.columns])
 
@@ -475,7 +475,7 @@ def run_job(
             raise _bad_cell_error(df, source, *found.groups()) from None
         if not _is_spark_error(exc):
             raise
-        raise RegistryError("INTERNAL_ERROR", f"the Spark job failed: {_first_line(exc)}") from exc
+        raise RegistryError("INTERNAL_ERROR", f"the Spark job failed: {first_line(exc)}") from exc
     finally:
         if watcher:
             watcher.stop()
@@ -548,12 +548,6 @@ def _is_spark_error(exc: BaseException) -> bool:
     from pyspark.errors import PySparkException
 
     return isinstance(exc, PySparkException | Py4JJavaError)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first non-empty line of a Spark error (its Java stack trace left out)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 class _Progress:

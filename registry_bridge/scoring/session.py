@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from conf.contract import ONNX_LABEL, ONNX_PROBABILITIES
-from registry_bridge.errors import RegistryError
+from registry_bridge.errors import RegistryError, first_line
 from registry_bridge.scoring.schema import InputSchema
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ def build_session(onnx_bytes: bytes, what: str) -> ort.InferenceSession:
             onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises its own untyped errors on a bad graph
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise RegistryError(
-            "CONFLICT", f"{what}: the ONNX model does not load in onnxruntime: {first}"
+            "CONFLICT",
+            f"{what}: the ONNX model does not load in onnxruntime: {first_line(exc)}",
         ) from None
 
 
@@ -175,8 +175,7 @@ def load_model(
     try:
         probe = model.predict(np.zeros((1, len(schema.features)), dtype=np.float32))
     except Exception as exc:  # onnxruntime's run errors have no common public base
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise RegistryError("CONFLICT", f"{where} cannot be served: {first}") from None
+        raise RegistryError("CONFLICT", f"{where} cannot be served: {first_line(exc)}") from None
     if probe.probabilities.shape[1] != len(model.classes):
         raise RegistryError(
             "CONFLICT",
