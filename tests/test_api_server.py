@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import requests
 from api_fixtures import FAMILIES, MODEL, make_app, publish_candidates, record
-from conftest import data_path
+from conftest import ROOT, data_path
 from servers import ApiServer, PrivateDatabase, wait_until
 
 from conf.settings import load_settings
@@ -162,3 +167,126 @@ def test_registry_outage_serves_stale_and_ready_recovers(tmp_path):
                 for answers in back.values()
                 for a in answers
             )
+
+
+def _workers(master: int) -> set[int]:
+    """The gunicorn master's live worker processes."""
+    kids: set[int] = set()
+    for task in Path(f"/proc/{master}/task").iterdir():
+        kids |= {int(p) for p in (task / "children").read_text().split()}
+    return kids
+
+
+def _answered_by(base: str, body: dict, pids: set[int], timeout: float) -> float:
+    """Seconds until a /predict is answered 200 by one of ``pids`` (AssertionError after
+    ``timeout``): the API answers again, from a worker started after the signal."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            answer = _predict(base, body)
+            if answer.status_code == 200 and int(answer.headers["X-Worker-Pid"]) in pids:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no /predict answered by workers {sorted(pids)} within {timeout} s")
+
+
+def _replaced(master: int, gone: set[int], count: int, timeout: float = 5.0) -> set[int]:
+    """The workers once every pid of ``gone`` was replaced and ``count`` are running."""
+    wait_until(
+        lambda: not (_workers(master) & gone) and len(_workers(master)) == count,
+        timeout,
+        f"workers {sorted(gone)} not replaced",
+        interval=0.05,
+    )
+    return _workers(master)
+
+
+def test_workers_come_and_go_and_the_api_stays(published, tmp_path):
+    """Check that after HUP to the master, TERM to one worker and KILL of another, /predict
+    is answered by a new worker within 5 s each time, and no request sent during the
+    graceful ones (HUP's reload, TERM) fails (issue 21, item 1: each exiting worker removed
+    the metrics directory, and the next ones failed to boot)."""
+    body = {"records": [record(r) for r in published.inputs[:3]]}
+    with ApiServer(published.settings, tmp_path) as server:
+        assert server.process is not None
+        master, base = server.process.pid, server.base
+        _until_both_workers(base, body)
+        results: list[int] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    results.append(_predict(base, body).status_code)
+                except requests.RequestException:  # counted as a failure, never lost
+                    results.append(-1)
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            timings = {}
+            before = _workers(master)
+            os.kill(master, signal.SIGHUP)  # graceful reload: every worker replaced
+            after = _replaced(master, before, 2, timeout=10)
+            timings["HUP"] = _answered_by(base, body, after, 5)
+            victim = min(after)
+            os.kill(victim, signal.SIGTERM)  # one worker stops gracefully
+            replacement = _replaced(master, {victim}, 2) - after
+            timings["TERM"] = _answered_by(base, body, replacement, 5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        graceful = list(results)
+        victim = min(_workers(master))
+        os.kill(victim, signal.SIGKILL)  # as the OOM killer would: its requests are lost
+        survivors = _workers(master) - {victim}
+        replacement = _replaced(master, {victim}, 2) - survivors
+        timings["KILL"] = _answered_by(base, body, replacement, 5)
+        metrics = requests.get(f"{base}/metrics", timeout=5)
+        log = server.log()
+    assert graceful and all(status == 200 for status in graceful), (
+        f"{sum(s != 200 for s in graceful)} of {len(graceful)} failed during HUP and TERM"
+    )
+    assert all(seconds <= 5 for seconds in timings.values()), timings
+    assert metrics.status_code == 200 and "api_predictions_total" in metrics.text
+    assert "Worker failed to boot" not in log and "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("fault", ["garbage certificate", "garbage key", "mismatched key"])
+def test_a_tls_pair_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, fault):
+    """Check that a garbage certificate or key, or a key of another certificate, stops
+    `python -m api` with one line naming the setting and exit 2 (issue 21, item 21: each
+    worker printed a traceback and the server exited 255)."""
+    from test_api_exposure import self_signed
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert, key = self_signed(tmp_path / "a")
+    _, other_key = self_signed(tmp_path / "b")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+    )
+    pair, setting = {
+        "garbage certificate": ((garbage, key), "api.tls_cert"),
+        "garbage key": ((cert, garbage), "api.tls_key"),
+        "mismatched key": ((cert, other_key), "api.tls_key"),
+    }[fault]
+    config = tmp_path / "api.yaml"
+    config.write_text(f"api:\n  tls_cert: {pair[0]}\n  tls_key: {pair[1]}\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("API_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "api", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {setting}")
+    assert "Traceback" not in result.stderr
