@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Server, load_average, serving, summarize
+from api.launcher import Server, serving
+from bench.common import load_average, summarize
 from bench.online import request_body
 from bench.workspace import BenchModel, Workspace, run_single_part
 

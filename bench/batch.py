@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from api.launcher import serving
 from bench.common import (
     RssSampler,
     last_json_line,
@@ -29,7 +30,6 @@ from bench.common import (
     process_tree,
     ratio,
     run_measured,
-    serving,
     summarize,
 )
 from bench.workspace import BenchModel, Workspace, run_single_part

@@ -19,7 +19,8 @@ import time
 import urllib.request
 from typing import Any
 
-from bench.common import load_average, ratio, start_all, summarize
+from api.launcher import start_all
+from bench.common import load_average, ratio, summarize
 from bench.online import run_wrk, wrk_post
 from bench.workspace import BenchModel, Workspace, run_single_part
 

@@ -25,14 +25,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from api.launcher import Server, start_all
 from bench.common import (
     RssSampler,
-    Server,
     load_average,
     meets,
     ratio,
     require_wrk,
-    start_all,
     summarize,
     tree_cpu_s,
     tree_rss_mb,

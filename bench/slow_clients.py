@@ -321,7 +321,7 @@ def measure(port: int, master: int, body: bytes, attack: Attack, seconds: float)
 
 def run(ws: Any, model: Any, quick: bool = False, workers: int = 2) -> dict[str, Any]:
     """Latency of /predict alone and under each attack of :data:`ATTACKS`."""
-    from bench.common import serving
+    from api.launcher import serving
     from bench.online import request_body
 
     seconds = 4.0 if quick else 10.0

@@ -26,12 +26,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from api.launcher import Server, api_command, free_port
 from bench.common import (
     ROOT,
-    Server,
     add_common_arguments,
     configure_logging,
-    free_port,
     machine_info,
     output_dir,
     venv_env,
@@ -243,9 +242,7 @@ class Workspace:
                 "MLFLOW_TRACKING_URI": self.settings.mlflow.tracking_uri,
             }
         )
-        return Server(
-            name, [sys.executable, "-m", "api"], port, self.dir / "logs" / f"{name}.log", env
-        )
+        return Server(name, api_command(), port, self.dir / "logs" / f"{name}.log", env)
 
     def mlflow_server(self, model: BenchModel, workers: int) -> Server:
         """``mlflow models serve`` of the run's sklearn model, local environment, same workers."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import click
 import pandas as pd
 
+from api.launcher import Server, api_command, free_port, port_is_free
 from conf.settings import Settings, SettingsError, load_settings
 from conf.uris import mask_uri
 from demo import lab as demo_lab
@@ -107,56 +107,21 @@ def show_alias(run: DemoRun, name: str, expected: int) -> None:
         )
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def start_api(
-    settings: Settings, env: dict[str, str], log_path: Path
-) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m api`` (gunicorn) and wait until /ready answers 200."""
+def start_api(settings: Settings, env: dict[str, str], log_path: Path) -> Server:
+    """Start ``python -m api`` (api.launcher, as the tests and the bench do) on the
+    configured port, or a free one when it is taken, and wait until /ready answers."""
     host = settings.api.host
     port = settings.api.port if port_is_free(host, settings.api.port) else free_port(host)
     env = {**env, "API_PORT": str(port)}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-    )
-    base_url = f"http://{host}:{port}"
-    probe = ApiClient(base_url)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DemoFailure(f"the API exited with code {process.returncode}; see {log_path}")
-        try:
-            if probe.call("ready", "GET", "/ready", record=False).status == 200:
-                return process, base_url
-        except OSError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise DemoFailure(f"the API was not ready within {READY_TIMEOUT_S}s; see {log_path}")
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    # The demo's working directory, not the repository's: relative outputs land beside it.
+    server = Server("api", api_command(), port, log_path, env, cwd=Path.cwd(), host=host)
+    server.start()
+    try:
+        server.wait_ready("/ready", timeout_s=READY_TIMEOUT_S)
+    except RuntimeError as exc:
+        server.stop()
+        raise DemoFailure(str(exc).splitlines()[0]) from None
+    return server
 
 
 def sample_patients(study: StudyResult) -> list[dict[str, float]]:
@@ -184,13 +149,13 @@ class Started:
     """What the demo started and must stop, whatever happens."""
 
     embedded_db: bool = False
-    api: subprocess.Popen | None = None
+    api: Server | None = None
     client: ApiClient | None = None
 
     def stop(self, settings: Settings) -> None:
         """Stop the API and the embedded database if the demo started them."""
         if self.api is not None:
-            stop_process(self.api)
+            self.api.stop()
         if self.embedded_db:
             database.stop_embedded(settings.registry.embedded)
 
@@ -304,13 +269,13 @@ def publish_two_best(run: DemoRun, study: StudyResult, env: dict[str, str]) -> P
 
 def serve(
     run: DemoRun, env: dict[str, str], token: str, report_dir: Path
-) -> tuple[subprocess.Popen, ApiClient]:
+) -> tuple[Server, ApiClient]:
     """Start the API and a client that records every exchange for the report."""
-    process, base_url = start_api(run.settings, env, report_dir / "api.log")
-    click.echo(f"API ready at {base_url} (pid {process.pid})")
-    run.console_url = f"{base_url}/"
+    server = start_api(run.settings, env, report_dir / "api.log")
+    click.echo(f"API ready at {server.base_url} (pid {server.pid})")
+    run.console_url = f"{server.base_url}/"
     click.echo(f"console: {run.console_url}")
-    return process, ApiClient(base_url, token=token)
+    return server, ApiClient(server.base_url, token=token)
 
 
 def _predict(client: ApiClient, title: str, patients: list[dict[str, float]]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
+from api.launcher import free_port
 from conf.settings import EmbeddedSettings, Settings, load_settings
 from registry_bridge import database
 
@@ -29,12 +29,6 @@ pytest_plugins = ["api_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "vertebral_column" / "column_3C_weka.csv"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @functools.lru_cache(maxsize=1)

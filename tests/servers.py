@@ -1,7 +1,7 @@
-"""Real processes for tests: the API under gunicorn on a free port, and a private embedded database.
+"""Real processes for tests: the API on a free port, and a private embedded database.
 
-``ApiServer`` runs ``python -m api`` exactly as ``make serve`` does, with its output in
-a file (a pipe that nobody reads would block the workers once full). ``PrivateDatabase``
+``ApiServer`` runs ``python -m api`` exactly as ``make serve`` does, through the launcher
+the demo and the bench use (api.launcher), with its output in a file. ``PrivateDatabase``
 is an nx-27017 server of the test's own (free port, temporary data dir) that a test
 may kill and restart without touching the suite's shared server.
 """
@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
-from conftest import ROOT, data_path, free_port
+from conftest import data_path
 
+from api.launcher import Server, api_command, free_port
 from conf.settings import EmbeddedSettings, Settings
 from registry_bridge import database
 
@@ -67,37 +66,37 @@ class ApiServer:
         self.env.pop("API_ADMIN_TOKEN", None)
         self.env.update(env or {})
         self.args = list(args)
+        tls_cert = (config or {}).get("api", {}).get("tls_cert")
+        self.tls_cert = Path(tls_cert) if tls_cert else None
+        if self.tls_cert is not None:
+            self.base = self.base.replace("http://", "https://")
         if config:  # knobs without an environment variable (limits) go through --config
             config_path = workdir / f"api-{self.port}.yaml"
             config_path.write_text(yaml.safe_dump(dict(config)))
             self.args += ["--config", str(config_path)]
+        self.server: Server | None = None
         self.process: subprocess.Popen | None = None
 
     def start(self, wait_for: str = "/ready", timeout: float = 60) -> ApiServer:
-        """Start gunicorn and wait until ``wait_for`` answers 200."""
-        with open(self.log_path, "ab") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "api", *self.args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
+        """Start the API (api.launcher, as the demo and the bench do) and wait until
+        ``wait_for`` answers 2xx."""
+        scheme = self.base.partition("://")[0]
+        self.server = Server(
+            "api",
+            api_command(*self.args),
+            self.port,
+            self.log_path,
+            self.env,
+            scheme=scheme,
+            ca_file=self.tls_cert if scheme == "https" else None,
+        )
+        self.process = self.server.start().process
         try:
-            wait_until(lambda: self._answers(wait_for), timeout, f"no 200 on {wait_for}")
-        except AssertionError as exc:
+            self.server.wait_ready(wait_for, timeout_s=timeout)
+        except RuntimeError as exc:
             self.stop()
-            raise AssertionError(f"{exc}: {self.log()[-2000:]}") from None
+            raise AssertionError(str(exc)) from None
         return self
-
-    def _answers(self, path: str) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"the API exited with {self.process.returncode}")
-        try:
-            return requests.get(self.base + path, timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
 
     def url(self, path: str) -> str:
         """The full URL of ``path`` on this server."""
@@ -108,15 +107,9 @@ class ApiServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        """Stop gunicorn gracefully (SIGTERM), killing it if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        """Stop the API and its workers (SIGTERM, then SIGKILL if it lingers)."""
+        if self.server is not None:
+            self.server.stop()
 
     def __enter__(self) -> ApiServer:
         return self.start() if self.process is None else self
