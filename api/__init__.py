@@ -11,13 +11,17 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g, request
 from flask.json.provider import DefaultJSONProvider
 from pymongo import MongoClient
 
 from conf.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # for the types only: importing ``api`` stays cheap (create_app imports)
+    from api.active import ActiveModel
+    from registry_bridge.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,8 @@ class Registry:
     """What the app shares between requests: the client, the store and the resolver."""
 
     client: MongoClient
-    store: Any  # registry_bridge.store.ModelStore
-    active: Any  # api.active.ActiveModel
+    store: ModelStore
+    active: ActiveModel
     settings: Settings
 
 

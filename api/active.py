@@ -28,18 +28,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymongo
 from pymongo.errors import PyMongoError
 
 from api.metrics import REGISTRY_READS
 from api.runtime import LoadedModel, SessionCache
-from registry_bridge import onnx_check
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError, first_line
 from registry_bridge.lease import reuse_window_s
 from registry_bridge.scoring import model_from_version
+from registry_bridge.store import ModelStore
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +149,7 @@ class ActiveModel:
 
     def __init__(
         self,
-        store: Any,
+        store: ModelStore,
         name: str,
         cache: SessionCache | None = None,
         check_timeout_s: float = CHECK_TIMEOUT_S,
@@ -336,23 +339,10 @@ class ActiveModel:
             self.prepare_errors[version] = exc.message
             log.error("cannot prepare %s v%s: %s", self.name, version, exc.message)
 
-    def check_version(self, meta: ModelVersion, refusing: str) -> LoadedModel:
-        """Load ``meta`` into this worker's cache and re-score its input example there:
-        the activation's validation, without building a second session.
-
-        Raises:
-            RegistryError: CONFLICT starting with ``refusing`` when it cannot be served.
-        """
-        try:
-            model = self.load_version(meta.version)
-            inputs = meta.input_example.get("inputs") or []
-            if not inputs:
-                raise RegistryError("CONFLICT", f"{meta.label}: no input example to score")
-            scores = onnx_check.score(model.session, inputs, meta.onnx_io, meta.label)
-            onnx_check.compare(meta.input_example, scores, meta.classes, meta.label)
-        except RegistryError as exc:
-            if exc.code != "CONFLICT":
-                raise
-            detail = exc.message.removeprefix(f"{meta.label}: ")
-            raise RegistryError("CONFLICT", f"{refusing}: {detail}") from None
-        return model
+    def load_session(self, meta: ModelVersion) -> InferenceSession:
+        """The activation's loader (``ModelStore.validate_model_version``): ``meta`` loaded
+        into this worker's cache, so validating it builds no second session, and the
+        heartbeat woken to report it loaded before the store stages it."""
+        model = self.load_version(meta.version)
+        self.report_soon()
+        return model.session

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from api import Registry
 from api.capture import REQUEST_ID_HEADER, Capture
 from api.capture import request_id as new_request_id
 from api.hosts import host_name
@@ -45,7 +46,7 @@ class FastPredict:
     def __init__(
         self,
         app: WsgiApp,
-        registry: Any,  # api.Registry
+        registry: Registry,
         capture: Capture,
         allowed_hosts: frozenset[str] | None,
         dumps: Callable[..., str],

@@ -13,14 +13,15 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from api import registry
+from api.active import ActiveModel
 from registry_bridge import fleet
 from registry_bridge.entities import utcnow
 from registry_bridge.errors import RegistryError, first_line
+from registry_bridge.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,13 @@ def fleet_view() -> Response:
     """The workers serving ``?name=`` (default: this API's model) and whether they converged."""
     handle = registry()
     name = request.args.get("name") or handle.active.name
-    return jsonify(fleet.summary(handle.store, name))
+    return jsonify(fleet.summary(handle.store.db, name, handle.store.get_active_version(name)))
 
 
 class Heartbeat:
     """One worker's reporter and background loader (a daemon thread)."""
 
-    def __init__(self, store: Any, active: Any, port: int | None):
+    def __init__(self, store: ModelStore, active: ActiveModel, port: int | None):
         self.store = store
         self.active = active
         self.port = port

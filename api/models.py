@@ -15,6 +15,7 @@ from api import registry
 from api.body import ADMIN_BODY_LIMIT, read_body
 from api.errors import registry_error_response
 from api.validation import parse_json
+from registry_bridge.entities import ActiveState
 from registry_bridge.errors import RegistryError
 from registry_bridge.scoring import invalid
 from registry_bridge.store import checked_name, checked_version
@@ -76,7 +77,7 @@ def _text_field(body: dict[str, Any], key: str, required: bool = True) -> str | 
     return value.strip()
 
 
-def _state(state: Any) -> dict[str, Any]:
+def _state(state: ActiveState) -> dict[str, Any]:
     return {
         "name": state.name,
         "active_version": state.active_version,
@@ -153,16 +154,10 @@ def activate() -> Response:
     version = checked_version(body.get("version"))
     reason = _text_field(body, "reason", required=False)
     handle = registry()
-    check = None
-    if name == handle.active.name:
-        # Validate by loading it into this worker's cache: refused before it serves, and
-        # loaded once (the store's own check would build a second session).
-        def check(meta: Any) -> Any:
-            model = handle.active.check_version(meta, f"cannot activate {meta.label}")
-            handle.active.report_soon()  # this worker has it loaded: say so before staging
-            return model
-
-    state = handle.store.set_active_version(name, version, by=_actor(), reason=reason, check=check)
+    # This worker's model: the store validates it loaded into this worker's cache (loaded
+    # once, and reported loaded before staging) rather than in a session of its own.
+    load = handle.active.load_session if name == handle.active.name else None
+    state = handle.store.set_active_version(name, version, by=_actor(), reason=reason, load=load)
     return jsonify(_state(state))
 
 

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 
 from api import registry
 from api.report_cache import EXTENSION as REPORTS
+from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
 from registry_bridge.monitoring import drift, inference_log
 from registry_bridge.monitoring import plots as drift_plots
@@ -31,7 +32,7 @@ CONSOLE_POLICY = (
 )
 
 
-def _cached(found: Any, what: str, since: str, compute: Callable[[], Any]) -> Any:
+def _cached(found: ModelVersion, what: str, since: str, compute: Callable[[], Any]) -> Any:
     """``compute()`` for one version, thing and window, reused while no record came since
     (api.report_cache: one computation at a time per worker)."""
     store = registry().store
@@ -43,7 +44,7 @@ def _cached(found: Any, what: str, since: str, compute: Callable[[], Any]) -> An
 def _drift_report(name: str, version: int | str | None, since: str) -> dict[str, Any]:
     """``drift.drift_report`` of the resolved version (a baseline stored later counts)."""
     store = registry().store
-    found = drift.resolve_version(store, name, version)
+    found = store.resolve_model_version(name, version, fallback="newest")
 
     def compute() -> dict[str, Any]:
         report = drift.drift_report(store, registry().settings, name, found.version, since)
@@ -88,7 +89,9 @@ def monitoring(name: str) -> Response:
 def monitoring_plot(name: str, feature: str) -> Response:
     """The baseline-against-live histogram of one feature, as a PNG."""
     since = _since()
-    version = drift.resolve_version(registry().store, name, request.args.get("version"))
+    version = registry().store.resolve_model_version(
+        name, request.args.get("version"), fallback="newest"
+    )
     png = _cached(
         version,
         f"plot:{feature}",

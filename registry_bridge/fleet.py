@@ -10,6 +10,10 @@ TTL monitor runs only once a minute on MongoDB anyway.
 ``last_seen`` is the worker's wall-clock time (UTC); judging "gone" compares it with
 the reader's clock, so machines sharing a registry need clocks within a second or so
 (NTP), far less than the 6 s it takes to call a worker gone.
+
+This module only reads the pointer's state as it is handed over: staging a version (the
+``staged_version`` of ``registry_state``) is the store's (``ModelStore.stage_version``),
+which owns that collection.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from registry_bridge.entities import ModelVersion, json_safe, utcnow
+from registry_bridge.entities import ActiveState, ModelVersion, json_safe, utcnow
 from registry_bridge.errors import RegistryError
 
 COLLECTION = "serving_workers"
@@ -137,12 +141,11 @@ def heartbeat_document(
     }
 
 
-def summary(store: Any, name: str) -> dict[str, Any]:
+def summary(db: Database, name: str, state: ActiveState | None) -> dict[str, Any]:
     """``GET /fleet``: ``{name, active_version, staged_version, live_workers, converged,
-    workers}`` for one model, gone workers listed (and removed) too."""
-    state = store.get_active_version(name)
+    workers}`` for one model whose pointer is ``state``, gone workers listed (and removed) too."""
     active = state.active_version if state else None
-    workers = list_workers(store.db, name, {name: active})
+    workers = list_workers(db, name, {name: active})
     alive = live(workers)
     return {
         "name": name,
@@ -154,30 +157,27 @@ def summary(store: Any, name: str) -> dict[str, Any]:
     }
 
 
-def prepare(store: Any, target: ModelVersion, expected: int | None, timeout_s: float) -> dict:
-    """Prepare, then switch: stage ``target`` and wait until every live worker of its model
-    reports it loaded (or ``timeout_s`` passes); the report for the activation's answer.
+def wait_until_loaded(db: Database, target: ModelVersion, timeout_s: float) -> dict[str, Any]:
+    """The waiting half of prepare-then-switch: once the store staged ``target``
+    (``ModelStore.stage_version``), wait until every live worker of its model reports it
+    loaded (or ``timeout_s`` passes); the report for the activation's answer.
 
     Workers see ``staged_version`` at their next pointer read and load it in the background
-    (``api/fleet.py``). ``expected`` is the active version the stage mark is written against.
+    (``api/fleet.py``).
 
     Raises:
         RegistryError: CONFLICT naming the worker and its reason when one cannot load it
-            (the stage mark is removed: nothing switched).
+            (the store then removes the stage mark: nothing switched).
     """
     name, version = target.name, target.version
     started = time.monotonic()
-    store.state.update_one(
-        {"_id": name, "active_version": expected}, {"$set": {"staged_version": version}}
-    )
     waiting: list[str] = []
     workers: list[dict[str, Any]] = []
     while True:
-        workers = live(list_workers(store.db, name, remove_gone=False))
+        workers = live(list_workers(db, name, remove_gone=False))
         for worker in workers:
             for error in worker.get("load_errors") or []:
                 if error.get("version") == version:
-                    unstage(store, name, version)
                     raise RegistryError(
                         "CONFLICT",
                         f"cannot activate {target.label}: worker {worker['host']}:"
@@ -200,10 +200,3 @@ def prepare(store: Any, target: ModelVersion, expected: int | None, timeout_s: f
         # These load it on demand, at their first request after the switch.
         "not_loaded": waiting,
     }
-
-
-def unstage(store: Any, name: str, version: int) -> None:
-    """Remove the stage mark of ``version`` (a refused activation)."""
-    store.state.update_one(
-        {"_id": name, "staged_version": version}, {"$unset": {"staged_version": ""}}
-    )

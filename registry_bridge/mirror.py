@@ -22,12 +22,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
+
+from pymongo.database import Database
 
 from conf.settings import MlflowSettings, Settings
 from pipelines.tracking import sqlite_path
-from registry_bridge.entities import ModelVersion
+from registry_bridge.entities import ActiveState, ModelVersion
 from registry_bridge.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,19 @@ TAG_NOTE = "registry_note"
 SCHEME = "gridfs"  # registry_bridge.mlflow_plugin reads it
 # An MLflow tracking server that does not answer should cost one short wait, not minutes.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+class RegistryReader(Protocol):
+    """What the mirror reads of the registry: a ``ModelStore`` (which creates the mirror and
+    imports this module, so this module names the three members it uses instead)."""
+
+    db: Database
+
+    def search_model_versions(
+        self, name: str | None = None, include_deleted: bool = False
+    ) -> list[ModelVersion]: ...
+
+    def get_active_version(self, name: str) -> ActiveState | None: ...
 
 
 def version_uri(database: str, name: str, version: int) -> str:
@@ -175,7 +190,7 @@ class Mirror:
             return f"the MLflow tracking store {path} does not exist yet (train first)"
         return None
 
-    def after_change(self, store: Any, name: str, action: str) -> MirrorReport | None:
+    def after_change(self, store: RegistryReader, name: str, action: str) -> MirrorReport | None:
         """Reconcile ``name`` after a registry change; a failure is one warning, never raised."""
         report, reason = self._reconciled(store, name)
         if reason is None:
@@ -183,7 +198,7 @@ class Mirror:
         self.warn_not_updated(action, name, reason)
         return None
 
-    def before_switch(self, store: Any, name: str, version: int) -> AliasMove:
+    def before_switch(self, store: RegistryReader, name: str, version: int) -> AliasMove:
         """Before an activation moves the pointer to ``version``: reconcile ``name`` (the alias
         still on the current version), so that the switch itself is one alias write.
 
@@ -209,7 +224,9 @@ class Mirror:
             name,
         )
 
-    def _reconciled(self, store: Any, name: str) -> tuple[MirrorReport | None, str | None]:
+    def _reconciled(
+        self, store: RegistryReader, name: str
+    ) -> tuple[MirrorReport | None, str | None]:
         """The reconcile's report, or why there is none (the registry change stands)."""
         reason = self.store_missing()
         if reason is not None:
@@ -220,7 +237,7 @@ class Mirror:
             return None, first_line(exc)
         return report, report.problem
 
-    def status(self, store: Any, name: str) -> MirrorReport:
+    def status(self, store: RegistryReader, name: str) -> MirrorReport:
         """What ``bridge list``/``show`` say: a dry run; an MLflow failure becomes ``problem``."""
         reason = self.store_missing()
         if reason is None:
@@ -230,7 +247,7 @@ class Mirror:
                 reason = "MLflow could not be read: " + first_line(exc)
         return MirrorReport(name, self.alias, problem=f"{reason}; `bridge sync` repairs it")
 
-    def reconcile(self, store: Any, name: str, dry_run: bool = False) -> MirrorReport:
+    def reconcile(self, store: RegistryReader, name: str, dry_run: bool = False) -> MirrorReport:
         """Compare MLflow's side of ``name`` with the registry; unless dry_run, make it match.
 
         Raises:

@@ -50,6 +50,7 @@ from conf.settings import load_settings
 from registry_bridge.entities import ModelVersion, json_safe
 from registry_bridge.errors import RegistryError
 from registry_bridge.mirror import SCHEME, version_uri
+from registry_bridge.store import VERSIONS, ModelStore
 
 MLMODEL, ONNX_FILE, CARD_FILE = "MLmodel", "model.onnx", "model_card.json"
 FILES = (MLMODEL, ONNX_FILE, CARD_FILE)
@@ -147,11 +148,11 @@ def mlflow_error(exc: RegistryError, where: str) -> MlflowException:
 
 # --- the registry connection, one per process --------------------------------------------
 
-_STORES: dict[tuple[str | None, str], Any] = {}
+_STORES: dict[tuple[str | None, str], ModelStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def _store(database: str) -> Any:
+def _store(database: str) -> ModelStore:
     """A reading ModelStore on ``database`` of the configured server (MONGODB_URI or the
     settings). Read-only in effect: no index is created, and a database without a registry
     is refused rather than touched (MongoDB creates a database on its first write).
@@ -163,8 +164,6 @@ def _store(database: str) -> Any:
     from dataclasses import replace
 
     from pymongo.errors import PyMongoError
-
-    from registry_bridge.store import VERSIONS, ModelStore
 
     settings = load_settings()
     key = (settings.registry.mongodb_uri, database)

@@ -63,16 +63,10 @@ def resolve_version(
     """The version to score with (the active one unless given) and its sha256-checked bytes.
 
     Raises:
-        RegistryError: NO_ACTIVE_MODEL, NOT_FOUND, or CONFLICT when the bytes changed.
+        RegistryError: NO_ACTIVE_MODEL (no fallback to the newest: a dataset is scored with
+            a version someone chose), NOT_FOUND, or CONFLICT when the bytes changed.
     """
-    if version is None:
-        state = store.get_active_version(name)
-        version = state.active_version if state is not None else None
-        if version is None:
-            raise RegistryError(
-                "NO_ACTIVE_MODEL", f"model {name!r} has no active version; give a version"
-            )
-    found = store.get_model_version(name, int(version))
+    found = store.resolve_model_version(name, version, fallback="none")
     return found, store.read_artifact(found)
 
 

@@ -23,8 +23,14 @@ Used by the API (keep these signatures stable):
     rollback(name, by, reason) -> ActiveState
     list_activation_log(name) -> list[ActivationEvent]
     delete_model_version(name, version, by) -> ModelVersion
+    resolve_model_version(name, version, fallback) -> ModelVersion   the asked, else the active
 Used by the CLI as well: publish_model_version, verify_model_version, download_artifact,
 collect_orphan_files (read_artifact and download_artifact hand over to ``artifacts``).
+Used by monitoring: set_baseline / get_baseline (the ``baseline`` field of a version).
+
+Nothing outside this module and its own helpers (pointer_guard, lease, artifacts) writes
+``model_versions``, ``registry_state`` or ``activation_log``: every change of the pointer is
+one atomic update on a ready version, and only this class can promise it.
 
 Every method raises :class:`RegistryError` only: driver errors are translated here
 (unreachable server -> REGISTRY_UNAVAILABLE naming the masked URI).
@@ -35,10 +41,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReadPreference, ReturnDocument, WriteConcern
 from pymongo.database import Database
@@ -63,6 +69,9 @@ from registry_bridge.errors import RegistryError
 from registry_bridge.errors import translate_driver_errors as _translated
 from registry_bridge.mirror import AliasMove, Mirror
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
 log = logging.getLogger(__name__)
 
 READY, DELETING, DELETED = pointer_guard.READY, pointer_guard.DELETING, pointer_guard.DELETED
@@ -70,6 +79,12 @@ VERSIONS, STATE, LOG, COUNTERS = "model_versions", "registry_state", "activation
 # An activation's reason is stored in the pointer document (read on every pointer read) and
 # printed by `bridge history`: short, and printable (no line break, escape or bidi control).
 REASON_MAX_CHARS = 500
+# The field of a version document holding its training baseline (registry_bridge/monitoring).
+BASELINE = "baseline"
+# What resolve_model_version falls back to when no version is asked and none is active.
+Fallback = Literal["newest", "none"]
+# Builds the onnxruntime session a validation scores with (``validate_model_version``).
+Loader = Callable[[ModelVersion], "InferenceSession"]
 
 
 class ModelStore:
@@ -256,7 +271,7 @@ class ModelStore:
         Raises:
             RegistryError: NOT_FOUND for an unknown version, CONFLICT naming what failed.
         """
-        return self._validate(self.get_model_version(name, version))
+        return self.validate_model_version(self.get_model_version(name, version))
 
     @_translated
     def list_activation_log(self, name: str) -> list[ActivationEvent]:
@@ -265,6 +280,48 @@ class ModelStore:
             [("at", ASCENDING), ("_id", ASCENDING)]
         )
         return [ActivationEvent.from_document(doc) for doc in docs]
+
+    @_translated
+    def resolve_model_version(
+        self, name: str, version: int | str | None = None, fallback: Fallback = "none"
+    ) -> ModelVersion:
+        """The asked version, else the active one, else (``fallback="newest"``) the newest.
+
+        Scoring (Spark) keeps ``"none"``: with nothing active it refuses rather than score a
+        whole dataset with a version nobody chose. Monitoring passes ``"newest"``: a report
+        on the newest version is still worth showing.
+
+        Raises:
+            RegistryError: NOT_FOUND for an unknown version, or (``"newest"``) when ``name``
+                has no version; NO_ACTIVE_MODEL (``"none"``) when none is active.
+        """
+        if version is not None:
+            return self.get_model_version(name, checked_version(version))
+        state = self.get_active_version(name)
+        if state is not None:
+            return self.get_model_version(name, state.active_version)
+        if fallback == "none":
+            raise RegistryError(
+                "NO_ACTIVE_MODEL", f"model {name!r} has no active version; give a version"
+            )
+        versions = self.search_model_versions(name)
+        if not versions:
+            raise RegistryError("NOT_FOUND", f"no version of {name!r} is published")
+        return versions[-1]
+
+    @_translated
+    def get_baseline(self, name: str, version: int) -> dict[str, Any] | None:
+        """The training baseline kept with a version (registry_bridge/monitoring), or None."""
+        doc = self.versions.find_one({"name": name, "version": int(version)}, {BASELINE: 1})
+        return (doc or {}).get(BASELINE)
+
+    @_translated
+    def set_baseline(self, version: ModelVersion, baseline: Mapping[str, Any]) -> None:
+        """Keep ``baseline`` with ``version`` (replacing any it had)."""
+        self.versions.update_one(
+            {"name": version.name, "version": version.version},
+            {"$set": {BASELINE: dict(baseline)}},
+        )
 
     # --- publishing ------------------------------------------------------------------
 
@@ -389,7 +446,7 @@ class ModelStore:
         version: int,
         by: str | None = None,
         reason: str | None = None,
-        check: Callable[[ModelVersion], Any] | None = None,
+        load: Loader | None = None,
     ) -> ActiveState:
         """Make ``version`` the one served, after checking its bytes and its example.
 
@@ -401,8 +458,9 @@ class ModelStore:
             RegistryError: NOT_FOUND for an unknown version; CONFLICT when its checksum
                 does not match, it does not predict its example, or the state changed meanwhile.
 
-        ``check`` replaces the validation (raising CONFLICT the same way): the API passes
-        one that loads the version into its own session cache, so it is loaded once.
+        ``load`` builds the session the validation scores with (default: one from the
+        checked bytes, :meth:`validate_model_version`); the API passes its worker's loader,
+        so the version is loaded once, into the cache it then serves from.
         """
         reason = checked_reason(reason)
         target = self.get_model_version(name, version)
@@ -411,10 +469,7 @@ class ModelStore:
             # It may have been written by an activation still in its commit wait.
             lease.wait_after(time.monotonic(), lease.commit_wait_ms(0, current.lease_ms))
             return current
-        if check is None:
-            self._validate(target, refusing=f"cannot activate {target.label}")
-        else:
-            check(target)
+        self.validate_model_version(target, refusing=f"cannot activate {target.label}", load=load)
         return self._prepare_and_move(name, current, target, by, reason, "activate")
 
     @_translated
@@ -442,7 +497,7 @@ class ModelStore:
                 "CONFLICT",
                 f"cannot roll back {name!r} to v{current.previous_version}: {exc.message}",
             ) from None
-        self._validate(target, refusing=f"cannot roll back to {target.label}")
+        self.validate_model_version(target, refusing=f"cannot roll back to {target.label}")
         return self._prepare_and_move(name, current, target, by, reason, "rollback")
 
     def _prepare_and_move(
@@ -458,7 +513,12 @@ class ModelStore:
         then move the pointer; the answer carries the preparation's report."""
         prepared = None
         if current is not None and self.prepare_timeout_s > 0:
-            prepared = fleet.prepare(self, target, current.active_version, self.prepare_timeout_s)
+            self.stage_version(name, target.version, expected=current.active_version)
+            try:
+                prepared = fleet.wait_until_loaded(self.db, target, self.prepare_timeout_s)
+            except RegistryError:  # a worker cannot load it: nothing switches
+                self.unstage_version(name, target.version)
+                raise
         # MLflow's side is brought up to date before the switch too, which then moves its alias.
         alias = (
             None if self.mirror is None else self.mirror.before_switch(self, name, target.version)
@@ -469,6 +529,26 @@ class ModelStore:
             # The pointer write, the MLflow alias and the commit wait: the switch proper.
             prepared["switch_s"] = round(time.monotonic() - flipping, 3)
         return replace(state, prepared=prepared)
+
+    @_translated
+    def stage_version(self, name: str, version: int, expected: int | None) -> None:
+        """Mark ``version`` staged in the pointer whose active version is ``expected``: the
+        workers load it before the switch (prepare-then-switch, registry_bridge/fleet.py).
+
+        No mark is written when the active version is no longer ``expected``: the switch's
+        compare-and-set then refuses. The switch's write replaces the whole pointer, mark
+        included; a refused activation calls :meth:`unstage_version`.
+        """
+        self.state.update_one(
+            {"_id": name, "active_version": expected}, {"$set": {"staged_version": version}}
+        )
+
+    @_translated
+    def unstage_version(self, name: str, version: int) -> None:
+        """Remove the stage mark of ``version`` (an activation refused while preparing)."""
+        self.state.update_one(
+            {"_id": name, "staged_version": version}, {"$unset": {"staged_version": ""}}
+        )
 
     def _move_pointer(
         self,
@@ -567,17 +647,39 @@ class ModelStore:
             f"it was {status} while the {action} ran; nothing changed",
         )
 
-    def _validate(self, version: ModelVersion, refusing: str | None = None) -> VerificationReport:
-        """Checksum, then load and re-score the input example; CONFLICT with ``refusing`` prefix."""
+    def validate_model_version(
+        self, version: ModelVersion, refusing: str | None = None, load: Loader | None = None
+    ) -> VerificationReport:
+        """The check before a switch (and ``bridge verify``): the version's bytes match their
+        sha256, load in onnxruntime and give its input example's recorded predictions.
+
+        Args:
+            refusing: prefix of the CONFLICT raised instead of the failure (``"cannot
+                activate <label>"``); None raises the failure itself.
+            load: builds the session to score with from the version (its bytes read through
+                the store, so checked); default: a session of its own. The API passes one
+                that loads into its worker's cache, to load the version once.
+
+        Raises:
+            RegistryError: CONFLICT (or NOT_FOUND for a missing file, without ``refusing``)
+                naming what failed; REGISTRY_UNAVAILABLE as it is, with or without
+                ``refusing``: an outage says nothing about the version.
+        """
+        what = version.label
         try:
-            artifact = self.read_artifact(version)
-            worst = onnx_check.check_predictions(
-                artifact, version.input_example, version.onnx_io, version.classes, version.label
-            )
+            if load is None:
+                session = onnx_check.load_session(self.read_artifact(version), what)
+            else:
+                session = load(version)
+            inputs = version.input_example.get("inputs") or []
+            if not inputs:
+                raise RegistryError("CONFLICT", f"{what}: no input example to score")
+            scores = onnx_check.score(session, inputs, version.onnx_io, what)
+            worst = onnx_check.compare(version.input_example, scores, version.classes, what)
         except RegistryError as exc:
-            if refusing is None:
+            if refusing is None or exc.code == "REGISTRY_UNAVAILABLE":
                 raise
-            detail = exc.message.removeprefix(f"{version.label}: ")
+            detail = exc.message.removeprefix(f"{what}: ")
             raise RegistryError("CONFLICT", f"{refusing}: {detail}") from None
         return VerificationReport(
             version.name,

@@ -31,7 +31,7 @@ def give_baseline(published, version: int) -> None:
         {f: split.x_train[f].to_numpy() for f in FEATURES}, list(split.y_test), "fixture"
     )
     found = published.store.get_model_version(MODEL, version)
-    baselines.store_baseline(published.store, found, baseline)
+    published.store.set_baseline(found, baseline)
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ def test_publish_stores_a_baseline_and_the_report_uses_it(
     store = ModelStore(registry_db, settings)
     run_id = quick_candidate_run(settings)
     version = publish.publish_run(store, settings, run_id).version
-    baseline = baselines.read_baseline(store, version.name, version.version)
+    baseline = store.get_baseline(version.name, version.version)
     assert baseline is not None and baseline["source"] == f"run {run_id}"
     assert baseline["features"]["pelvic_tilt"]["count"] == len(split.x_train)
     assert sum(baseline["class_mix"].values()) == pytest.approx(1.0)
@@ -242,7 +242,7 @@ def test_versions_without_a_baseline_say_so_and_backfill_from_their_run(
         baselines.backfill_baseline(store, settings, without_run)
     stored, message = baselines.backfill_baseline(store, settings, version)
     assert stored and f"run {run_id}" in message
-    assert baselines.read_baseline(store, version.name, version.version) is not None
+    assert store.get_baseline(version.name, version.version) is not None
     assert baselines.backfill_baseline(store, settings, version) == (
         False,
         f"{version.label} already has a baseline",

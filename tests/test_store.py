@@ -18,6 +18,7 @@ from registry_samples import draft, file_ids, tamper_first_chunk
 from registry_worker import publish_in_process
 
 from conf.settings import load_settings
+from registry_bridge import onnx_check
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ModelStore
 
@@ -301,12 +302,20 @@ def test_activation_racing_a_delete_never_leaves_the_pointer_on_a_deleted_versio
     name = "vertebral-column"
     keep = publish(activating, "run-keep").version.version
     activating.set_active_version(name, keep)
+    sessions: dict[str, object] = {}
+
+    def load(version):  # the rounds' setup moves validate without a new session each time
+        if version.sha256 not in sessions:
+            data = activating.read_artifact(version)
+            sessions[version.sha256] = onnx_check.load_session(data, version.label)
+        return sessions[version.sha256]
+
     seen = set()
     for round_ in range(16):
         target = publish(activating, f"run-{round_}", seed=round_ % 3).version.version
         if action == "rollback":  # target active, then keep: rolling back goes to target
-            activating.set_active_version(name, target, check=lambda v: None)
-            activating.set_active_version(name, keep, check=lambda v: None)
+            activating.set_active_version(name, target, load=load)
+            activating.set_active_version(name, keep, load=load)
             move = functools.partial(activating.rollback, name)
         else:
             move = functools.partial(activating.set_active_version, name, target)
@@ -320,7 +329,7 @@ def test_activation_racing_a_delete_never_leaves_the_pointer_on_a_deleted_versio
         assert outcome != ["ok", "ok"], f"round {round_}: both succeeded"
         assert set(outcome) <= {"ok", "CONFLICT", "NOT_FOUND"}
         if _pointer_names_a_verified_version(activating) != keep:
-            activating.set_active_version(name, keep, check=lambda v: None)
+            activating.set_active_version(name, keep, load=load)
     # The delays reached both orders: each side won at least once.
     # The delays reached both orders: each side won at least once.
     assert any(o[0] == "ok" for o in seen) and any(o[1] == "ok" for o in seen), seen
@@ -333,11 +342,13 @@ def test_an_activation_whose_version_is_deleted_before_the_move_is_undone(store,
     publish(store, "run-b", seed=1)
     store.set_active_version("vertebral-column", 1)
 
-    def deleted_meanwhile(version) -> None:
+    def deleted_meanwhile(version):  # the loader: loads it, then a delete lands
+        session = onnx_check.load_session(store.read_artifact(version), version.label)
         store.delete_model_version("vertebral-column", version.version)
+        return session
 
     with pytest.raises(RegistryError, match="cannot activate vertebral-column v2: it was deleted"):
-        store.set_active_version("vertebral-column", 2, check=deleted_meanwhile)
+        store.set_active_version("vertebral-column", 2, load=deleted_meanwhile)
     assert store.get_active_version("vertebral-column").active_version == 1
     assert [e.to_version for e in store.list_activation_log("vertebral-column")] == [1]
 

@@ -3,7 +3,8 @@
 A **baseline** is stored with each version (field ``baseline`` of its ``model_versions``
 document): per feature of the training split its count, mean, std, min, max, 101
 quantiles (enough for a KS test) and ten decile bins (for the PSI); and the predicted-class
-mix on the test split. It holds summaries only, never a patient's row.
+mix on the test split. It holds summaries only, never a patient's row. The store keeps
+and reads it (``ModelStore.set_baseline``/``get_baseline``); this module computes it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from conf.contract import FEATURES
 from conf.settings import Settings
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
+from registry_bridge.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-BASELINE_FIELD = "baseline"
 QUANTILES = np.linspace(0.0, 1.0, 101)
 
 
@@ -133,22 +134,8 @@ def baseline_from_card(
     return build_baseline(columns, evaluation.get("labels") or [], f"run {run_id}")
 
 
-def store_baseline(store: Any, version: ModelVersion, baseline: Mapping[str, Any]) -> None:
-    """Keep ``baseline`` in the version's document."""
-    store.versions.update_one(
-        {"name": version.name, "version": version.version},
-        {"$set": {BASELINE_FIELD: dict(baseline)}},
-    )
-
-
-def read_baseline(store: Any, name: str, version: int) -> dict[str, Any] | None:
-    """The stored baseline of a version, or None."""
-    doc = store.versions.find_one({"name": name, "version": int(version)}, {BASELINE_FIELD: 1})
-    return (doc or {}).get(BASELINE_FIELD)
-
-
 def attach_baseline(
-    store: Any,
+    store: ModelStore,
     settings: Settings,
     version: ModelVersion,
     card: Mapping[str, Any],
@@ -160,14 +147,16 @@ def attach_baseline(
     """
     try:
         baseline = baseline_from_card(settings, card, fingerprint, version.run_id or "?")
-        store_baseline(store, version, baseline)
+        store.set_baseline(version, baseline)
         return baseline
     except Exception as exc:  # never fail a publish over monitoring
         log.warning("%s published without a baseline: %s", version.label, exc)
         return None
 
 
-def backfill_baseline(store: Any, settings: Settings, version: ModelVersion) -> tuple[bool, str]:
+def backfill_baseline(
+    store: ModelStore, settings: Settings, version: ModelVersion
+) -> tuple[bool, str]:
     """Give an older version its baseline from its MLflow run.
 
     Returns:
@@ -176,7 +165,7 @@ def backfill_baseline(store: Any, settings: Settings, version: ModelVersion) -> 
     Raises:
         RegistryError: NOT_FOUND naming why the version has no baseline and cannot get one.
     """
-    if read_baseline(store, version.name, version.version) is not None:
+    if store.get_baseline(version.name, version.version) is not None:
         return False, f"{version.label} already has a baseline"
     if not version.run_id:
         raise RegistryError(
@@ -190,7 +179,7 @@ def backfill_baseline(store: Any, settings: Settings, version: ModelVersion) -> 
     with tempfile.TemporaryDirectory(prefix="bridge-baseline-") as tmp:
         card = runs.read_card(client, settings, version.run_id, Path(tmp) / "card")
     baseline = baseline_from_card(settings, card, version.data_fingerprint, version.run_id)
-    store_baseline(store, version, baseline)
+    store.set_baseline(version, baseline)
     rows = next(iter(baseline["features"].values()))["count"]
     return (
         True,

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 
 from conf.settings import MonitorSettings, Settings
-from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
-from registry_bridge.monitoring.baselines import QUANTILES, read_baseline
+from registry_bridge.monitoring.baselines import QUANTILES
 from registry_bridge.monitoring.inference_log import (
     LiveSample,
     count_captured,
     read_live,
 )
 from registry_bridge.scoring.schema import shown
+from registry_bridge.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -184,25 +184,8 @@ def compare(
     }
 
 
-def resolve_version(store: Any, name: str, version: int | str | None) -> ModelVersion:
-    """The asked version, else the active one, else the newest.
-
-    Raises:
-        RegistryError: NOT_FOUND when ``name`` has no version.
-    """
-    if version is not None:
-        return store.get_model_version(name, version)
-    state = store.get_active_version(name)
-    if state is not None:
-        return store.get_model_version(name, state.active_version)
-    versions = store.search_model_versions(name)
-    if not versions:
-        raise RegistryError("NOT_FOUND", f"no version of {name!r} is published")
-    return versions[-1]
-
-
 def drift_report(
-    store: Any,
+    store: ModelStore,
     settings: Settings,
     name: str,
     version: int | str | None = None,
@@ -217,7 +200,7 @@ def drift_report(
         RegistryError: NOT_FOUND for an unknown name or version, INVALID_INPUT for ``since``.
     """
     window = parse_since(since)
-    found = resolve_version(store, name, version)
+    found = store.resolve_model_version(name, version, fallback="newest")
     until = now or datetime.now(UTC)
     start = until - window
     head = {
@@ -227,7 +210,7 @@ def drift_report(
         "until": until.isoformat(),
         "window": since,
     }
-    baseline = read_baseline(store, found.name, found.version)
+    baseline = store.get_baseline(found.name, found.version)
     if baseline is None:
         return {
             **head,

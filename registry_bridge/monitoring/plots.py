@@ -11,9 +11,9 @@ import numpy as np
 
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
-from registry_bridge.monitoring.baselines import read_baseline
 from registry_bridge.monitoring.drift import DEFAULT_SINCE, bin_shares, parse_since
 from registry_bridge.monitoring.inference_log import LiveSample, read_live
+from registry_bridge.store import ModelStore
 
 
 def plot_feature(feature: Mapping[str, Any], values: np.ndarray, title: str) -> bytes:
@@ -56,10 +56,10 @@ def plot_feature(feature: Mapping[str, Any], values: np.ndarray, title: str) -> 
 
 
 def _plot_inputs(
-    store: Any, name: str, version: int | str, features: Sequence[str] | None, since: str
+    store: ModelStore, name: str, version: int | str, features: Sequence[str] | None, since: str
 ) -> tuple[ModelVersion, dict[str, Any], LiveSample]:
-    found = store.get_model_version(name, version)
-    baseline = read_baseline(store, found.name, found.version)
+    found = store.resolve_model_version(name, version)
+    baseline = store.get_baseline(found.name, found.version)
     known = (baseline or {}).get("features", {})
     wanted = list(features) if features is not None else list(known)
     unknown = [f for f in wanted if f not in known]
@@ -75,7 +75,7 @@ def _plot_inputs(
 
 
 def feature_plot(
-    store: Any, name: str, version: int | str, feature: str, since: str = DEFAULT_SINCE
+    store: ModelStore, name: str, version: int | str, feature: str, since: str = DEFAULT_SINCE
 ) -> bytes:
     """The PNG of one feature of one version (what the console shows).
 
@@ -87,7 +87,7 @@ def feature_plot(
 
 
 def write_plots(
-    store: Any, name: str, version: int | str, directory: Path, since: str = DEFAULT_SINCE
+    store: ModelStore, name: str, version: int | str, directory: Path, since: str = DEFAULT_SINCE
 ) -> list[Path]:
     """One PNG per feature of a version with a baseline, in ``directory``; returns the paths."""
     found, known, sample = _plot_inputs(store, name, version, None, since)
