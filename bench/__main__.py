@@ -25,11 +25,11 @@ from bench.common import (
     write_json,
 )
 from bench.report import render
-from bench.workspace import Workspace
+from bench.workspace import BenchPart, Workspace
 
 log = logging.getLogger("bench")
 
-PARTS = {
+PARTS: dict[str, BenchPart] = {
     "online": online.run,
     "batch": batch.run,
     "activation": activation.run,

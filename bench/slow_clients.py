@@ -319,12 +319,19 @@ def measure(port: int, master: int, body: bytes, attack: Attack, seconds: float)
     }
 
 
-def run(ws: Any, model: Any, quick: bool = False, workers: int = 2) -> dict[str, Any]:
-    """Latency of /predict alone and under each attack of :data:`ATTACKS`."""
+def run(
+    ws: Any,
+    model: Any,
+    quick: bool = False,
+    workers: int = 2,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Latency of /predict alone and under each attack of :data:`ATTACKS` (``plan``: the
+    seconds of each measurement, ``{"seconds": 4.0}``)."""
     from api.launcher import serving
     from bench.online import request_body
 
-    seconds = 4.0 if quick else 10.0
+    seconds = float((plan or {}).get("seconds", 4.0 if quick else 10.0))
     body = request_body(ws.settings)
     raise_open_files(4096)
     with serving(ws.api_server(workers, name="api-slow-clients"), timeout_s=180) as server:

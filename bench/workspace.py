@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -300,7 +300,25 @@ class Workspace:
         return Server("constant", command, port, self.dir / "logs" / "constant.log", venv_env())
 
 
-def run_single_part(name: str, run: Any, argv: list[str] | None = None) -> int:
+class BenchPart(Protocol):
+    """What every part of the bench is (``bench.online.run``, ``bench.batch.run``…): it
+    measures on the workspace's model and returns its result document, which ``python -m
+    bench`` completes with the machine and the command and writes to ``<part>.json``.
+
+    ``quick`` picks the part's small plan (CI, tests); ``plan`` replaces the plan outright.
+    """
+
+    def __call__(
+        self,
+        ws: Workspace,
+        model: BenchModel,
+        quick: bool = False,
+        workers: int = 2,
+        plan: dict[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+
+def run_single_part(name: str, run: BenchPart, argv: list[str] | None = None) -> int:
     """``python -m bench.<name>``: train or reuse the model, measure one part, write <name>.json."""
     parser = argparse.ArgumentParser(
         prog=f"python -m bench.{name}", description=f"The {name} benchmark alone."
