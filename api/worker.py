@@ -71,6 +71,8 @@ MAX_LINGERING = 256
 # Connections accepted per readiness event of the listener (one per event let a backlog
 # of idle connections queue an ordinary client behind them).
 ACCEPT_BATCH = 64
+# On a graceful stop, a new connection that sent nothing yet has this long to begin.
+FIRST_BYTES_ON_STOP_S = 1.0
 # Draining a body the application did not read, before the next request on the
 # connection: longer than this and the connection is closed instead (no thread waits).
 DRAIN_S = 0.05
@@ -298,10 +300,21 @@ class BufferingThreadWorker(ThreadWorker):
                     self._refuse(current)
 
     def _close_idle(self) -> None:
-        """On a graceful stop, close connections with no request begun (nothing is lost)."""
+        """On a graceful stop, close kept-alive connections with no next request begun.
+
+        A connection accepted but silent so far is most likely a client between its
+        connect and its request (closing it failed that request during a reload): it
+        gets :data:`FIRST_BYTES_ON_STOP_S` to begin, not the whole client_timeout_s.
+        """
+        soon = time.monotonic() + FIRST_BYTES_ON_STOP_S
         for arrival in list(self._pending.values()):
-            if arrival.idle and not arrival.handshaking and not self._has_data(arrival):
+            if not arrival.idle or self._has_data(arrival):
+                continue
+            if arrival.kept_alive:
                 self._drop(arrival)
+            elif arrival.deadline > soon:
+                arrival.deadline = soon
+                self._timer(soon, arrival)
 
     @staticmethod
     def _has_data(arrival: _Arrival) -> bool:

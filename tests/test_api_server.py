@@ -214,14 +214,19 @@ def test_workers_come_and_go_and_the_api_stays(published, tmp_path):
         master, base = server.process.pid, server.base
         _until_both_workers(base, body)
         results: list[int] = []
+        failures: list[str] = []
         stop = threading.Event()
 
         def hammer() -> None:
             while not stop.is_set():
                 try:
-                    results.append(_predict(base, body).status_code)
-                except requests.RequestException:  # counted as a failure, never lost
+                    answer = _predict(base, body)
+                    results.append(answer.status_code)
+                    if answer.status_code != 200:
+                        failures.append(f"{answer.status_code}: {answer.text[:200]}")
+                except requests.RequestException as exc:  # counted as a failure, never lost
                     results.append(-1)
+                    failures.append(repr(exc)[:300])
 
         threads = [threading.Thread(target=hammer) for _ in range(3)]
         for thread in threads:
@@ -249,7 +254,7 @@ def test_workers_come_and_go_and_the_api_stays(published, tmp_path):
         metrics = requests.get(f"{base}/metrics", timeout=5)
         log = server.log()
     assert graceful and all(status == 200 for status in graceful), (
-        f"{sum(s != 200 for s in graceful)} of {len(graceful)} failed during HUP and TERM"
+        f"{len(failures)} of {len(graceful)} failed during HUP and TERM: {failures[:3]}"
     )
     assert all(seconds <= 5 for seconds in timings.values()), timings
     assert metrics.status_code == 200 and "api_predictions_total" in metrics.text
