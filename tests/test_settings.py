@@ -161,3 +161,23 @@ def test_capture_share_outside_0_to_100_is_refused(variable, value):
     """Check that a sampling percentage outside 0..100 fails at start-up naming the variable."""
     with pytest.raises(SettingsError, match=variable):
         load_settings(env={variable: value})
+
+
+def test_the_dataclass_defaults_are_conf_default_yaml():
+    """Check that every default is written once in effect: conf/default.yaml, read with no
+    environment, gives exactly the dataclasses' defaults (code that builds Settings()
+    directly, like the tests and the bench, sees what a user's file says)."""
+    from dataclasses import fields, is_dataclass
+
+    from conf.settings import Settings
+
+    def differences(read, coded, path="settings"):
+        if not is_dataclass(read):
+            return [] if read == coded else [f"{path}: yaml {read!r}, dataclass {coded!r}"]
+        return [
+            d
+            for f in fields(read)
+            for d in differences(getattr(read, f.name), getattr(coded, f.name), f"{path}.{f.name}")
+        ]
+
+    assert differences(load_settings(env={}), Settings()) == []
