@@ -35,7 +35,7 @@ from pymongo.errors import PyMongoError
 
 from api.metrics import REGISTRY_READS
 from api.runtime import LoadedModel, SessionCache
-from registry_bridge.entities import ModelVersion
+from registry_bridge.entities import ActiveState, ModelVersion
 from registry_bridge.errors import RegistryError, first_line
 from registry_bridge.lease import reuse_window_s
 from registry_bridge.scoring import model_from_version
@@ -229,10 +229,10 @@ class ActiveModel:
                 self.report_soon()  # the heartbeat thread loads it, off the request path
         return state.active_version
 
-    def _reuse_window(self, state: Any) -> float:
+    def _reuse_window(self, state: ActiveState | None) -> float:
         return reuse_window_s(self.lease_ms, state.lease_ms) if state is not None else 0.0
 
-    def _read_active_state(self) -> Any:
+    def _read_active_state(self) -> ActiveState | None:
         REGISTRY_READS.inc()
         with pymongo.timeout(self.check_timeout_s):
             return self.store.get_active_version(self.name)

@@ -75,7 +75,7 @@ def test_a_staged_version_is_loaded_in_the_background_and_reported(app, client, 
     v1, v2 = published.versions[V1], published.versions[V2]
     handle = registry_of(app)
     heartbeat = Heartbeat(handle.store, handle.active, port=None)
-    published.store.state.update_one({"_id": MODEL}, {"$set": {"staged_version": v2}})
+    published.store.stage_version(MODEL, v2, expected=v1)
     time.sleep(published.store.pointer_lease_ms / 1000)  # the worker's lease runs out
     heartbeat.beat()
     (worker,) = client.get("/fleet").json["workers"]
@@ -85,7 +85,7 @@ def test_a_staged_version_is_loaded_in_the_background_and_reported(app, client, 
         {"name": MODEL, "version": v1}, {"$set": {"sha256": "0" * 64}}
     )
     handle.active.cache = type(handle.active.cache)()  # forget v1, as a fresh worker would
-    published.store.state.update_one({"_id": MODEL}, {"$set": {"staged_version": v1}})
+    published.store.stage_version(MODEL, v1, expected=v1)
     time.sleep(published.store.pointer_lease_ms / 1000)
     heartbeat.beat()
     (worker,) = client.get("/fleet").json["workers"]
