@@ -116,22 +116,6 @@ def _check_database(name: str, uri: str) -> None:
         )
 
 
-def parse_version_uri(uri: str) -> tuple[str, str, int]:
-    """``(database, name, version)`` of a version's URI ``gridfs:///<database>/<name>/<version>``.
-
-    Raises:
-        MlflowException: INVALID_PARAMETER_VALUE for any other form.
-    """
-    segments = parse_uri(uri)
-    if len(segments) != 3:
-        raise MlflowException(
-            f"{uri!r} is not a registry version URI: expected "
-            f"{SCHEME}:///<database>/<name>/<version>",
-            error_code=INVALID_PARAMETER_VALUE,
-        )
-    return segments[0], segments[1], _version_number(segments[2], uri)
-
-
 def _version_number(text: str, uri: str) -> int:
     try:
         return parse_version(text)  # the run contract's one rule for version numbers
