@@ -91,8 +91,12 @@ def _tls_problem(cert: Path, key: Path, exc: Exception) -> str:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m api", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML settings file (default conf/default.yaml)")
+    parser = argparse.ArgumentParser(
+        prog="python -m api", description="Run the API under gunicorn (make serve)."
+    )
+    parser.add_argument(
+        "--config", help="YAML settings file (default: $VERTEBRAL_CONFIG or conf/default.yaml)"
+    )
     parser.add_argument("--host", help="bind address (API_HOST)")
     parser.add_argument("--port", help="bind port (API_PORT)")
     parser.add_argument("--workers", help="gunicorn worker processes (API_WORKERS)")
