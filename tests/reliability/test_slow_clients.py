@@ -13,9 +13,10 @@ new connection. Every one must be answered within 5 s, the p99 must stay within
 
 The 1 MB flood is a bandwidth attack more than a slow one: the caps close the longest
 waiting bodies and the attacker sends them again (1,014 connections of 1 MB opened in
-6.5 s in one run), both ends on the same 2 cores as the measured client. Its bound is the RSS one (item
-7) and every request answered; its p99 gets the looser :data:`FLOOD_P99_FACTOR` (measured:
-5.2 ms against 2.4 ms alone on a quiet machine, 41 ms against 7 ms at load average 9).
+6.5 s in one run), both ends on the same 2 cores as the measured client. Its bound is
+the RSS one (item 7) and every request answered; its p99 gets the looser
+:data:`FLOOD_P99_FACTOR` (measured: 5.2 ms against 2.4 ms alone at a low load, 41 ms
+against 7 ms at load average 9).
 """
 
 from __future__ import annotations
