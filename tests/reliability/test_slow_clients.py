@@ -200,6 +200,15 @@ def test_every_read_of_a_request_has_a_deadline(published, tmp_path, figure):
         _Probe("4 MB Content-Length body (thread)", head + length + b"\r\n", b" " * (2 << 20)),
         _Probe("2 MB chunk (thread)", head + chunked + b"200000\r\n", b" " * (1 << 20)),
         _Probe(
+            "4 MB /batch-predict upload (thread)",
+            b"POST /batch-predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+            + length
+            + b"\r\n"
+            + ",".join(FEATURES).encode()
+            + b"\n",
+            b"1,2,3,4,5,6\n" * 100_000,
+        ),
+        _Probe(
             "4 MB body after 100 Continue (thread)", head + length + b"Expect: 100-continue\r\n\r\n"
         ),
     ]
