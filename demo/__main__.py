@@ -483,7 +483,7 @@ def show_predictions(answer: dict[str, Any]) -> None:
     "--config",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML settings file (default conf/default.yaml).",
+    help="YAML settings file (default: $VERTEBRAL_CONFIG or conf/default.yaml).",
 )
 @click.option(
     "--variant",

@@ -448,6 +448,8 @@ def log_candidate(
                 "model_family": family,
                 "data_fingerprint": dataset.fingerprint,
                 "variant": dataset.variant,
+                # `bridge runs` shows which classes a run predicts without reading its card.
+                "classes": ",".join(evaluation.classes),
                 "onnx_model_uri": onnx_uri,
                 "sklearn_model_uri": sklearn_uri,
                 **dict(tags or {}),

@@ -33,7 +33,7 @@ from pipelines.candidate import (
 from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline
 from pipelines.metrics import cross_validate, summarise_folds
-from pipelines.tracking import ensure_experiment
+from pipelines.tracking import ensure_experiment, experiment_for
 
 PRESET = "aws-lab"
 FAMILY = "xgboost"
@@ -81,7 +81,9 @@ def train_lab_baseline(settings: Settings) -> LabBaseline:
     training = settings.training
     dataset = load_dataset(settings.data)
     split = split_dataset(dataset, training.test_size, training.seed, training.validation_size)
-    experiment_id = ensure_experiment(settings.mlflow)
+    experiment_id = ensure_experiment(
+        settings.mlflow, experiment_for(settings.mlflow, dataset.variant)
+    )
     pipeline = build_pipeline(FAMILY, PARAMS, training.seed)
     folds = cross_validate(pipeline, split.x_train, split.y_train, training.cv_folds, training.seed)
     threshold = threshold_for(pipeline, split, dataset, training)

@@ -16,10 +16,12 @@ import click
 
 from conf.settings import MlflowSettings, SettingsError, load_settings
 from conf.uris import mask_uri
-from pipelines.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, sqlite_path
+from pipelines.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, experiment_for, sqlite_path
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The search that keeps a study's candidate runs (the best trial of each family).
+CANDIDATES = "tags.candidate = 'true'"
 
 
 def absolute_tracking_uri(tracking_uri: str) -> str:
@@ -67,16 +69,18 @@ def direct_links(settings: MlflowSettings, base_url: str) -> list[str]:
 
     client = use_tracking_store(settings)
     lines = []
-    experiment = client.get_experiment_by_name(settings.experiment)
-    if experiment is not None:
+    # The 3-class study's experiment, then the 2-class one's (experiment_for).
+    for name in dict.fromkeys(experiment_for(settings, v) for v in ("3C", "2C")):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            continue
         if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             client.set_experiment_tag(
                 experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
             )
-        lines.append(
-            f"  runs of {settings.experiment!r}: "
-            f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
-        )
+        runs = f"{base_url}/#/experiments/{experiment.experiment_id}/runs"
+        lines.append(f"  runs of {name!r}: {runs}")
+        lines.append(f"    its candidates only: {runs}?searchFilter={quote(CANDIDATES)}")
     for model in client.search_registered_models():
         alias = (model.aliases or {}).get(settings.alias)
         serving = f" (@{settings.alias} = version {alias})" if alias is not None else ""
@@ -86,20 +90,28 @@ def direct_links(settings: MlflowSettings, base_url: str) -> list[str]:
     return lines
 
 
-@click.command(context_settings={"help_option_names": ["--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--host",
     default="127.0.0.1",
     show_default=True,
     help="Interface to bind (loopback keeps the UI private to this machine).",
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to bind."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Server processes (one is enough for one person).",
+)
 @click.option(
     "--config",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML config (default: $VERTEBRAL_CONFIG or conf/default.yaml).",
+    help="YAML settings file (default: $VERTEBRAL_CONFIG or conf/default.yaml).",
 )
 def main(host: str, port: int, workers: int, config: str | None) -> None:
     """Serve the MLflow UI and REST API over the project's tracking store."""

@@ -57,6 +57,7 @@ class StudyResult:
     trials: list[TrialOutcome] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)  # best first
     rejected: list[tuple[TrialOutcome, str]] = field(default_factory=list)  # ONNX failures
+    experiment: str = ""  # the experiment's name (a 2-class study's own, see experiment_for)
 
     @property
     def winner(self) -> Candidate:

@@ -37,7 +37,7 @@ from pipelines.families import build_pipeline, get_family, search_space
 from pipelines.metrics import METRICS, cross_validate, summarise_folds
 from pipelines.plots import write_plots
 from pipelines.results import Candidate, StudyResult, TrialOutcome
-from pipelines.tracking import ensure_experiment
+from pipelines.tracking import ensure_experiment, experiment_for
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,8 @@ def run_study(
     training = settings.training
     dataset = load_dataset(settings.data)
     split = split_dataset(dataset, training.test_size, training.seed, training.validation_size)
-    experiment_id = ensure_experiment(settings.mlflow)
+    experiment = experiment_for(settings.mlflow, dataset.variant)
+    experiment_id = ensure_experiment(settings.mlflow, experiment)
     client = MlflowClient(settings.mlflow.tracking_uri)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -292,6 +293,7 @@ def run_study(
             split,
             study,
             logger.outcomes,
+            experiment=experiment,
         )
         if not result.trials or all(o.state != "complete" for o in result.trials):
             raise StudyError("no trial completed: raise --timeout or --trials")

@@ -25,6 +25,19 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+def experiment_for(settings: MlflowSettings, variant: str) -> str:
+    """The experiment a study on ``variant`` logs into.
+
+    ``bridge runs`` and ``bridge publish --best`` rank one experiment: with 2-class runs
+    beside the 3-class ones, the best run could be a model the 3-class name cannot hold.
+    So a 2-class study on the default experiment logs into ``<default>-2c``; an
+    experiment chosen by the user (``--experiment``, a config file) is kept.
+    """
+    if variant == "2C" and settings.experiment == MlflowSettings.experiment:
+        return f"{settings.experiment}-2c"
+    return settings.experiment
+
+
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` tracking URI, else None."""
     prefix = "sqlite:///"

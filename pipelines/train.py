@@ -67,7 +67,9 @@ class ProgressPrinter:
     def __call__(self, outcome: TrialOutcome) -> None:
         score = "   —  " if outcome.score is None else f"{outcome.score:.4f}"
         click.echo(
-            f"trial {outcome.number + 1:>{self.width}}/{self.total}  "
+            # Optuna's number, as the best-trial table and the run name trial-NNN show it;
+            # the count of trials done follows in brackets.
+            f"trial {outcome.number:>{self.width}} ({outcome.number + 1}/{self.total})  "
             f"{outcome.family:<19} {self.objective} {score}  "
             f"{outcome.state:<8} {outcome.duration:5.1f}s"
         )
@@ -131,7 +133,7 @@ def format_report(result: StudyResult, elapsed: float) -> str:
     lines += binary_lines(winner.evaluation)
     lines += [
         "",
-        f"Parent run: {result.parent_run_id} (experiment {result.experiment_id})",
+        f"Parent run: {result.parent_run_id} (experiment {result.experiment!r})",
         f"Winner run: {winner.run_id}",
         "Open the MLflow UI:  make mlflow-ui   (http://127.0.0.1:5000)",
     ]
@@ -182,7 +184,7 @@ def rejection_printer(trial: TrialOutcome, error: Exception) -> None:
     "--config",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML config (default: $VERTEBRAL_CONFIG or conf/default.yaml).",
+    help="YAML settings file (default: $VERTEBRAL_CONFIG or conf/default.yaml).",
 )
 @click.option("--trials", type=int, default=None, help="Optuna trials (training.trials).")
 @click.option(
@@ -247,7 +249,7 @@ def main(
         click.echo(
             f"Study: {training.trials} trials over {', '.join(training.families)}; "
             f"objective CV {training.objective} ({training.cv_folds} folds), "
-            f"seed {training.seed}; experiment {settings.mlflow.experiment!r}"
+            f"seed {training.seed}"
         )
         started = time.perf_counter()
         result = run_study(

@@ -7,13 +7,16 @@ Adding a command: append a function at the end of this file, decorated with
 Raise :class:`RegistryError` for a failure (the group prints it as one line, exit 1) and
 ``click.UsageError`` for options that do not go together; take the store from
 :func:`open_store` (opened once, closed when the command ends). Take a model name with
-``@name_argument`` / ``@name_option(help)`` and a version with ``@version_argument`` /
-``@version_option(help)``: they apply the run contract's rule and refuse bad input as a usage
-error naming the parameter.
+``@model_name()`` (right under ``@main.command``): one rule for every command, a positional
+``NAME`` defaulting to ``MODEL_NAME`` (``every_name=True``: every name), ``--name`` kept as
+an alias; ``with_version=True`` adds ``VERSION`` after it (``bridge activate 2`` is
+``MODEL_NAME`` v2). Take a version option with ``@version_option(help)``. Both apply the run
+contract's rules and refuse bad input as a usage error naming the parameter.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -55,13 +58,57 @@ def checked(rule: Callable[[Any], Any]) -> Callable[[click.Context, click.Parame
     return callback
 
 
-name_argument = click.argument("name", callback=checked(check_model_name))
-version_argument = click.argument("version", callback=checked(parse_version))
+def model_name(
+    *, every_name: bool = False, with_version: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The one way a command names a model: ``[NAME]`` (or ``--name NAME``), then ``VERSION``.
+
+    NAME defaults to ``MODEL_NAME`` (with ``every_name``: None, i.e. every name). With
+    ``with_version`` a single positional is the VERSION, so ``bridge activate 2`` works;
+    the command receives ``name`` (and ``version``) resolved and checked.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def resolved(*args: Any, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            name, alias = kwargs.pop("name"), kwargs.pop("name_alias")
+            if with_version:
+                version = kwargs.pop("version")
+                if version is None:  # one positional: it is the version
+                    if name is None:
+                        raise click.UsageError("missing argument VERSION", ctx=ctx)
+                    name, version = None, name
+                kwargs["version"] = _checked_value(parse_version, version, "VERSION")
+            if name is not None and alias is not None and name != alias:
+                raise click.UsageError(f"two model names given: {name} and --name {alias}")
+            name = _checked_value(check_model_name, name or alias, "NAME")
+            if name is None and not every_name:
+                name = ctx.find_object(CliState).settings.api.model_name  # type: ignore[union-attr]
+            return command(*args, name=name, **kwargs)
+
+        default = "every name" if every_name else "MODEL_NAME"
+        resolved = click.option(
+            "--name",
+            "name_alias",
+            metavar="NAME",
+            help=f"Same as the NAME argument (default {default}).",
+        )(resolved)
+        if with_version:
+            resolved = click.argument("version", required=False, metavar="VERSION")(resolved)
+        return click.argument("name", required=False, metavar="[NAME]")(resolved)
+
+    return decorate
 
 
-def name_option(help: str) -> Callable[[Any], Any]:
-    """``--name`` checked by the model-name rule."""
-    return click.option("--name", callback=checked(check_model_name), help=help)
+def _checked_value(rule: Callable[[Any], Any], value: Any, what: str) -> Any:
+    """``rule(value)``, its refusal a usage error naming the argument (None passes)."""
+    if value is None:
+        return None
+    try:
+        return rule(value)
+    except ContractError as exc:
+        raise click.BadParameter(str(exc), param_hint=what) from None
 
 
 def version_option(help: str) -> Callable[[Any], Any]:
@@ -80,13 +127,24 @@ class BridgeGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's whole first sentence, wrapped (Click cuts it at the terminal width)."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 @click.group(cls=BridgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     envvar="VERTEBRAL_CONFIG",
     type=click.Path(dir_okay=False),
-    help="YAML settings file (default conf/default.yaml).",
+    help="YAML settings file (default: $VERTEBRAL_CONFIG or conf/default.yaml).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens, one line per event.")
 @click.pass_context
@@ -115,7 +173,7 @@ def open_store(state: CliState) -> ModelStore:
     return state.store
 
 
-@main.group()
+@main.group(cls=BridgeGroup)
 def db() -> None:
     """Start, stop or inspect the embedded registry database (used when MONGODB_URI is unset)."""
 
@@ -185,10 +243,15 @@ def runs_command(state: CliState, experiment: str | None, as_json: bool) -> None
 
 
 @main.command("publish")
+@model_name()
 @click.option("--run-id", help="MLflow run to publish (see `bridge runs`).")
-@click.option("--best", is_flag=True, help="Publish the best candidate run of the experiment.")
+@click.option(
+    "--best",
+    is_flag=True,
+    help="Publish the experiment's best candidate run: highest cross-validated "
+    "training.objective (macro F1 by default), ties broken by the test score.",
+)
 @click.option("--experiment", help="Experiment searched by --best (default mlflow.experiment).")
-@name_option("Registered model name (default MODEL_NAME).")
 @click.option("--activate", is_flag=True, help="Activate the version once published.")
 @click.option(
     "--new-version", is_flag=True, help="Publish again even if this run already has a version."
@@ -197,7 +260,7 @@ def runs_command(state: CliState, experiment: str | None, as_json: bool) -> None
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="2-class runs: publish with this decision threshold on P(positive) instead of "
+    help="2-class runs: publish with this decision threshold on P(Abnormal) instead of "
     "the one training chose (a new version; its test metrics rescored).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the version as JSON.")
@@ -207,7 +270,7 @@ def publish_command(
     run_id: str | None,
     best: bool,
     experiment: str | None,
-    name: str | None,
+    name: str,
     activate: bool,
     new_version: bool,
     reason: str | None,
@@ -259,7 +322,7 @@ def publish_command(
 
 
 @main.command("list")
-@name_option("Only this registered model name.")
+@model_name(every_name=True)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (every field) instead of a table."
 )
@@ -295,8 +358,7 @@ def list_command(state: CliState, name: str | None, as_json: bool, include_delet
 
 
 @main.command("show")
-@name_argument
-@version_argument
+@model_name(with_version=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of key/value lines.")
 @pass_state
 def show_command(state: CliState, name: str, version: int, as_json: bool) -> None:
@@ -319,8 +381,7 @@ def show_command(state: CliState, name: str, version: int, as_json: bool) -> Non
 
 
 @main.command("activate")
-@name_argument
-@version_argument
+@model_name(with_version=True)
 @click.option("--reason", help="Why, recorded in the activation log.")
 @pass_state
 def activate_command(state: CliState, name: str, version: int, reason: str | None) -> None:
@@ -339,7 +400,7 @@ def activate_command(state: CliState, name: str, version: int, reason: str | Non
 
 
 @main.command("rollback")
-@name_argument
+@model_name()
 @click.option("--reason", help="Why, recorded in the activation log.")
 @pass_state
 def rollback_command(state: CliState, name: str, reason: str | None) -> None:
@@ -350,7 +411,7 @@ def rollback_command(state: CliState, name: str, reason: str | None) -> None:
 
 
 @main.command("history")
-@name_argument
+@model_name()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_state
 def history_command(state: CliState, name: str, as_json: bool) -> None:
@@ -367,8 +428,7 @@ def history_command(state: CliState, name: str, as_json: bool) -> None:
 
 
 @main.command("download")
-@name_argument
-@version_argument
+@model_name(with_version=True)
 @click.option(
     "-o",
     "--output",
@@ -399,8 +459,7 @@ def _regular_file_or_new(path: Path | None, param: click.Parameter) -> Path | No
 
 
 @main.command("verify")
-@name_argument
-@version_argument
+@model_name(with_version=True)
 @click.option(
     "--baseline",
     is_flag=True,
@@ -420,8 +479,7 @@ def verify_command(state: CliState, name: str, version: int, baseline: bool) -> 
 
 
 @main.command("delete")
-@name_argument
-@version_argument
+@model_name(with_version=True)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
 def delete_command(state: CliState, name: str, version: int, yes: bool) -> None:
@@ -454,7 +512,7 @@ def gc_command(state: CliState, dry_run: bool, min_age: float) -> None:
 
 
 @main.command("fleet")
-@click.option("--name", help="Only the workers serving this model name.")
+@model_name(every_name=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the workers as a JSON list.")
 @pass_state
 def fleet_command(state: CliState, name: str | None, as_json: bool) -> None:
@@ -487,7 +545,7 @@ def _backfill_baseline(state: CliState, name: str, version: int) -> None:
 
 
 @main.command("monitor")
-@name_argument
+@model_name()
 @version_option("Version to check (default: the active one).")
 @click.option(
     "--since",
@@ -527,6 +585,7 @@ def monitor_command(
 
 
 @main.command("score")
+@model_name()
 @click.option(
     "--input", "source", required=True, help="CSV or Parquet: a file, a directory or a glob."
 )
@@ -540,7 +599,6 @@ def monitor_command(
     help="Output format.",
 )
 @click.option("--master", help="Spark master URL (default local[*], or spark-submit's --master).")
-@name_option("Registered model name (default MODEL_NAME).")
 @version_option("Score with this version (default: the active).")
 @click.option(
     "--on-error",
@@ -557,7 +615,7 @@ def score_command(
     output: str,
     output_format: str,
     master: str | None,
-    name: str | None,
+    name: str,
     version: int | None,
     on_error: str,
     overwrite: bool,
@@ -571,7 +629,7 @@ def score_command(
         result = spark_scoring.run_job(
             session,
             store,
-            name or state.settings.api.model_name,
+            name,
             source,
             output,
             output_format=output_format,
@@ -588,7 +646,7 @@ def score_command(
 
 
 @main.command("sync")
-@click.option("--name", help="Only this registered model name (default: every name).")
+@model_name(every_name=True)
 @click.option("--dry-run", is_flag=True, help="Only report the drift; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of one line per name.")
 @pass_state

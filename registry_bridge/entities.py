@@ -206,3 +206,5 @@ class CandidateRun(_Entity):
     params: dict[str, str]
     onnx_model_uri: str | None
     published_versions: list[int] = field(default_factory=list)
+    variant: str | None = None  # 3C or 2C (tag ``variant``)
+    classes: list[str] = field(default_factory=list)  # tag ``classes``, comma-separated

@@ -26,8 +26,8 @@ from registry_bridge import runs as mlflow_runs
 from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishResult, current_user
 from registry_bridge.errors import RegistryError
 from registry_bridge.monitoring import baselines
-from registry_bridge.store import ModelStore
 from registry_bridge.scoring.threshold import decide
+from registry_bridge.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ def list_candidate_runs(
             params=dict(r.data.params),
             onnx_model_uri=r.data.tags.get("onnx_model_uri"),
             published_versions=published.get(r.info.run_id, []),
+            variant=r.data.tags.get("variant"),
+            classes=[c for c in r.data.tags.get("classes", "").split(",") if c],
         )
         for r in runs
     ]

@@ -356,6 +356,7 @@ class ModelStore:
                 existing = self.find_published(draft.name, str(draft.run_id))
             if existing is not None:
                 return PublishResult(existing, created=False)
+        self._check_same_kind(draft)
         version = self._next_version(draft.name)
         stored = self.artifacts.upload(
             draft.name,
@@ -391,6 +392,35 @@ class ModelStore:
         )
         self.update_mirror(draft.name, "publish")
         return PublishResult(self.get_model_version(draft.name, version), created=True)
+
+    def _check_same_kind(self, draft: ModelVersionDraft) -> None:
+        """Refuse a draft whose classes, features or variant differ from the name's versions.
+
+        Clients of a name rely on its labels and inputs: a 2-class version activated (or
+        rolled back to) under a 3-class name would change what every client gets back.
+        """
+        doc = self.versions.find_one(
+            {"name": draft.name, "status": READY},
+            {"version": 1, "classes": 1, "input_schema": 1, "variant": 1},
+            sort=[("version", DESCENDING)],
+        )
+        if doc is None:
+            return
+        kind = _model_kind(doc.get("classes"), doc.get("input_schema"), doc.get("variant"))
+        new = _model_kind(draft.classes, draft.input_schema, draft.variant)
+        differs = [
+            field
+            for field in ("classes", "features", "variant")
+            if kind[field] != new[field] and None not in (kind[field], new[field])
+        ]
+        if differs:
+            what = "; ".join(f"{f} {_shown(new[f])} (not {_shown(kind[f])})" for f in differs)
+            other = f"{draft.name}-{new['variant'].lower()}" if new["variant"] else "NAME"
+            raise RegistryError(
+                "CONFLICT",
+                f"run {draft.run_id} does not fit {draft.name!r} (as its v{doc['version']}): "
+                f"{what}; publish it under its own name, e.g. --name {other}",
+            )
 
     def _published_under(self, name: str, key: str) -> ModelVersion | None:
         doc = self.versions.find_one({"name": name, "publish_key": key, "status": READY})
@@ -815,6 +845,19 @@ class ModelStore:
                 "version", ASCENDING
             )
         ]
+
+
+def _model_kind(classes: Any, input_schema: Any, variant: Any) -> dict[str, Any]:
+    """What clients of a name rely on: its classes, feature names (in order) and variant."""
+    return {
+        "classes": [str(c) for c in classes] if classes else None,
+        "features": [str(f.get("name")) for f in input_schema] if input_schema else None,
+        "variant": variant or None,
+    }
+
+
+def _shown(value: Any) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 def checked_name(name: Any) -> str:
