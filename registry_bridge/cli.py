@@ -215,8 +215,8 @@ def db_status(state: CliState) -> None:
         click.echo(f"MONGODB_URI {mask_uri(registry.mongodb_uri)}: reachable")
         return
     status = database.embedded_status(registry.embedded)
-    click.echo(status.describe())
-    if not status.running:
+    click.echo(status.describe())  # the server that answers, even when it is another clone's
+    if not status.running or status.foreign:
         sys.exit(1)
 
 

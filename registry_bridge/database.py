@@ -3,6 +3,8 @@
 The embedded server (nx-27017, MongoDB wire protocol over SQLite) is started on
 demand as a daemon on ``registry.embedded.host:port`` with its files under
 ``registry.embedded.data_dir``, so the CLI, the API and the demo share one database.
+It records that data directory in the database ``registry_identity``; a server on the
+port that keeps another directory (another clone's) is refused, not silently shared.
 Connection failures become one ``RegistryError("REGISTRY_UNAVAILABLE", ...)``: its message
 says only that the database is unreachable (it may reach a page or an HTTP answer); the URI,
 password masked, and the driver's text go in its operator detail (the CLI's line, the logs).
@@ -59,20 +61,77 @@ def _server_command() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("nx-27017") or "nx-27017"]
 
 
+# Where an embedded server records whose it is: the data directory of the clone that
+# started it. Two clones configured with the same port would otherwise share one server
+# silently, each believing the data lived in its own .registry/.
+IDENTITY_DB, IDENTITY_COLLECTION, IDENTITY_ID = "registry_identity", "server", "owner"
+UNKNOWN_OWNER = "unknown (a server this clone did not start)"
+
+
 @dataclass(frozen=True)
 class EmbeddedStatus:
     running: bool
     uri: str
     pid: int | None
-    data_dir: Path
+    data_dir: Path  # this clone's
+    serving_data_dir: str | None = None  # the answering server's, when it is running
+
+    @property
+    def foreign(self) -> bool:
+        """True when the server answering on the port keeps another clone's data."""
+        return self.running and self.serving_data_dir != str(self.data_dir)
 
     def describe(self) -> str:
+        if self.foreign:
+            return _not_ours(self.uri, self.serving_data_dir, self.data_dir)
         state = (
             f"running (pid {self.pid})"
             if self.running and self.pid
             else ("running" if self.running else "stopped")
         )
         return f"embedded registry database at {self.uri}: {state}; data in {self.data_dir}"
+
+
+def _not_ours(uri: str, theirs: str | None, ours: Path) -> str:
+    return (
+        f"the registry database answering at {uri} is not this clone's: its data is in "
+        f"{theirs or UNKNOWN_OWNER}, this clone's is {ours}; stop that server or set "
+        "registry.embedded.port in a config file (--config) for this clone"
+    )
+
+
+def _owner(settings: EmbeddedSettings) -> str | None:
+    """The data directory the server on the port says it keeps, claimed for this clone when
+    it has no record and the server is the one this clone's pid file names; else None."""
+    data_dir, pid_file, _ = _paths(settings)
+    client: MongoClient = MongoClient(
+        embedded_uri(settings), serverSelectionTimeoutMS=2000, connectTimeoutMS=2000
+    )
+    try:
+        identity = client[IDENTITY_DB][IDENTITY_COLLECTION]
+        doc = identity.find_one({"_id": IDENTITY_ID})
+        if doc is not None:
+            return str(doc.get("data_dir"))
+        if _read_pid(pid_file) is None:
+            return None  # started elsewhere, by code older than the identity record
+        identity.update_one(
+            {"_id": IDENTITY_ID}, {"$set": {"data_dir": str(data_dir)}}, upsert=True
+        )
+        return str(data_dir)
+    except PyMongoError:
+        return None
+    finally:
+        client.close()
+
+
+def _check_owner(settings: EmbeddedSettings) -> None:
+    """Refuse a server on the configured port that keeps another clone's data (one line)."""
+    data_dir = _paths(settings)[0]
+    owner = _owner(settings)
+    if owner != str(data_dir):
+        raise RegistryError(
+            "REGISTRY_UNAVAILABLE", _not_ours(embedded_uri(settings), owner, data_dir)
+        )
 
 
 def _read_pid(pid_file: Path) -> int | None:
@@ -85,12 +144,15 @@ def _read_pid(pid_file: Path) -> int | None:
 
 
 def embedded_status(settings: EmbeddedSettings) -> EmbeddedStatus:
+    """The server that answers on the configured port, and whether it is this clone's."""
     data_dir, pid_file, _ = _paths(settings)
+    running = _listening(settings.host, settings.port)
     return EmbeddedStatus(
-        _listening(settings.host, settings.port),
+        running,
         embedded_uri(settings),
         _read_pid(pid_file),
         data_dir,
+        _owner(settings) if running else None,
     )
 
 
@@ -101,6 +163,7 @@ def start_embedded(settings: EmbeddedSettings) -> EmbeddedStatus:
         RegistryError: REGISTRY_UNAVAILABLE when it does not come up in time.
     """
     if _listening(settings.host, settings.port):
+        _check_owner(settings)
         return embedded_status(settings)
     data_dir, pid_file, log_file = _paths(settings)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +192,7 @@ def start_embedded(settings: EmbeddedSettings) -> EmbeddedStatus:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if _listening(settings.host, settings.port):
+            _check_owner(settings)  # ours: the pid file names it, so this records it
             return embedded_status(settings)
         time.sleep(0.1)
     raise RegistryError(
