@@ -276,10 +276,15 @@ def _atomic_output(output_dir: Path, retention: OutputRetention | None) -> Itera
     try:
         with handle:
             yield output
+        # Opened and linked while it is still the temporary file, which no retention
+        # removes: once renamed, another job's retention may remove the job's name at once
+        # (api.output_retention: 1), and this job still links and answers its own bytes.
+        output.saved = tmp_path.open("rb")
+        _publish_latest(tmp_path, output.latest_path)
         os.replace(tmp_path, output.job_path)
-        _publish_latest(output.job_path, output.latest_path)
-        output.saved = output.job_path.open("rb")
     except BaseException:
+        if output.saved is not None:
+            output.saved.close()
         tmp_path.unlink(missing_ok=True)
         raise
     if retention is not None:
@@ -441,13 +446,13 @@ class _Paced(io.RawIOBase):
             self._turn.notify_all()
 
 
-def _publish_latest(job_path: Path, latest_path: Path) -> None:
-    """Point predicciones.csv at the job's file atomically (hard link, else a copy)."""
+def _publish_latest(saved: Path, latest_path: Path) -> None:
+    """Point predicciones.csv at the saved job file atomically (hard link, else a copy)."""
     tmp = latest_path.with_name(f".{latest_path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        os.link(job_path, tmp)
+        os.link(saved, tmp)
     except OSError:  # file systems without hard links
-        shutil.copyfile(job_path, tmp)
+        shutil.copyfile(saved, tmp)
     try:
         os.replace(tmp, latest_path)
     except BaseException:
