@@ -4,14 +4,19 @@ Services, ports, environment variable names and commands must match the settings
 module and the CLIs, or `docker compose up` would fail on a user's machine.
 """
 
+import os
 import re
 import shlex
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import yaml
+from conftest import free_port
 
+from api.launcher import Server, api_command, serving
 from conf.settings import ENV_OVERRIDES, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +50,7 @@ def test_services_and_images():
     declared = set(COMPOSE["volumes"])
     for service in SERVICES.values():
         for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
+            source = interpolate(volume, {}).split(":")[0]
             assert source.startswith(".") or source in declared, volume
 
 
@@ -106,3 +111,131 @@ def test_dockerfile_installs_every_package():
     for package in re.findall(r'"(\w+)\*?"', packages):
         assert f"COPY {package} ./{package}" in dockerfile, package
     assert 'CMD ["python", "-m", "api"]' in dockerfile
+
+
+# --- issue 26: a compose stack that would run ------------------------------------------
+
+# What each project service must set because the default is wrong inside a container:
+# the registry is the mongo service (not an embedded server), MLflow is the mlflow service
+# (not a SQLite file in the container), the API listens on every interface with a token,
+# and the trainer reads the data file the host names.
+NEEDED = {
+    "api": {
+        "MONGODB_URI",
+        "REGISTRY_DB",
+        "MODEL_NAME",
+        "MLFLOW_TRACKING_URI",
+        "API_HOST",
+        "API_PORT",
+        "API_ADMIN_TOKEN",
+        "OUTPUT_DIR",
+    },
+    "trainer": {
+        "MONGODB_URI",
+        "REGISTRY_DB",
+        "MODEL_NAME",
+        "MLFLOW_TRACKING_URI",
+        "VERTEBRAL_DATA",
+    },
+}
+INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:[-+?])([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:+replacement}``, ``${VAR:?error}``."""
+
+    def one(match: re.Match) -> str:
+        name, operator, operand = match.groups()
+        value = env.get(name, "")
+        if operator == ":-":
+            return value or operand
+        if operator == ":+":
+            return operand if value else ""
+        if operator == ":?":
+            assert value, f"compose would stop: {operand}"
+        return value
+
+    return INTERPOLATION.sub(one, text)
+
+
+def test_every_service_sets_the_variables_its_code_reads():
+    """Check the api and the trainer set every variable whose default is wrong in a container,
+    and the api's activations move MLflow's alias on the mlflow service."""
+    for name, needed in NEEDED.items():
+        missing = needed - set(SERVICES[name]["environment"])
+        assert not missing, f"the {name} service does not set {sorted(missing)}"
+        assert needed <= set(ENV_OVERRIDES)  # names the settings module reads
+    assert SERVICES["api"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert SERVICES["api"]["depends_on"]["mlflow"]["condition"] == "service_started"
+
+
+def test_an_exported_vertebral_data_reaches_the_trainer():
+    """Check VERTEBRAL_DATA=/abs/file: the trainer's variable names the path its volume mounts
+    the file at; unset, the variable is empty (the ./data zip) and the stand-in mount exists."""
+    trainer = SERVICES["trainer"]
+    given = {"VERTEBRAL_DATA": "/home/me/column_3C_weka.csv"}
+    inside = interpolate(trainer["environment"]["VERTEBRAL_DATA"], given)
+    mounts = [interpolate(v, given).split(":") for v in trainer["volumes"]]
+    assert [given["VERTEBRAL_DATA"], os.path.normpath(inside), "ro"] in [
+        [source, os.path.normpath(target), *rest] for source, target, *rest in mounts
+    ]
+    assert interpolate(trainer["environment"]["VERTEBRAL_DATA"], {}) == ""
+    unset = [interpolate(v, {}).split(":")[0] for v in trainer["volumes"]]
+    assert all((ROOT / source).exists() for source in unset if source.startswith("."))
+
+
+def compose_mlflow_command(tmp_path: Path, port: int) -> list[str]:
+    """The mlflow service's command word for word, its paths and port moved to this machine."""
+    words = []
+    for word in command_words("mlflow"):
+        word = word.replace("/mlflow/", f"{tmp_path}/")
+        words.append(word)
+    words[words.index("--host") + 1] = "127.0.0.1"
+    words[words.index("--port") + 1] = str(port)
+    assert words[0] == "mlflow"
+    return [str(Path(sys.executable).with_name("mlflow")), *words[1:]]
+
+
+def test_mlflow_answers_the_trainers_host_header(tmp_path):
+    """Start `mlflow server` with the compose file's arguments and call it as the trainer and
+    the api do (Host: mlflow:5000): MLflow 3's security middleware answers 403 to a Host
+    not in --allowed-hosts."""
+    port = free_port()
+    server = Server("mlflow", compose_mlflow_command(tmp_path, port), port, tmp_path / "mlflow.log")
+    with serving(server, path="/health", timeout_s=180):
+        for host in ("mlflow:5000", "127.0.0.1:5000"):
+            request = urllib.request.Request(
+                f"{server.base_url}/api/2.0/mlflow/experiments/search?max_results=1",
+                headers={"Host": host},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    status = answer.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == 200, f"Host: {host} got HTTP {status}"
+
+
+def test_the_api_starts_with_the_compose_environment(mongo_server, registry_db_name, tmp_path):
+    """Start `python -m api` with the api service's environment (its URIs pointed at this
+    machine's embedded database and a local MLflow store, its paths moved to tmp): it binds,
+    accepts its token and answers /health and /models."""
+    environment = {
+        name: interpolate(str(value), {"API_ADMIN_TOKEN": "t" * 24})
+        for name, value in SERVICES["api"]["environment"].items()
+    }
+    port = free_port()
+    environment.update(
+        MONGODB_URI=mongo_server.uri,
+        REGISTRY_DB=registry_db_name,
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
+        OUTPUT_DIR=str(tmp_path / "outputs"),
+        API_PORT=str(port),
+        API_WORKERS="1",
+    )
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(tmp_path))}
+    server = Server("api", api_command(), port, tmp_path / "api.log", env={**env, **environment})
+    server.host = "127.0.0.1"  # the container's 0.0.0.0 includes loopback
+    with serving(server, path="/health", timeout_s=120):
+        with urllib.request.urlopen(f"{server.base_url}/models", timeout=30) as answer:
+            assert answer.status == 200
