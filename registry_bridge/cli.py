@@ -697,8 +697,14 @@ def _say_prepared(active: Any) -> None:
     """One line on the preparation (prepare, then switch) when there was one."""
     from registry_bridge import render
 
-    if active.prepared:
-        click.echo(render.prepared_line(active.prepared))
+    prepared = active.prepared
+    if not prepared:
+        return
+    version, live = f"v{prepared['staged_version']}", prepared["live_workers"]
+    if live == 0:  # "0 of 0 live API workers had loaded v2" told a newcomer nothing
+        click.echo(f"no API is running; it will serve {version} when it starts")
+    else:
+        click.echo(render.prepared_line(prepared))
 
 
 if __name__ == "__main__":

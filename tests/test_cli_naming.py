@@ -126,9 +126,25 @@ def test_a_name_holds_one_kind_and_publish_is_idempotent(bridge, settings):
     own = bridge("publish", "vertebral-column-2c", "--run-id", two)
     assert own.exit_code == 0 and "published vertebral-column-2c v1" in own.output
 
+    activated = bridge("activate", "2")  # no NAME: MODEL_NAME; no API running
+    assert activated.exit_code == 0, activated.output
+    assert activated.output.splitlines()[0] == "activated vertebral-column v2 (previous: none)"
+    assert "0 of 0" not in activated.output  # said "prepared in 0.00 s: 0 of 0 live API ..."
     runs = json.loads(bridge("runs", "--json").output)
     kinds = {r["run_id"]: (r["variant"], r["classes"]) for r in runs}
     assert kinds[three] == ("3C", ["Hernia", "Normal", "Spondylolisthesis"])
     assert kinds[two] == ("2C", ["Abnormal", "Normal"])
     header = bridge("runs").output.splitlines()[0].split()
     assert header[4:6] == ["variant", "classes"]  # after rank, "run id", family
+
+
+def test_activate_with_no_api_running_says_so_in_plain_words(capsys):
+    """Check the preparation line when no API worker is live (it said "prepared in 0.00 s: 0
+    of 0 live API workers had loaded v2")."""
+    from types import SimpleNamespace
+
+    from registry_bridge.cli import _say_prepared
+
+    prepared = {"staged_version": 2, "live_workers": 0, "loaded": 0, "timed_out": False}
+    _say_prepared(SimpleNamespace(prepared={**prepared, "prepare_s": 0.0, "not_loaded": []}))
+    assert capsys.readouterr().out == "no API is running; it will serve v2 when it starts\n"
