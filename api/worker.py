@@ -49,7 +49,7 @@ from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from werkzeug.exceptions import RequestTimeout
 
-from registry_bridge.errors import STATUS_BY_CODE
+from registry_bridge.errors import STATUS_BY_CODE, error_body
 
 # Bodies up to this size are read before a thread takes the request.
 BODY_BUFFER_LIMIT = 1 << 20
@@ -89,7 +89,7 @@ _MORE, _READY, _STREAM = "more", "ready", "stream"
 
 
 def _error_bytes(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -103,7 +103,7 @@ def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> Non
         (c for c, status in STATUS_BY_CODE.items() if status == status_int),
         re.sub(r"\W+", "_", reason).upper(),
     )
-    body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
+    body = json.dumps(error_body(code, mesg or reason)).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
