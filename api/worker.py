@@ -1,5 +1,8 @@
 """The gunicorn worker of ``python -m api``: gthread, but threads only take requests that arrived.
 
+Over 500 lines: one event loop class, whose deadlines and caps (issue 21) only hold
+together; it goes as a whole if the API moves to another server (issue 23).
+
 gunicorn's gthread worker hands a connection to a thread as soon as a byte arrives, and
 the thread then blocks reading the request: a client sending one byte every 2 s holds
 that thread as long as it likes, and 2 x workers x threads such clients stall the API.

@@ -1,5 +1,8 @@
 """Score Spark DataFrames with a registry version: resolved once on the driver, bytes broadcast.
 
+Over 500 lines: the driver's side, the executors' side and ``bridge score``'s job are one
+Spark job, read together; the scoring itself is registry_bridge.scoring's.
+
 ``score(df, name)`` reads the active version (or the one given) and its ONNX bytes on the
 driver, checks the bytes' sha256 and broadcasts them; the executors score through
 ``mapInArrow`` with one onnxruntime session per Python worker, and never need MongoDB or

@@ -1,5 +1,9 @@
 """The model store: versions' metadata, numbering and activation state in collections.
 
+Over 500 lines on purpose: it is the one owner of its collections and of the activation
+protocol (issue 22), so every write of them is here; the pure rules live beside it
+(lease.py, pointer_guard.py) and the bytes in artifacts.py.
+
 The one store used by the ``bridge`` CLI and the API. Data model (DESIGN.md):
 
 - GridFS bucket ``models`` (``registry.bucket``): the bytes, one file per version, handled
