@@ -1,5 +1,7 @@
 # The README's commands. Each target creates .venv and installs the project when it is
 # missing or older than pyproject.toml, so a fresh clone needs only Python 3.11+.
+# Variables (README, "Make variables"): DEMO_ARGS, DEMO_TRIALS, TRAIN_ARGS, SERVE_ARGS,
+# MLFLOW_UI_ARGS, INPUT, OUTPUT, SCORE_ARGS, BENCH_ARGS, PYTEST_ARGS, PYTHON.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -39,7 +41,8 @@ demo-2c: $(STAMP) ## the same on the 2-class file, thresholds, and the lab's mod
 train: $(STAMP) ## run the Optuna study tracked in MLflow
 	$(PY) -m pipelines.train $(TRAIN_ARGS)
 
-serve: $(STAMP) ## serve the active model under gunicorn
+serve: $(STAMP) ## serve the active model under gunicorn (prints the console's URL)
+	@$(PY) -c "from conf.settings import load_settings; a = load_settings().api; print('console:', ('https' if a.tls_cert else 'http') + f'://{a.host}:{a.port}/', ' (Ctrl-C stops the API)')"
 	$(PY) -m api $(SERVE_ARGS)
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on http://127.0.0.1:5000

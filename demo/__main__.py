@@ -67,7 +67,10 @@ def bridge(run: DemoRun, *args: str, env: dict[str, str], expected_exit: int = 0
     click.echo(f"$ {' '.join(command)}")
     result = subprocess.run([BRIDGE, *args], capture_output=True, text=True, env=env, timeout=300)
     output = (result.stdout + result.stderr).rstrip()
-    click.echo(output)
+    if "--json" in args:  # hundreds of lines: the report keeps them, the terminal says where
+        click.echo(f"({len(output.splitlines())} lines of JSON, in the report)")
+    else:
+        click.echo(output)
     run.cli_outputs.append((" ".join(command), output))
     if result.returncode != expected_exit:
         raise DemoFailure(
@@ -254,13 +257,13 @@ def publish_two_best(run: DemoRun, study: StudyResult, env: dict[str, str]) -> P
     best, second = study.candidates[:2]
     bridge(
         run,
-        *("publish", "--run-id", best.run_id, "--name", name, "--activate"),
+        *("publish", name, "--run-id", best.run_id, "--activate"),
         *("--reason", "demo: best cross-validated run"),
         env=env,
     )
-    bridge(run, "publish", "--run-id", second.run_id, "--name", name, env=env)
-    bridge(run, "list", "--name", name, env=env)
-    listed = json.loads(bridge(run, "list", "--name", name, "--json", env=env))
+    bridge(run, "publish", name, "--run-id", second.run_id, env=env)
+    bridge(run, "list", name, env=env)
+    listed = json.loads(bridge(run, "list", name, "--json", env=env))
     by_run = {v["run_id"]: v for v in listed}
     versions = Published(by_run[best.run_id]["version"], by_run[second.run_id]["version"])
     show_alias(run, name, versions.best)
@@ -521,9 +524,9 @@ def main(trials: int | None, config: str | None, variant: str, report_dir: Path)
     click.echo(f"  {total:6.1f}s  total")
     click.echo(
         f"Report: {report}\nBatch results: {run.batch_output}\n"
+        # The demo's API is stopped by now: name the one `make serve` starts, not its URL.
         f"MLflow UI: make mlflow-ui   API: make serve, then the console at "
-        f"http://{run.settings.api.host}:{run.settings.api.port}/ "
-        f"(this run's was {run.console_url})"
+        f"http://{run.settings.api.host}:{run.settings.api.port}/"
     )
 
 
