@@ -1,5 +1,8 @@
 """The ``bridge`` command: publish MLflow runs to the MongoDB registry and manage versions.
 
+Over 500 lines: one short function per command, each its own --help; the work is in the
+store, publish, monitoring and spark modules.
+
 Every command exits 0 on success, or non-zero with one line naming what was wrong.
 
 Adding a command: append a function at the end of this file, decorated with

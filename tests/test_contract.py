@@ -87,3 +87,18 @@ def test_model_names_refused_name_the_field(name, problem):
         check_model_name(name)
     assert (caught.value.field, caught.value.problem) == ("name", problem)
     assert str(caught.value).startswith("'name' must be")
+
+
+def test_a_module_over_500_lines_says_why_at_its_top():
+    """Check the layout rule: a module of api/, registry_bridge/ or pipelines/ longer than
+    500 lines says in its docstring's first lines why it is ("Over 500 lines...")."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    silent = []
+    for package in ("api", "registry_bridge", "pipelines"):
+        for path in sorted((root / package).rglob("*.py")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            if len(lines) > 500 and not any("Over 500 lines" in line for line in lines[:8]):
+                silent.append(f"{path.relative_to(root)} ({len(lines)} lines)")
+    assert silent == []
