@@ -50,6 +50,11 @@ MAX_CANDIDATE_ATTEMPTS = 3  # trials per family tried when ONNX parity fails
 PLOTS_DIR = "plots"  # artifact directory of the parent run (docs/run-contract.md)
 
 
+def trial_run_name(number: int, family: str) -> str:
+    """A trial's MLflow run name: Optuna's number, the one every line of the CLI shows."""
+    return f"trial-{number:03d}-{family}"
+
+
 class StudyError(RuntimeError):
     """The study ended without a result (e.g. no trial completed before the timeout)."""
 
@@ -90,7 +95,7 @@ class _TrialLogger:
         assert started is not None  # Optuna calls back only for trials that ran
         start = int(started.timestamp() * 1000)
         end = int((trial.datetime_complete or started).timestamp() * 1000)
-        name = f"trial-{trial.number:03d}-{family}"
+        name = trial_run_name(trial.number, family)
         run = self.client.create_run(
             self.experiment_id,
             start_time=start,
