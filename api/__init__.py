@@ -21,6 +21,7 @@ from conf.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # for the types only: importing ``api`` stays cheap (create_app imports)
     from api.active import ActiveModel
+    from api.served import ActiveModels
     from registry_bridge.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,14 @@ EXTENSION = "vertebral"
 
 @dataclass
 class Registry:
-    """What the app shares between requests: the client, the store and the resolver."""
+    """What the app shares between requests: the client, the store and the resolvers
+    (``active``: the default name's, that of /predict; ``models``: every served name's)."""
 
     client: MongoClient
     store: ModelStore
     active: ActiveModel
     settings: Settings
+    models: ActiveModels
 
 
 def registry() -> Registry:
@@ -74,13 +77,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
             ``load_settings()``, ``MONGO_CLIENT`` an existing client to share.
     """
     from api import errors, fleet, models, monitoring, ops, predict
-    from api.active import ActiveModel
     from api.capture import EXTENSION as CAPTURE
     from api.capture import Capture
     from api.fast import FastPredict
     from api.hosts import allowed_hosts
     from api.report_cache import EXTENSION as REPORTS
     from api.report_cache import ReportCache
+    from api.served import ActiveModels
     from registry_bridge.store import ModelStore
 
     app = Flask(__name__)
@@ -97,8 +100,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     client = client or _open_client(settings)
     store = ModelStore(client, settings, ensure_indexes=False)
-    active = ActiveModel(store, settings.api.model_name)
-    app.extensions[EXTENSION] = Registry(client, store, active, settings)
+    served = ActiveModels(
+        store, settings.api.model_name, settings.api.models, settings.api.max_loaded_versions
+    )
+    active = served.default
+    app.extensions[EXTENSION] = Registry(client, store, active, settings, served)
     capture = app.extensions[CAPTURE] = Capture(
         client[settings.registry.database], settings.capture, settings.api.workers
     )
@@ -111,7 +117,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(fleet.bp)
     if not app.testing:  # a gunicorn worker: report to the fleet (tests drive Heartbeat)
-        fleet.Heartbeat(store, active, settings.api.port).start()
+        fleet.Heartbeat(store, served, settings.api.port).start()
     _init_host_check(app, settings)
     if not app.testing:
         from api import observe

@@ -1,10 +1,11 @@
 """``GET /fleet`` and each worker's heartbeat thread (the documents: registry_bridge/fleet.py).
 
 The heartbeat runs off the request path, one daemon thread per gunicorn worker: every
-``fleet.INTERVAL_S`` it refreshes the pointer (through the lease, so an idle worker
-still notices a staged version), loads a staged version it does not have yet, and
-upserts its document. A request that reads a staged mark wakes it at once, so under
-traffic a staged version starts loading within one lease.
+``fleet.INTERVAL_S``, for every served name (so an idle name is reported too), it
+refreshes the pointer (through the lease, so an idle worker still notices a staged
+version), loads a staged version it does not have yet, and upserts that name's document.
+A request that reads a staged mark wakes it at once, so under traffic a staged version
+starts loading within one lease.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from api import registry
 from api.active import ActiveModel
+from api.served import ActiveModels
 from registry_bridge import fleet
 from registry_bridge.entities import utcnow
 from registry_bridge.errors import RegistryError, first_line
@@ -39,9 +41,9 @@ def fleet_view() -> Response:
 class Heartbeat:
     """One worker's reporter and background loader (a daemon thread)."""
 
-    def __init__(self, store: ModelStore, active: ActiveModel, port: int | None):
+    def __init__(self, store: ModelStore, models: ActiveModels, port: int | None):
         self.store = store
-        self.active = active
+        self.models = models
         self.port = port
         self.host = fleet.this_host()
         self.pid = os.getpid()
@@ -49,7 +51,9 @@ class Heartbeat:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-heartbeat", daemon=True)
-        active.on_staged = self._wake.set
+        models.on_staged = self._wake.set
+        for active in models.loaded():
+            active.on_staged = self._wake.set
 
     def start(self) -> Heartbeat:
         """Start beating; the document is removed when the process exits normally."""
@@ -77,30 +81,37 @@ class Heartbeat:
             self._wake.wait(fleet.INTERVAL_S)
 
     def beat(self) -> None:
-        """Refresh the pointer, load a staged version if needed, then report."""
+        """For every served name: refresh its pointer, load a staged version if needed,
+        then report."""
+        for name in self.models.names():
+            self.models.find(name)  # a name registered since: its resolver, to report
+        for active in self.models.loaded():
+            self._beat(active)
+
+    def _beat(self, active: ActiveModel) -> None:
         try:
-            self.active.active_version()
+            active.active_version()
         except RegistryError:
             pass  # reported as is; the request path marks its answers stale meanwhile
-        staged = self.active.staged_version
+        staged = active.staged_version
         if (
             staged is not None
-            and staged not in self.active.loaded_versions()
-            and staged not in self.active.prepare_errors
+            and staged not in active.loaded_versions()
+            and staged not in active.prepare_errors
         ):
-            self.active.prepare(staged)
+            active.prepare(staged)
         fleet.report(
             self.store.db,
             fleet.heartbeat_document(
                 self.host,
                 self.pid,
-                self.active.name,
+                active.name,
                 self.port,
                 self.started_at,
-                self.active.loaded_versions(),
-                self.active.serving_version,
-                self.active.requests,
-                self.active.stale_answers,
-                self.active.prepare_errors,
+                active.loaded_versions(),
+                active.serving_version,
+                active.requests,
+                active.stale_answers,
+                active.prepare_errors,
             ),
         )

@@ -154,9 +154,10 @@ def activate() -> Response:
     version = checked_version(body.get("version"))
     reason = _text_field(body, "reason", required=False)
     handle = registry()
-    # This worker's model: the store validates it loaded into this worker's cache (loaded
-    # once, and reported loaded before staging) rather than in a session of its own.
-    load = handle.active.load_session if name == handle.active.name else None
+    # A name this worker serves: the store validates it loaded into this worker's cache
+    # (loaded once, and reported loaded before staging) rather than in a session of its own.
+    served = handle.models.find(name)
+    load = served.load_session if served is not None else None
     state = handle.store.set_active_version(name, version, by=_actor(), reason=reason, load=load)
     return jsonify(_state(state))
 

@@ -127,8 +127,11 @@ def _console_data(name: str) -> dict[str, Any]:
     """What the console shows; a part the registry cannot give is shown as unavailable."""
     store = registry().store
     settings = registry().settings
+    served = registry().models.names()
     data: dict[str, Any] = {
         "name": name,
+        # The selector: every served name, and the one asked for even if it is not served.
+        "names": served if name in served else sorted([*served, name]),
         "versions": [],
         "active": None,
         "history": [],

@@ -1,10 +1,12 @@
-"""Predictions: ``/predict``, ``/invocations`` (MLflow scoring drop-in) and ``/batch-predict``."""
+"""Predictions: ``/predict``, ``/invocations`` (MLflow scoring drop-in) and ``/batch-predict``
+for the default name, and ``/models/<name>/predict``, ``/models/<name>/batch-predict`` and
+``/models/<name>/versions/<v>/predict`` (a pinned version) for every served name."""
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,10 +46,24 @@ RESOLVED = "vertebral.resolved"
 CSV_TYPE = "text/csv"
 
 
-def serving() -> Resolved:
-    """The active version for this request (remembered for the response headers): the
-    one the fast path resolved when it handed the request over, else resolved now."""
-    resolved = request.environ.get(RESOLVED) or registry().active.resolve()
+def serving(name: str | None = None, version: str | None = None) -> Resolved:
+    """The version for this request (remembered for the response headers).
+
+    Args:
+        name: a served model name; None is the default name (``/predict``), whose version
+            the fast path may have resolved already when it handed the request over.
+        version: a pinned version of ``name`` (else its active one).
+
+    Raises:
+        RegistryError: NOT_FOUND for a name not served or a version missing or deleted.
+    """
+    models = registry().models
+    if name is None:
+        resolved = request.environ.get(RESOLVED) or registry().active.resolve()
+    elif version is None:
+        resolved = models.get(name).resolve()
+    else:
+        resolved = models.pinned(name, version)
     g.served = resolved
     return resolved
 
@@ -82,19 +98,54 @@ def _records(model: LoadedModel) -> tuple[list[Any], bool]:
     return csv_records(text), True
 
 
-@dataclass(frozen=True)
 class Scored:
-    """A request's records scored: the validated input, the labels, the decision and the
-    answer's body, the same whichever way (Flask view or ``api/fast.py``) answers it."""
+    """A request's records scored: the validated input, the labels and the decision, the
+    same whichever protocol answers (``/predict``, ``api/fast.py``, OIP in ``api/oip.py``).
 
-    checked: ValidatedInput
-    labels: list[str]
-    decision: Decision
-    body: dict[str, Any]
+    ``body`` is the native answer (``/predict``, ``/invocations``), built on first use:
+    another protocol's adapter builds its own from the decision instead.
+    """
+
+    __slots__ = ("_body", "checked", "decision", "labels", "model")
+
+    def __init__(
+        self, model: LoadedModel, checked: ValidatedInput, labels: list[str], decision: Decision
+    ):
+        self.model = model
+        self.checked = checked
+        self.labels = labels
+        self.decision = decision
+        self._body: dict[str, Any] | None = None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """``{"model": {name, version, run_id}, "predictions": [...]}``."""
+        if self._body is None:
+            decision = self.decision
+            predictions = [
+                {
+                    "label": label,
+                    "probability": probability,
+                    "probabilities": dict(zip(self.model.classes, row, strict=True)),
+                    "out_of_range": flags,
+                }
+                for label, probability, row, flags in zip(
+                    self.labels,
+                    decision.probability.tolist(),
+                    decision.probabilities.tolist(),
+                    self.checked.out_of_range,
+                    strict=True,
+                )
+            ]
+            self._body = {"model": self.model.identity(), "predictions": predictions}
+        return self._body
 
 
-def score(model: LoadedModel, records: list[Any], from_text: bool = False) -> Scored:
-    """Validate, predict and decide; the answer's body for ``/predict`` and ``/invocations``.
+def score(model: LoadedModel, records: Sequence[Any], from_text: bool = False) -> Scored:
+    """Validate, predict and decide: the one scoring call of every protocol.
+
+    Args:
+        records: dicts keyed by feature, or lists in the model's feature order.
 
     Raises:
         RegistryError: INVALID_INPUT naming the records at fault (bad fields, or no
@@ -116,31 +167,13 @@ def score(model: LoadedModel, records: list[Any], from_text: bool = False) -> Sc
                 for i in unscored[:MAX_DETAILS]
             ],
         )
-    labels = decision.labels.tolist()
-    classes = model.classes
-    predictions = [
-        {
-            "label": label,
-            "probability": probability,
-            "probabilities": dict(zip(classes, row, strict=True)),
-            "out_of_range": flags,
-        }
-        for label, probability, row, flags in zip(
-            labels,
-            decision.probability.tolist(),
-            decision.probabilities.tolist(),
-            checked.out_of_range,
-            strict=True,
-        )
-    ]
-    body = {"model": model.identity(), "predictions": predictions}
-    return Scored(checked, labels, decision, body)
+    return Scored(model, checked, decision.labels.tolist(), decision)
 
 
-def _predict(accept_csv: bool) -> Response:
+def _predict(accept_csv: bool, name: str | None = None, version: str | None = None) -> Response:
     if not request.is_json and not (accept_csv and request.mimetype == CSV_TYPE):
         raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
-    model = serving().model
+    model = serving(name, version).model
     records, from_text = _records(model)
     check_count(records, registry().settings.api.max_records)
     scored = score(model, records, from_text)
@@ -149,7 +182,7 @@ def _predict(accept_csv: bool) -> Response:
     if capture.sampled():
         started = g.get("started")
         capture.record(
-            request.path.strip("/"),
+            request.path.rstrip("/").rpartition("/")[2],  # predict or invocations
             model,
             scored.checked.matrix,
             scored.labels,
@@ -173,8 +206,27 @@ def invocations() -> Response:
     return _predict(accept_csv=True)
 
 
+@bp.post("/models/<name>/predict")
+def predict_name(name: str) -> Response:
+    """``/predict`` for the active version of a served name."""
+    return _predict(accept_csv=False, name=name)
+
+
+@bp.post("/models/<name>/versions/<version>/predict")
+def predict_pinned(name: str, version: str) -> Response:
+    """``/predict`` for one version of a served name, active or not (comparisons and
+    reproducible calls); its answer names that version."""
+    return _predict(accept_csv=False, name=name, version=version)
+
+
+@bp.post("/models/<name>/batch-predict")
+def batch_predict_name(name: str) -> Response:
+    """``/batch-predict`` for the active version of a served name."""
+    return batch_predict(name)
+
+
 @bp.post("/batch-predict")
-def batch_predict() -> Response:
+def batch_predict(name: str | None = None) -> Response:
     """Score a CSV upload in chunks; answer the CSV, or a JSON summary with ?format=json."""
     answer = request.args.get("format", "csv")
     on_error = request.args.get("on_error", "fail")
@@ -199,7 +251,7 @@ def batch_predict() -> Response:
         stream = body_stream(registry().settings.api.max_upload_mb * MB)
     else:
         raise _unsupported(f"multipart/form-data with a 'file' field, or {CSV_TYPE}")
-    model = serving().model
+    model = serving(name).model
     settings = registry().settings.api
     capture = capture_of_app()
     result = run_batch(

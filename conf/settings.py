@@ -104,6 +104,8 @@ class ApiSettings:
     max_pending_connections: int = 1000
     max_buffered_mb: int = 64
     allowed_hosts: tuple[str, ...] = ()  # empty: the bind host and its loopback aliases
+    models: tuple[str, ...] = ()  # empty: every registered name is served
+    max_loaded_versions: int = 8
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,16 @@ def _host_names(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _model_names(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("expected a list of model names (or a comma-separated text)")
+    return tuple(dict.fromkeys(check_model_name(_text(name)) for name in value))
+
+
 # (section, key) -> parser; "embedded.x" keys live under registry.embedded.
 _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("registry", "mongodb_uri"): _optional_text,
@@ -372,6 +384,8 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "max_pending_connections"): _int(4, 100000),
     ("api", "max_buffered_mb"): _int(4, 4096),
     ("api", "allowed_hosts"): _host_names,
+    ("api", "models"): _model_names,
+    ("api", "max_loaded_versions"): _int(1, 1000),
     ("capture", "sample_percent"): _number(0, 100),
     # Ten years at most: a longer TTL overflows MongoDB's and datetime's ranges.
     ("capture", "retention_days"): _number(0, 3650, above=True),

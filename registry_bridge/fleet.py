@@ -1,6 +1,7 @@
-"""What every API worker serves: one heartbeat document per worker in ``serving_workers``.
+"""What every API worker serves: one heartbeat document per worker and served model name
+in ``serving_workers``.
 
-Each gunicorn worker upserts its document about every ``INTERVAL_S`` seconds from a
+Each gunicorn worker upserts its documents about every ``INTERVAL_S`` seconds from a
 background thread (``api/fleet.py``), never from the request path. Readers (``bridge
 fleet``, ``GET /fleet``, activation waiting for workers to load a staged version) call
 :func:`list_workers`, which marks a document older than ``GONE_AFTER_INTERVALS``
@@ -36,8 +37,14 @@ PREPARE_POLL_S = 0.05
 
 
 def worker_id(host: str, pid: int) -> str:
-    """The document ``_id`` of one worker process."""
+    """How one worker process is named (``host:pid``)."""
     return f"{host}:{pid}"
+
+
+def document_id(host: str, pid: int, model: str) -> str:
+    """The document ``_id`` of one worker's report on one model name (a worker serves
+    several names, each reported on its own)."""
+    return f"{worker_id(host, pid)}:{model}"
 
 
 def this_host() -> str:
@@ -51,8 +58,8 @@ def report(db: Database, doc: Mapping[str, Any]) -> None:
 
 
 def forget(db: Database, host: str, pid: int) -> None:
-    """Remove one worker's document (it is shutting down)."""
-    db[COLLECTION].delete_one({"_id": worker_id(host, pid)})
+    """Remove one worker's documents (it is shutting down)."""
+    db[COLLECTION].delete_many({"host": host, "pid": pid})
 
 
 def _age_s(last_seen: Any, now: datetime) -> float:
@@ -124,7 +131,7 @@ def heartbeat_document(
 ) -> dict[str, Any]:
     """The document one worker reports (the contract of ``bridge fleet --json``)."""
     return {
-        "_id": worker_id(host, pid),
+        "_id": document_id(host, pid, model),
         "host": host,
         "pid": pid,
         "port": port,

@@ -134,3 +134,56 @@ def test_shared_read_hands_errors_to_every_waiter():
     for thread in threads:
         thread.join()
     assert errors == ["REGISTRY_UNAVAILABLE"] * 5
+
+
+def test_cache_drops_the_least_recently_used_not_the_oldest_loaded(candidate):
+    """Check that a version served since (peek, the hot path) outlives one loaded later but
+    unused, within api.max_loaded_versions."""
+    cache = SessionCache(size=2)
+    cache.get_or_load("a", 1, lambda: _load(candidate))
+    cache.get_or_load("b", 1, lambda: _load(candidate))
+    assert cache.peek("a", 1) is not None  # a request for a v1: now the most recent
+    cache.get_or_load("c", 1, lambda: _load(candidate))
+    assert cache.peek("a", 1) is not None and cache.peek("c", 1) is not None
+    assert cache.peek("b", 1) is None
+    assert cache.versions("a") == [1] and cache.versions("b") == []
+
+
+def test_loading_one_version_never_stalls_another(candidate):
+    """Check that while one (name, version) is loading, another is loaded and served: no
+    lock of the cache is held during a load."""
+    cache = SessionCache(size=4)
+    cache.get_or_load("served", 1, lambda: _load(candidate))
+    release = threading.Event()
+    loading = threading.Event()
+
+    def slow_loader():
+        loading.set()
+        assert release.wait(10)
+        return _load(candidate)
+
+    slow = threading.Thread(target=cache.get_or_load, args=("big", 1, slow_loader))
+    slow.start()
+    try:
+        assert loading.wait(5)
+        started = time.monotonic()
+        assert cache.peek("served", 1) is not None
+        assert cache.get_or_load("other", 2, lambda: _load(candidate)) is not None
+        assert time.monotonic() - started < 5  # did not wait for the slow load
+        assert cache.peek("big", 1) is None
+    finally:
+        release.set()
+        slow.join()
+    assert cache.peek("big", 1) is not None
+
+
+def test_a_failed_load_is_retried_by_the_next_caller(candidate):
+    """Check that a loader's error reaches its caller and leaves no gate behind."""
+    cache = SessionCache(size=2)
+
+    def broken():
+        raise RegistryError("CONFLICT", "broken bytes")
+
+    with pytest.raises(RegistryError, match="broken bytes"):
+        cache.get_or_load("m", 1, broken)
+    assert cache.get_or_load("m", 1, lambda: _load(candidate)) is cache.peek("m", 1)

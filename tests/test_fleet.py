@@ -37,7 +37,7 @@ def test_a_heartbeat_reports_what_the_worker_serves(app, client, published):
     v1 = published.versions[V1]
     assert client.post("/predict", json=record(published.inputs[0])).status_code == 200
     handle = registry_of(app)
-    Heartbeat(handle.store, handle.active, port=8123).beat()
+    Heartbeat(handle.store, handle.models, port=8123).beat()
 
     view = client.get("/fleet").json
     assert view["name"] == MODEL and view["active_version"] == v1
@@ -74,7 +74,7 @@ def test_a_staged_version_is_loaded_in_the_background_and_reported(app, client, 
     and reports a version that cannot load with the reason."""
     v1, v2 = published.versions[V1], published.versions[V2]
     handle = registry_of(app)
-    heartbeat = Heartbeat(handle.store, handle.active, port=None)
+    heartbeat = Heartbeat(handle.store, handle.models, port=None)
     published.store.stage_version(MODEL, v2, expected=v1)
     time.sleep(published.store.pointer_lease_ms / 1000)  # the worker's lease runs out
     heartbeat.beat()

@@ -4,6 +4,12 @@
 "use strict";
 
 const model = document.body.dataset.model;
+// This page's model: predictions go to its own paths, not to /predict's default name.
+const modelPath = `/models/${encodeURIComponent(model)}`;
+
+document.getElementById("model-select").addEventListener("change", (event) => {
+  event.target.form.submit();
+});
 
 function show(id, text, ok) {
   const out = document.getElementById(id);
@@ -24,7 +30,7 @@ document.getElementById("predict-form").addEventListener("submit", async (event)
   event.preventDefault();
   const record = {};
   for (const [key, value] of new FormData(event.target)) record[key] = Number(value);
-  const response = await fetch("/predict", {
+  const response = await fetch(`${modelPath}/predict`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(record),
@@ -44,7 +50,7 @@ document.getElementById("predict-form").addEventListener("submit", async (event)
 
 document.getElementById("batch-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const response = await fetch("/batch-predict", { method: "POST", body: new FormData(event.target) });
+  const response = await fetch(`${modelPath}/batch-predict`, { method: "POST", body: new FormData(event.target) });
   if (!response.ok) return show("batch-result", await errorText(response), false);
   const blob = await response.blob();
   const out = document.getElementById("batch-result");
