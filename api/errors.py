@@ -77,6 +77,16 @@ def _unexpected(exc: Exception) -> Response:
     return error_response("INTERNAL_ERROR", "internal error; the server log has the details", 500)
 
 
+def native_answer(exc: Exception) -> Response:
+    """The answer the app's handlers below give to ``exc``, for a protocol that reshapes
+    the body but keeps the status, the headers and what is hidden (``api/oip.py``)."""
+    if isinstance(exc, RegistryError):
+        return _registry_error(exc)
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    return _unexpected(exc)
+
+
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
     app.register_error_handler(RegistryError, _registry_error)

@@ -68,7 +68,7 @@ def serving(name: str | None = None, version: str | None = None) -> Resolved:
     return resolved
 
 
-def _body_limit() -> int:
+def body_limit() -> int:
     """Bytes accepted by /predict and /invocations: api.max_request_mb, within the upload cap."""
     settings = registry().settings.api
     return min(settings.max_request_mb, settings.max_upload_mb) * MB
@@ -85,11 +85,11 @@ def _records(model: LoadedModel) -> tuple[list[Any], bool]:
     """The body's records (and whether cells are text), read under the body and record limits."""
     max_records = registry().settings.api.max_records
     if request.is_json:
-        body = read_body(_body_limit())
+        body = read_body(body_limit())
         check_json_size(body, max_records, len(model.schema.features))
         return extract_records(parse_json(body)), False
     # Otherwise a CSV body: _predict refused every other media type before this.
-    body = read_body(_body_limit(), max_lines=max_records + 1)
+    body = read_body(body_limit(), max_lines=max_records + 1)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -177,12 +177,20 @@ def _predict(accept_csv: bool, name: str | None = None, version: str | None = No
     records, from_text = _records(model)
     check_count(records, registry().settings.api.max_records)
     scored = score(model, records, from_text)
+    # predict or invocations: the endpoint, whatever the name's path
+    captured(scored, request.path.rstrip("/").rpartition("/")[2])
+    return jsonify(scored.body)
+
+
+def captured(scored: Scored, source: str) -> None:
+    """Count a Flask request's predictions, and capture them when it is sampled."""
+    model = scored.model
     # Off the request path: records only enter a bounded queue (api/capture.py).
     capture = capture_of_app()
     if capture.sampled():
         started = g.get("started")
         capture.record(
-            request.path.rstrip("/").rpartition("/")[2],  # predict or invocations
+            source,
             model,
             scored.checked.matrix,
             scored.labels,
@@ -191,7 +199,6 @@ def _predict(accept_csv: bool, name: str | None = None, version: str | None = No
             latency_ms=(time.perf_counter() - started) * 1000 if started else None,
         )
     predicted(model, len(scored.labels))
-    return jsonify(scored.body)
 
 
 @bp.post("/predict")
