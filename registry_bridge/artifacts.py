@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import gridfs
 from bson import ObjectId
 from bson.errors import InvalidId
-from gridfs.errors import NoFile
+from gridfs.errors import CorruptGridFile, NoFile
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -207,11 +207,20 @@ class GridFSArtifacts:
         stream = self._open(file_id, what)
         digest = hashlib.sha256()
         size = 0
-        for piece in iter(lambda: stream.read(READ_CHUNK), b""):
-            digest.update(piece)
-            size += len(piece)
-            if sink is not None:
-                sink(piece)
+        try:
+            for piece in iter(lambda: stream.read(READ_CHUNK), b""):
+                digest.update(piece)
+                size += len(piece)
+                if sink is not None:
+                    sink(piece)
+        except CorruptGridFile as exc:
+            # Chunks missing mid-read: the file was deleted meanwhile (a version being
+            # deleted) or is damaged. The bytes are gone, the database is not down.
+            raise RegistryError(
+                "NOT_FOUND",
+                f"{what}: artifact file {file_id} lost its chunks while being read "
+                f"({first_line(exc)})",
+            ) from None
         actual = digest.hexdigest()
         if actual != sha256 or size != size_bytes:
             raise RegistryError(

@@ -116,6 +116,22 @@ def test_artifact_bytes_match_their_checksum(store, tmp_path):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == version.sha256
 
 
+def test_chunks_lost_while_reading_are_not_found_not_an_outage(store, monkeypatch):
+    """Check that a file whose chunks vanish mid-read (a delete racing the read) is NOT_FOUND
+    naming the version, not REGISTRY_UNAVAILABLE: the database is up, the bytes are gone."""
+    d, artifact = draft()
+    version = store.publish_model_version(d, artifact).version
+
+    class Vanishing:
+        def read(self, size: int) -> bytes:
+            raise gridfs.errors.CorruptGridFile("no chunk #0")
+
+    monkeypatch.setattr(store.artifacts, "_open", lambda file_id, what: Vanishing())
+    with pytest.raises(RegistryError) as info:
+        store.read_artifact(version)
+    assert info.value.code == "NOT_FOUND" and version.label in info.value.message
+
+
 def test_unknown_version_is_named(store):
     """Check that a missing version raises NOT_FOUND naming the model and the version."""
     publish(store, "run-a")
