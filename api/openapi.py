@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from api import openapi_oip
 from conf.contract import FEATURES
 from registry_bridge.errors import STATUS_BY_CODE
 
@@ -144,13 +145,22 @@ def spec() -> dict[str, Any]:
             "schema": {"type": "integer", "minimum": 1},
         },
     ]
-    return {
+    # A name not served, or a version missing or deleted: 404.
+    name_predict_op: dict[str, Any] = {
+        **predict_op,
+        "parameters": version_path[:1],
+        "responses": {**predict_op["responses"], **_errors(*_PREDICT_ERRORS, "NOT_FOUND")},
+    }
+    pinned_op = {**name_predict_op, "parameters": version_path}
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "Vertebral column inference API",
             "version": "1.0.0",
-            "description": "Serves the active registry version of the model (ONNX). "
-            'Every error body is {"error": {code, message, details?}}.',
+            "description": "Serves the active registry version of every served model "
+            "(ONNX), and pinned versions. Every error body is "
+            '{"error": {code, message, details?}}, but under /v2 (the Open Inference '
+            'Protocol), where it is the protocol\'s {"error": "<message>"}.',
         },
         "components": {
             "securitySchemes": {
@@ -215,6 +225,7 @@ def spec() -> dict[str, Any]:
                         },
                     },
                 },
+                **openapi_oip.SCHEMAS,
                 "ModelVersion": {
                     "type": "object",
                     "description": "a model_versions document (DESIGN.md) plus active: boolean",
@@ -233,6 +244,15 @@ def spec() -> dict[str, Any]:
             "/predict": {"post": {"summary": "Predict one or many records", **predict_op}},
             "/invocations": {
                 "post": {"summary": "MLflow scoring drop-in (JSON or CSV)", **invocations_op}
+            },
+            "/models/{name}/predict": {
+                "post": {
+                    "summary": "/predict for a served model's active version",
+                    **name_predict_op,
+                }
+            },
+            "/models/{name}/versions/{version}/predict": {
+                "post": {"summary": "/predict for one version, active or not", **pinned_op}
             },
             "/batch-predict": {
                 "post": {
@@ -387,6 +407,7 @@ def spec() -> dict[str, Any]:
                 }
             },
             **_monitoring_paths(version_path[:1]),
+            **openapi_oip.paths(version_path[0], version_path[1]),
             "/health": {
                 "get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}
             },
@@ -437,6 +458,17 @@ def spec() -> dict[str, Any]:
             },
         },
     }
+    paths = document["paths"]
+    batch = paths["/batch-predict"]["post"]
+    paths["/models/{name}/batch-predict"] = {
+        "post": {
+            **batch,
+            "summary": "/batch-predict for a served model's active version",
+            "parameters": [*version_path[:1], *batch["parameters"]],
+            "responses": {**batch["responses"], **_errors(*_PREDICT_ERRORS, "NOT_FOUND")},
+        }
+    }
+    return document
 
 
 def _monitoring_paths(name_path: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import json
 import pytest
 from api_fixtures import FAMILIES, MODEL, make_app, record, with_api
 from many_models import BINARY, OTHER, POSITIVE, THRESHOLD, publish_binary, publish_other
+from test_fleet import bridge_fleet
 
 from api import registry
 from api.fleet import Heartbeat
@@ -221,6 +222,11 @@ def test_models_console_fleet_and_metrics_show_every_name(many, names, published
     assert set(reported) == {MODEL, OTHER, BINARY}
     assert reported[BINARY]["serving_version"] == 1
     assert json.loads(many.get(f"/fleet?name={OTHER}").get_data())["converged"] is True
+    listed = bridge_fleet(published.settings, "--json")
+    assert listed.exit_code == 0, listed.output
+    assert {w["model"] for w in json.loads(listed.output)} == {MODEL, OTHER, BINARY}
+    table = bridge_fleet(published.settings)
+    assert all(name in table.output for name in (MODEL, OTHER, BINARY))
 
 
 def test_a_worker_reports_every_served_name_before_any_request(names, published, mongo_client):
