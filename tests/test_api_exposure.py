@@ -28,7 +28,8 @@ from servers import ApiServer
 from api.__main__ import THREADS_PER_WORKER
 from api.__main__ import main as api_main
 
-pytestmark = pytest.mark.slow
+# Latency, memory and timeouts measured: run alone, after the parallel part (Makefile).
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 WORKERS = 2
 SLOW_CLIENTS = 2 * WORKERS * THREADS_PER_WORKER

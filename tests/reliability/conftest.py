@@ -57,8 +57,10 @@ def ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the figures of this session (nothing when no reliability test ran)."""
-    if not _FIGURES:
+    """Write the figures of this session (nothing when no reliability test ran, and
+    nothing from a pytest-xdist worker: it holds only its share; `make reliability` runs
+    the whole table in one process)."""
+    if not _FIGURES or hasattr(session.config, "workerinput"):
         return
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     SUMMARY.write_text(

@@ -30,7 +30,8 @@ UPLOAD_MB = 48  # /batch-predict
 REQUEST_MB = 12  # /predict, /invocations: a quarter of the upload limit (defaults: 16 / 512)
 BOUND_MB = 2 * UPLOAD_MB
 
-pytestmark = pytest.mark.slow
+# Latency, memory and timeouts measured: run alone, after the parallel part (Makefile).
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def _reset_peak(pid: int) -> None:

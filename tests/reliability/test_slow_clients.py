@@ -50,7 +50,8 @@ FLOOD_P99_FACTOR = 10.0
 # each (issue 21, item 7).
 RSS_BOUND_MB = 96
 
-pytestmark = pytest.mark.slow
+# Latency, memory and timeouts measured: run alone, after the parallel part (Makefile).
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 @pytest.fixture(scope="module")
