@@ -26,6 +26,7 @@ from importlib import metadata
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from api import registry
 from api.active import Resolved
@@ -61,6 +62,16 @@ def _error(exc: Exception) -> Response:
         if header in native.headers:
             response.headers[header] = native.headers[header]
     return response
+
+
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def _routing_error(exc: HTTPException) -> Response:
+    """An unknown path or a wrong method under /v2: no blueprint matched it, so the
+    app's handlers would answer; the protocol's body there, the native one elsewhere."""
+    if request.path == bp.url_prefix or request.path.startswith(f"{bp.url_prefix}/"):
+        return _error(exc)
+    return native_answer(exc)
 
 
 @bp.get("")

@@ -347,9 +347,15 @@ def test_oip_statuses_for_names_versions_and_media(oip, published):
         content_type="application/json",
     )
     assert answer.status_code == 400 and "binary" in answer.json["error"]
-    # Elsewhere the native error body is kept.
+    # Under /v2 an unknown path or a wrong method too; elsewhere the native body is kept.
+    assert oip.get("/v2/nothing").json == {"error": "no endpoint at /v2/nothing; see /openapi.json"}
+    wrong = oip.get(f"/v2/models/{MODEL}/infer")
+    assert wrong.status_code == 405 and "GET is not allowed" in wrong.json["error"]
+    assert wrong.headers["Allow"]
     native = oip.post("/models/nope/predict", json=record(published.inputs[0]))
     assert native.status_code == 404 and native.json["error"]["code"] == "NOT_FOUND"
+    assert oip.get("/nothing").json["error"]["code"] == "NOT_FOUND"
+    assert oip.get("/predict").json["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
 def test_server_and_model_metadata(oip, published):
