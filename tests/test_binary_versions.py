@@ -213,3 +213,74 @@ def test_mlflow_loads_the_2c_alias_and_labels_rows_as_predict_does(
     finally:
         store.set_active_version(NAME, first.version, by="tests", reason="restore the fixture")
         mlflow.set_tracking_uri(previous_uri)
+
+
+def test_mlflow_models_serve_and_spark_udf_label_2c_rows_as_predict_does(
+    binary, mongo_client, tmp_path, monkeypatch
+):
+    """Check `mlflow models serve` and `spark_udf` on models:/<2C name>@production (v1, fixed
+    threshold 0.8, so rows between 0.5 and 0.8 are Normal): every one of the 310 rows gets
+    /predict's label (issue 21 item 3; the loader failed on every binary version)."""
+    import os
+    import shutil
+    import sys
+
+    import requests
+
+    from api.launcher import Server, free_port
+
+    two, store, first, _ = binary
+    assert store.get_active_version(NAME).active_version == first.version
+    rows = load_dataset(two.data).features
+    records = [record(r) for r in rows.to_numpy(dtype=np.float32)]
+    app_settings = replace(two, api=replace(two.api, model_name=NAME))
+    answer = (
+        make_app(app_settings, mongo_client)
+        .test_client()
+        .post("/predict", json={"records": records})
+    )
+    expected = [p["label"] for p in answer.get_json()["predictions"]]
+    assert "Normal" in expected and "Abnormal" in expected
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",  # mlflow execs uvicorn
+        "MONGODB_URI": str(two.registry.mongodb_uri),
+        "REGISTRY_DB": two.registry.database,
+        "MLFLOW_TRACKING_URI": two.mlflow.tracking_uri,
+    }
+    uri = f"models:/{NAME}@production"
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    with Server("mlflow-serve", command, port, tmp_path / "serve.log", env, cwd=tmp_path) as serve:
+        serve.start().wait_ready("/ping", timeout_s=180)
+        served = requests.post(
+            f"{serve.base_url}/invocations",
+            json={"dataframe_records": [dict(r) for r in records]},
+            timeout=120,
+        )
+    assert served.status_code == 200, served.text[:500]
+    assert [p["prediction"] for p in served.json()["predictions"]] == expected
+
+    if not shutil.which("java") and os.environ.get("CI") != "true":
+        pytest.skip("no Java runtime for spark_udf (CI installs it)")
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from registry_bridge.spark import spark_session
+
+    for key in ("MONGODB_URI", "REGISTRY_DB", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(key, env[key])  # the Python workers read the registry through them
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(two.mlflow.tracking_uri)
+    running = SparkSession.getActiveSession()  # test_spark's, when it ran first here
+    spark = spark_session("local[1]", app_name="tests-2c")
+    try:
+        frame = spark.createDataFrame(rows.astype("float64")).coalesce(1)
+        udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="string", env_manager="local")
+        labelled = frame.withColumn("prediction", udf(F.struct(*frame.columns)))
+        assert [r["prediction"] for r in labelled.select("prediction").collect()] == expected
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+        if running is None:
+            spark.stop()
