@@ -170,7 +170,20 @@ def infer(name: str, version: str | None = None) -> Response:
     max_records = registry().settings.api.max_records
     body = read_body(body_limit())
     check_json_size(body, max_records, len(model.schema.features))
-    payload = parse_json(body)
+    answer, scored = respond(name, model, parse_json(body), max_records)
+    captured(scored, "infer")
+    return jsonify(answer)
+
+
+def respond(
+    name: str, model: LoadedModel, payload: Any, max_records: int
+) -> tuple[dict[str, Any], Scored]:
+    """An inference request's answer by ``model`` (Flask-free: any server may call it).
+
+    Raises:
+        RegistryError: INVALID_INPUT naming the input at fault; PAYLOAD_TOO_LARGE beyond
+            ``max_records`` rows.
+    """
     if not isinstance(payload, dict):
         raise invalid("the body must be a JSON object with 'inputs' (an inference request)")
     request_id = payload.get("id")
@@ -183,12 +196,11 @@ def infer(name: str, version: str | None = None) -> Response:
         scored = score(model, records)
     except RegistryError as exc:
         raise _named(exc, names) from None
-    captured(scored, "infer")
     answer: dict[str, Any] = {"model_name": name, "model_version": str(model.version)}
     if request_id is not None:
         answer["id"] = request_id
     answer["outputs"] = [_output(scored, output) for output in wanted]
-    return jsonify(answer)
+    return answer, scored
 
 
 def _requested_outputs(outputs: Any) -> tuple[str, ...]:
