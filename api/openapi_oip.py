@@ -112,7 +112,15 @@ def _ok(schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": "OK", "content": {"application/json": {"schema": schema}}}
 
 
-_RESOLVE = ("INVALID_INPUT", "FORBIDDEN", "NOT_FOUND", "NO_ACTIVE_MODEL", "REGISTRY_UNAVAILABLE")
+# CONFLICT: a pinned version whose bytes fail their sha256 (an active one is a 503).
+_RESOLVE = (
+    "INVALID_INPUT",
+    "FORBIDDEN",
+    "NOT_FOUND",
+    "CONFLICT",
+    "NO_ACTIVE_MODEL",
+    "REGISTRY_UNAVAILABLE",
+)
 _INFER = (*_RESOLVE, "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE")
 
 

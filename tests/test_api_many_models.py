@@ -242,3 +242,15 @@ def test_a_worker_reports_every_served_name_before_any_request(names, published,
 def registry_of(app):
     with app.app_context():
         return registry()
+
+
+def test_a_pinned_version_is_verified_when_it_loads(many, published):
+    """Check that a pinned version whose bytes do not match its sha256 is refused (409
+    naming the checksum), not served."""
+    v2 = published.versions[FAMILIES[1]]
+    published.store.versions.update_one(
+        {"name": MODEL, "version": v2}, {"$set": {"sha256": "0" * 64}}
+    )
+    answer = _predict(many, f"/models/{MODEL}/versions/{v2}/predict", published.inputs[:1])
+    assert answer.status_code == 409, answer.get_json()
+    assert "checksum" in answer.get_json()["error"]["message"]
