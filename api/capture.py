@@ -4,8 +4,8 @@ A sampled ``/predict`` or ``/invocations`` request (``capture.sample_percent``) 
 sample of ``/batch-predict`` rows are written to ``inference_log`` as columnar bucket
 documents (one per version of each batch the writer takes; the layout and its only
 writer, :func:`~registry_bridge.monitoring.inference_log.bucket`, are in
-:mod:`registry_bridge.monitoring.inference_log`): per record its time, endpoint, request id, row, features, label, probabilities and the
-request's latency. Those are patients' measurements: they are kept
+:mod:`registry_bridge.monitoring.inference_log`): per record its time, endpoint, request
+id, row, features, label, probabilities and the request's latency. Those are patients' measurements: they are kept
 ``capture.retention_days`` days.
 
 Nothing is written, and almost nothing built, on the request path: :meth:`Capture.record`
@@ -259,7 +259,7 @@ class Capture:
         return batch
 
     def _write(self, batch: list[tuple[Any, Entry]]) -> None:
-        """One bucket document per (name, version) of the batch (see registry_bridge.monitoring.inference_log)."""
+        """One bucket document per (name, version) of the batch (the layout: inference_log)."""
         records = sum(len(entry.labels) for _, entry in batch)
         try:
             groups: dict[tuple[str, int], tuple[Any, list[Entry]]] = {}
