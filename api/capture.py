@@ -5,8 +5,8 @@ sample of ``/batch-predict`` rows are written to ``inference_log`` as columnar b
 documents (one per version of each batch the writer takes; the layout and its only
 writer, :func:`~registry_bridge.monitoring.inference_log.bucket`, are in
 :mod:`registry_bridge.monitoring.inference_log`): per record its time, endpoint, request
-id, row, features, label, probabilities and the request's latency. Those are patients' measurements: they are kept
-``capture.retention_days`` days.
+id, row, features, label, probabilities and the request's latency. Those are patients'
+measurements: they are kept ``capture.retention_days`` days.
 
 Nothing is written, and almost nothing built, on the request path: :meth:`Capture.record`
 appends ONE tuple per request (its arrays by reference, no dict, no datetime, no Flask:
