@@ -21,6 +21,7 @@ from conf.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # for the types only: importing ``api`` stays cheap (create_app imports)
     from api.active import ActiveModel
+    from api.hosts import SiteCheck
     from api.served import ActiveModels
     from registry_bridge.store import ModelStore
 
@@ -80,7 +81,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from api.capture import EXTENSION as CAPTURE
     from api.capture import Capture
     from api.fast import FastPredict
-    from api.hosts import allowed_hosts
+    from api.hosts import SiteCheck
     from api.report_cache import EXTENSION as REPORTS
     from api.report_cache import ReportCache
     from api.served import ActiveModels
@@ -119,53 +120,33 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(oip.bp)  # the Open Inference Protocol (/v2)
     if not app.testing:  # a gunicorn worker: report to the fleet (tests drive Heartbeat)
         fleet.Heartbeat(store, served, settings.api.port).start()
-    _init_host_check(app, settings)
+    check = SiteCheck(settings.api)
+    _init_site_check(app, check)
     if not app.testing:
         from api import observe
 
         observe.log_off_the_request_path()
     _init_request_hooks(app)
     # Outermost: the usual /predict is answered before Flask's machinery (api/fast.py).
-    hosts = allowed_hosts(settings.api)
-    fast = FastPredict(app.wsgi_app, app.extensions[EXTENSION], capture, hosts, app.json.dumps)
+    fast = FastPredict(app.wsgi_app, app.extensions[EXTENSION], capture, check, app.json.dumps)
     app.wsgi_app = fast  # type: ignore[method-assign]
     return app
 
 
-def _init_host_check(app: Flask, settings: Settings) -> None:
+def _init_site_check(app: Flask, check: SiteCheck) -> None:
     """Answer only requests whose Host names this API (DNS rebinding), and refuse writes
     a page of another site makes a browser send (CSRF); see api.hosts."""
-    from api.hosts import allowed_hosts, cross_site_field, host_name
-    from registry_bridge.errors import RegistryError
-    from registry_bridge.scoring.schema import shown
-
-    allowed = allowed_hosts(settings.api)
-    named = frozenset(name for name in settings.api.allowed_hosts if name != "*")
 
     @app.before_request
-    def _check_host() -> None:
-        given = request.headers.get("Host", "")
-        if allowed is not None and host_name(given) not in allowed:
-            raise RegistryError(
-                "INVALID_INPUT",
-                f"the Host header {shown(given)!r} is not a name this API answers to "
-                "(setting api.allowed_hosts)",
-                [{"field": "Host", "problem": "not allowed"}],
-            )
-        field = cross_site_field(
+    def _check_site() -> None:
+        refusal = check.refusal(
             request.method,
+            request.headers.get("Host", ""),
             request.headers.get("Origin"),
             request.headers.get("Sec-Fetch-Site"),
-            given,
-            named,
         )
-        if field is not None:
-            raise RegistryError(
-                "FORBIDDEN",
-                f"a {request.method} from another site is refused: the {field} header "
-                f"{shown(request.headers.get(field, ''))!r} is not this API's origin",
-                [{"field": field, "problem": "cross-site"}],
-            )
+        if refusal is not None:
+            raise refusal
 
 
 def _init_request_hooks(app: Flask) -> None:

@@ -11,6 +11,8 @@ import ipaddress
 import socket
 
 from conf.settings import ApiSettings
+from registry_bridge.errors import RegistryError
+from registry_bridge.scoring.schema import shown
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
@@ -83,3 +85,34 @@ def cross_site_field(
     if netloc == host.strip().lower() or host_name(netloc) in allowed:
         return None
     return "Origin"
+
+
+class SiteCheck:
+    """The two checks of where a request comes from, for every path that answers one:
+    the Flask app's first hook, and api/fast.py, which hands a refused request to it."""
+
+    def __init__(self, api: ApiSettings):
+        self.allowed = allowed_hosts(api)
+        self.named = frozenset(name for name in api.allowed_hosts if name != "*")
+
+    def refusal(
+        self, method: str, host: str, origin: str | None, fetch_site: str | None
+    ) -> RegistryError | None:
+        """The error a request from an unknown Host (400) or another site (403) gets."""
+        if self.allowed is not None and host_name(host) not in self.allowed:
+            return RegistryError(
+                "INVALID_INPUT",
+                f"the Host header {shown(host)!r} is not a name this API answers to "
+                "(setting api.allowed_hosts)",
+                [{"field": "Host", "problem": "not allowed"}],
+            )
+        field = cross_site_field(method, origin, fetch_site, host, self.named)
+        if field is None:
+            return None
+        value = origin if field == "Origin" else fetch_site
+        return RegistryError(
+            "FORBIDDEN",
+            f"a {method} from another site is refused: the {field} header "
+            f"{shown(value or '')!r} is not this API's origin",
+            [{"field": field, "problem": "cross-site"}],
+        )

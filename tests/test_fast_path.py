@@ -191,3 +191,32 @@ def test_capture_through_the_fast_path_keeps_the_request_id(published, mongo_cli
     db = mongo_client[settings.registry.database]
     assert db.inference_log.count_documents({"request_ids": "abc-1"}) == 1
     assert flask.calls == 0
+
+
+def test_every_request_hook_of_the_app_runs_on_the_fast_path_too(app):
+    """Check that the app's request hooks (before, after, teardown, on the app or on any
+    blueprint) are exactly those the fast path does in its place (FastPredict.HOOKS): a
+    hook added later, which the fast path would silently skip, fails here."""
+    hooks = {
+        function.__name__
+        for registry in (
+            app.before_request_funcs,
+            app.after_request_funcs,
+            app.teardown_request_funcs,
+            app.url_value_preprocessors,
+        )
+        for functions in registry.values()
+        for function in functions
+    }
+    assert hooks == set(FastPredict.HOOKS)
+
+
+def test_a_hook_the_fast_path_does_not_run_is_caught(app):
+    """Check that the check above can fail: a new before_request hook is seen."""
+
+    @app.before_request
+    def _audit() -> None:
+        return None
+
+    hooks = {f.__name__ for functions in app.before_request_funcs.values() for f in functions}
+    assert "_audit" in hooks and not hooks <= set(FastPredict.HOOKS)
