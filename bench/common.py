@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: servers on free loopback ports, process memory, machine facts, stats.
+"""Shared benchmark helpers: process memory, machine facts, statistics, the result files.
 
 Everything measured here runs on this machine only; nothing binds a non-loopback address.
 Memory is read from ``/proc`` (Linux): resident set size of a process and of all its
