@@ -132,8 +132,9 @@ class Walk:
         self.env = {k: v for k, v in kept.items() if k not in ("PWD", "OLDPWD", "SHLVL", "_")}
         return output
 
-    def start(self, command: str, path: str) -> None:
-        """Start a server the README leaves running; wait until ``path`` answers."""
+    def start(self, command: str, path: str) -> str:
+        """Start a server the README leaves running; wait until ``path`` answers; its output
+        so far."""
         port = next(
             int(p) for p in re.findall(r"(?:--port |-p )(\d+)", command) or [self.ports["api"]]
         )
@@ -152,7 +153,7 @@ class Walk:
             assert process.poll() is None, f"`{command}` exited:\n{Path(log.name).read_text()}"
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5):
-                    return
+                    return Path(log.name).read_text(errors="replace")
             except (OSError, urllib.error.URLError):
                 time.sleep(0.5)
         pytest.fail(f"`{command}` did not answer {path} within 180 s")
@@ -222,7 +223,11 @@ def test_the_readme_runs_top_to_bottom_in_a_fresh_clone(clone, mongo_server, reg
             server = next((p for part, p in SERVERS.items() if part in words), None)
             started = time.perf_counter()
             if server is not None:
-                walk.start(command, server)
+                printed = walk.start(command, server)
+                if words.startswith("make serve"):  # issue 26: it printed no URL
+                    assert f"console: http://127.0.0.1:{ports['api']}/" in printed, printed
+                if words.startswith("make mlflow-ui"):  # the study's runs, and its candidates
+                    assert "its candidates only:" in printed and "searchFilter=" in printed
             else:
                 output = walk.shell(command, timeout=600)
                 walk.block_outputs.setdefault(block, []).append(output)
