@@ -11,20 +11,13 @@ from typing import Any
 
 from api import openapi_oip
 from conf.contract import FEATURES
-from registry_bridge.errors import STATUS_BY_CODE
+from registry_bridge.errors import STATUS_BY_CODE, openapi_responses
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 def _errors(*codes: str) -> dict[str, Any]:
-    responses: dict[str, Any] = {}
-    for code in codes:
-        status = str(STATUS_BY_CODE[code])
-        entry = responses.setdefault(
-            status, {"description": "", "content": {"application/json": {"schema": _ERROR}}}
-        )
-        entry["description"] = " or ".join(filter(None, [entry["description"], code]))
-    return responses
+    return openapi_responses(codes, _ERROR)
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.oip import NUMERIC, OUTPUTS
-from registry_bridge.errors import STATUS_BY_CODE
+from registry_bridge.errors import openapi_responses
 
 _ERROR = {"$ref": "#/components/schemas/OipError"}
 
@@ -98,14 +98,7 @@ SCHEMAS: dict[str, Any] = {
 
 
 def _errors(*codes: str) -> dict[str, Any]:
-    responses: dict[str, Any] = {}
-    for code in codes:
-        status = str(STATUS_BY_CODE[code])
-        entry = responses.setdefault(
-            status, {"description": "", "content": {"application/json": {"schema": _ERROR}}}
-        )
-        entry["description"] = " or ".join(filter(None, [entry["description"], code]))
-    return responses
+    return openapi_responses(codes, _ERROR)
 
 
 def _ok(schema: dict[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,19 @@ T = TypeVar("T")
 FIRST_LINE_MAX_CHARS = 300
 
 
+def openapi_responses(codes: tuple[str, ...], schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI ``responses`` for error ``codes``: one entry per status, naming its codes,
+    each answering ``schema`` (the native error body or the Open Inference Protocol's)."""
+    responses: dict[str, Any] = {}
+    for code in codes:
+        status = str(STATUS_BY_CODE[code])
+        entry = responses.setdefault(
+            status, {"description": "", "content": {"application/json": {"schema": schema}}}
+        )
+        entry["description"] = " or ".join(filter(None, [entry["description"], code]))
+    return responses
+
+
 def error_body(
     code: str, message: str, details: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
