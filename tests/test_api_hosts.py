@@ -96,13 +96,7 @@ def test_cross_site_writes_are_403_and_write_nothing(client, published, headers,
 
     saved = output_dir(published.settings) / "predicciones.csv"
     saved.unlink(missing_ok=True)
-    csv = ",".join(FEATURES) + "\n" + ",".join(["50"] * len(FEATURES)) + "\n"
-    batch = client.post(
-        "/batch-predict",
-        data={"file": (io.BytesIO(csv.encode()), "in.csv")},
-        content_type="multipart/form-data",
-        headers={"Host": "localhost", **headers},
-    )
+    batch = _upload(client, headers)
     assert batch.status_code == 403, batch.json
     assert batch.json["error"]["details"] == [{"field": field, "problem": "cross-site"}]
     assert not saved.exists()
@@ -129,11 +123,16 @@ def test_cross_site_writes_are_403_and_write_nothing(client, published, headers,
 )
 def test_same_origin_and_non_browser_writes_pass(client, published, headers):
     """Check that the origin check refuses only other sites."""
+    batch = _upload(client, headers)
+    assert batch.status_code == 200, batch.data[:300]
+
+
+def _upload(client, headers):
+    """A browser-like multipart /batch-predict of one patient, with ``headers``."""
     csv = ",".join(FEATURES) + "\n" + ",".join(["50"] * len(FEATURES)) + "\n"
-    batch = client.post(
+    return client.post(
         "/batch-predict",
         data={"file": (io.BytesIO(csv.encode()), "in.csv")},
         content_type="multipart/form-data",
         headers={"Host": "localhost", **headers},
     )
-    assert batch.status_code == 200, batch.data[:300]
