@@ -54,6 +54,31 @@ class Published:
 def _candidates(data_settings: Any, seed: int, test_size: float) -> dict[str, Candidate]:
     dataset = load_dataset(data_settings)
     split = split_dataset(dataset, test_size, seed)
+    found: dict[str, Candidate] = {}
+    for family in FAMILIES:
+        draft, artifact, _ = fitted_draft(MODEL, family, dataset, split, seed)
+        found[family] = Candidate(draft, artifact, split.x_test.to_numpy(dtype=np.float32))
+    return found
+
+
+def fitted_draft(
+    name: str, family: str, dataset: Any, split: Any, seed: int, threshold: Any = None
+) -> tuple[ModelVersionDraft, bytes, Any]:
+    """A family's default pipeline fitted on ``split``, converted, and its version draft
+    (what a candidate run would give, without MLflow); also its evaluation."""
+    params = get_family(family).defaults()
+    pipeline = build_pipeline(family, params, seed)
+    pipeline.fit(split.x_train, split.y_train)
+    evaluation = evaluate(pipeline, split, threshold)
+    block = {
+        "inputs": split.x_test.to_numpy(dtype=float).tolist(),
+        "labels": [str(x) for x in evaluation.labels],
+        "probabilities": evaluation.probabilities.tolist(),
+    }
+    card = {}
+    if threshold is not None:
+        card = threshold.to_card()
+        block.update(threshold=threshold.value, positive_class=threshold.positive_class)
     schema = [
         {
             "name": f,
@@ -63,37 +88,25 @@ def _candidates(data_settings: Any, seed: int, test_size: float) -> dict[str, Ca
         }
         for f in FEATURES
     ]
-    found: dict[str, Candidate] = {}
-    for family in FAMILIES:
-        params = get_family(family).defaults()
-        pipeline = build_pipeline(family, params, seed)
-        pipeline.fit(split.x_train, split.y_train)
-        evaluation = evaluate(pipeline, split)
-        artifact = convert_to_onnx(pipeline, family).SerializeToString()
-        block = {
-            "inputs": split.x_test.to_numpy(dtype=float).tolist(),
-            "labels": [str(x) for x in evaluation.labels],
-            "probabilities": evaluation.probabilities.tolist(),
-        }
-        draft = ModelVersionDraft(
-            name=MODEL,
-            run_id=None,
-            experiment_id=None,
-            source=f"test:{family}",
-            model_family=family,
-            params=params,
-            metrics=evaluation.metrics,
-            classes=list(evaluation.classes),
-            input_schema=schema,
-            data_fingerprint=dataset.fingerprint,
-            library_versions={},
-            onnx_io=dict(ONNX_IO),
-            input_example=onnx_check.input_example(block),
-            variant=dataset.variant,
-            created_by="tests",
-        )
-        found[family] = Candidate(draft, artifact, split.x_test.to_numpy(dtype=np.float32))
-    return found
+    draft = ModelVersionDraft(
+        name=name,
+        run_id=None,
+        experiment_id=None,
+        source=f"test:{family}" + (f":{dataset.variant}" if threshold is not None else ""),
+        model_family=family,
+        params=params,
+        metrics=evaluation.metrics,
+        classes=list(evaluation.classes),
+        input_schema=schema,
+        data_fingerprint=dataset.fingerprint,
+        library_versions={},
+        onnx_io=dict(ONNX_IO),
+        input_example=onnx_check.input_example(block),
+        variant=dataset.variant,
+        created_by="tests",
+        **card,
+    )
+    return draft, convert_to_onnx(pipeline, family).SerializeToString(), evaluation
 
 
 def publish_candidates(store: ModelStore, settings: Settings) -> Published:

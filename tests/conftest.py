@@ -147,3 +147,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "needs_real_mongodb" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def bridge(settings: Settings, registry_db_name: str):
+    """Run ``bridge ARGS`` against the test's registry database and MLflow store, with
+    MODEL_NAME ``vertebral-column`` (``env_changes`` on top, ``input`` on stdin)."""
+    from click.testing import CliRunner
+
+    from registry_bridge.cli import main
+
+    env = {
+        "MONGODB_URI": settings.registry.mongodb_uri or "",
+        "REGISTRY_DB": registry_db_name,
+        "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
+        "MODEL_NAME": "vertebral-column",
+        "REGISTRY_USER": "cli-tester",
+    }
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None, env_changes: dict | None = None):
+        return runner.invoke(main, list(args), env={**env, **(env_changes or {})}, input=input)
+
+    return run

@@ -13,15 +13,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from api_fixtures import FAMILIES, Published, _candidates
+from api_fixtures import FAMILIES, Published, _candidates, fitted_draft
 
-from conf.contract import FEATURES, ONNX_IO
 from conf.settings import Settings
-from pipelines.candidate import convert_to_onnx, evaluate, split_dataset
+from pipelines.candidate import split_dataset
 from pipelines.data import load_dataset, variant_file
-from pipelines.families import build_pipeline, get_family
 from pipelines.threshold import Threshold
-from registry_bridge import onnx_check
 from registry_bridge.entities import ModelVersionDraft
 from registry_bridge.store import ModelStore
 
@@ -47,47 +44,8 @@ def _binary_candidate(
     two = replace(data_settings, variant="2C", path=variant_file(data_settings.path, "2C"))
     dataset = load_dataset(two)
     split = split_dataset(dataset, 0.2, seed)
-    family = FAMILIES[0]
-    params = get_family(family).defaults()
-    pipeline = build_pipeline(family, params, seed)
-    pipeline.fit(split.x_train, split.y_train)
     threshold = Threshold(THRESHOLD, "fixed", POSITIVE)
-    evaluation = evaluate(pipeline, split, threshold)
-    schema = [
-        {
-            "name": f,
-            "dtype": "float64",
-            "min": float(split.x_train[f].min()),
-            "max": float(split.x_train[f].max()),
-        }
-        for f in FEATURES
-    ]
-    block = {
-        "inputs": split.x_test.to_numpy(dtype=float).tolist(),
-        "labels": [str(x) for x in evaluation.labels],
-        "probabilities": evaluation.probabilities.tolist(),
-        "threshold": THRESHOLD,
-        "positive_class": POSITIVE,
-    }
-    draft = ModelVersionDraft(
-        name=BINARY,
-        run_id=None,
-        experiment_id=None,
-        source=f"test:{family}:2C",
-        model_family=family,
-        params=params,
-        metrics=evaluation.metrics,
-        classes=list(evaluation.classes),
-        input_schema=schema,
-        data_fingerprint=dataset.fingerprint,
-        library_versions={},
-        onnx_io=dict(ONNX_IO),
-        input_example=onnx_check.input_example(block),
-        variant="2C",
-        created_by="tests",
-        **threshold.to_card(),
-    )
-    artifact = convert_to_onnx(pipeline, family).SerializeToString()
+    draft, artifact, evaluation = fitted_draft(BINARY, FAMILIES[0], dataset, split, seed, threshold)
     return draft, artifact, split.x_test.to_numpy(dtype=np.float32), evaluation.probabilities
 
 

@@ -7,34 +7,14 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
 from conftest import free_port
 from registry_samples import tamper_first_chunk
 
 from pipelines.candidate import quick_candidate_run
-from registry_bridge.cli import main
 
 pytestmark = pytest.mark.slow  # fits and logs real candidate runs
 
 NAME = "vertebral-column"
-
-
-@pytest.fixture
-def bridge(settings, registry_db_name):
-    """Run ``bridge ARGS`` against the test's registry database and MLflow store."""
-    env = {
-        "MONGODB_URI": settings.registry.mongodb_uri,
-        "REGISTRY_DB": registry_db_name,
-        "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
-        "MODEL_NAME": NAME,
-        "REGISTRY_USER": "cli-tester",
-    }
-    runner = CliRunner()
-
-    def run(*args: str, input: str | None = None, env_changes: dict | None = None):
-        return runner.invoke(main, list(args), env={**env, **(env_changes or {})}, input=input)
-
-    return run
 
 
 def one_line_error(result) -> str:

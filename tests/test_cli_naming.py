@@ -74,21 +74,6 @@ def test_two_different_names_are_refused():
     assert result.exit_code == 2 and "model-a" in result.output and "model-b" in result.output
 
 
-@pytest.fixture
-def bridge(settings, registry_db_name):
-    env = {
-        "MONGODB_URI": settings.registry.mongodb_uri,
-        "REGISTRY_DB": registry_db_name,
-        "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
-        "MODEL_NAME": "vertebral-column",
-    }
-
-    def run(*args: str, **env_changes: str):
-        return CliRunner().invoke(main, list(args), env={**env, **env_changes})
-
-    return run
-
-
 @pytest.mark.parametrize(
     "argv",
     [["history"], ["monitor"], ["rollback"], ["show", "3"], ["activate", "3"], ["verify", "3"]],
@@ -96,7 +81,7 @@ def bridge(settings, registry_db_name):
 )
 def test_no_name_means_model_name(bridge, argv):
     """Check a command given no NAME acts on MODEL_NAME (here a name nothing was published as)."""
-    result = bridge(*argv, MODEL_NAME="nobody-published-this")
+    result = bridge(*argv, env_changes={"MODEL_NAME": "nobody-published-this"})
     assert "nobody-published-this" in result.output, result.output
 
 
