@@ -37,9 +37,13 @@ class Registry:
 
     client: MongoClient
     store: ModelStore
-    active: ActiveModel
     settings: Settings
     models: ActiveModels
+
+    @property
+    def active(self) -> ActiveModel:
+        """The default name's resolver (``/predict``'s)."""
+        return self.models.default
 
 
 def registry() -> Registry:
@@ -104,8 +108,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     served = ActiveModels(
         store, settings.api.model_name, settings.api.models, settings.api.max_loaded_versions
     )
-    active = served.default
-    app.extensions[EXTENSION] = Registry(client, store, active, settings, served)
+    app.extensions[EXTENSION] = Registry(client, store, settings, served)
     capture = app.extensions[CAPTURE] = Capture(
         client[settings.registry.database], settings.capture, settings.api.workers
     )
