@@ -171,7 +171,9 @@ def test_every_service_sets_the_variables_its_code_reads():
 
 def test_an_exported_vertebral_data_reaches_the_trainer():
     """Check VERTEBRAL_DATA=/abs/file: the trainer's variable names the path its volume mounts
-    the file at; unset, the variable is empty (the ./data zip) and the stand-in mount exists."""
+    the file at; unset, the variable is empty (the ./data zip) and the stand-in file is one the
+    clone tracks (a missing source would make Docker create a directory in its place; the
+    read-write ./data and ./reports folders it may create, and a fresh clone has neither)."""
     trainer = SERVICES["trainer"]
     given = {"VERTEBRAL_DATA": "/home/me/column_3C_weka.csv"}
     inside = interpolate(trainer["environment"]["VERTEBRAL_DATA"], given)
@@ -180,8 +182,13 @@ def test_an_exported_vertebral_data_reaches_the_trainer():
         [source, os.path.normpath(target), *rest] for source, target, *rest in mounts
     ]
     assert interpolate(trainer["environment"]["VERTEBRAL_DATA"], {}) == ""
-    unset = [interpolate(v, {}).split(":")[0] for v in trainer["volumes"]]
-    assert all((ROOT / source).exists() for source in unset if source.startswith("."))
+    unset = [interpolate(v, {}).split(":") for v in trainer["volumes"]]
+    stand_ins = [source for source, _, *mode in unset if mode == ["ro"]]
+    assert stand_ins and all((ROOT / source).is_file() for source in stand_ins)
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", *stand_ins], cwd=ROOT, capture_output=True
+    )
+    assert tracked.returncode == 0, tracked.stderr
 
 
 def compose_mlflow_command(tmp_path: Path, port: int) -> list[str]:
