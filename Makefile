@@ -45,7 +45,7 @@ demo-2c: $(STAMP) ## the same on the 2-class file, thresholds, and the lab's mod
 train: $(STAMP) ## run the Optuna study tracked in MLflow
 	$(PY) -m pipelines.train $(TRAIN_ARGS)
 
-serve: $(STAMP) ## serve the active model under gunicorn (prints the console's URL)
+serve: $(STAMP) ## serve the active model under granian (prints the console's URL)
 	@# The URL from the settings and SERVE_ARGS; a bad setting is left to python -m api to report.
 	@-$(PY) -c "import argparse; from conf.settings import load_settings; p = argparse.ArgumentParser(add_help=False); [p.add_argument(o) for o in ('--host', '--port', '--config')]; o = p.parse_known_args()[0]; a = load_settings(o.config).api; print('console:', ('https' if a.tls_cert else 'http') + f'://{o.host or a.host}:{o.port or a.port}/', ' (Ctrl-C stops the API)')" $(SERVE_ARGS) 2>/dev/null
 	$(PY) -m api $(SERVE_ARGS)

@@ -1,7 +1,7 @@
 """The inference API: ``create_app`` builds the Flask app serving the active model version.
 
 One ``MongoClient`` per process (it pools and is thread-safe) is opened here and kept
-on the app with the store and the active-version resolver; gunicorn workers each call
+on the app with the store and the active-version resolver; the server's workers each call
 ``create_app`` after forking, so no client crosses a fork.
 """
 
@@ -121,7 +121,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(fleet.bp)
     app.register_blueprint(oip.bp)  # the Open Inference Protocol (/v2)
-    if not app.testing:  # a gunicorn worker: report to the fleet (tests drive Heartbeat)
+    if not app.testing:  # a server's worker: report to the fleet (tests drive Heartbeat)
         fleet.Heartbeat(store, served, settings.api.port).start()
     check = SiteCheck(settings.api)
     _init_site_check(app, check)

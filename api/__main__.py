@@ -1,4 +1,4 @@
-"""``python -m api`` / ``make serve``: run the API under gunicorn.
+"""``python -m api`` / ``make serve``: run the API under granian (api/asgi.py says why).
 
 Binds ``API_HOST:API_PORT`` with ``API_WORKERS`` workers. A non-loopback bind
 without ``API_ADMIN_TOKEN`` is refused (anyone who can reach the port could switch
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import shutil
 import ssl
 import sys
@@ -24,11 +25,9 @@ from registry_bridge.errors import RegistryError
 
 log = logging.getLogger("api")
 
-# Threads per worker: enough to overlap registry reads and client I/O on 2 cores. Each
-# request waits for a shared active-version read, so with 4 threads the workers sat at
-# ~0.5 core each under load (py-spy: threads parked in the read's Condition.wait); 8 gave
-# ~20 % more requests/s at 8 and 32 clients (bench/online, same machine, A/B rounds).
-THREADS_PER_WORKER = 8
+# Seconds a stopping worker has to finish its requests before it is killed.
+GRACEFUL_TIMEOUT_S = 10
+READ_BUFFER_BYTES = 64 * 1024
 # A shorter admin token can be guessed by trying; 16 random hex characters are 64 bits.
 MIN_TOKEN_CHARS = 16
 
@@ -54,8 +53,8 @@ def check_bind(settings: Settings, insecure: bool) -> None:
 def check_tls(settings: Settings) -> None:
     """Refuse a certificate without its key (or the reverse), and a pair that TLS cannot use.
 
-    gunicorn loads the pair only in each worker, where a bad file is a traceback per worker
-    and exit 255; loading it once here turns that into one line naming the setting.
+    The server loads the pair only as it starts, where a bad file is a traceback; loading
+    it once here turns that into one line naming the setting.
     """
     cert, key = settings.api.tls_cert, settings.api.tls_key
     if bool(cert) != bool(key):
@@ -92,73 +91,78 @@ def _tls_problem(cert: Path, key: Path, exc: Exception) -> str:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m api", description="Run the API under gunicorn (make serve)."
+        prog="python -m api", description="Run the API under granian (make serve)."
     )
     parser.add_argument(
         "--config", help="YAML settings file (default: $VERTEBRAL_CONFIG or conf/default.yaml)"
     )
     parser.add_argument("--host", help="bind address (API_HOST)")
     parser.add_argument("--port", help="bind port (API_PORT)")
-    parser.add_argument("--workers", help="gunicorn worker processes (API_WORKERS)")
+    parser.add_argument("--workers", help="worker processes (API_WORKERS)")
     parser.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback bind without API_ADMIN_TOKEN"
     )
     return parser.parse_args(argv)
 
 
-def _gunicorn_app(settings: Settings) -> Any:
-    from gunicorn.app.base import BaseApplication
+def _granian(settings: Settings) -> Any:
+    """granian, ASGI: each worker builds its Flask app after the fork (one MongoClient per
+    process) and serves it through :class:`api.asgi.Front`."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
 
-    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    api = settings.api
+    tls: dict[str, Any] = {}
+    if api.tls_cert and api.tls_key:
+        tls = {"ssl_cert": api.tls_cert, "ssl_key": api.tls_key}
+    return Granian(
+        "api.asgi:Front",  # named in granian's logs; the loader below builds it
+        address=api.host,
+        port=api.port,
+        interface=Interfaces.ASGI,  # its lifespan's shutdown runs the exit hooks
+        workers=api.workers,
+        # HTTP/1.1 only: the protocol whose hostile clients tests/reliability covers.
+        http=HTTPModes.http1,
+        websockets=False,
+        # A head must arrive within client_timeout_s (granian's bound: 60 s).
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(min(api.client_timeout_s, 60) * 1000),
+            # What one connection may buffer outside api.max_buffered_mb (granian's default,
+            # ~400 KB, let 200 slow 1 MB bodies hold ~80 MB); also the longest head accepted.
+            max_buffer_size=READ_BUFFER_BYTES,
+        ),
+        # Connections each worker holds at once; more wait in the kernel's backlog.
+        backpressure=api.max_pending_connections,
+        backlog=max(1024, api.max_pending_connections),
+        respawn_failed_workers=True,  # a worker killed (OOM, TERM) is replaced
+        respawn_interval=0.5,
+        workers_kill_timeout=GRACEFUL_TIMEOUT_S,
+        log_access=False,  # api.access logs one structured line per request
+        **tls,
+    )
 
-    def child_exit(server: Any, worker: Any) -> None:
-        from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)
+def _raise_open_files(settings: Settings) -> None:
+    """Each held connection is a descriptor: the cap, not the soft limit (often 1,024),
+    decides how many a worker holds (workers inherit the limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = settings.api.max_pending_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
-    from api.worker import BufferingThreadWorker
 
-    # Read by the workers, which the arbiter forks after this.
-    BufferingThreadWorker.client_timeout = settings.api.client_timeout_s
-    BufferingThreadWorker.max_pending = settings.api.max_pending_connections
-    BufferingThreadWorker.max_buffered = settings.api.max_buffered_mb * 1024 * 1024
-    tls = {}
-    if settings.api.tls_cert and settings.api.tls_key:
-        tls = {"certfile": str(settings.api.tls_cert), "keyfile": str(settings.api.tls_key)}
+def _load_front(settings: Settings) -> Any:
+    """What each worker serves (called in the worker, after granian forks it)."""
 
-    class ApiServer(BaseApplication):
-        def load_config(self) -> None:
-            options = {
-                "bind": f"{settings.api.host}:{settings.api.port}",
-                "workers": settings.api.workers,
-                # gthread whose event loop, not a thread, waits for slow clients' requests.
-                "worker_class": "api.worker.BufferingThreadWorker",
-                "threads": THREADS_PER_WORKER,
-                **tls,
-                # Workers build the app after forking: one MongoClient per process.
-                "preload_app": False,
-                "child_exit": child_exit,
-                "accesslog": None,  # api.access logs one structured line per request
-                "errorlog": "-",
-                "loglevel": "info",
-                "graceful_timeout": 10,
-                "timeout": 120,  # a large /batch-predict holds its worker for a while
-                "worker_tmp_dir": metrics_dir,
-            }
-            if "control_socket_disable" in self.cfg.settings:
-                # gunicorn >= 25.1 opens a control socket at one path per user
-                # (~/.gunicorn/gunicorn.ctl): a second instance takes it over and stopping
-                # either removes it. Nothing here uses gunicornc; signals stop the server.
-                options["control_socket_disable"] = True
-            for key, value in options.items():
-                self.cfg.set(key, value)
+    def load(target: str) -> Any:
+        from api import create_app
+        from api.asgi import Front
 
-        def load(self) -> Any:
-            from api import create_app
+        return Front(create_app({"SETTINGS": settings}))
 
-            return create_app({"SETTINGS": settings})
-
-    return ApiServer()
+    return load
 
 
 def _start_registry(settings: Settings) -> None:
@@ -197,13 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="api-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     owner = os.getpid()
+    _raise_open_files(settings)
     try:
-        _gunicorn_app(settings).run()
+        _granian(settings).serve(target_loader=_load_front(settings))
     finally:
-        # Forked workers leave run() through this block too (gunicorn's worker ends with
-        # sys.exit): a worker stopped by HUP, TERM or max_requests removed the directory
-        # that every next worker needs (its heartbeat file lives there), and the arbiter
-        # halted on "Worker failed to boot". Only the arbiter, which created it, removes it.
+        # Only the process that created it removes the directory: a forked worker leaving
+        # through here would take every next worker's metrics with it (issue 21, item 1).
         if os.getpid() == owner:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -83,8 +83,18 @@ class SharedRead:
                 return fresh[1]
         return self._shared()
 
+    def fresh(self) -> bool:
+        """Whether a call now would return without reading (the last read's lease runs)."""
+        fresh = self._fresh
+        return fresh is not None and self._clock() - fresh[0] <= self._window(fresh[1])
+
+    def last(self) -> Any:
+        """The value of the last successful read (None before one)."""
+        fresh = self._fresh
+        return None if fresh is None else fresh[1]
+
     def _read_ahead(self) -> None:
-        if self._ahead is None:  # started on first use: after gunicorn's fork
+        if self._ahead is None:  # started on first use: after the server forks the worker
             with self._cond:
                 if self._ahead is None:
                     self._ahead = threading.Event()
@@ -228,6 +238,18 @@ class ActiveModel:
             if state.staged_version is not None:
                 self.report_soon()  # the heartbeat thread loads it, off the request path
         return state.active_version
+
+    def resolves_now(self) -> bool:
+        """Whether :meth:`resolve` would answer without I/O: the pointer's lease runs and its
+        version is loaded, or the registry is in back-off (the loaded version answers, stale).
+        The event loop answers such a request inline (api/asgi.py); others go to a thread."""
+        if time.monotonic() < self._retry_at:
+            return self._current is not None
+        if not self._read_pointer.fresh():
+            return False
+        state = self._read_pointer.last()
+        version = None if state is None else state.active_version
+        return version is None or self.cache.holds(self.name, version)
 
     def _reuse_window(self, state: ActiveState | None) -> float:
         return reuse_window_s(self.lease_ms, state.lease_ms) if state is not None else 0.0

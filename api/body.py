@@ -88,7 +88,7 @@ class LimitedStream(io.RawIOBase):
 
     For bodies scored as they stream (``/batch-predict``): chunked or not, the upload
     is cut at the limit with an error, never silently truncated. A body shorter than its
-    Content-Length is an error too, not the end of the file: behind gunicorn a client
+    Content-Length is an error too, not the end of the file: behind the server a client
     gone half-way looks like a short body.
     """
 

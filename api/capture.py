@@ -33,7 +33,6 @@ server's TTL monitor does not run.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import math
@@ -53,6 +52,7 @@ import pyarrow as pa
 from flask import after_this_request, current_app, g, request
 from pymongo import ASCENDING
 
+from api.exit_hooks import on_exit
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED, CAPTURE_WRITTEN
 from conf.settings import CaptureSettings
 from registry_bridge.monitoring.inference_log import INFERENCE_LOG, Entry, bucket
@@ -96,7 +96,7 @@ class Capture:
         self._window = WindowSample(max(1, math.ceil(per_window)))
         self._window_ends = 0.0
         self._close_window = False  # flush(): write the open window now
-        # gunicorn forks workers after import: a child starts its own writer on first use.
+        # The server forks workers after import: a child starts its own writer on first use.
         os.register_at_fork(after_in_child=functools.partial(_forget_writer, weakref.ref(self)))
 
     # --- request side: cheap, never raises ------------------------------------------
@@ -216,7 +216,7 @@ class Capture:
                 )
                 self._thread.start()
                 # A worker stopping normally writes what is queued (bounded wait).
-                atexit.register(self.flush, EXIT_FLUSH_S)
+                on_exit(functools.partial(self.flush, EXIT_FLUSH_S))
 
     def _run(self) -> None:
         self._prepare()

@@ -7,6 +7,11 @@ single-record ``/predict`` took ~320 µs through Flask against ~67 µs for a Fla
 returning a constant (bench/online's ceiling), and cProfile put most of the difference
 outside the model.
 
+Still needed under granian (issue 23): the event loop answers ``/predict`` inline
+(api/asgi.py), so the same CPU cost is the limit. In process, alternated rounds of 3,000
+calls: a median ~130 µs per request here against ~440 µs through the Flask app (the same
+record and model; the machine shared, so the ratio, 3.3x, is the figure).
+
 It does what the Flask view does, with the same functions: the Host check, the body
 and record limits, the JSON rules (``api/validation.py``), :func:`api.predict.score`,
 capture, the request metrics, the access log and the ``X-Worker-Pid``/``X-Model-*``

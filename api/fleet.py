@@ -1,6 +1,6 @@
 """``GET /fleet`` and each worker's heartbeat thread (the documents: registry_bridge/fleet.py).
 
-The heartbeat runs off the request path, one daemon thread per gunicorn worker: every
+The heartbeat runs off the request path, one daemon thread per API worker: every
 ``fleet.INTERVAL_S``, for every served name (so an idle name is reported too), it
 refreshes the pointer (through the lease, so an idle worker still notices a staged
 version), loads a staged version it does not have yet, and upserts that name's document.
@@ -10,7 +10,6 @@ starts loading within one lease.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -19,6 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from api import registry
 from api.active import ActiveModel
+from api.exit_hooks import on_exit
 from api.served import ActiveModels
 from registry_bridge import fleet
 from registry_bridge.entities import utcnow
@@ -58,7 +58,7 @@ class Heartbeat:
     def start(self) -> Heartbeat:
         """Start beating; the document is removed when the process exits normally."""
         self._thread.start()
-        atexit.register(self.stop)
+        on_exit(self.stop)
         return self
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics, correct under several gunicorn workers.
+"""Prometheus metrics, correct under several worker processes.
 
 ``python -m api`` sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports
 prometheus_client, so each worker writes its samples to files there and ``/metrics``

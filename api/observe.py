@@ -14,15 +14,16 @@ line ~7 % of a worker's CPU (py-spy).
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
 import threading
 import time
 from collections import deque
+from functools import partial
 from typing import Any
 
+from api.exit_hooks import on_exit
 from api.metrics import LATENCY, PREDICTIONS, REQUESTS, STALE_RESPONSES
 
 access_log = logging.getLogger("api.access")
@@ -38,7 +39,7 @@ _predicted: dict[tuple[str, int], Any] = {}
 # A deque, not a queue: append takes no lock and wakes no thread; the writer polls.
 _lines: deque[tuple[Any, ...]] | None = None
 _lines_lock = threading.Lock()
-_pid = os.getpid()  # this process's, once: gunicorn forks, see _after_fork
+_pid = os.getpid()  # this process's, once: the server forks workers, see _after_fork
 
 
 def _after_fork() -> None:
@@ -134,7 +135,7 @@ def log_off_the_request_path() -> None:
         # Bounded: should the log's stream block, the oldest lines go, not the memory.
         lines: deque[tuple[Any, ...]] = deque(maxlen=MAX_PENDING_LINES)
         threading.Thread(target=_write_lines, args=(lines,), name="access-log", daemon=True).start()
-        atexit.register(_drain, lines)  # the last lines when the worker exits
+        on_exit(partial(_drain, lines))  # the last lines when the worker exits
         _lines = lines
 
 

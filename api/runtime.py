@@ -41,6 +41,10 @@ class SessionCache:
             self._used[key] = next(self._tick)
         return found
 
+    def holds(self, name: str, version: int) -> bool:
+        """Whether that version is loaded (no I/O, no bookkeeping)."""
+        return (name, version) in self._models
+
     def versions(self, name: str) -> list[int]:
         """The versions of ``name`` loaded now (what the worker reports to the fleet)."""
         return sorted(v for n, v in list(self._models) if n == name)

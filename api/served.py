@@ -86,6 +86,10 @@ class ActiveModels:
         with self._lock:
             return list(self._models.values())
 
+    def peek(self, name: str) -> ActiveModel | None:
+        """The resolver of ``name`` if one exists already (no I/O: the event loop asks)."""
+        return self._models.get(name)
+
     def find(self, name: str) -> ActiveModel | None:
         """The resolver of ``name`` if it is served, else None."""
         found = self._models.get(name)  # no lock: the hot path

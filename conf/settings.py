@@ -101,7 +101,7 @@ class ApiSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_timeout_s: float = 10.0
-    max_pending_connections: int = 1000
+    max_pending_connections: int = 10000
     max_buffered_mb: int = 64
     allowed_hosts: tuple[str, ...] = ()  # empty: the bind host and its loopback aliases
     models: tuple[str, ...] = ()  # empty: every registered name is served

@@ -1,7 +1,7 @@
 """What every API worker serves: one heartbeat document per worker and served model name
 in ``serving_workers``.
 
-Each gunicorn worker upserts its documents about every ``INTERVAL_S`` seconds from a
+Each API worker upserts its documents about every ``INTERVAL_S`` seconds from a
 background thread (``api/fleet.py``), never from the request path. Readers (``bridge
 fleet``, ``GET /fleet``, activation waiting for workers to load a staged version) call
 :func:`list_workers`, which marks a document older than ``GONE_AFTER_INTERVALS``

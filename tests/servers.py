@@ -103,7 +103,7 @@ class ApiServer:
         return self.base + path
 
     def log(self) -> str:
-        """Everything gunicorn, the workers and the app logged so far."""
+        """Everything the server, the workers and the app logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:

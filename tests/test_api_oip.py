@@ -1,6 +1,6 @@
 """Check the Open Inference Protocol (``/v2``) with its own clients and its errors.
 
-One real API (``python -m api`` under gunicorn) serves a 3-class name and a 2-class name
+One real API (``python -m api``) serves a 3-class name and a 2-class name
 (threshold 0.7) from one database; ``tritonclient.http`` (JSON, ``binary_data=False``)
 and KServe's ``InferenceRESTClient`` (protocol v2) score through it, and every answer is
 compared with the native ``/models/<name>/predict`` for the same rows. The errors are

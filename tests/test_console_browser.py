@@ -96,7 +96,7 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture
 def server(published, tmp_path):
-    """The real API (gunicorn) on the fixture's registry, with an admin token."""
+    """The real API (``python -m api``) on the fixture's registry, with an admin token."""
     with ApiServer(published.settings, tmp_path, workers=1, env={"API_ADMIN_TOKEN": TOKEN}) as api:
         yield api
 

@@ -98,7 +98,7 @@ def test_demo_runs_the_whole_flow(demo_run):
 
 
 def test_demo_stops_what_it_started(demo_run):
-    """Check the demo's API is gone: its gunicorn process has exited and its port is free."""
+    """Check the demo's API is gone: its server process has exited and its port is free."""
     _, result = demo_run
     started = re.search(r"API ready at http://([\d.]+):(\d+) \(pid (\d+)\)", result.stdout)
     assert started, result.stdout[-3000:]

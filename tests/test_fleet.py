@@ -93,7 +93,7 @@ def test_a_staged_version_is_loaded_in_the_background_and_reported(app, client, 
     assert "checksum" in worker["load_errors"][0]["reason"]
 
 
-def test_gunicorn_workers_report_and_leave(published, tmp_path):
+def test_server_workers_report_and_leave(published, tmp_path):
     """Check that each worker of a real API instance reports itself within a few beats and
     removes its document when the server stops."""
     with ApiServer(published.settings, tmp_path, workers=2) as server:

@@ -32,7 +32,7 @@ def build_session(onnx_bytes: bytes, what: str) -> ort.InferenceSession:
         RegistryError: CONFLICT naming ``what`` when onnxruntime cannot load the bytes.
     """
     options = ort.SessionOptions()
-    # Two cores shared by gunicorn workers (or Spark tasks): one thread each avoids
+    # Two cores shared by the API's workers (or Spark tasks): one thread each avoids
     # oversubscription, and the parallelism comes from the processes.
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow
 def server(
     mongo_client: Any, mongo_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    """The API under gunicorn on a database of its own with v1 active, admin token set."""
+    """The API (``python -m api``) on a database of its own with v1 active, admin token set."""
     tmp = tmp_path_factory.mktemp("hostile")
     db_name = f"test_{uuid.uuid4().hex[:12]}"
     settings = throwaway_settings(mongo_server.uri, db_name, tmp)
@@ -258,11 +258,11 @@ def _shape_cases() -> list[Case]:
             names=("line 3",),
         ),
         Case(
-            "request line over gunicorn's limit",
+            "a 5,000-character query string",
             "/models?name=" + "x" * 5000,
             method="GET",
             content_type=None,
-            names=("request line is too large",),
+            names=("'name' must be at most",),
         ),
         Case(
             "duplicate feature column (batch)",

@@ -1,6 +1,6 @@
 """Point 1: a worker's memory is bounded by the limits, not by what a body holds.
 
-One gunicorn worker (``python -m api``) with small limits gets the largest bodies those
+One API worker (``python -m api``) with small limits gets the largest bodies those
 limits allow, of the shapes that cost a parser most, plus bodies over the limits. Before
 each, the kernel's peak-RSS counter of the worker is reset (``/proc/<pid>/clear_refs``);
 after it, ``VmHWM`` in ``/proc/<pid>/status`` is the peak the body caused. The bound:
