@@ -3,7 +3,7 @@
 Steps (each timed): check the data; reach the registry database (embedded or
 MONGODB_URI); run a demo-sized Optuna study tracked in MLflow; publish the two best
 candidate runs with the ``bridge`` CLI and activate the best; start the API under
-gunicorn; over HTTP list /models, predict sample patients, activate the other version
+granian; over HTTP list /models, predict sample patients, activate the other version
 and show the answers change version, roll back, send the held-out patients (without
 labels) to /batch-predict, which writes ``outputs/predicciones.csv``. Then it stops
 what it started, writes ``reports/demo/index.html`` and exits 0 — or exits 1 at the
@@ -190,7 +190,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
             study = train(run, trials)
         with step(run, 3, "Publish the two best runs to MongoDB GridFS; activate the best"):
             versions = publish_two_best(run, study, env)
-        with step(run, 4, "Start the API under gunicorn"):
+        with step(run, 4, "Start the API under granian"):
             started.api, client = serve(run, env, token, report_dir)
             started.client = client
         patients = sample_patients(study)
