@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected parts; exit 1 with one line when a part fails."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     add_common_arguments(parser)
+    online.add_arguments(parser)
     parser.add_argument(
         "--only",
         default=",".join(PARTS),
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             for part in parts:
                 part_started = time.perf_counter()
                 log.info("--- %s ---", part)
-                document = PARTS[part](ws, model, args.quick, args.workers)
+                plan = online.plan_from_args(args) if part == "online" else None
+                document = PARTS[part](ws, model, args.quick, args.workers, plan)
                 document.update(
                     machine=machine_info(),
                     quick=args.quick,

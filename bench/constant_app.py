@@ -1,8 +1,10 @@
-"""The online benchmark's ceiling: Flask answering a constant under the API's gunicorn setup.
+"""A constant Flask endpoint: what the HTTP stack costs, under gunicorn gthread or granian.
 
 It reads the request body (as any endpoint must) and returns a fixed answer shaped
 like ``/predict``'s, so the difference to the API is the cost of validation, the
-model and the registry check, not of HTTP, WSGI or JSON framing.
+model and the registry check, not of HTTP, WSGI or JSON framing. The online benchmark
+runs it under stock gunicorn ``-k gthread`` and under granian ``--interface wsgi``
+(``Workspace.constant_server``).
 """
 
 from __future__ import annotations

@@ -9,10 +9,20 @@ from bench.common import meets
 
 SERVER_LABELS = {
     "api": "this API (`/predict`)",
+    "api-oip": "this API, OIP `/v2/models/<name>/infer`",
+    "api-named": "this API, `/models/<name>/predict`",
     "api-lease0": "this API, pointer lease 0",
+    "api-baseline": "today's API (`python -m api` at {rev}), `/predict`",
     "mlflow": "`mlflow models serve`",
-    "constant": "constant endpoint (ceiling)",
+    "mlserver-invocations": "MLServer {mlserver} (MLflow runtime), `/invocations`",
+    "mlserver-v2": "MLServer {mlserver} (MLflow runtime), `/v2/models/<name>/infer`",
+    "constant-gthread": "constant Flask endpoint, stock gunicorn gthread",
+    "constant-granian": "constant Flask endpoint, granian `--interface wsgi`",
+    "two-model-a": "two models at once: `/models/<name>/predict`",
+    "two-model-b": "two models at once: `/models/<name>-b/predict`",
 }
+# The servers whose absence takes targets with it (``not_measured`` is keyed by either).
+SERVER_TARGETS = {"mlserver": ("mlserver-invocations", "mlserver-v2")}
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -53,9 +63,31 @@ def machine_lines(machine: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _labels(doc: Mapping[str, Any]) -> dict[str, str]:
+    """Each target's label, with the baseline's revision and MLServer's version filled in."""
+    peers = doc.get("peers", {})
+    rev = peers.get("baseline", {}).get("rev") or doc["plan"].get("baseline_rev") or "?"
+    mlserver = peers.get("mlserver_versions", {}).get("mlserver", "1.7.1")
+    return {
+        name: label.format(rev=f"`{rev}`", mlserver=mlserver)
+        for name, label in SERVER_LABELS.items()
+    }
+
+
+def not_measured(doc: Mapping[str, Any]) -> dict[str, str]:
+    """The targets of this run that have no figure, each with the reason."""
+    missing: dict[str, str] = {}
+    for name, reason in doc.get("not_measured", {}).items():
+        for target in SERVER_TARGETS.get(name, (name,)):
+            if target not in doc["results"]:
+                missing[target] = reason
+    return missing
+
+
 def online_lines(doc: Mapping[str, Any]) -> list[str]:
-    """The online table: one row per concurrency and server."""
+    """The online tables: one row per concurrency and target, the ratios, the two-model round."""
     plan = doc["plan"]
+    labels = _labels(doc)
     lines = [
         f"### Online: one record per request ({plan['workers']} workers each, wrk, "
         f"median of {plan['rounds']} rounds of {plan['duration_s']} s, servers alternated)",
@@ -64,24 +96,39 @@ def online_lines(doc: Mapping[str, Any]) -> list[str]:
         "| pointer reads / request |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    names = [n for n in ("api", "api-lease0", "mlflow", "constant") if n in doc["results"]]
+    names = [n for n in SERVER_LABELS if n in doc["results"]]
     for connections in [str(c) for c in plan["concurrencies"]]:
         for name in names:
-            row = doc["results"][name]["by_concurrency"][connections]
+            row = doc["results"][name]["by_concurrency"].get(connections)
+            if row is None:
+                continue
             reads = row.get("registry_reads_per_request")
+            clients = row.get("clients", int(connections))
+            label = labels[name]
+            if clients != int(connections):
+                label += f" ({clients} of the {connections} clients)"
             lines.append(
-                f"| {connections} | {SERVER_LABELS[name]} | {_num(row['rps']['median'])} "
+                f"| {connections} | {label} | {_num(row['rps']['median'])} "
                 f"| {_num(row['p50_ms']['median'], 2)} | {_num(row['p95_ms']['median'], 2)} "
                 f"| {_num(row['p99_ms']['median'], 2)} | {row['errors']} "
                 f"| {_spread(row['rps'])} | {_num(reads['median'], 3) if reads else '–'} |"
             )
-    memory = {name: doc["results"][name].get("memory") for name in ("api", "mlflow", "constant")}
-    if all(memory.values()):
+    for name, reason in not_measured(doc).items():
+        lines.append(f"| – | {labels.get(name, name)} | not measured: {reason} | | | | | | |")
+    servers = doc.get("servers", {})
+    if servers.get("api"):
+        lines += ["", f"This API: {servers['api']}."]
+    memory = {
+        name: doc["results"][name].get("memory")
+        for name in ("api", "api-baseline", "mlflow", "mlserver-v2", "constant-gthread")
+        if name in doc["results"]
+    }
+    if memory and all(memory.values()):
         lines += [
             "",
             "Server memory during the load, all its processes: "
             + "; ".join(
-                f"{SERVER_LABELS[n]} {m['peak_pss_total_mb']:.0f} MB PSS "
+                f"{labels[n]} {m['peak_pss_total_mb']:.0f} MB PSS "
                 f"({m['peak_rss_total_mb']:.0f} MB RSS)"
                 for n, m in memory.items()
             )
@@ -89,26 +136,28 @@ def online_lines(doc: Mapping[str, Any]) -> list[str]:
         ]
     cpu = {
         name: doc["results"][name]["by_concurrency"].get("8", {}).get("cpu_ms_per_request")
-        for name in doc["results"]
+        for name in names
+        if not name.startswith("two-model")
     }
-    if all(c and c.get("median") for c in cpu.values()):
+    if cpu and all(c and c.get("median") for c in cpu.values()):
         lines += [
             "",
             "Server CPU per request at 8 clients (all the server's processes, user + system, "
             "median ms): "
-            + "; ".join(f"{SERVER_LABELS[n]} {c['median']:.3f}" for n, c in cpu.items())
+            + "; ".join(f"{labels[n]} {c['median']:.3f}" for n, c in cpu.items())
             + ".",
         ]
     sequential = {
         name: doc["results"][name]["server"].get("sequential_latency")
-        for name in ("api", "mlflow", "constant")
+        for name in ("api", "api-baseline", "mlflow", "mlserver-v2", "constant-gthread")
+        if name in doc["results"]
     }
-    if all(sequential.values()):
+    if sequential and all(sequential.values()):
         lines += [
             "",
             "One client, requests in sequence (median ms): "
             + "; ".join(
-                f"{SERVER_LABELS[n]} {v['keep_alive_ms']:.1f} on a kept-alive "
+                f"{labels[n]} {v['keep_alive_ms']:.1f} on a kept-alive "
                 f"connection, {v['new_connection_ms']:.1f} on a new connection each"
                 for n, v in sequential.items()
             )
@@ -116,18 +165,54 @@ def online_lines(doc: Mapping[str, Any]) -> list[str]:
         ]
     lines += [
         "",
-        "| clients | throughput vs MLflow | MLflow p99 / ours | share of the ceiling "
-        "| share of the ceiling, lease 0 | lease / lease 0 |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "`/predict` against each peer, req/s over req/s (medians of the same rounds):",
+        "",
+        "| clients | vs today's API | vs constant, gunicorn gthread | vs constant, granian "
+        "| vs MLServer `/v2` infer | vs `mlflow models serve` | OIP infer / `/predict` "
+        "| `/models/<name>/predict` / `/predict` | lease / lease 0 | p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for connections, comparison in doc["comparison"].items():
+    for connections, c in doc["comparison"].items():
         lines.append(
-            f"| {connections} | {_num(comparison['rps_ratio_vs_mlflow'], 2)}× "
-            f"| {_num(comparison['p99_mlflow_over_api'], 2)}× "
-            f"| {_num(comparison['rps_share_of_constant'], 2)} "
-            f"| {_num(comparison.get('rps_share_of_constant_lease0'), 2)} "
-            f"| {_num(comparison.get('rps_lease_over_lease0'), 2)}× |"
+            f"| {connections} | {_times(c.get('predict_over_baseline'))} "
+            f"| {_times(c.get('predict_over_constant_gthread'))} "
+            f"| {_times(c.get('predict_over_constant_granian'))} "
+            f"| {_times(c.get('predict_over_mlserver_v2'))} "
+            f"| {_times(c.get('rps_ratio_vs_mlflow'))} "
+            f"| {_num(c.get('oip_over_predict'), 2)} "
+            f"| {_num(c.get('named_over_predict'), 2)} "
+            f"| {_times(c.get('rps_lease_over_lease0'))} "
+            f"| {_num(c.get('api_p99_ms'), 2)} |"
         )
+    lines += two_model_lines(doc)
+    return lines
+
+
+def two_model_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The two-model round: each name's share of the one-model ``/predict`` figure."""
+    two = doc.get("two_model")
+    if not two:
+        return []
+    lines = [
+        "",
+        f"Two models served and asked at once ({two['clients']} clients, "
+        f"{two['clients_per_name']} on each name, one wrk process each, the same server "
+        f"as `/predict`; the second name is the same run published again):",
+        "",
+        "| name | req/s | p99 ms | share of one-model `/predict` "
+        "| share of `/models/<name>/predict` alone |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for entry in two["per_name"].values():
+        lines.append(
+            f"| `{entry['name']}` | {_num(entry['rps'])} | {_num(entry['p99_ms'], 2)} "
+            f"| {_num(entry['share_of_one_model'], 2)} "
+            f"| {_num(entry.get('share_of_named_path_alone'), 2)} |"
+        )
+    lines.append(
+        f"| both | {_num(sum(e['rps'] for e in two['per_name'].values()))} | "
+        f"| {_num(two['total_over_one_model'], 2)} | |"
+    )
     return lines
 
 
@@ -296,26 +381,7 @@ def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     lines = ["### Goals", "", "| goal | measured | met |", "| --- | --- | --- |"]
     online = docs.get("online")
     if online:
-        for connections, comparison in online["comparison"].items():
-            clients = f"{connections} client{'s' if connections != '1' else ''}"
-            lines.append(
-                f"| throughput ≥ 3× MLflow ({clients}) "
-                f"| {_num(comparison['rps_ratio_vs_mlflow'], 2)}× "
-                f"| {_mark(comparison['goal_rps_3x'])} |"
-            )
-            lines.append(
-                f"| p99 ≤ ⅓ of MLflow's ({clients}) "
-                f"| MLflow's p99 is {_num(comparison['p99_mlflow_over_api'], 2)}× ours "
-                f"| {_mark(comparison['goal_p99_third'])} |"
-            )
-            if connections == "8" and "goal_80pct_of_constant" in comparison:
-                lines += [
-                    f"| ≥ 80 % of the constant endpoint (8 clients) "
-                    f"| {_num(comparison['rps_share_of_constant'], 2)} "
-                    f"| {_mark(comparison['goal_80pct_of_constant'])} |",
-                    f"| p99 ≤ 10 ms (8 clients) | {_num(comparison['api_p99_ms'], 2)} ms "
-                    f"| {_mark(comparison['goal_p99_10ms'])} |",
-                ]
+        lines += online_goal_lines(online)
     batch = docs.get("batch")
     if batch:
         for rows, entry in batch["by_rows"].items():
@@ -391,6 +457,96 @@ def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"({capture['plan']['connections']} clients) "
             f"| {'–' if cost is None else f'{100 * cost:.1f} %'} "
             f"| {_mark(capture['comparison']['goal_cost_at_most_5_percent'])} |"
+        )
+    return lines
+
+
+def _goal(what: str, value: str | None, met: bool | None, reason: str | None = None) -> str:
+    measured = value if value is not None else f"not measured ({reason or 'no figure'})"
+    return f"| {what} | {measured} | {_mark(met)} |"
+
+
+def online_goal_lines(doc: Mapping[str, Any]) -> list[str]:
+    """Issue 23's online goals (at 8 clients) and the earlier ones against MLflow."""
+    missing = not_measured(doc)
+    lines = []
+    c8 = doc["comparison"].get("8")
+    if c8 is not None:
+        rows = (
+            (
+                "`/predict` ≥ 2.5× today's API",
+                "predict_over_baseline",
+                "goal_2_5x_baseline",
+                "api-baseline",
+            ),
+            (
+                "`/predict` ≥ 1.6× the constant endpoint under stock gunicorn gthread",
+                "predict_over_constant_gthread",
+                "goal_1_6x_constant_gthread",
+                "constant-gthread",
+            ),
+            (
+                "`/predict` ≥ 20× MLServer's `/v2/.../infer`",
+                "predict_over_mlserver_v2",
+                "goal_20x_mlserver_v2",
+                "mlserver-v2",
+            ),
+            (
+                "`/predict` ≥ 60× `mlflow models serve`",
+                "rps_ratio_vs_mlflow",
+                "goal_60x_mlflow",
+                "mlflow",
+            ),
+        )
+        for what, key, goal, target in rows:
+            value = c8.get(key)
+            lines.append(
+                _goal(
+                    f"{what} (8 clients)",
+                    None if value is None else f"{_num(value, 2)}×",
+                    c8.get(goal),
+                    missing.get(target),
+                )
+            )
+        p99 = c8.get("api_p99_ms")
+        lines.append(
+            _goal(
+                "`/predict` p99 ≤ 3 ms (8 clients)",
+                None if p99 is None else f"{_num(p99, 2)} ms",
+                c8.get("goal_p99_3ms"),
+            )
+        )
+        oip = c8.get("oip_over_predict")
+        lines.append(
+            _goal(
+                "OIP `infer` ≥ 0.8 of `/predict`, the same record (8 clients)",
+                None if oip is None else _num(oip, 2),
+                c8.get("goal_oip_0_8_of_predict"),
+                missing.get("api-oip"),
+            )
+        )
+    two = doc.get("two_model")
+    if two:
+        for entry in two["per_name"].values():
+            lines.append(
+                _goal(
+                    f"two models at 50/50: `{entry['name']}` ≥ 0.45 of one-model "
+                    f"({two['clients']} clients)",
+                    _num(entry["share_of_one_model"], 2),
+                    entry["goal_0_45_of_one_model"],
+                )
+            )
+    for connections, comparison in doc["comparison"].items():
+        clients = f"{connections} client{'s' if connections != '1' else ''}"
+        lines.append(
+            f"| throughput ≥ 3× MLflow ({clients}) "
+            f"| {_num(comparison['rps_ratio_vs_mlflow'], 2)}× "
+            f"| {_mark(comparison['goal_rps_3x'])} |"
+        )
+        lines.append(
+            f"| p99 ≤ ⅓ of MLflow's ({clients}) "
+            f"| MLflow's p99 is {_num(comparison['p99_mlflow_over_api'], 2)}× ours "
+            f"| {_mark(comparison['goal_p99_third'])} |"
         )
     return lines
 

@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +43,8 @@ log = logging.getLogger("bench")
 
 SHARED_DATA = ROOT.parent / "shared" / "data" / "vertebral_column" / "column_3C_weka.csv"
 EXPERIMENT = "bench"
+# Threads per worker process of the constant endpoints (the issue's 2 workers x 8 threads).
+CONSTANT_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -216,10 +219,16 @@ class Workspace:
     # --- servers -------------------------------------------------------------------------
 
     def api_server(
-        self, workers: int, name: str = "api", config: dict[str, Any] | None = None
+        self,
+        workers: int,
+        name: str = "api",
+        config: dict[str, Any] | None = None,
+        cwd: Path | None = None,
     ) -> Server:
         """This project's API (``python -m api``) on a free port, serving the workspace's
-        registry; ``config`` (e.g. ``{"api": {"pointer_lease_ms": 0}}``) over the defaults."""
+        registry; ``config`` (e.g. ``{"api": {"pointer_lease_ms": 0}}``) over the defaults.
+        ``cwd`` runs the API of another checkout (``bench.peers.baseline_checkout``) with
+        this interpreter: ``python -m`` imports from the working directory first."""
         from registry_bridge import database
 
         port = free_port()
@@ -242,7 +251,19 @@ class Workspace:
                 "MLFLOW_TRACKING_URI": self.settings.mlflow.tracking_uri,
             }
         )
-        return Server(name, api_command(), port, self.dir / "logs" / f"{name}.log", env)
+        return Server(name, api_command(), port, self.dir / "logs" / f"{name}.log", env, cwd=cwd)
+
+    def second_name(self, model: BenchModel) -> str:
+        """The benchmark's run published (idempotent) and activated under a second name,
+        ``<MODEL_NAME>-b``: the two-model round's other name, the same scoring cost."""
+        from registry_bridge.publish import publish_run
+
+        name = f"{self.model_name}-b"
+        result = publish_run(self.store, self.settings, model.run_id, name=name, by="bench")
+        self.store.set_active_version(
+            name, result.version.version, by="bench", reason="benchmark, second name"
+        )
+        return name
 
     def mlflow_server(self, model: BenchModel, workers: int) -> Server:
         """``mlflow models serve`` of the run's sklearn model, local environment, same workers."""
@@ -276,28 +297,98 @@ class Workspace:
             }
         )
 
-    def constant_server(self, workers: int) -> Server:
-        """A constant answer on the API's HTTP stack: gunicorn with the API's worker class
-        (``api.worker.BufferingThreadWorker``) and threads. (Stock gthread was slower here:
-        ~4,400 against ~5,500 req/s at 8 clients, same machine, alternated rounds.)"""
-        from api.__main__ import THREADS_PER_WORKER
-
+    def constant_server(self, workers: int, server: str = "gthread") -> Server:
+        """A constant answer (``bench.constant_app``) under stock gunicorn ``gthread``
+        (``server="gthread"``) or granian's WSGI interface (``"granian"``), ``workers``
+        processes of ``CONSTANT_THREADS`` threads each: what the HTTP stack alone costs."""
         port = free_port()
-        command = [
-            str(Path(sys.executable).with_name("gunicorn")),
-            "--workers",
-            str(workers),
-            "--worker-class",
-            "api.worker.BufferingThreadWorker",
-            "--threads",
-            str(THREADS_PER_WORKER),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            "bench.constant_app:app",
-        ]
-        return Server("constant", command, port, self.dir / "logs" / "constant.log", venv_env())
+        bin_dir = Path(sys.executable).parent
+        if server == "gthread":
+            command = [
+                str(bin_dir / "gunicorn"),
+                "--workers",
+                str(workers),
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(CONSTANT_THREADS),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                # gunicorn >= 25.1 would take over a per-user control socket
+                "--no-control-socket",
+                "bench.constant_app:app",
+            ]
+        elif server == "granian":
+            command = [
+                str(bin_dir / "granian"),
+                "--interface",
+                "wsgi",
+                "--workers",
+                str(workers),
+                "--blocking-threads",
+                str(CONSTANT_THREADS),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "bench.constant_app:app",
+            ]
+        else:
+            raise ValueError(f"unknown server {server!r} (gthread or granian)")
+        name = f"constant-{server}"
+        return Server(name, command, port, self.dir / "logs" / f"{name}.log", venv_env())
+
+    def mlserver_server(self, model: BenchModel, workers: int, bin_dir: Path) -> Server:
+        """MLServer (``bin_dir``: its environment, ``bench.peers.mlserver_venv``) serving the
+        run's sklearn MLflow model with its MLflow runtime under the registry's model name,
+        ``workers`` inference processes (``parallel_workers``); HTTP only on a free port."""
+        import mlflow.artifacts
+
+        root = self.dir / "mlserver"
+        model_dir = root / "model"
+        if not (model_dir / "MLmodel").is_file():
+            shutil.rmtree(model_dir, ignore_errors=True)
+            downloaded = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=model.sklearn_uri,
+                    dst_path=str(root / "download"),
+                    tracking_uri=self.settings.mlflow.tracking_uri,
+                )
+            )
+            shutil.move(str(downloaded), model_dir)
+        port = free_port()
+        settings = {
+            "debug": False,
+            "host": "127.0.0.1",
+            "http_port": port,
+            "grpc_port": free_port(),
+            "metrics_port": free_port(),
+            "parallel_workers": workers,
+            "load_models_at_startup": True,
+        }
+        (root / "settings.json").write_text(json.dumps(settings, indent=1))
+        model_settings = {
+            "name": self.model_name,
+            "implementation": "mlserver_mlflow.MLflowRuntime",
+            "parameters": {"uri": str(model_dir)},
+        }
+        (root / "model-settings.json").write_text(json.dumps(model_settings, indent=1))
+        env = dict(os.environ)
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        return Server(
+            "mlserver",
+            [str(bin_dir / "mlserver"), "start", str(root)],
+            port,
+            self.dir / "logs" / "mlserver.log",
+            env,
+            cwd=root,
+        )
 
 
 class BenchPart(Protocol):
@@ -318,18 +409,30 @@ class BenchPart(Protocol):
     ) -> dict[str, Any]: ...
 
 
-def run_single_part(name: str, run: BenchPart, argv: list[str] | None = None) -> int:
-    """``python -m bench.<name>``: train or reuse the model, measure one part, write <name>.json."""
+def run_single_part(
+    name: str,
+    run: BenchPart,
+    argv: list[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    make_plan: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+) -> int:
+    """``python -m bench.<name>``: train or reuse the model, measure one part, write <name>.json.
+
+    ``add_arguments`` adds the part's own options, ``make_plan`` turns them into its plan.
+    """
     parser = argparse.ArgumentParser(
         prog=f"python -m bench.{name}", description=f"The {name} benchmark alone."
     )
     add_common_arguments(parser)
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
     started = time.perf_counter()
     with Workspace(args.workdir) as ws:
         model = ws.prepare_model(args.family)
-        document = run(ws, model, args.quick, args.workers)
+        plan = make_plan(args) if make_plan is not None else None
+        document = run(ws, model, args.quick, args.workers, plan)
     document.update(
         machine=machine_info(), quick=args.quick, elapsed_s=round(time.perf_counter() - started, 1)
     )

@@ -95,21 +95,24 @@ def _server(rps: float, p50: float, p99: float, reads: float | None = None) -> d
 
 def test_online_table_rows_are_formatted_as_documented():
     """Check the online table against hand-written lines: thousands grouped, ms to 2 decimals,
-    spread as ±half the range, a missing comparison shown as a dash."""
+    spread as ±half the range, a missing comparison shown as a dash, a missing peer as
+    "not measured" with its reason."""
     doc = {
         "plan": {"workers": 2, "rounds": 3, "duration_s": 10, "concurrencies": [8]},
         "results": {
             "api": _server(1234.56, 3.14159, 7.5, reads=0.0213),
             "mlflow": _server(321.04, 20.0, 61.25),
-            "constant": _server(1500.0, 2.5, 6.0),
+            "constant-gthread": _server(1500.0, 2.5, 6.0),
         },
         "comparison": {
             "8": {
                 "rps_ratio_vs_mlflow": 3.456,
                 "p99_mlflow_over_api": 8.1666,
-                "rps_share_of_constant": 0.8123,
+                "predict_over_constant_gthread": 0.8123,
+                "api_p99_ms": 7.5,
             }
         },
+        "not_measured": {"mlserver": "left out of this run (--quick, or --no-mlserver)"},
     }
     lines = report.online_lines(doc)
     assert lines[0] == (
@@ -119,9 +122,15 @@ def test_online_table_rows_are_formatted_as_documented():
     assert "| 8 | this API (`/predict`) | 1,235 | 3.14 | 6.28 | 7.50 | 0 | ±5 % | 0.021 |" in lines
     assert "| 8 | `mlflow models serve` | 321.0 | 20.00 | 40.00 | 61.25 | 0 | ±5 % | – |" in lines
     assert (
-        "| 8 | constant endpoint (ceiling) | 1,500 | 2.50 | 5.00 | 6.00 | 0 | ±5 % | – |" in lines
+        "| 8 | constant Flask endpoint, stock gunicorn gthread | 1,500 | 2.50 | 5.00 | 6.00 | 0 "
+        "| ±5 % | – |" in lines
     )
-    assert lines[-1] == "| 8 | 3.46× | 8.17× | 0.81 | – | –× |"
+    assert lines[-1] == "| 8 | – | 0.81× | – | – | 3.46× | – | – | – | 7.50 |"
+    # A peer that could not run reads "not measured" with the reason, never a figure.
+    assert (
+        "| – | MLServer 1.7.1 (MLflow runtime), `/v2/models/<name>/infer` | not measured: "
+        "left out of this run (--quick, or --no-mlserver) | | | | | | |" in lines
+    )
 
 
 # --- the quick run, end to end ---------------------------------------------------------
@@ -169,7 +178,7 @@ def test_quick_online_results_are_complete(quick_results):
     doc = quick_results["docs"]["online"]
     plan = doc["plan"]
     assert plan["rounds"] >= 3
-    for name in ("api", "mlflow", "constant"):
+    for name in ("api", "mlflow", "constant-gthread"):
         server = doc["results"][name]
         assert server["server"]["rss_idle_mb"] > 0
         assert set(server["server"]["sequential_latency"]) == {"keep_alive_ms", "new_connection_ms"}
@@ -186,6 +195,51 @@ def test_quick_online_results_are_complete(quick_results):
         assert comparison["rps_ratio_vs_mlflow"] > 0 and comparison["p99_mlflow_over_api"] > 0
         assert isinstance(comparison["goal_rps_3x"], bool)
     assert json.loads(doc["results"]["api"]["server"]["answer"])["predictions"]
+
+
+@pytest.mark.slow
+def test_quick_online_new_rows_are_present_and_consistent(quick_results):
+    """Check issue 23's rows in the quick run: OIP infer, the named path, today's API, both
+    constant endpoints and the two-model round measured, their ratios the quotients of
+    their medians; MLServer left out of --quick with the reason, in the table too."""
+    doc = quick_results["docs"]["online"]
+    results = doc["results"]
+    targets = ("api-oip", "api-named", "api-baseline", "constant-gthread", "constant-granian")
+    for name in (*targets, "two-model-a", "two-model-b"):
+        row = results[name]["by_concurrency"]["8"]
+        assert row["errors"] == 0 and row["requests"] > 0, (name, row["runs"])
+        assert _stat_ok(row["rps"]) and _stat_ok(row["p99_ms"]), name
+    assert results["api-oip"]["server"]["answer"].startswith('{"model_name"')  # cut at 300
+    assert doc["peers"]["baseline"]["commit"].startswith(doc["plan"]["baseline_rev"])
+    c8 = doc["comparison"]["8"]
+
+    def median(name: str) -> float:
+        return results[name]["by_concurrency"]["8"]["rps"]["median"]
+
+    for key, name in (
+        ("predict_over_baseline", "api-baseline"),
+        ("predict_over_constant_gthread", "constant-gthread"),
+        ("predict_over_constant_granian", "constant-granian"),
+    ):
+        assert c8[key] == pytest.approx(median("api") / median(name), abs=0.01), key
+    assert c8["oip_over_predict"] == pytest.approx(median("api-oip") / median("api"), abs=0.01)
+    for goal in ("goal_2_5x_baseline", "goal_1_6x_constant_gthread", "goal_oip_0_8_of_predict"):
+        assert isinstance(c8[goal], bool), goal
+    assert c8["goal_20x_mlserver_v2"] is None  # not measured in --quick
+    two = doc["two_model"]
+    assert two["clients"] == 8 and two["clients_per_name"] == 4
+    assert [e["name"] for e in two["per_name"].values()] == doc["plan"]["model_names"]
+    for target, entry in two["per_name"].items():
+        assert results[target]["by_concurrency"]["8"]["clients"] == 4
+        assert entry["share_of_one_model"] == pytest.approx(
+            median(target) / median("api"), abs=0.01
+        )
+    assert "mlserver" in doc["not_measured"] and "mlserver-v2" not in results
+    table = quick_results["table"]
+    assert "not measured: left out of this run" in table
+    assert "OIP `infer` ≥ 0.8 of `/predict`" in table and "two models at 50/50" in table
+    cells = _table_row(table, "8", "constant Flask endpoint, granian `--interface wsgi`")
+    assert float(cells[2].replace(",", "")) == pytest.approx(median("constant-granian"), abs=0.5)
 
 
 @pytest.mark.slow
