@@ -34,6 +34,7 @@ LIBRARIES = (
     "mlflow",
     "flask",
     "gunicorn",
+    "granian",
     "uvicorn",
     "fastapi",
     "onnxruntime",
