@@ -33,7 +33,6 @@ import asyncio
 import io
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +51,7 @@ from api.asgi_body import (
     fix_mmap_threshold,
 )
 from api.exit_hooks import run_exit_hooks
+from api.fast import FastPredict
 from registry_bridge.errors import error_body
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,6 @@ STREAM_SHARE = 0.5
 # Answers of the threads are sent in pieces of about this size.
 SEND_CHUNK = 256 * 1024
 
-# The scoring paths the loop may answer inline: the model name each serves (None: the default).
-_HOT = re.compile(r"/(?:predict|invocations)|/models/([^/]+)/predict|/v2/models/([^/]+)/infer")
-
 
 class Front:
     """The ASGI application granian serves: one per worker, around one Flask app."""
@@ -85,11 +82,11 @@ class Front:
         from api import EXTENSION
 
         self.app = app
-        self.wsgi = app.wsgi_app  # the Flask app behind its /predict fast path (api/fast.py)
+        self.fast: FastPredict = app.wsgi_app  # type: ignore[assignment]
+        self.wsgi = self.fast  # the Flask app behind its scoring fast path (api/fast.py)
         # A streamed body goes to Flask itself: its reads may raise 408, which Flask answers.
-        self.streamed_wsgi = getattr(self.wsgi, "app", self.wsgi)
+        self.streamed_wsgi = self.fast.app
         registry = app.extensions[EXTENSION]
-        self.models = registry.models
         api = registry.settings.api
         self.timeout = api.client_timeout_s
         buffered = api.max_buffered_mb * 1024 * 1024
@@ -245,12 +242,9 @@ class Front:
             self._streams.release()
 
     def _resolves_now(self, path: str) -> bool:
-        """A scoring path whose model answers without I/O (see ActiveModel.resolves_now)."""
-        hot = _HOT.fullmatch(path)
-        if hot is None:
-            return False
-        name = hot.group(1) or hot.group(2)
-        resolver = self.models.default if name is None else self.models.peek(name)
+        """A scoring route of api/fast.py whose model answers without I/O
+        (ActiveModel.resolves_now)."""
+        resolver = self.fast.resolver(path)
         return resolver is not None and resolver.resolves_now()
 
     def _late(self) -> str:

@@ -1,4 +1,4 @@
-"""The hot path of ``POST /predict``: a well-formed JSON body answered without Flask's machinery.
+"""The hot path of JSON scoring: a well-formed request answered without Flask's machinery.
 
 Why: under load a worker's CPU is the limit, and for one record Flask's request
 machinery (context push and pop, URL matching, context-local proxies, hooks, the
@@ -26,27 +26,65 @@ only ever answers 200.
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from api import Registry
+from api.active import ActiveModel
 from api.capture import REQUEST_ID_HEADER, Capture
 from api.capture import request_id as new_request_id
 from api.hosts import SiteCheck
 from api.observe import answer_headers, observe, predicted
+from api.oip import respond
 from api.predict import JSON_TYPES, RESOLVED, score
 from api.validation import check_count, check_json_size, extract_records, parse_json
 
-PATH = "/predict"
-_RULE = PATH  # the endpoint label of /predict's metrics, as Flask's url_rule names it
+# The JSON scoring routes this path answers: (Flask's rule, the endpoint label of the
+# metrics; capture's source; whether the body is an OIP inference request).
+_ROUTES = re.compile(
+    r"/(?P<native>predict|invocations)"
+    r"|/models/(?P<name>[^/]+)/predict"
+    r"|/v2/models/(?P<oip>[^/]+)/infer"
+)
+_NATIVE = {"predict": ("/predict", "predict"), "invocations": ("/invocations", "invocations")}
+_NAMED = ("/models/<name>/predict", "predict")
+_OIP = ("/v2/models/<name>/infer", "infer")
+# OIP's binary tensor extension: refused, by the Flask view (api/oip.py).
+_BINARY = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
+@dataclass(frozen=True)
+class Route:
+    """A request this path may answer: which model, and how the view would label it."""
+
+    rule: str  # Flask's url_rule: the endpoint label of the request metrics
+    source: str  # capture's ``source``, as the view records it
+    name: str | None  # None: the default name (MODEL_NAME)
+    oip: bool
+
+
+def route(path: str) -> Route | None:
+    """The scoring route of ``path`` (None: not one this path answers)."""
+    found = _ROUTES.fullmatch(path)
+    if found is None:
+        return None
+    native, name, oip = found.group("native", "name", "oip")
+    if native is not None:
+        return Route(*_NATIVE[native], None, False)
+    if name is not None:
+        return Route(*_NAMED, name, False)
+    return Route(*_OIP, oip, True)
+
+
 class FastPredict:
-    """WSGI middleware answering the usual ``POST /predict``; the Flask app answers the rest."""
+    """WSGI middleware answering the usual JSON scoring requests (``/predict``,
+    ``/invocations``, ``/models/<name>/predict``, OIP ``infer``); the Flask app answers the rest."""
 
     # The app's request hooks, each with what this path does in its place. A hook added
     # to the app and not here fails tests/test_fast_path.py: this path would skip it.
@@ -73,8 +111,20 @@ class FastPredict:
         self.body_limit = min(api.max_request_mb, api.max_upload_mb) * 1024 * 1024
         self.max_records = api.max_records
 
+    def resolver(self, path: str) -> ActiveModel | None:
+        """The resolver a POST to ``path`` would be answered with here, found without I/O
+        (None: not a route of this path, or a name no request has asked yet)."""
+        found = route(path)
+        if found is None:
+            return None
+        models = self.registry.models
+        return models.default if found.name is None else models.peek(found.name)
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+        if environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        found = route(environ.get("PATH_INFO", ""))
+        if found is None or (found.oip and _BINARY in environ):
             return self.app(environ, start_response)
         started = time.perf_counter()
         length = self._length(environ)
@@ -82,7 +132,7 @@ class FastPredict:
             return self.app(environ, start_response)
         body = environ["wsgi.input"].read(length)
         try:
-            answer = self._answer(environ, body, length, started)
+            answer = self._answer(found, environ, body, length, started)
         except Exception:  # RegistryError or not: the Flask app answers it, as always
             answer = None
         if answer is None:
@@ -114,18 +164,28 @@ class FastPredict:
         return int(length)
 
     def _answer(
-        self, environ: dict[str, Any], body: bytes, length: int, started: float
+        self, found: Route, environ: dict[str, Any], body: bytes, length: int, started: float
     ) -> tuple[list[tuple[str, str]], bytes] | None:
-        resolved = self.registry.active.resolve()
+        models = self.registry.models
+        resolver = models.default if found.name is None else models.peek(found.name)
+        if resolver is None:
+            return None  # a name not asked before: the view finds it (or answers 404)
+        resolved = resolver.resolve()
         environ[RESOLVED] = resolved  # served by this version, whoever answers
         if resolved.stale:
             return None  # rare: the view's answer says so
         model = resolved.model
         check_json_size(body, self.max_records, len(model.schema.features))
-        records = extract_records(parse_json(body, length))
-        check_count(records, self.max_records)
-        scored = score(model, records)
-        payload = f"{self.dumps(scored.body, separators=(',', ':'))}\n".encode()
+        payload = parse_json(body, length)
+        answer: Any
+        if found.oip:
+            answer, scored = respond(resolver.name, model, payload, self.max_records)
+        else:
+            records = extract_records(payload)
+            check_count(records, self.max_records)
+            scored = score(model, records)
+            answer = scored.body
+        payload = f"{self.dumps(answer, separators=(',', ':'))}\n".encode()
         headers = [
             ("Content-Type", JSON_TYPES),
             ("Content-Length", str(len(payload))),
@@ -136,7 +196,7 @@ class FastPredict:
             request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID"))
             headers.append((REQUEST_ID_HEADER, request_id))
             capture.record(
-                "predict",
+                found.source,
                 model,
                 scored.checked.matrix,
                 scored.labels,
@@ -146,12 +206,12 @@ class FastPredict:
             )
         predicted(model, len(scored.labels))
         observe(
-            _RULE,
+            found.rule,
             "POST",
             200,
             time.perf_counter() - started,
             resolved,
-            PATH,
+            environ.get("PATH_INFO", ""),
             environ.get("REMOTE_ADDR"),
         )
         return headers, payload

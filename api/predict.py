@@ -58,8 +58,11 @@ def serving(name: str | None = None, version: str | None = None) -> Resolved:
         RegistryError: NOT_FOUND for a name not served or a version missing or deleted.
     """
     models = registry().models
-    if name is None:
-        resolved = request.environ.get(RESOLVED) or registry().active.resolve()
+    handed = request.environ.get(RESOLVED)  # resolved by api/fast.py, which handed it over
+    if version is None and handed is not None and name in (None, handed.model.name):
+        resolved = handed
+    elif name is None:
+        resolved = registry().active.resolve()
     elif version is None:
         resolved = models.get(name).resolve()
     else:

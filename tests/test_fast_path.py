@@ -1,4 +1,4 @@
-"""The fast path of POST /predict (api/fast.py) answers exactly what the Flask view answers.
+"""The fast path of JSON scoring (api/fast.py) answers exactly what the Flask views answer.
 
 Every body is sent twice to the same app: once through the fast path, once straight to
 the Flask app behind it, and the answers must be the same bytes, status and headers.
@@ -15,11 +15,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from api_fixtures import FAMILIES, make_app, record
+from api_fixtures import FAMILIES, MODEL, make_app, record
 
-from api.fast import FastPredict
+from api.fast import FastPredict, route
 from conf.contract import FEATURES
 
+JSON = "application/json"
 HEADERS = ("Content-Type", "X-Model-Name", "X-Model-Version", "X-Model-Stale", "X-Request-Id")
 
 
@@ -42,13 +43,20 @@ def fast(app) -> FastPredict:
     return app.wsgi_app
 
 
-def _both(app, fast: FastPredict, data: bytes | str, **kw: Any) -> tuple[Any, Any]:
+# Every route the fast path answers: /predict's, MLflow's and a named model's JSON.
+NATIVE_PATHS = ("/predict", "/invocations", f"/models/{MODEL}/predict")
+OIP_PATH = f"/v2/models/{MODEL}/infer"
+
+
+def _both(
+    app, fast: FastPredict, data: bytes | str, path: str = "/predict", **kw: Any
+) -> tuple[Any, Any]:
     """The answer through the fast path, then the Flask view's own answer."""
     kw.setdefault("content_type", "application/json")
-    through_fast = app.test_client().post("/predict", data=data, **kw)
+    through_fast = app.test_client().post(path, data=data, **kw)
     app.wsgi_app = fast.app
     try:
-        through_flask = app.test_client().post("/predict", data=data, **kw)
+        through_flask = app.test_client().post(path, data=data, **kw)
     finally:
         app.wsgi_app = fast
     return through_fast, through_flask
@@ -78,15 +86,50 @@ def _bodies(published) -> list[Any]:
     ]
 
 
-def test_the_usual_requests_are_answered_by_the_fast_path_as_flask_would(app, fast, published):
+@pytest.mark.parametrize("path", NATIVE_PATHS)
+def test_the_usual_requests_are_answered_by_the_fast_path_as_flask_would(
+    app, fast, published, path
+):
     """Check that every accepted JSON shape gets the view's exact answer, without Flask."""
+    app.test_client().post(path, json=record(published.inputs[0]))  # the name is known now
     for body in _bodies(published):
         data = json.dumps(body)
         before = fast.app.calls
-        through_fast, through_flask = _both(app, fast, data)
+        through_fast, through_flask = _both(app, fast, data, path)
         assert through_fast.status_code == 200, through_fast.json
         assert fast.app.calls == before + 1  # only the second request reached Flask
         _same(through_fast, through_flask)
+
+
+def _oip_bodies(published) -> list[Any]:
+    rows = [list(map(float, r)) for r in published.inputs[:3]]
+    return [
+        {"inputs": [{"name": "x", "shape": [3, 6], "datatype": "FP64", "data": rows}]},
+        {
+            "id": "r-1",
+            "inputs": [
+                {"name": f, "shape": [3], "datatype": "FP32", "data": [r[i] for r in rows]}
+                for i, f in enumerate(FEATURES)
+            ],
+            "outputs": [{"name": "label"}, {"name": "probabilities"}],
+        },
+    ]
+
+
+def test_oip_inference_requests_are_answered_by_the_fast_path_as_flask_would(app, fast, published):
+    """Check that an OIP infer request gets the OIP view's exact answer, without Flask,
+    and that its errors are the view's, byte for byte."""
+    app.test_client().post(OIP_PATH, json=_oip_bodies(published)[0])  # the name is known now
+    for body in _oip_bodies(published):
+        before = fast.app.calls
+        through_fast, through_flask = _both(app, fast, json.dumps(body), OIP_PATH)
+        assert through_fast.status_code == 200, through_fast.json
+        assert fast.app.calls == before + 1
+        _same(through_fast, through_flask)
+    bad = {"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP64", "data": [1] * 5}]}
+    through_fast, through_flask = _both(app, fast, json.dumps(bad), OIP_PATH)
+    assert through_fast.status_code == 400 and "'x'" in through_fast.json["error"]
+    _same(through_fast, through_flask)
 
 
 @pytest.mark.parametrize(
@@ -110,16 +153,17 @@ def test_every_error_is_the_flask_answer(app, fast, data):
 
 
 def test_requests_it_does_not_answer_reach_flask_unread(app, fast, published):
-    """Check that another media type, path, Host or a chunked body is handed over intact."""
+    """Check that another media type, a pinned version, a Host or a chunked body is handed
+    over intact."""
     data = json.dumps(record(published.inputs[0]))
     client = app.test_client()
     answers = [
         client.post("/predict", data=data, content_type="text/plain"),  # 415 from the view
-        client.post("/invocations", data=data, content_type="application/json"),
+        client.post(f"/models/{MODEL}/versions/1/predict", data=data, content_type=JSON),
         client.post(
             "/predict", data=data, content_type="application/json", headers={"Host": "evil.test"}
         ),
-        client.post(  # no Content-Length: a chunked body, as gunicorn passes it on
+        client.post(  # no Content-Length: a chunked body, as a WSGI server may pass it on
             "/predict",
             input_stream=io.BytesIO(data.encode()),
             content_type="application/json",
@@ -220,3 +264,16 @@ def test_a_hook_the_fast_path_does_not_run_is_caught(app):
 
     hooks = {f.__name__ for functions in app.before_request_funcs.values() for f in functions}
     assert "_audit" in hooks and not hooks <= set(FastPredict.HOOKS)
+
+
+def test_the_fast_routes_label_metrics_with_the_views_own_rules(app):
+    """Check that each route the fast path answers names a rule of the app (the endpoint
+    label /metrics and the access log give it), and the same rule Flask would match."""
+    adapter = app.url_map.bind("localhost")
+    for path in (*NATIVE_PATHS, OIP_PATH):
+        found = route(path)
+        assert found is not None, path
+        rule, _ = adapter.match(path, method="POST", return_rule=True)
+        assert found.rule == rule.rule, path
+    assert route(f"/models/{MODEL}/versions/1/predict") is None
+    assert route("/batch-predict") is None
