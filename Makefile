@@ -28,9 +28,11 @@ lint: $(STAMP) ## ruff (lint + format check), mypy and the import layers, as CI 
 
 # Two parts: everything but the timing tests on two processes (each test file on one,
 # so module fixtures start once), then the tests that measure latency or memory, alone.
+# --no-loadscope-reorder keeps the collection's order (tests/conftest.py: longest files
+# first) instead of pytest-xdist's (files with the most tests first).
 # Exit 5 is pytest's "no test selected": a PYTEST_ARGS -k may leave one part empty.
 test: $(STAMP) ## run the test suite (what CI runs)
-	$(PY) -m pytest -n 2 --dist loadfile -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 reliability: $(STAMP) ## load, outage, interrupted writes, hostile artifacts/input, access: the figures table
