@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The search that keeps a study's candidate runs (the best trial of each family).
 CANDIDATES = "tags.candidate = 'true'"
+# MLflow 3's server also starts a job runner (seven huey consumer processes) for GenAI
+# scorers and periodic trace tasks, which this project never submits: without it the UI
+# answers in ~7 s instead of ~22 s, on ~6 s of CPU instead of ~20 (2 cores, measured).
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def absolute_tracking_uri(tracking_uri: str) -> str:
@@ -142,6 +146,8 @@ def main(host: str, port: int, workers: int, config: str | None) -> None:
         for line in direct_links(settings, f"http://{host}:{port}"):
             click.echo(line)
     sys.stdout.flush()
+    for name, value in SERVER_ENV.items():
+        os.environ.setdefault(name, value)
     # Replace this process so Ctrl-C and signals reach the server directly.
     os.execv(sys.executable, command)
 

@@ -208,7 +208,10 @@ def test_mlflow_answers_the_trainers_host_header(tmp_path):
     the api do (Host: mlflow:5000): MLflow 3's security middleware answers 403 to a Host
     not in --allowed-hosts."""
     port = free_port()
-    server = Server("mlflow", compose_mlflow_command(tmp_path, port), port, tmp_path / "mlflow.log")
+    env = {**os.environ, **SERVICES["mlflow"]["environment"]}  # as compose would start it
+    server = Server(
+        "mlflow", compose_mlflow_command(tmp_path, port), port, tmp_path / "mlflow.log", env=env
+    )
     with serving(server, path="/health", timeout_s=180):
         for host in ("mlflow:5000", "127.0.0.1:5000"):
             request = urllib.request.Request(

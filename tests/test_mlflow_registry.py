@@ -496,14 +496,14 @@ def test_the_experiment_opens_on_model_training_and_the_ui_links_its_pages(regis
 @pytest.mark.skipif(not shutil.which("chromium"), reason="headless Chromium is not installed")
 def test_the_mlflow_ui_model_page_shows_the_versions_and_the_alias(registry, tmp_path):
     """Check MLflow's UI, rendered by headless Chromium, lists both versions and `production`."""
-    from pipelines.mlflow_ui import server_command
+    from pipelines.mlflow_ui import SERVER_ENV, server_command
 
     port = free_port()
     log = tmp_path / "ui.log"
     with open(log, "wb") as sink:
         server = subprocess.Popen(
             server_command(registry.settings.mlflow, "127.0.0.1", port),
-            env=venv_env(registry.env),
+            env=venv_env({**registry.env, **SERVER_ENV}),  # as `make mlflow-ui` starts it
             cwd=tmp_path,
             stdout=sink,
             stderr=subprocess.STDOUT,
