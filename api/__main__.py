@@ -1,4 +1,4 @@
-"""``python -m api`` / ``make serve``: run the API under granian (api/asgi.py says why).
+"""``python -m api`` / ``make serve``: run the API under granian (api/front.py says why).
 
 Binds ``API_HOST:API_PORT`` with ``API_WORKERS`` workers. A non-loopback bind
 without ``API_ADMIN_TOKEN`` is refused (anyone who can reach the port could switch
@@ -106,8 +106,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _granian(settings: Settings) -> Any:
-    """granian, ASGI: each worker builds its Flask app after the fork (one MongoClient per
-    process) and serves it through :class:`api.asgi.Front`."""
+    """granian, RSGI: each worker builds its Flask app after the fork (one MongoClient per
+    process) and serves it through :class:`api.front.Front`."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
@@ -117,10 +117,10 @@ def _granian(settings: Settings) -> Any:
     if api.tls_cert and api.tls_key:
         tls = {"ssl_cert": api.tls_cert, "ssl_key": api.tls_key}
     return Granian(
-        "api.asgi:Front",  # named in granian's logs; the loader below builds it
+        "api.front:Front",  # named in granian's logs; the loader below builds it
         address=api.host,
         port=api.port,
-        interface=Interfaces.ASGI,  # its lifespan's shutdown runs the exit hooks
+        interface=Interfaces.RSGI,
         workers=api.workers,
         # HTTP/1.1 only: the protocol whose hostile clients tests/reliability covers.
         http=HTTPModes.http1,
@@ -158,7 +158,7 @@ def _load_front(settings: Settings) -> Any:
 
     def load(target: str) -> Any:
         from api import create_app
-        from api.asgi import Front
+        from api.front import Front
 
         return Front(create_app({"SETTINGS": settings}))
 

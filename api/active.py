@@ -242,7 +242,7 @@ class ActiveModel:
     def resolves_now(self) -> bool:
         """Whether :meth:`resolve` would answer without I/O: the pointer's lease runs and its
         version is loaded, or the registry is in back-off (the loaded version answers, stale).
-        The event loop answers such a request inline (api/asgi.py); others go to a thread."""
+        The event loop answers such a request inline (api/front.py); others go to a thread."""
         if time.monotonic() < self._retry_at:
             return self._current is not None
         if not self._read_pointer.fresh():

@@ -2,7 +2,8 @@
 
 The same hooks run at interpreter exit (tests, scripts) and when the server stops a worker:
 granian's workers are forked processes that end with ``os._exit``, which skips ``atexit``,
-so api/asgi.py runs them on the ASGI lifespan's shutdown message. Each runs once, last
+so api/front.py runs them when granian stops the worker (RSGI's ``__rsgi_del__``). Each runs
+once, last
 registered first (as ``atexit`` would).
 """
 

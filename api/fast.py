@@ -8,7 +8,7 @@ returning a constant (bench/online's ceiling), and cProfile put most of the diff
 outside the model.
 
 Still needed under granian (issue 23): the event loop answers ``/predict`` inline
-(api/asgi.py), so the same CPU cost is the limit. In process, alternated rounds of 3,000
+(api/front.py), so the same CPU cost is the limit. In process, alternated rounds of 3,000
 calls: a median ~130 µs per request here against ~440 µs through the Flask app (the same
 record and model; the machine shared, so the ratio, 3.3x, is the figure).
 

@@ -93,7 +93,7 @@ def error_body(
     """``{"error": {"code", "message", "details"?}}``: the one JSON error body (DESIGN.md).
 
     Every answer uses it: ``RegistryError.to_dict``, the Flask handlers (api/errors.py)
-    and the answers the server's event loop writes itself (api/asgi.py). ``details`` only
+    and the answers the server's event loop writes itself (api/front.py). ``details`` only
     when there are some.
     """
     body: dict[str, Any] = {"code": code, "message": message}

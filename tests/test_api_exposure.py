@@ -1,6 +1,6 @@
 """Check the API as another machine would reach it: HTTPS by setting, and slow clients.
 
-Both start ``python -m api`` (granian, api/asgi.py) on loopback. The
+Both start ``python -m api`` (granian, api/front.py) on loopback. The
 certificate is self-signed and made here; the slow clients send a request head one
 byte every 2 s, as many as the workers have threads twice over.
 """
@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from servers import ApiServer
 
 from api.__main__ import main as api_main
-from api.asgi import THREADS as THREADS_PER_WORKER
+from api.front import THREADS as THREADS_PER_WORKER
 
 # Latency, memory and timeouts measured: run alone, after the parallel part (Makefile).
 pytestmark = [pytest.mark.slow, pytest.mark.serial]

@@ -1,4 +1,4 @@
-"""Request bodies as a worker's event loop receives them (api/asgi.py reads them).
+"""Request bodies as a worker's event loop receives them (api/front.py reads them).
 
 :class:`Budget` bounds the bytes buffered by one worker, the longest-waiting body first
 evicted at a cap; :class:`StreamedBody` is the ``wsgi.input`` a thread reads a body too
@@ -18,6 +18,11 @@ from typing import Any
 
 # One client address may hold this share of the buffered-bytes budget.
 CLIENT_SHARE = 0.25
+# A streamed body's deadline moves 1 s later per this many bytes received: 64 KB/s is a
+# slow uplink (0.5 Mbit/s); a client sending 1 byte every 2 s gains nothing.
+MIN_BODY_RATE = 64 * 1024
+# At most this share of a worker's threads stream large bodies at once; the rest stay free.
+STREAM_SHARE = 0.5
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 

@@ -1,4 +1,4 @@
-"""The server's front (api/asgi.py): the buffered-bytes budget, streamed bodies, exit hooks.
+"""The server's front (api/front.py): the buffered-bytes budget, streamed bodies, exit hooks.
 
 Pure pieces, driven without a server; the real server's behaviour under slow, idle and
 flooding clients is tests/reliability/test_slow_clients.py.
@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from api import exit_hooks
-from api.asgi_body import BodyReader, BodyTimeout, Budget, StreamedBody
+from api.front_body import BodyReader, BodyTimeout, Budget, StreamedBody
 
 MB = 1024 * 1024
 
