@@ -69,8 +69,16 @@ class Route:
     oip: bool
 
 
+_DEFAULT_ROUTES = {
+    f"/{native}": Route(*_NATIVE[native], None, False) for native in ("predict", "invocations")
+}
+
+
 def route(path: str) -> Route | None:
     """The scoring route of ``path`` (None: not one this path answers)."""
+    known = _DEFAULT_ROUTES.get(path)
+    if known is not None:
+        return known
     found = _ROUTES.fullmatch(path)
     if found is None:
         return None

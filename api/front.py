@@ -123,7 +123,7 @@ class Front:
         declared = int(length) if length is not None and length.isdigit() else None
         chunked = "transfer-encoding" in headers
         loop = asyncio.get_running_loop()
-        reader = BodyReader(_client(scope), asyncio.current_task())
+        reader = BodyReader(scope.client, None)  # its task is asked only if it buffers
         try:
             body, rest = await self._buffer(proto, reader, declared, chunked)
         except ClientGone as gone:  # it may only have shut its sending side: say why
@@ -159,6 +159,8 @@ class Front:
         if declared is not None and declared > BODY_BUFFER_LIMIT:
             return b"", self._puller(aiter(proto), 0)
         deadline = _loop_deadline(self.timeout)
+        reader.client = _host(reader.client)
+        reader.task = asyncio.current_task()
         self.budget.join(reader)
         if declared is not None:
             self.budget.add(reader, declared)  # reserved: hyper reads no more than this
