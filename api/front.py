@@ -74,6 +74,8 @@ THREADS = 8
 BODY_BUFFER_LIMIT = 1 << 20
 # Answers of the threads are sent in pieces of about this size.
 SEND_CHUNK = 256 * 1024
+# A streamed body reaches the app's thread in pieces of up to this size.
+PULL_BYTES = 1 << 20
 
 
 class Front:
@@ -199,7 +201,7 @@ class Front:
         start = loop.time()
         state = {"received": received}
 
-        async def pull() -> bytes:
+        async def piece() -> bytes:
             deadline = start + self.timeout + state["received"] / MIN_BODY_RATE
             try:
                 async with asyncio.timeout_at(min(deadline, loop.time() + self.timeout)):
@@ -212,6 +214,20 @@ class Front:
                 raise ClientGone(_ended(int(state["received"]), None)) from None
             state["received"] += len(chunk)
             return chunk
+
+        async def pull() -> bytes:
+            # Up to PULL_BYTES per call: each call is a hop from the app's thread to the loop
+            # and back, and hyper hands the body over in pieces of a few KB (one hop per
+            # piece made a 1M-row /batch-predict upload 2.3x slower than under gunicorn).
+            chunks = []
+            size = 0
+            while size < PULL_BYTES:
+                chunk = await piece()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
 
         return pull
 
@@ -400,11 +416,16 @@ class _Rest:
 
 
 def _next_piece(rest: Iterator[bytes]) -> bytes:
-    """In a thread: the next non-empty piece (b"" at the end)."""
+    """In a thread: the next :data:`SEND_CHUNK` bytes or so of the answer (b"" at the end),
+    so that a long answer costs one hop to the loop per piece of that size."""
+    pieces = []
+    size = 0
     for piece in rest:
-        if piece:
-            return piece
-    return b""
+        pieces.append(piece)
+        size += len(piece)
+        if size >= SEND_CHUNK:
+            break
+    return b"".join(pieces)
 
 
 def _close(result: Any) -> None:
