@@ -83,15 +83,13 @@ class SharedRead:
                 return fresh[1]
         return self._shared()
 
-    def fresh(self) -> bool:
-        """Whether a call now would return without reading (the last read's lease runs)."""
-        fresh = self._fresh
-        return fresh is not None and self._clock() - fresh[0] <= self._window(fresh[1])
-
-    def last(self) -> Any:
-        """The value of the last successful read (None before one)."""
-        fresh = self._fresh
-        return None if fresh is None else fresh[1]
+    def peek(self) -> tuple[bool, Any]:
+        """Whether a call now would return without reading (the last read's lease runs),
+        and that read's value (None before one)."""
+        fresh = self._fresh  # one attribute read: the pair is consistent
+        if fresh is None:
+            return False, None
+        return self._clock() - fresh[0] <= self._window(fresh[1]), fresh[1]
 
     def _read_ahead(self) -> None:
         if self._ahead is None:  # started on first use: after the server forks the worker
@@ -245,9 +243,9 @@ class ActiveModel:
         The event loop answers such a request inline (api/front.py); others go to a thread."""
         if time.monotonic() < self._retry_at:
             return self._current is not None
-        if not self._read_pointer.fresh():
+        fresh, state = self._read_pointer.peek()
+        if not fresh:
             return False
-        state = self._read_pointer.last()
         version = None if state is None else state.active_version
         return version is None or self.cache.holds(self.name, version)
 

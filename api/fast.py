@@ -69,6 +69,8 @@ class Route:
     oip: bool
 
 
+# route() runs twice per request (api/front.py decides where to answer, then here): the
+# two default paths skip the regular expression.
 _DEFAULT_ROUTES = {
     f"/{native}": Route(*_NATIVE[native], None, False) for native in ("predict", "invocations")
 }

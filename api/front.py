@@ -84,7 +84,6 @@ class Front:
     def __init__(self, app: Flask, threads: int = THREADS):
         from api import EXTENSION
 
-        self.app = app
         self.fast: FastPredict = app.wsgi_app  # type: ignore[assignment]
         # A streamed body goes to Flask itself: its reads may raise 408, which Flask answers.
         self.flask = self.fast.app
@@ -98,9 +97,6 @@ class Front:
         fix_mmap_threshold()
 
     # --- RSGI ------------------------------------------------------------------------
-
-    def __rsgi_init__(self, loop: Any) -> None:
-        """Nothing to start: create_app did, in this worker."""
 
     def __rsgi_del__(self, loop: Any) -> None:
         """A worker stops: its exit hooks (flush captured records and access lines, leave
@@ -125,23 +121,14 @@ class Front:
         declared = int(length) if length is not None and length.isdigit() else None
         chunked = "transfer-encoding" in headers
         loop = asyncio.get_running_loop()
-        reader = BodyReader(scope.client, None)  # its task is asked only if it buffers
         try:
-            body, rest = await self._buffer(proto, reader, declared, chunked)
+            body, rest = await self._buffer(proto, _client(scope), declared, chunked)
         except ClientGone as gone:  # it may only have shut its sending side: say why
             _error(proto, "INVALID_INPUT", 400, str(gone))
             return
         except BodyTimeout:
             _error(proto, "REQUEST_TIMEOUT", 408, self._late())
             return
-        except asyncio.CancelledError:
-            if not reader.evicted:  # a shutdown, not the budget: let it through
-                raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            _error(proto, "REQUEST_TIMEOUT", 408, self._late())
-            return
-        finally:
-            self.budget.leave(reader)
         if rest is None:
             environ = _environ(scope, body, chunked)
             if scope.method == "POST" and self._resolves_now(scope.path):
@@ -153,17 +140,35 @@ class Front:
         await self._stream(scope, body, rest, proto, loop)
 
     async def _buffer(
-        self, proto: Any, reader: BodyReader, declared: int | None, chunked: bool
+        self, proto: Any, client: str, declared: int | None, chunked: bool
     ) -> tuple[bytes, Pull | None]:
-        """The body if it fits the buffer (else what came so far and a pull for the rest)."""
+        """The body if it fits the buffer (else what came so far and a pull for the rest).
+
+        Raises:
+            BodyTimeout: it came too late, or the budget evicted it (the task's cancel).
+            ClientGone: the connection closed before the body's end.
+        """
         if (declared is None and not chunked) or declared == 0:
             return b"", None  # no body (a GET): nothing to wait for
         if declared is not None and declared > BODY_BUFFER_LIMIT:
             return b"", self._puller(aiter(proto), 0)
-        deadline = _loop_deadline(self.timeout)
-        reader.client = _host(reader.client)
-        reader.task = asyncio.current_task()
+        reader = BodyReader(client, asyncio.current_task())
         self.budget.join(reader)
+        try:
+            return await self._read(proto, reader, declared)
+        except asyncio.CancelledError:
+            if not reader.evicted:  # a shutdown, not the budget: let it through
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            raise BodyTimeout("evicted") from None
+        finally:
+            self.budget.leave(reader)
+
+    async def _read(
+        self, proto: Any, reader: BodyReader, declared: int | None
+    ) -> tuple[bytes, Pull | None]:
+        """:meth:`_buffer`'s reading, its bytes counted in the budget as they come."""
+        deadline = _loop_deadline(self.timeout)
         if declared is not None:
             self.budget.add(reader, declared)  # reserved: hyper reads no more than this
             try:

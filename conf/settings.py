@@ -313,14 +313,19 @@ def _families(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _host_names(value: Any) -> tuple[str, ...]:
+def _listed(value: Any, what: str) -> list[Any]:
+    """A list setting, given as a YAML list or (from the environment) comma-separated text."""
     if value is None:
-        return ()
+        return []
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, (list, tuple)):
-        raise ValueError("expected a list of host names (or a comma-separated text)")
-    names = tuple(str(name).strip().lower() for name in value)
+        raise ValueError(f"expected a list of {what} (or a comma-separated text)")
+    return list(value)
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    names = tuple(str(name).strip().lower() for name in _listed(value, "host names"))
     bad = [name for name in names if not name or any(c in name for c in " /@\t\r\n")]
     if bad:
         raise ValueError(f"expected host names without ports, paths or spaces, got {bad}")
@@ -328,13 +333,8 @@ def _host_names(value: Any) -> tuple[str, ...]:
 
 
 def _model_names(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
-    if not isinstance(value, (list, tuple)):
-        raise ValueError("expected a list of model names (or a comma-separated text)")
-    return tuple(dict.fromkeys(check_model_name(_text(name)) for name in value))
+    names = _listed(value, "model names")
+    return tuple(dict.fromkeys(check_model_name(_text(name)) for name in names))
 
 
 # (section, key) -> parser; "embedded.x" keys live under registry.embedded.
