@@ -9,8 +9,8 @@ outside the model.
 
 Still needed under granian (issue 23): the event loop answers ``/predict`` inline
 (api/front.py), so the same CPU cost is the limit. In process, alternated rounds of 3,000
-calls: a median ~130 µs per request here against ~440 µs through the Flask app (the same
-record and model; the machine shared, so the ratio, 3.3x, is the figure).
+calls, two runs: a median of 116-132 µs per request here against 338-440 µs through the
+Flask app (the same record and model), 2.9-3.3x.
 
 It does what the Flask view does, with the same functions: the Host check, the body
 and record limits, the JSON rules (``api/validation.py``), :func:`api.predict.score`,

@@ -16,7 +16,7 @@ and within a memory budget; only then does anything call the Flask app:
   a deadline, by at most ``STREAM_SHARE`` of the threads at once).
 
 granian's own interface (RSGI), not ASGI: a response is one call, not two awaited messages.
-With the same 150 µs of Python per request, RSGI answered ~40 % more requests per second
+With the same 150 µs of Python per request, RSGI answered 37–52 % more requests per second
 than ASGI in each of three alternated rounds (shared machine: ratios, not figures).
 
 Either way the request meets the same Flask app (and its fast path, api/fast.py), so the
