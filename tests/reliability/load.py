@@ -218,13 +218,28 @@ def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> 
     return found
 
 
-def run_for(seconds: float, step: Callable[[], Any], interval: float) -> int:
-    """Call ``step`` every ``interval`` seconds for ``seconds``; the number of calls."""
-    deadline = time.monotonic() + seconds
+def run_for(
+    seconds: float,
+    step: Callable[[], Any],
+    interval: float,
+    *,
+    at_least: int = 0,
+    give_up_after: float | None = None,
+) -> int:
+    """Call ``step`` every ``interval`` seconds for ``seconds``; the number of calls.
+
+    With ``at_least``, keep calling past ``seconds`` until that many calls were made
+    (a busy machine makes each step slower, not the property under test weaker), but
+    never past ``give_up_after`` seconds, so the caller's count check still fails."""
+    started = time.monotonic()
+    deadline = started + seconds
+    hard_stop = started + (give_up_after if give_up_after is not None else seconds)
     calls = 0
-    while time.monotonic() < deadline:
-        began = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now >= hard_stop or (now >= deadline and calls >= at_least):
+            return calls
+        began = now
         step()
         calls += 1
         time.sleep(max(0.0, interval - (time.monotonic() - began)))
-    return calls
