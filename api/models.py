@@ -85,7 +85,8 @@ def _state(state: ActiveState) -> dict[str, Any]:
         **{
             k: v
             for k, v in state.to_dict().items()
-            if k in ("activated_at", "activated_by", "reason", "lease_ms", "prepared")
+            if k in ("activated_at", "activated_by", "reason", "lease_ms", "prepared", "gate")
+            and v is not None
         },
     }
 
@@ -153,12 +154,19 @@ def activate() -> Response:
     name = checked_name(body.get("name"))
     version = checked_version(body.get("version"))
     reason = _text_field(body, "reason", required=False)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise invalid(
+            "'force' must be true or false", [{"field": "force", "problem": "not a boolean"}]
+        )
     handle = registry()
     # A name this worker serves: the store validates it loaded into this worker's cache
     # (loaded once, and reported loaded before staging) rather than in a session of its own.
     served = handle.models.find(name)
     load = served.load_session if served is not None else None
-    state = handle.store.set_active_version(name, version, by=_actor(), reason=reason, load=load)
+    state = handle.store.set_active_version(
+        name, version, by=_actor(), reason=reason, load=load, force=force
+    )
     return jsonify(_state(state))
 
 

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 
 from api import registry
 from api.report_cache import EXTENSION as REPORTS
+from registry_bridge import render
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
 from registry_bridge.monitoring import drift, inference_log
@@ -135,6 +136,7 @@ def _console_data(name: str) -> dict[str, Any]:
         "versions": [],
         "active": None,
         "history": [],
+        "gate_lines": render.gate_lines,  # each rule of a gated activation, with both values
         "report": None,
         "error": None,
         "capture": settings.capture,

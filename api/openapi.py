@@ -238,6 +238,8 @@ def spec() -> dict[str, Any]:
                         "name": {"type": "string"},
                         "active_version": {"type": "integer"},
                         "previous_version": {"type": ["integer", "null"]},
+                        # The promotion gate's report when it ran (docs/promotion.md).
+                        "gate": {"type": "object"},
                     },
                 },
             },
@@ -367,6 +369,8 @@ def spec() -> dict[str, Any]:
                                 "name": {"type": "string"},
                                 "version": {"type": "integer"},
                                 "reason": {"type": "string"},
+                                # Past a refusing promotion gate; needs a reason.
+                                "force": {"type": "boolean"},
                             },
                         )
                     ),

@@ -52,6 +52,28 @@ MODEL_CARD = "registry/model_card.json"
 # Rows of the evaluation data kept as the version's input example (re-scored on activate).
 EXAMPLE_ROWS = 5
 
+# The metrics a promotion rule may name (``promotion.rules``), each with whether greater is
+# better (MLflow's ``MetricThreshold.greater_is_better``). They are the test metrics of
+# pipelines/metrics.py, computed the same way on the reference set; the binary ones (at
+# the version's own threshold) exist for 2-class versions only. ``roc_auc`` is
+# ``roc_auc_ovr`` (one-vs-rest macro average; for two classes, the plain ROC AUC).
+GATE_METRICS: dict[str, bool] = {
+    "accuracy": True,
+    "balanced_accuracy": True,
+    "f1_macro": True,
+    "roc_auc": True,
+    "roc_auc_ovr": True,
+    "log_loss": False,
+    "sensitivity": True,
+    "specificity": True,
+    "precision": True,
+    "npv": True,
+    "auc": True,
+    "fpr": False,
+    "fnr": False,
+    "fdr": False,
+}
+
 
 def cv_mean_key(metric: str) -> str:
     """The MLflow metric holding a metric's cross-validation mean: ``cv_<metric>_mean``."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from conf.contract import FAMILIES, check_model_name
+from conf.contract import FAMILIES, GATE_METRICS, check_model_name
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 CONFIG_ENV = "VERTEBRAL_CONFIG"
@@ -125,6 +125,22 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True)
+class GateRule:
+    """One promotion rule: MLflow's ``MetricThreshold`` on one metric (any subset of the
+    three bounds; ``greater_is_better`` comes from conf.contract.GATE_METRICS)."""
+
+    metric: str
+    threshold: float | None = None
+    min_absolute_change: float | None = None
+    min_relative_change: float | None = None
+
+
+@dataclass(frozen=True)
+class PromotionSettings:
+    rules: tuple[GateRule, ...] = ()  # empty: activation is not gated
+
+
+@dataclass(frozen=True)
 class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
@@ -133,6 +149,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
     config_file: Path = DEFAULT_CONFIG
 
 
@@ -337,6 +354,41 @@ def _model_names(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(check_model_name(_text(name)) for name in names))
 
 
+_BOUNDS = ("threshold", "min_absolute_change", "min_relative_change")
+
+
+def _gate_rules(value: Any) -> tuple[GateRule, ...]:
+    """``{metric: {threshold, min_absolute_change, min_relative_change}}`` (any subset), with
+    MLflow's ``MetricThreshold`` limits: a positive absolute change, a relative one in [0, 1]."""
+    if value in (None, ""):
+        return ()
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of metric names to their bounds")
+    rules = []
+    for metric, bounds in value.items():
+        if metric not in GATE_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; known: {', '.join(GATE_METRICS)}")
+        if not isinstance(bounds, Mapping) or not bounds:
+            raise ValueError(f"{metric}: expected one or more of {', '.join(_BOUNDS)}")
+        unknown = [key for key in bounds if key not in _BOUNDS]
+        if unknown:
+            raise ValueError(f"{metric}: unknown bound(s) {unknown}; known: {', '.join(_BOUNDS)}")
+        parsed = {}
+        for key, raw in bounds.items():
+            try:
+                parsed[key] = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"{metric}.{key}: expected a number, got {raw!r}") from None
+            if not math.isfinite(parsed[key]):
+                raise ValueError(f"{metric}.{key}: expected a finite number, got {raw!r}")
+        if parsed.get("min_absolute_change", 1.0) <= 0:
+            raise ValueError(f"{metric}.min_absolute_change: expected a number > 0")
+        if not 0.0 <= parsed.get("min_relative_change", 0.0) <= 1.0:
+            raise ValueError(f"{metric}.min_relative_change: expected a number in [0, 1]")
+        rules.append(GateRule(str(metric), **parsed))
+    return tuple(rules)
+
+
 # (section, key) -> parser; "embedded.x" keys live under registry.embedded.
 _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("registry", "mongodb_uri"): _optional_text,
@@ -395,6 +447,8 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("monitor", "psi_threshold"): _number(0, above=True),
     ("monitor", "ks_threshold"): _number(0, 1, above=True),
     ("monitor", "min_samples"): _int(1),
+    # A mapping, read whole (not walked into as sections).
+    ("promotion", "rules"): _gate_rules,
 }
 
 # The environment variables of DESIGN.md and the key each overrides.
@@ -437,7 +491,7 @@ def _flatten(tree: Mapping[str, Any], path: Path) -> dict[tuple[str, str], Any]:
     def walk(prefix: str, node: Mapping[str, Any]) -> None:
         for key, value in node.items():
             dotted = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(value, dict):
+            if isinstance(value, dict) and (prefix, str(key)) not in _SCHEMA:
                 walk(dotted, value)
                 continue
             section, _, leaf = dotted.rpartition(".")
@@ -504,5 +558,6 @@ def load_settings(
         api=section("api", ApiSettings),
         capture=section("capture", CaptureSettings),
         monitor=section("monitor", MonitorSettings),
+        promotion=section("promotion", PromotionSettings),
         config_file=config_path,
     )

@@ -289,9 +289,10 @@ def model_card(
             "labels": [str(label) for label in evaluation.labels],
             "probabilities": evaluation.probabilities.astype(float).tolist(),
             # The labels above are the threshold's: the parity checks apply it too. The
-            # true labels let `bridge publish --threshold` rescore at another threshold.
+            # true labels let `bridge publish --threshold` rescore at another threshold,
+            # and make the test split a name's first reference set (registry_bridge/reference.py).
             **{k: v for k, v in threshold.items() if k != "threshold_rule"},
-            **({"true_labels": [str(y) for y in split.y_test]} if threshold else {}),
+            "true_labels": [str(y) for y in split.y_test],
         },
     }
 

@@ -89,12 +89,19 @@ class GridFSArtifacts:
 
     @translate_driver_errors
     def upload(
-        self, name: str, version: int, data: bytes, metadata: Mapping[str, Any]
+        self,
+        name: str,
+        version: int,
+        data: bytes,
+        metadata: Mapping[str, Any],
+        filename: str | None = None,
+        fmt: str = FORMAT,
     ) -> StoredFile:
         """Upload ``data`` as version ``version`` of ``name``, then read it back and check it.
 
         ``metadata`` completes the file's metadata (``run_id``, ``metrics``); name, version,
         sha256 and format are set here. When the bytes read back differ the file is deleted.
+        ``filename`` defaults to the model artifact's (:func:`artifact_filename`).
 
         Raises:
             RegistryError: INVALID_INPUT for empty data, CONFLICT when GridFS returns other bytes.
@@ -103,13 +110,13 @@ class GridFSArtifacts:
         if not data:
             raise RegistryError("INVALID_INPUT", f"{name}: the artifact is empty")
         checksum = sha256_hex(data)
-        filename = artifact_filename(name, version)
+        filename = filename or artifact_filename(name, version)
         full = {
             **metadata,
             "name": name,
             "version": version,
             "sha256": checksum,
-            "format": FORMAT,
+            "format": fmt,
         }
         file_id = self.bucket.upload_from_stream(filename, data, metadata=full)
         try:

@@ -35,6 +35,9 @@ from registry_bridge import database
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ORPHAN_MIN_AGE_S, ModelStore, artifact_filename, checked_reason
 
+# `bridge reference set` reads the file whole: a reference set is thousands of rows, not GBs.
+REFERENCE_MAX_MB = 64
+
 
 class CliState:
     """What every command shares: the settings (loaded once) and the store, opened on demand."""
@@ -386,20 +389,36 @@ def show_command(state: CliState, name: str, version: int, as_json: bool) -> Non
 @main.command("activate")
 @model_name(with_version=True)
 @click.option("--reason", help="Why, recorded in the activation log.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Activate even if the promotion gate refuses the version (needs --reason).",
+)
 @pass_state
-def activate_command(state: CliState, name: str, version: int, reason: str | None) -> None:
-    """Make a version the one served, after checking its sha256 and re-scoring its example."""
+def activate_command(
+    state: CliState, name: str, version: int, reason: str | None, force: bool
+) -> None:
+    """Make a version the one served, after checking its sha256, re-scoring its example and
+    passing the promotion gate (setting promotion.rules) against the active version."""
+    from registry_bridge import render
+
+    if force and not (reason or "").strip():
+        raise click.UsageError("--force needs --reason TEXT (kept in the activation log)")
     store = open_store(state)
     before = store.get_active_version(name)
-    now = store.set_active_version(name, version, reason=reason)
+    now = store.set_active_version(name, version, reason=reason, force=force)
     if before is not None and before.active_version == now.active_version:
         click.echo(f"{name} v{now.active_version} is already active; nothing changed")
-    else:
-        click.echo(
-            f"activated {name} v{now.active_version} (previous: "
-            f"{'v' + str(now.previous_version) if now.previous_version else 'none'})"
-        )
-        _say_prepared(now)
+        return
+    if now.gate:
+        verdict = "passed" if now.gate["passed"] else "refused it: FORCED with the reason given"
+        click.echo(f"promotion gate {verdict}")
+        click.echo("\n".join(f"  {line}" for line in render.gate_lines(now.gate)))
+    click.echo(
+        f"activated {name} v{now.active_version} (previous: "
+        f"{'v' + str(now.previous_version) if now.previous_version else 'none'})"
+    )
+    _say_prepared(now)
 
 
 @main.command("rollback")
@@ -694,6 +713,69 @@ def _mirror_of_version(mirrors: dict[str, Any], name: str, version: int) -> dict
     if report is None:
         return {"version": None, "in_sync": None}
     return {"version": report.versions.get(version), "in_sync": report.in_sync}
+
+
+@main.group(cls=BridgeGroup)
+def reference() -> None:
+    """The labelled data set a model name's versions are compared on (the promotion gate)."""
+
+
+@reference.command("set")
+@model_name()
+@click.option(
+    "--data",
+    "data_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV (or .dat/.arff) of the six features and a label column, like the training data.",
+)
+@pass_state
+def reference_set_command(state: CliState, name: str, data_file: Path) -> None:
+    """Make FILE the reference set of NAME (a new set; a stored one never changes)."""
+    from pipelines.data import DataError, read_dataset
+    from registry_bridge.reference import ReferenceRows
+
+    if not data_file.is_file():
+        raise click.BadParameter(f"no such file: {data_file}", param_hint="--data")
+    if data_file.stat().st_size > REFERENCE_MAX_MB * 1024 * 1024:
+        raise click.BadParameter(
+            f"{data_file} is over {REFERENCE_MAX_MB} MB; a reference set is a few thousand rows",
+            param_hint="--data",
+        )
+    store = open_store(state)
+    versions = store.search_model_versions(name)
+    variant = next((v.variant for v in reversed(versions) if v.variant), None) or "auto"
+    try:
+        dataset = read_dataset(data_file, variant)
+    except DataError as exc:
+        raise click.BadParameter(str(exc), param_hint="--data") from None
+    rows = ReferenceRows(dataset.features.to_numpy(dtype="float64"), list(dataset.labels))
+    found = store.set_reference_set(name, rows, source=f"file {data_file.name}")
+    counts = ", ".join(f"{c} {n}" for c, n in found.class_counts.items())
+    click.echo(
+        f"{found.label}: {found.rows} rows ({counts}), sha256 {found.sha256[:12]}; "
+        f"the promotion gate now scores versions of {name} on it"
+    )
+
+
+@reference.command("show")
+@model_name()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def reference_show_command(state: CliState, name: str, as_json: bool) -> None:
+    """List the reference sets of NAME; the newest is the one the gate uses."""
+    from registry_bridge import render
+
+    sets = open_store(state).list_reference_sets(name)
+    if as_json:
+        click.echo(render.as_json(sets))
+    elif not sets:
+        click.echo(
+            f"{name!r} has no reference set; publishing its first version makes one from the "
+            f"run's test split, or `bridge reference set {name} --data FILE`"
+        )
+    else:
+        click.echo(render.reference_table(sets))
 
 
 def _say_prepared(active: Any) -> None:

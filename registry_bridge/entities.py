@@ -140,6 +140,7 @@ class ActiveState(_Entity):
     lease_ms: int = 0
     staged_version: int | None = None  # being loaded by the workers before the switch
     prepared: dict[str, Any] | None = None  # the activation's preparation report (not stored)
+    gate: dict[str, Any] | None = None  # the promotion gate's report (kept in the log entry)
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> ActiveState:
@@ -167,6 +168,9 @@ class ActivationEvent(_Entity):
     by: str
     reason: str | None
     action: str
+    # The promotion gate's report (registry_bridge/promotion.py), when it ran: forced or
+    # not, the reference set, and each rule's values for both versions.
+    gate: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,42 @@ class PublishResult(_Entity):
     def to_dict(self) -> dict[str, Any]:
         """The version's fields plus ``created``."""
         return {**self.version.to_dict(), "created": self.created}
+
+
+@dataclass(frozen=True)
+class ReferenceSet(_Entity):
+    """A labelled data set a model name's versions are compared on (registry_bridge/reference.py).
+
+    Immutable and numbered per name like versions; the newest is the name's reference.
+    ``sha256`` checks the stored bytes, a canonical CSV, and is also its fingerprint:
+    pipelines.data's fingerprint of the same rows and labels (a run's ``data_fingerprint``
+    when the reference set is the whole data set the run trained on).
+    """
+
+    name: str
+    version: int
+    rows: int
+    classes: list[str]
+    class_counts: dict[str, int]
+    sha256: str
+    size_bytes: int
+    artifact_file_id: str
+    filename: str
+    source: str
+    created_at: datetime
+    created_by: str
+
+    @property
+    def label(self) -> str:
+        """``reference set <name> r<version>``: how messages name it."""
+        return f"reference set {self.name} r{self.version}"
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> ReferenceSet:
+        """Build from a ``reference_sets`` document (file id as text)."""
+        doc = dict(doc)
+        doc["artifact_file_id"] = str(doc.get("artifact_file_id"))
+        return super().from_document(doc)
 
 
 @dataclass(frozen=True)

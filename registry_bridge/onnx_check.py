@@ -39,7 +39,10 @@ def load_session(artifact: bytes, what: str) -> Any:
 
 
 def score(
-    session: Any, inputs: Sequence[Sequence[float]], onnx_io: Mapping[str, str], what: str
+    session: Any,
+    inputs: Sequence[Sequence[float]] | np.ndarray,
+    onnx_io: Mapping[str, str],
+    what: str,
 ) -> Scores:
     """Run ``inputs`` (rows of features) through the session.
 

@@ -23,9 +23,16 @@ from conf.contract import cv_mean_key
 from conf.settings import Settings
 from registry_bridge import onnx_check
 from registry_bridge import runs as mlflow_runs
-from registry_bridge.entities import CandidateRun, ModelVersionDraft, PublishResult, current_user
+from registry_bridge.entities import (
+    CandidateRun,
+    ModelVersion,
+    ModelVersionDraft,
+    PublishResult,
+    current_user,
+)
 from registry_bridge.errors import RegistryError
 from registry_bridge.monitoring import baselines
+from registry_bridge.reference import ReferenceRows
 from registry_bridge.scoring.threshold import decide
 from registry_bridge.store import ModelStore
 
@@ -211,7 +218,24 @@ def publish_run(
         raise
     if result.created:  # the training baseline drift is measured against (never fails this)
         baselines.attach_baseline(store, settings, version, card, draft.data_fingerprint)
+        _first_reference_set(store, version, card)
     return result
+
+
+def _first_reference_set(store: ModelStore, version: ModelVersion, card: dict[str, Any]) -> None:
+    """A name without a reference set gets its first version's test split (the rows and true
+    labels of the model card); never fails the publish, which is done."""
+    truth = card["evaluation"].get("true_labels")
+    if not truth or store.get_reference_set(version.name) is not None:
+        return
+    rows = ReferenceRows(
+        np.asarray(card["evaluation"]["inputs"], dtype=np.float64), [str(t) for t in truth]
+    )
+    source = f"test split of {version.label} (MLflow run {version.run_id})"
+    try:
+        store.set_reference_set(version.name, rows, source, by=version.created_by)
+    except (RegistryError, ValueError) as exc:
+        log.warning("%s has no reference set (the gate needs one): %s", version.name, exc)
 
 
 # Test metrics that do not depend on a decision threshold.

@@ -12,6 +12,7 @@ from registry_bridge.entities import (
     ActiveState,
     CandidateRun,
     ModelVersion,
+    ReferenceSet,
     json_safe,
 )
 
@@ -146,11 +147,81 @@ def runs_table(runs: Sequence[CandidateRun], objective: str) -> str:
 
 
 def history_table(events: Sequence[ActivationEvent]) -> str:
-    """``bridge history``: the activation log, oldest first."""
+    """``bridge history``: the activation log, oldest first, then each gated activation's rules."""
     rows = [
-        (when(e.at), e.action, _v(e.from_version), _v(e.to_version), e.by, e.reason) for e in events
+        (
+            when(e.at),
+            e.action,
+            _v(e.from_version),
+            _v(e.to_version),
+            e.by,
+            e.reason,
+            gate_word(e.gate),
+        )
+        for e in events
     ]
-    return table(["at (UTC)", "action", "from", "to", "by", "reason"], rows)
+    text = table(["at (UTC)", "action", "from", "to", "by", "reason", "gate"], rows)
+    gated = [e for e in events if e.gate]
+    if gated:
+        text += "\n\npromotion gate (candidate vs the version it replaced, on the reference set):"
+        for event in gated:
+            text += f"\n{when(event.at)} {_v(event.to_version)}:"
+            text += "".join(f"\n  {line}" for line in gate_lines(event.gate or {}))
+    return text
+
+
+def gate_word(gate: dict[str, Any] | None) -> str:
+    """One word for the history table: passed, FORCED, or — (not gated)."""
+    if not gate:
+        return MISSING
+    return "passed" if gate.get("passed") else ("FORCED" if gate.get("forced") else "refused")
+
+
+def gate_lines(gate: dict[str, Any]) -> list[str]:
+    """Each rule of a gate report with both values (``bridge activate`` and ``history``)."""
+    if gate.get("problem"):
+        return [f"not decided: {gate['problem']}"]
+    reference = gate.get("reference") or {}
+    lines = [
+        f"reference set r{reference.get('version')} ({reference.get('rows')} rows), "
+        f"{gate.get('seconds', 0):.2f} s"
+    ]
+    for rule in gate.get("rules", []):
+        bounds = ", ".join(
+            f"{key} {rule[key]:g}"
+            for key in ("threshold", "min_absolute_change", "min_relative_change")
+            if key in rule
+        )
+        if rule.get("skipped"):
+            lines.append(f"{rule['metric']}: skipped ({rule['skipped']})")
+            continue
+        verdict = "passed" if rule.get("passed") else "FAILED"
+        lines.append(
+            f"{rule['metric']}: v{gate.get('candidate_version')} {rule['candidate']:.4f}, "
+            f"v{gate.get('active_version')} {_value(rule.get('active'))} ({bounds}): {verdict}"
+        )
+    return lines
+
+
+def _value(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.4f}"
+
+
+def reference_table(sets: Sequence[ReferenceSet]) -> str:
+    """``bridge reference show``: the name's reference sets, the newest (used) last."""
+    rows = [
+        (
+            f"r{r.version}" + (" (used)" if r is sets[-1] else ""),
+            r.rows,
+            ", ".join(f"{c} {n}" for c, n in r.class_counts.items()),
+            r.source,
+            when(r.created_at),
+            r.created_by,
+            r.sha256[:12],
+        )
+        for r in sets
+    ]
+    return table(["set", "rows", "classes", "source", "created (UTC)", "by", "sha256"], rows)
 
 
 def _v(version: int | None) -> str:

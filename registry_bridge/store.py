@@ -12,7 +12,10 @@ The one store used by the ``bridge`` CLI and the API. Data model (DESIGN.md):
 - ``model_versions``: one document per version, unique ``(name, version)``.
 - ``registry_state``: ``_id = name``, the active pointer, changed by one atomic
   compare-and-set (``find_one_and_replace`` filtered on the expected active version).
-- ``activation_log``: append-only audit of activations and rollbacks.
+- ``activation_log``: append-only audit of activations and rollbacks (with the promotion
+  gate's report when it ran, registry_bridge/promotion.py).
+- ``reference_sets`` and the GridFS bucket ``<bucket>_reference``: each name's labelled
+  reference sets (registry_bridge/reference.py, written through this class only).
 - ``counters``: ``_id = "model_versions:<name>"``, the last version number handed out
   (``$inc`` is atomic, so concurrent publishers never share a number).
 
@@ -23,7 +26,7 @@ Used by the API (keep these signatures stable):
     search_model_versions(name=None) -> list[ModelVersion]
     list_active_states() -> dict[name, ActiveState]     for the ``active`` flag of GET /models
     artifacts.read(version) -> bytes                    sha256-verified, CONFLICT on mismatch
-    set_active_version(name, version, by, reason) -> ActiveState
+    set_active_version(name, version, by, reason, load, force) -> ActiveState   gated
     rollback(name, by, reason) -> ActiveState
     list_activation_log(name) -> list[ActivationEvent]
     delete_model_version(name, version, by) -> ModelVersion
@@ -31,6 +34,7 @@ Used by the API (keep these signatures stable):
 Used by the CLI as well: publish_model_version, verify_model_version, download_artifact,
 collect_orphan_files (read_artifact and download_artifact hand over to ``artifacts``).
 Used by monitoring: set_baseline / get_baseline (the ``baseline`` field of a version).
+Used by the CLI and publish: set_reference_set / get_reference_set / list_reference_sets.
 
 Nothing outside this module and its own helpers (pointer_guard, lease, artifacts) writes
 ``model_versions``, ``registry_state`` or ``activation_log``: every change of the pointer is
@@ -54,9 +58,9 @@ from pymongo import ASCENDING, DESCENDING, MongoClient, ReadPreference, ReturnDo
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from conf.contract import ContractError, check_model_name, parse_version
-from conf.settings import ApiSettings, RegistrySettings, Settings
-from registry_bridge import database, fleet, lease, onnx_check, pointer_guard
+from conf.contract import FEATURES, ContractError, check_model_name, parse_version
+from conf.settings import ApiSettings, GateRule, RegistrySettings, Settings
+from registry_bridge import database, fleet, lease, onnx_check, pointer_guard, promotion
 from registry_bridge.artifacts import FORMAT, ORPHAN_MIN_AGE_S, GridFSArtifacts
 from registry_bridge.artifacts import artifact_filename as artifact_filename  # the CLI's import
 from registry_bridge.entities import (
@@ -65,6 +69,7 @@ from registry_bridge.entities import (
     ModelVersion,
     ModelVersionDraft,
     PublishResult,
+    ReferenceSet,
     VerificationReport,
     current_user,
     utcnow,
@@ -72,6 +77,7 @@ from registry_bridge.entities import (
 from registry_bridge.errors import RegistryError
 from registry_bridge.errors import translate_driver_errors as _translated
 from registry_bridge.mirror import AliasMove, Mirror
+from registry_bridge.reference import MAX_ROWS, ReferenceRows, ReferenceSets
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -118,6 +124,10 @@ class ModelStore:
         api = settings.api if isinstance(settings, Settings) else ApiSettings()
         self.pointer_lease_ms = api.pointer_lease_ms
         self.prepare_timeout_s = api.prepare_timeout_s  # 0: switch without preparing
+        # The promotion gate's rules (registry_bridge/promotion.py); empty: not gated.
+        self.promotion_rules: tuple[GateRule, ...] = (
+            settings.promotion.rules if isinstance(settings, Settings) else ()
+        )
         if isinstance(client_or_db, Database):
             self.db = client_or_db
         else:
@@ -136,6 +146,8 @@ class ModelStore:
         self.artifacts = GridFSArtifacts(self.db, registry.bucket, self.uri_label)
         self.bucket = self.artifacts.bucket
         self.files = self.artifacts.files
+        # Each name's labelled reference set, which the promotion gate scores versions on.
+        self.references = ReferenceSets(self.db, registry.bucket, self.uri_label)
         # MLflow's Model Registry follows every change made here (None: mlflow.mirror off).
         self.mirror = Mirror.from_settings(settings) if isinstance(settings, Settings) else None
         if ensure_indexes:
@@ -179,6 +191,7 @@ class ModelStore:
             partialFilterExpression={"publish_key": {"$exists": True}},
         )
         self.log.create_index([("name", ASCENDING), ("at", ASCENDING)], name="name_at")
+        self.references.ensure_indexes()
 
     # --- reading ---------------------------------------------------------------------
 
@@ -471,6 +484,69 @@ class ModelStore:
             self.counters.update_one(key, {"$max": {"seq": int(highest["version"])}})
         raise RegistryError("CONFLICT", f"could not allocate a version number for {name!r}; retry")
 
+    # --- reference sets --------------------------------------------------------------
+
+    @_translated
+    def get_reference_set(self, name: str) -> ReferenceSet | None:
+        """The name's reference set (its newest), or None."""
+        return self.references.newest(checked_name(name))
+
+    @_translated
+    def list_reference_sets(self, name: str) -> list[ReferenceSet]:
+        """Every reference set of ``name``, oldest first (the newest is the one used)."""
+        return self.references.listed(checked_name(name))
+
+    @_translated
+    def read_reference_set(self, reference: ReferenceSet) -> ReferenceRows:
+        """The labelled rows of ``reference``, checked against their sha256."""
+        return self.references.read(reference)
+
+    @_translated
+    def set_reference_set(
+        self, name: str, rows: ReferenceRows, source: str, by: str | None = None
+    ) -> ReferenceSet:
+        """Make ``rows`` the reference set of ``name`` (a new set: a stored one never changes).
+
+        Raises:
+            RegistryError: NOT_FOUND when ``name`` has no version; INVALID_INPUT when the rows
+                are too many, or their classes are not exactly the name's versions' classes.
+        """
+        name = checked_name(name)
+        newest = self.versions.find_one(
+            {"name": name, "status": READY},
+            {"version": 1, "classes": 1, "input_schema": 1},
+            sort=[("version", DESCENDING)],
+        )
+        if newest is None:
+            raise RegistryError(
+                "NOT_FOUND", f"{name!r} has no published version to take a reference set for"
+            )
+        if not 0 < len(rows.labels) <= MAX_ROWS:
+            raise RegistryError(
+                "INVALID_INPUT",
+                f"a reference set holds 1 to {MAX_ROWS} rows, this one has {len(rows.labels)}",
+            )
+        kind = _model_kind(newest.get("classes"), newest.get("input_schema"), None)
+        if kind["features"] is not None and kind["features"] != list(FEATURES):
+            raise RegistryError(
+                "INVALID_INPUT",
+                f"{name} v{newest['version']} takes the columns {_shown(kind['features'])}, "
+                f"a reference set has {_shown(list(FEATURES))}",
+            )
+        classes, found = set(kind["classes"] or []), set(rows.labels)
+        if found != classes:
+            raise RegistryError(
+                "INVALID_INPUT",
+                f"the reference set's classes ({', '.join(sorted(found))}) are not those of "
+                f"{name} v{newest['version']} ({', '.join(sorted(classes))}); every class must "
+                "appear and no other",
+            )
+        reference = self.references.add(name, rows, source, by)
+        log.info(
+            "reference set %s r%s: %s rows from %s", name, reference.version, reference.rows, source
+        )
+        return reference
+
     # --- activation ------------------------------------------------------------------
 
     @_translated
@@ -481,30 +557,87 @@ class ModelStore:
         by: str | None = None,
         reason: str | None = None,
         load: Loader | None = None,
+        force: bool = False,
     ) -> ActiveState:
-        """Make ``version`` the one served, after checking its bytes and its example.
+        """Make ``version`` the one served, after checking its bytes and its example, and
+        passing the promotion gate against the active version (registry_bridge/promotion.py).
 
         The pointer moves with one compare-and-set on the state read before validating,
         so a concurrent change is refused rather than overwritten. Activating the active
-        version changes nothing and logs nothing.
+        version changes nothing and logs nothing. ``force`` (with a ``reason``) activates
+        a version the gate refuses; the audit entry says so, with each rule's values.
 
         Raises:
             RegistryError: NOT_FOUND for an unknown version; CONFLICT when its checksum
-                does not match, it does not predict its example, or the state changed meanwhile.
+                does not match, it does not predict its example, the gate refuses it, or
+                the state changed meanwhile; INVALID_INPUT for ``force`` without a reason.
 
         ``load`` builds the session the validation scores with (default: one from the
         checked bytes, :meth:`validate_model_version`); the API passes its worker's loader,
         so the version is loaded once, into the cache it then serves from.
         """
         reason = checked_reason(reason)
+        if force and not reason:
+            raise RegistryError(
+                "INVALID_INPUT",
+                "reason: a forced activation needs a reason (--reason TEXT), kept in the audit log",
+                [{"field": "reason", "problem": "required with force"}],
+            )
         target = self.get_model_version(name, version)
         current = self.get_active_version(name)
         if current is not None and current.active_version == target.version:
             # It may have been written by an activation still in its commit wait.
             lease.wait_after(time.monotonic(), lease.commit_wait_ms(0, current.lease_ms))
             return current
-        self.validate_model_version(target, refusing=f"cannot activate {target.label}", load=load)
-        return self._prepare_and_move(name, current, target, by, reason, "activate")
+        sessions: dict[int, Any] = {}
+
+        def session_of(v: ModelVersion) -> Any:  # one session per version in this activation
+            if v.version not in sessions:
+                sessions[v.version] = (
+                    load(v)
+                    if load is not None
+                    else onnx_check.load_session(self.read_artifact(v), v.label)
+                )
+            return sessions[v.version]
+
+        self.validate_model_version(
+            target, refusing=f"cannot activate {target.label}", load=session_of
+        )
+        gate = self._gate(name, current, target, session_of, force)
+        return self._prepare_and_move(name, current, target, by, reason, "activate", gate)
+
+    def _gate(
+        self,
+        name: str,
+        current: ActiveState | None,
+        target: ModelVersion,
+        session_of: Callable[[ModelVersion], Any],
+        force: bool,
+    ) -> dict[str, Any] | None:
+        """The gate's report for the audit entry (None: no rules, or nothing active).
+
+        Raises:
+            RegistryError: CONFLICT listing each failed rule, unless ``force``.
+        """
+        if not self.promotion_rules or current is None or current.active_version is None:
+            return None
+        active = self.get_model_version(name, current.active_version)
+        found = self.references.newest(name)
+        reference = None if found is None else (found, self.references.read(found))
+        report = promotion.run_gate(
+            self.promotion_rules, target, active, reference, session_of, forced=force
+        )
+        if not report.passed and not force:
+            raise report.refusal(target.label)
+        log.info(
+            "promotion gate %s %s v%s against v%s in %.3f s",
+            "passed" if report.passed else "forced past",
+            name,
+            target.version,
+            active.version,
+            report.seconds,
+        )
+        return report.to_dict()
 
     @_translated
     def rollback(self, name: str, by: str | None = None, reason: str | None = None) -> ActiveState:
@@ -542,9 +675,10 @@ class ModelStore:
         by: str | None,
         reason: str | None,
         action: str,
+        gate: dict[str, Any] | None = None,
     ) -> ActiveState:
         """Stage ``target`` until the live workers loaded it (registry_bridge/fleet.py),
-        then move the pointer; the answer carries the preparation's report."""
+        then move the pointer; the answer carries the preparation's and the gate's reports."""
         prepared = None
         if current is not None and self.prepare_timeout_s > 0:
             self.stage_version(name, target.version, expected=current.active_version)
@@ -558,11 +692,11 @@ class ModelStore:
             None if self.mirror is None else self.mirror.before_switch(self, name, target.version)
         )
         flipping = time.monotonic()
-        state = self._move_pointer(name, current, target.version, by, reason, action, alias)
+        state = self._move_pointer(name, current, target.version, by, reason, action, alias, gate)
         if prepared is not None:
             # The pointer write, the MLflow alias and the commit wait: the switch proper.
             prepared["switch_s"] = round(time.monotonic() - flipping, 3)
-        return replace(state, prepared=prepared)
+        return replace(state, prepared=prepared, gate=gate)
 
     @_translated
     def stage_version(self, name: str, version: int, expected: int | None) -> None:
@@ -593,6 +727,7 @@ class ModelStore:
         reason: str | None,
         action: str,
         alias: AliasMove | None,
+        gate: dict[str, Any] | None = None,
     ) -> ActiveState:
         by = by or current_user()
         now = utcnow()
@@ -644,6 +779,7 @@ class ModelStore:
                 "by": by,
                 "reason": reason,
                 "action": action,
+                **({"gate": gate} if gate is not None else {}),
             }
         )
         log.info("%s %s: v%s -> v%s by %s", action, name, from_version, to_version, by)
@@ -833,7 +969,10 @@ class ModelStore:
                 {"status": {"$in": [READY, DELETING]}}, {"artifact_file_id": 1}
             )
         }
-        return self.artifacts.collect_orphans(referenced, dry_run=dry_run, min_age_s=min_age_s)
+        found = self.artifacts.collect_orphans(referenced, dry_run=dry_run, min_age_s=min_age_s)
+        return found + self.references.artifacts.collect_orphans(
+            self.references.file_ids(), dry_run=dry_run, min_age_s=min_age_s
+        )
 
     # --- helpers ---------------------------------------------------------------------
 

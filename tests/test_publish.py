@@ -62,6 +62,13 @@ def test_publish_records_the_run_and_tags_it(store, settings, mlflow_client, tmp
     assert run.data.tags[publish.TAG_VERSION] == "1"
     assert run.data.tags[publish.TAG_FILE_ID] == version.artifact_file_id
     assert run.data.tags[publish.TAG_NAME] == version.name
+    # The name's first version gives it its reference set: the run's test split, labelled.
+    reference = store.get_reference_set(version.name)
+    assert (reference.version, reference.rows) == (1, len(card["evaluation"]["inputs"]))
+    assert reference.source == f"test split of {version.label} (MLflow run {run_id})"
+    rows = store.read_reference_set(reference)
+    assert rows.labels == card["evaluation"]["true_labels"]
+    assert rows.features.tolist() == card["evaluation"]["inputs"]
 
 
 def test_second_run_is_v2_and_republish_returns_the_existing_version(
@@ -79,6 +86,8 @@ def test_second_run_is_v2_and_republish_returns_the_existing_version(
     assert mlflow_client.get_run(first).data.tags[publish.TAG_VERSION] == "3"
     assert len(file_ids(store.db)) == 3
     assert store.verify_model_version(settings.api.model_name, 2).rows_scored == 5
+    # Only the first version makes the reference set; later ones are compared on it.
+    assert [r.version for r in store.list_reference_sets(settings.api.model_name)] == [1]
 
 
 def test_publish_registers_the_version_in_mlflow_and_republish_repairs_it(
