@@ -3,8 +3,9 @@
 Steps (each timed): check the data; reach the registry database (embedded or
 MONGODB_URI); run a demo-sized Optuna study tracked in MLflow; publish the two best
 candidate runs with the ``bridge`` CLI and activate the best; start the API under
-granian; over HTTP list /models, predict sample patients, activate the other version
-and show the answers change version, roll back, send the held-out patients (without
+granian; over HTTP list /models, predict sample patients; ask the promotion gate to
+activate the other version (refused, then forced with a reason) and show the answers
+change version, roll back, send the held-out patients (without
 labels) to /batch-predict, which writes ``outputs/predicciones.csv``. Then it stops
 what it started, writes ``reports/demo/index.html`` and exits 0 — or exits 1 at the
 first failure, naming it.
@@ -28,7 +29,7 @@ import click
 import pandas as pd
 
 from api.launcher import Server, api_command, free_port, port_is_free
-from conf.settings import Settings, SettingsError, load_settings
+from conf.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
 from conf.uris import mask_uri
 from demo import lab as demo_lab
 from demo import monitoring as demo_monitoring
@@ -61,8 +62,12 @@ def step(run: DemoRun, number: int, title: str) -> Iterator[None]:
     click.echo(f"   ({elapsed:.1f}s)")
 
 
-def bridge(run: DemoRun, *args: str, env: dict[str, str], expected_exit: int = 0) -> str:
-    """Run one ``bridge`` command as a user would type it; its output is shown and kept."""
+def bridge(
+    run: DemoRun, *args: str, env: dict[str, str], expected_exit: int | tuple[int, ...] = 0
+) -> str:
+    """Run one ``bridge`` command as a user would type it; its output is shown and kept
+    (``expected_exit``: the exit status, or those accepted; stdout and stderr returned
+    together when an error status is accepted)."""
     command = ["bridge", *args]
     click.echo(f"$ {' '.join(command)}")
     result = subprocess.run([BRIDGE, *args], capture_output=True, text=True, env=env, timeout=300)
@@ -72,11 +77,12 @@ def bridge(run: DemoRun, *args: str, env: dict[str, str], expected_exit: int = 0
     else:
         click.echo(output)
     run.cli_outputs.append((" ".join(command), output))
-    if result.returncode != expected_exit:
+    accepted = expected_exit if isinstance(expected_exit, tuple) else (expected_exit,)
+    if result.returncode not in accepted:
         raise DemoFailure(
             f"`{' '.join(command)}` failed: {output.splitlines()[-1] if output else ''}"
         )
-    return result.stdout
+    return result.stdout if result.returncode == 0 else output
 
 
 def expect(exchange: Exchange, status: int = 200) -> Any:
@@ -182,6 +188,7 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
         "CAPTURE_SAMPLE_PERCENT": "100",  # every request is kept: step 9 watches them
         "MODEL_NAME": settings.api.model_name,  # the API and bridge work on the run's model
     }
+    gate_rule = with_promotion_rules(settings, env, report_dir)
     started = Started()
     try:
         with step(run, 1, "Registry database"):
@@ -196,8 +203,10 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
         patients = sample_patients(study)
         with step(run, 5, "List models and predict sample patients"):
             predict_samples(run, client, patients, versions.best)
-        with step(run, 6, f"Activate version {versions.other}, predict again, roll back"):
-            activate_and_roll_back(run, client, patients, versions)
+        with step(
+            run, 6, f"Activate version {versions.other} through the promotion gate, roll back"
+        ):
+            activate_and_roll_back(run, client, patients, versions, env, gate_rule)
         with step(run, 7, "Batch prediction of the held-out patients (POST /batch-predict)"):
             batch_predict(run, study, client)
         with step(run, 8, "Versions and activation history from the registry"):
@@ -308,24 +317,77 @@ def predict_samples(
     _answered_by(answer, best, "at first")
 
 
+# The demo's promotion rule (docs/promotion.md): a version must beat the one in production
+# by 5 points of macro F1 on the reference set (the first version's test split).
+DEMO_RULE = {"f1_macro": {"min_absolute_change": 0.05}}
+
+
+def with_promotion_rules(settings: Settings, env: dict[str, str], report_dir: Path) -> str | None:
+    """Give the demo's API and ``bridge`` the DEMO_RULE (unless rules are configured): the
+    config file in use plus the rule, written beside the report. The rule, as shown."""
+    if settings.promotion.rules:
+        return None
+    import yaml
+
+    tree: dict[str, Any] = {}
+    if settings.config_file.resolve() != DEFAULT_CONFIG.resolve():
+        tree = yaml.safe_load(settings.config_file.read_text(encoding="utf-8")) or {}
+    tree["promotion"] = {"rules": DEMO_RULE}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    config = report_dir / "demo-config.yaml"
+    config.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+    env["VERTEBRAL_CONFIG"] = str(config.resolve())
+    return "f1_macro: {min_absolute_change: 0.05}"
+
+
 def activate_and_roll_back(
-    run: DemoRun, client: ApiClient, patients: list[dict[str, float]], versions: Published
+    run: DemoRun,
+    client: ApiClient,
+    patients: list[dict[str, float]],
+    versions: Published,
+    env: dict[str, str],
+    gate_rule: str | None,
 ) -> None:
-    """Activating the runner-up changes the answers' version; a rollback brings the best back."""
+    """The gate judges the runner-up against the best on the reference set; activated (by
+    the gate or forced with a reason), it changes the answers' version; a rollback, never
+    gated, brings the best back."""
     name = run.settings.api.model_name
-    expect(
-        client.call(
-            f"Activate version {versions.other} (POST /models/activate)",
-            "POST",
-            "/models/activate",
-            admin=True,
-            json_body={
-                "name": name,
-                "version": versions.other,
-                "reason": "demo: compare with the runner-up",
-            },
-        )
+    if gate_rule:
+        click.echo(f"promotion rule: {gate_rule} (a new version must beat production by 0.05)")
+    bridge(run, "reference", "show", name, env=env)
+    said = bridge(
+        run,
+        *("activate", name, str(versions.other), "--reason", "demo: try the runner-up"),
+        env=env,
+        expected_exit=(0, 1),
     )
+    if "the promotion gate refused" in said:
+        forced = expect(
+            client.call(
+                f"Activate version {versions.other} anyway (POST /models/activate, forced)",
+                "POST",
+                "/models/activate",
+                admin=True,
+                json_body={
+                    "name": name,
+                    "version": versions.other,
+                    "force": True,
+                    "reason": "demo: compare with the runner-up although the gate refused it",
+                },
+            )
+        )
+        click.echo(
+            f"forced: v{forced['active_version']} active, the audit entry says FORCED with the "
+            "reason and both versions' f1_macro"
+        )
+    elif gate_rule:  # the runner-up beat the best by the margin: the best cannot come back so
+        bridge(
+            run,
+            *("activate", name, str(versions.best), "--reason", "demo: back to the best"),
+            env=env,
+            expected_exit=1,
+        )
+        click.echo("the gate refuses the way back; rollback (never gated) takes it below")
     answer = _predict(client, f"Predict with version {versions.other}", patients)
     show_predictions(answer)
     show_alias(run, name, versions.other)

@@ -81,6 +81,12 @@ def test_demo_runs_the_whole_flow(demo_run):
     ):
         assert re.search(rf"== \d\. {re.escape(step)}", out), f"step missing: {step}"
     assert "after rollback /predict answers with version" in out
+    # The promotion gate judged the runner-up: refused then forced with a reason, or (when
+    # the runner-up won by the margin) refusing the way back.
+    assert "promotion rule: f1_macro: {min_absolute_change: 0.05}" in out
+    assert "r1 (used)" in out and "test split of vertebral-column v1" in out
+    refused_then_forced = "the promotion gate refused" in out and "forced: v" in out
+    assert refused_then_forced or "the gate refuses the way back" in out, out[-4000:]
     assert "drifting: degree_spondylolisthesis" in out  # bridge monitor flagged it, alone
     assert re.search(r"console \(drift shown with its plots\): http://127\.0\.0\.1:\d+/", out)
     # MLflow's alias follows publish --activate, the activation and the rollback.
