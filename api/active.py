@@ -35,6 +35,7 @@ from pymongo.errors import PyMongoError
 
 from api.metrics import REGISTRY_READS
 from api.runtime import LoadedModel, SessionCache
+from registry_bridge.canary import MAX_KEY_CHARS, Window, breach, routes_to_canary
 from registry_bridge.entities import ActiveState, ModelVersion
 from registry_bridge.errors import RegistryError, first_line
 from registry_bridge.lease import reuse_window_s
@@ -145,11 +146,24 @@ class SharedRead:
 
 @dataclass(frozen=True)
 class Resolved:
-    """The version serving this request, and whether the registry could confirm it."""
+    """The version serving this request, and whether the registry could confirm it.
+
+    While a canary runs, ``router`` is the name's resolver: :meth:`ActiveModel.route` sends
+    the request to the canary for its share, and every answer is counted in its window.
+    """
 
     model: LoadedModel
     stale: bool
     reason: str | None = None  # why it is stale
+    canary: bool = False  # answered by the canary's version
+    router: ActiveModel | None = None
+
+
+def routing_key(header: str | None, body: bytes | bytearray) -> bytes | bytearray:
+    """What a request is routed by: the client's ``X-Request-Key`` (bounded), else its body."""
+    if header:
+        return header[:MAX_KEY_CHARS].encode("utf-8", "replace")
+    return body
 
 
 class ActiveModel:
@@ -186,6 +200,10 @@ class ActiveModel:
         self.staged_version: int | None = None  # as last read with the pointer
         self.prepare_errors: dict[int, str] = {}  # staged versions that failed to load here
         self.on_staged: Callable[[], None] | None = None  # wakes the heartbeat (api/fleet.py)
+        # The canary as last read with the pointer (registry_bridge/canary.py), and the
+        # window of answers its guardrails judge (a canary answer counts for its version).
+        self.canary: dict[str, Any] | None = None
+        self.window = Window(store.canary_rules.window_s)
 
     @property
     def serving_version(self) -> int | None:
@@ -230,7 +248,12 @@ class ActiveModel:
             log.info("registry database reachable again")
             self.registry_reachable = True
         if state is None:
+            self.canary = None
             return None
+        if state.canary != self.canary:
+            if (state.canary or {}).get("version") != (self.canary or {}).get("version"):
+                self.window.clear()  # another canary (or none): its figures start afresh
+            self.canary = state.canary
         if state.staged_version != self.staged_version:
             self.staged_version = state.staged_version
             if state.staged_version is not None:
@@ -328,7 +351,61 @@ class ActiveModel:
                 )
                 return Resolved(current, stale=True, reason=exc.message)
         self._current = model
-        return Resolved(model, stale=False)
+        return Resolved(model, stale=False, router=self if self.canary else None)
+
+    def route(self, resolved: Resolved, key: bytes | bytearray) -> Resolved:
+        """``resolved``, or the canary's version for the requests whose ``key`` falls in its
+        share (sticky: one key, one version). A canary that cannot be loaded is skipped (the
+        active version answers) and reported by the heartbeat like a staged version."""
+        canary = self.canary
+        if canary is None or resolved.stale or resolved.canary:
+            return resolved
+        if not routes_to_canary(key, float(canary["percent"])):
+            return resolved
+        version = int(canary["version"])
+        try:
+            model = self.cache.get_or_load(self.name, version, lambda: self._load(version))
+        except (PyMongoError, RegistryError) as exc:
+            self.prepare_errors.setdefault(version, first_line(exc))
+            return resolved
+        return Resolved(model, stale=False, canary=True, router=self)
+
+    def canary_report(self) -> dict[str, Any] | None:
+        """What this worker routes to the canary, for ``bridge fleet``: its version and share,
+        and both versions' figures over the window."""
+        canary, current = self.canary, self._current
+        if canary is None:
+            return None
+        now = time.monotonic()
+        version = int(canary["version"])
+        report = {"version": version, "percent": canary["percent"]}
+        report["canary"] = self.window.figures(version, now).__dict__
+        if current is not None:
+            report["active"] = self.window.figures(current.version, now).__dict__
+        return report
+
+    def guard_canary(self, by: str) -> str | None:
+        """Apply the canary's guardrails to this worker's window (the heartbeat's call):
+        on a breach, end the canary for every worker; the breach, or None."""
+        canary, current = self.canary, self._current
+        if canary is None or current is None:
+            return None
+        now = time.monotonic()
+        version = int(canary["version"])
+        ours, theirs = self.window.figures(version, now), self.window.figures(current.version, now)
+        why = breach(ours, theirs, self.store.canary_rules)
+        if why is None:
+            return None
+        figures = {
+            "canary": {"version": version, **ours.__dict__},
+            "active": {"version": current.version, **theirs.__dict__},
+        }
+        log.warning("canary %s v%s breached its guardrail: %s", self.name, version, why)
+        self.store.end_canary(
+            self.name, by=by, reason=f"guardrail: {why}", version=version, figures=figures
+        )
+        self.canary = None
+        return why
 
     def _load(self, version: int) -> LoadedModel:
         meta = self.store.get_model_version(self.name, version)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api import Registry
-from api.active import ActiveModel
+from api.active import ActiveModel, routing_key
 from api.capture import REQUEST_ID_HEADER, Capture
 from api.capture import request_id as new_request_id
 from api.hosts import SiteCheck
@@ -181,6 +181,9 @@ class FastPredict:
         if resolver is None:
             return None  # a name not asked before: the view finds it (or answers 404)
         resolved = resolver.resolve()
+        if resolved.router is not None:  # a canary runs: its share goes to its version
+            key = routing_key(environ.get("HTTP_X_REQUEST_KEY"), body)
+            resolved = resolved.router.route(resolved, key)
         environ[RESOLVED] = resolved  # served by this version, whoever answers
         if resolved.stale:
             return None  # rare: the view's answer says so

@@ -93,6 +93,11 @@ class Heartbeat:
             active.active_version()
         except RegistryError:
             pass  # reported as is; the request path marks its answers stale meanwhile
+        # The canary's guardrails, judged on this worker's answers (registry_bridge/canary.py).
+        try:
+            active.guard_canary(by=f"guardrail on {self.host} pid {self.pid}")
+        except RegistryError as exc:  # the database: judged again at the next beat
+            log.warning("cannot end the canary of %s: %s", active.name, exc)
         staged = active.staged_version
         if (
             staged is not None
@@ -113,5 +118,6 @@ class Heartbeat:
                 active.requests,
                 active.stale_answers,
                 active.prepare_errors,
+                canary=active.canary_report(),
             ),
         )

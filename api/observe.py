@@ -77,6 +77,9 @@ def observe(
         )
     children[0].inc()
     children[1].observe(elapsed)
+    router = None if served is None else served.router
+    if router is not None:  # a canary runs: its guardrails compare both versions' answers
+        router.window.add(served.model.version, time.monotonic(), status >= 500, elapsed * 1000)
     stale = bool(served is not None and served.stale)
     if stale:
         STALE_RESPONSES.inc()

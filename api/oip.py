@@ -32,7 +32,7 @@ from api import registry
 from api.active import Resolved
 from api.body import read_body
 from api.errors import native_answer
-from api.predict import JSON_TYPES, Scored, body_limit, captured, score, serving
+from api.predict import JSON_TYPES, Scored, body_limit, captured, routed, score, serving
 from api.validation import check_count, check_json_size, parse_json
 from registry_bridge.errors import RegistryError
 from registry_bridge.scoring import LoadedModel, invalid, shown
@@ -170,7 +170,7 @@ def infer(name: str, version: str | None = None) -> Response:
     max_records = registry().settings.api.max_records
     body = read_body(body_limit())
     check_json_size(body, max_records, len(model.schema.features))
-    answer, scored = respond(name, model, parse_json(body), max_records)
+    answer, scored = respond(name, routed(body, version), parse_json(body), max_records)
     captured(scored, "infer")
     return jsonify(answer)
 

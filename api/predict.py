@@ -13,7 +13,7 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, request, send_file
 
 from api import registry
-from api.active import Resolved
+from api.active import Resolved, routing_key
 from api.batch import run_batch
 from api.body import MB, body_stream, read_body
 from api.capture import current as capture_of_app
@@ -27,6 +27,7 @@ from api.validation import (
     extract_records,
     parse_json,
 )
+from registry_bridge.canary import KEY_HEADER
 from registry_bridge.errors import RegistryError
 from registry_bridge.scoring import (
     MAX_DETAILS,
@@ -71,6 +72,17 @@ def serving(name: str | None = None, version: str | None = None) -> Resolved:
     return resolved
 
 
+def routed(body: bytes | bytearray, version: str | None) -> LoadedModel:
+    """The model answering this request: while a canary runs, its version for the requests
+    in its share (by ``X-Request-Key``, else by the body; registry_bridge/canary.py); a
+    pinned version is never rerouted."""
+    served: Resolved = g.served
+    if version is None and served.router is not None:
+        key = routing_key(request.headers.get(KEY_HEADER), body)
+        served = g.served = served.router.route(served, key)
+    return served.model
+
+
 def body_limit() -> int:
     """Bytes accepted by /predict and /invocations: api.max_request_mb, within the upload cap."""
     settings = registry().settings.api
@@ -84,21 +96,21 @@ def _unsupported(allowed: str) -> RegistryError:
     )
 
 
-def _records(model: LoadedModel) -> tuple[list[Any], bool]:
-    """The body's records (and whether cells are text), read under the body and record limits."""
+def _records(model: LoadedModel) -> tuple[list[Any], bool, bytes | bytearray]:
+    """The body's records (and whether cells are text, and the body), read under the body
+    and record limits."""
     max_records = registry().settings.api.max_records
     if request.is_json:
         body = read_body(body_limit())
         check_json_size(body, max_records, len(model.schema.features))
-        return extract_records(parse_json(body)), False
+        return extract_records(parse_json(body)), False, body
     # Otherwise a CSV body: _predict refused every other media type before this.
     body = read_body(body_limit(), max_lines=max_records + 1)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise invalid("the CSV body is not UTF-8 text") from None
-    del body  # the text is what is parsed; keep one copy of the body
-    return csv_records(text), True
+    return csv_records(text), True, body
 
 
 class Scored:
@@ -177,9 +189,9 @@ def _predict(accept_csv: bool, name: str | None = None, version: str | None = No
     if not request.is_json and not (accept_csv and request.mimetype == CSV_TYPE):
         raise _unsupported(f"{JSON_TYPES} or {CSV_TYPE}" if accept_csv else JSON_TYPES)
     model = serving(name, version).model
-    records, from_text = _records(model)
+    records, from_text, body = _records(model)
     check_count(records, registry().settings.api.max_records)
-    scored = score(model, records, from_text)
+    scored = score(routed(body, version), records, from_text)
     # predict or invocations: the endpoint, whatever the name's path
     captured(scored, request.path.rstrip("/").rpartition("/")[2])
     return jsonify(scored.body)

@@ -141,6 +141,16 @@ class PromotionSettings:
 
 
 @dataclass(frozen=True)
+class CanarySettings:
+    """The canary's guardrails (registry_bridge/canary.py), per worker over ``window_s``."""
+
+    max_error_rate_increase: float = 0.05
+    max_p99_ratio: float = 3.0
+    min_requests: int = 20
+    window_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
@@ -150,6 +160,7 @@ class Settings:
     capture: CaptureSettings = field(default_factory=CaptureSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    canary: CanarySettings = field(default_factory=CanarySettings)
     config_file: Path = DEFAULT_CONFIG
 
 
@@ -449,6 +460,10 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("monitor", "min_samples"): _int(1),
     # A mapping, read whole (not walked into as sections).
     ("promotion", "rules"): _gate_rules,
+    ("canary", "max_error_rate_increase"): _number(0, 1),
+    ("canary", "max_p99_ratio"): _number(1),
+    ("canary", "min_requests"): _int(1),
+    ("canary", "window_s"): _number(1, 3600),
 }
 
 # The environment variables of DESIGN.md and the key each overrides.
@@ -559,5 +574,6 @@ def load_settings(
         capture=section("capture", CaptureSettings),
         monitor=section("monitor", MonitorSettings),
         promotion=section("promotion", PromotionSettings),
+        canary=section("canary", CanarySettings),
         config_file=config_path,
     )

@@ -715,6 +715,88 @@ def _mirror_of_version(mirrors: dict[str, Any], name: str, version: int) -> dict
     return {"version": report.versions.get(version), "in_sync": report.in_sync}
 
 
+@main.command("canary")
+@model_name()
+@click.argument("version", required=False, metavar="[VERSION]")
+@click.option(
+    "--percent",
+    type=click.FloatRange(0, 100, min_open=True, max_open=True),
+    help="Start: the share of requests VERSION answers (sticky by X-Request-Key or record).",
+)
+@click.option("--promote", is_flag=True, help="Activate the canary's version, through the gate.")
+@click.option("--abort", is_flag=True, help="End the canary: the active version answers all.")
+@click.option("--reason", help="Why, recorded in the activation log.")
+@click.option(
+    "--force", is_flag=True, help="With --promote: past a refusing gate (needs --reason)."
+)
+@pass_state
+def canary_command(
+    state: CliState,
+    name: str,
+    version: str | None,
+    percent: float | None,
+    promote: bool,
+    abort: bool,
+    reason: str | None,
+    force: bool,
+) -> None:
+    """Send a share of NAME's requests to VERSION (--percent P), --promote it or --abort it;
+    alone, say what runs. Guardrails (settings canary.*) end it when it fails more, or is
+    slower, than the active version (docs/promotion.md)."""
+    from registry_bridge import render
+
+    if version is None and percent is not None and name.isdigit():  # `bridge canary 3 --percent 5`
+        name, version = state.settings.api.model_name, name
+    chosen = [
+        flag
+        for flag, on in (
+            ("--percent", percent is not None),
+            ("--promote", promote),
+            ("--abort", abort),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} do not go together")
+    if (version is None) != (percent is None):
+        raise click.UsageError("starting a canary takes both VERSION and --percent P")
+    if force and not (promote and (reason or "").strip()):
+        raise click.UsageError("--force goes with --promote and needs --reason TEXT")
+    store = open_store(state)
+    if percent is not None:
+        number = _checked_value(parse_version, version, "VERSION")
+        started = store.start_canary(name, number, percent, reason=reason)
+        click.echo(
+            f"canary: {name} v{number} answers {percent:g}% of requests beside "
+            f"v{started.active_version}; every answer names its version"
+        )
+    elif promote:
+        now = store.promote_canary(name, reason=reason, force=force)
+        if now.gate:
+            click.echo(
+                "promotion gate " + ("passed" if now.gate["passed"] else "refused it: FORCED")
+            )
+            click.echo("\n".join(f"  {line}" for line in render.gate_lines(now.gate)))
+        click.echo(f"promoted: {name} v{now.active_version} is active; the canary has ended")
+        _say_prepared(now)
+    elif abort:
+        ended = store.end_canary(name, reason=reason or "aborted by hand")
+        click.echo(
+            f"canary ended: {name} v{ended.active_version if ended else '?'} answers every request"
+        )
+    else:
+        current = store.get_active_version(name)
+        if current is None or not current.canary:
+            click.echo(f"no canary of {name!r} is running")
+        else:
+            c = current.canary
+            click.echo(
+                f"canary: {name} v{c['version']} answers {c['percent']:g}% beside "
+                f"v{current.active_version}, since {c['started_at']} (by {c['started_by']}); "
+                "`bridge fleet` shows each worker's figures"
+            )
+
+
 @main.group(cls=BridgeGroup)
 def reference() -> None:
     """The labelled data set a model name's versions are compared on (the promotion gate)."""

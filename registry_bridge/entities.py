@@ -141,6 +141,8 @@ class ActiveState(_Entity):
     staged_version: int | None = None  # being loaded by the workers before the switch
     prepared: dict[str, Any] | None = None  # the activation's preparation report (not stored)
     gate: dict[str, Any] | None = None  # the promotion gate's report (kept in the log entry)
+    # A canary running beside the active version: {version, percent, started_at, started_by}.
+    canary: dict[str, Any] | None = None
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> ActiveState:
@@ -154,12 +156,14 @@ class ActiveState(_Entity):
             reason=doc.get("reason"),
             lease_ms=int(doc.get("lease_ms") or 0),
             staged_version=doc.get("staged_version"),
+            canary=doc.get("canary"),
         )
 
 
 @dataclass(frozen=True)
 class ActivationEvent(_Entity):
-    """One ``activation_log`` entry (append-only); ``action``: activate, rollback or deactivate."""
+    """One ``activation_log`` entry (append-only); ``action``: activate, rollback, deactivate,
+    canary-start, canary-abort (by hand or by a guardrail) or canary-promote."""
 
     name: str
     from_version: int | None
@@ -171,6 +175,8 @@ class ActivationEvent(_Entity):
     # The promotion gate's report (registry_bridge/promotion.py), when it ran: forced or
     # not, the reference set, and each rule's values for both versions.
     gate: dict[str, Any] | None = None
+    # A canary entry's figures: its share when started, a guardrail's figures when aborted.
+    canary: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,7 @@ def heartbeat_document(
     requests: int,
     stale_answers: int,
     load_errors: Mapping[int, str] | None = None,
+    canary: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The document one worker reports (the contract of ``bridge fleet --json``)."""
     return {
@@ -143,6 +144,7 @@ def heartbeat_document(
         "load_errors": [
             {"version": v, "reason": r} for v, r in sorted((load_errors or {}).items())
         ],
+        "canary": None if canary is None else dict(canary),  # what it routes to a canary
         "started_at": started_at,
         "last_seen": utcnow(),
     }

@@ -253,11 +253,23 @@ def fleet_table(workers: Sequence[dict[str, Any]]) -> str:
             f"{w['age_s']}s ago" if w.get("age_s") is not None else MISSING,
             "gone" if w.get("gone") else "live",
             "yes" if w.get("converged") else "no",
+            canary_cell(w.get("canary")),
         )
         for w in workers
     ]
     headers = ("model", "host", "pid", "port", "serving", "loaded", "requests", "stale")
-    return table((*headers, "last seen", "state", "converged"), rows)
+    return table((*headers, "last seen", "state", "converged", "canary"), rows)
+
+
+def canary_cell(canary: dict[str, Any] | None) -> str:
+    """What a worker routes to a canary: ``v3 10% (41 answers, 0 failed)``."""
+    if not canary:
+        return MISSING
+    figures = canary.get("canary") or {}
+    return (
+        f"v{canary['version']} {canary['percent']:g}% "
+        f"({figures.get('requests', 0)} answers, {figures.get('errors', 0)} failed)"
+    )
 
 
 def drift_table(report: dict[str, Any]) -> str:

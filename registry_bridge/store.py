@@ -59,7 +59,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from conf.contract import FEATURES, ContractError, check_model_name, parse_version
-from conf.settings import ApiSettings, GateRule, RegistrySettings, Settings
+from conf.settings import ApiSettings, CanarySettings, GateRule, RegistrySettings, Settings
 from registry_bridge import database, fleet, lease, onnx_check, pointer_guard, promotion
 from registry_bridge.artifacts import FORMAT, ORPHAN_MIN_AGE_S, GridFSArtifacts
 from registry_bridge.artifacts import artifact_filename as artifact_filename  # the CLI's import
@@ -128,6 +128,8 @@ class ModelStore:
         self.promotion_rules: tuple[GateRule, ...] = (
             settings.promotion.rules if isinstance(settings, Settings) else ()
         )
+        # The canary's guardrails, applied by each API worker (registry_bridge/canary.py).
+        self.canary_rules = settings.canary if isinstance(settings, Settings) else CanarySettings()
         if isinstance(client_or_db, Database):
             self.db = client_or_db
         else:
@@ -547,6 +549,180 @@ class ModelStore:
         )
         return reference
 
+    # --- canary ----------------------------------------------------------------------
+
+    @_translated
+    def start_canary(
+        self,
+        name: str,
+        version: int,
+        percent: float,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> ActiveState:
+        """Send ``percent`` % of the requests of ``name`` to ``version`` (registry_bridge/
+        canary.py), once its bytes and example check out; acknowledged after the lease.
+
+        Raises:
+            RegistryError: INVALID_INPUT for a share outside (0, 100); NOT_FOUND for an unknown
+                version; CONFLICT when nothing is active, the version is the active one, it
+                does not validate, or the pointer changed meanwhile.
+        """
+        reason = checked_reason(reason)
+        if not 0 < percent < 100:
+            raise RegistryError(
+                "INVALID_INPUT",
+                f"percent must be above 0 and below 100, got {percent:g}",
+                [{"field": "percent", "problem": "out of range"}],
+            )
+        target = self.get_model_version(name, version)
+        current = self.get_active_version(name)
+        if current is None or current.active_version is None:
+            raise RegistryError(
+                "CONFLICT", f"{name!r} has no active version for a canary to run beside"
+            )
+        if current.active_version == target.version:
+            raise RegistryError("CONFLICT", f"{target.label} is the active version already")
+        self.validate_model_version(target, refusing=f"cannot start a canary of {target.label}")
+        by = by or current_user()
+        canary = {
+            "version": target.version,
+            "percent": float(percent),
+            # Text, not a date: the embedded server stores $set dates as text anyway.
+            "started_at": utcnow().isoformat(),
+            "started_by": by,
+        }
+        moved = self.state.find_one_and_update(
+            {"_id": name, "active_version": current.active_version},
+            {"$set": {"canary": canary}},
+            return_document=ReturnDocument.AFTER,
+        )
+        acknowledged_at = time.monotonic()
+        if moved is None:
+            raise RegistryError(
+                "CONFLICT",
+                f"the active version of {name!r} changed while the canary started; "
+                "nothing changed, retry",
+            )
+        if not pointer_guard.activation_stands(
+            self.versions.find_one({"name": name, "version": target.version}, {"status": 1})
+        ):  # a deletion marked it meanwhile (pointer_guard.py): take the canary back
+            self.state.update_one(
+                {"_id": name, "canary.version": target.version}, {"$unset": {"canary": ""}}
+            )
+            raise RegistryError("CONFLICT", f"{target.label} is being deleted; no canary started")
+        self._log_canary(
+            name,
+            "canary-start",
+            current.active_version,
+            target.version,
+            by,
+            reason,
+            {"percent": float(percent)},
+        )
+        lease.wait_after(
+            acknowledged_at, lease.commit_wait_ms(self.pointer_lease_ms, current.lease_ms)
+        )
+        return ActiveState.from_document(moved)
+
+    @_translated
+    def end_canary(
+        self,
+        name: str,
+        by: str | None = None,
+        reason: str | None = None,
+        version: int | None = None,
+        figures: Mapping[str, Any] | None = None,
+    ) -> ActiveState | None:
+        """End the canary of ``name`` (``version``: only if that one still runs), logged as
+        ``canary-abort`` with ``figures`` (a guardrail's); acknowledged after the lease.
+        None when there was nothing to end (``version`` given: another worker ended it).
+
+        Raises:
+            RegistryError: CONFLICT when no canary runs and ``version`` was not given.
+        """
+        reason = checked_reason(reason)
+        current = self.get_active_version(name)
+        running = (current.canary or {}) if current is not None else {}
+        wanted = version if version is not None else running.get("version")
+        ended = None
+        if wanted is not None:
+            ended = self.state.find_one_and_update(
+                {"_id": name, "canary.version": wanted},
+                {"$unset": {"canary": ""}},
+                return_document=ReturnDocument.AFTER,
+            )
+        acknowledged_at = time.monotonic()
+        if ended is None:
+            if version is not None:
+                return None
+            raise RegistryError("CONFLICT", f"no canary of {name!r} is running")
+        self._log_canary(
+            name,
+            "canary-abort",
+            wanted,
+            ended.get("active_version"),
+            by or current_user(),
+            reason,
+            dict(figures or {}),
+        )
+        lease.wait_after(
+            acknowledged_at,
+            lease.commit_wait_ms(self.pointer_lease_ms, int(ended.get("lease_ms") or 0)),
+        )
+        return ActiveState.from_document(ended)
+
+    def promote_canary(
+        self,
+        name: str,
+        by: str | None = None,
+        reason: str | None = None,
+        load: Loader | None = None,
+        force: bool = False,
+    ) -> ActiveState:
+        """Activate the canary's version through the promotion gate (the switch ends the
+        canary); logged as ``canary-promote``.
+
+        Raises:
+            RegistryError: CONFLICT when no canary runs, or as :meth:`set_active_version`.
+        """
+        current = self.get_active_version(checked_name(name))
+        if current is None or not current.canary:
+            raise RegistryError("CONFLICT", f"no canary of {name!r} is running to promote")
+        return self.set_active_version(
+            name,
+            int(current.canary["version"]),
+            by=by,
+            reason=reason,
+            load=load,
+            force=force,
+            action="canary-promote",
+        )
+
+    def _log_canary(
+        self,
+        name: str,
+        action: str,
+        from_version: int | None,
+        to_version: int | None,
+        by: str,
+        reason: str | None,
+        canary: dict[str, Any],
+    ) -> None:
+        self.log.insert_one(
+            {
+                "name": name,
+                "from_version": from_version,
+                "to_version": to_version,
+                "at": utcnow(),
+                "by": by,
+                "reason": reason,
+                "action": action,
+                "canary": canary,
+            }
+        )
+        log.info("%s %s: v%s -> v%s by %s", action, name, from_version, to_version, by)
+
     # --- activation ------------------------------------------------------------------
 
     @_translated
@@ -558,6 +734,7 @@ class ModelStore:
         reason: str | None = None,
         load: Loader | None = None,
         force: bool = False,
+        action: str = "activate",
     ) -> ActiveState:
         """Make ``version`` the one served, after checking its bytes and its example, and
         passing the promotion gate against the active version (registry_bridge/promotion.py).
@@ -604,7 +781,7 @@ class ModelStore:
             target, refusing=f"cannot activate {target.label}", load=session_of
         )
         gate = self._gate(name, current, target, session_of, force)
-        return self._prepare_and_move(name, current, target, by, reason, "activate", gate)
+        return self._prepare_and_move(name, current, target, by, reason, action, gate)
 
     def _gate(
         self,
@@ -950,6 +1127,12 @@ class ModelStore:
                 "CONFLICT",
                 f"{label} is being activated (staged while the API workers load it); "
                 "retry once the activation ends",
+            )
+        if held == "canary":
+            raise RegistryError(
+                "CONFLICT",
+                f"{label} answers a canary share of {name!r}; end it first "
+                f"(`bridge canary {name} --abort`)",
             )
 
     @_translated
