@@ -15,6 +15,9 @@ The one store used by the ``bridge`` CLI and the API. Data model (DESIGN.md):
 - ``activation_log``: append-only audit of activations and rollbacks.
 - ``counters``: ``_id = "model_versions:<name>"``, the last version number handed out
   (``$inc`` is atomic, so concurrent publishers never share a number).
+- ``outbox``, a field of the version and pointer documents: each change's webhook event,
+  written with the change itself, then relayed to ``webhook_deliveries``
+  (registry_bridge/webhooks.py).
 
 Used by the API (keep these signatures stable):
     ModelStore(client_or_db, settings) / ModelStore.from_settings(settings)
@@ -56,7 +59,7 @@ from pymongo.errors import DuplicateKeyError
 
 from conf.contract import ContractError, check_model_name, parse_version
 from conf.settings import ApiSettings, RegistrySettings, Settings
-from registry_bridge import database, fleet, lease, onnx_check, pointer_guard
+from registry_bridge import database, fleet, lease, onnx_check, pointer_guard, webhooks
 from registry_bridge.artifacts import FORMAT, ORPHAN_MIN_AGE_S, GridFSArtifacts
 from registry_bridge.artifacts import artifact_filename as artifact_filename  # the CLI's import
 from registry_bridge.entities import (
@@ -179,6 +182,7 @@ class ModelStore:
             partialFilterExpression={"publish_key": {"$exists": True}},
         )
         self.log.create_index([("name", ASCENDING), ("at", ASCENDING)], name="name_at")
+        webhooks.ensure_indexes(self.db)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -368,21 +372,31 @@ class ModelStore:
             artifact,
             {"run_id": draft.run_id, "metrics": dict(draft.metrics)},
         )
+        # The webhook event goes in with the version: one write, so a crash cannot lose it.
+        event = webhooks.new_event(
+            "publish",
+            draft.name,
+            None,
+            version,
+            draft.created_by,
+            None,
+            {"run_id": draft.run_id, "sha256": stored.sha256},
+        )
+        document = {
+            **asdict(draft),
+            "version": version,
+            "created_at": utcnow(),
+            "format": FORMAT,
+            "artifact_file_id": stored.file_id,
+            "filename": stored.filename,
+            "sha256": stored.sha256,
+            "size_bytes": stored.size_bytes,
+            "status": READY,
+            **({} if key is None else {"publish_key": key}),
+            webhooks.OUTBOX: [event],
+        }
         try:
-            self._insert_version(
-                {
-                    **asdict(draft),
-                    "version": version,
-                    "created_at": utcnow(),
-                    "format": FORMAT,
-                    "artifact_file_id": stored.file_id,
-                    "filename": stored.filename,
-                    "sha256": stored.sha256,
-                    "size_bytes": stored.size_bytes,
-                    "status": READY,
-                    **({} if key is None else {"publish_key": key}),
-                }
-            )
+            self._insert_version(document)
         except BaseException:
             self.artifacts.delete(stored.file_id, f"{draft.name} v{version}")
             raise
@@ -394,6 +408,7 @@ class ModelStore:
             stored.file_id,
             stored.sha256,
         )
+        webhooks.relay(self.db, VERSIONS, document["_id"], [event])
         self.update_mirror(draft.name, "publish")
         return PublishResult(self.get_model_version(draft.name, version), created=True)
 
@@ -597,6 +612,7 @@ class ModelStore:
         by = by or current_user()
         now = utcnow()
         from_version = current.active_version if current else None
+        outbox = [webhooks.new_event(action, name, from_version, to_version, by, reason)]
         # The whole (small) document is replaced rather than $set: dates then stay BSON
         # dates on every server (the embedded one stores $set dates as text).
         new_state = {
@@ -608,6 +624,7 @@ class ModelStore:
             "reason": reason,
             "lease_ms": self.pointer_lease_ms,
             pointer_guard.TOKEN: uuid.uuid4().hex,  # lets this move be undone, and only it
+            webhooks.OUTBOX: outbox,
         }
         replaced: dict[str, Any] | None
         if current is None:
@@ -617,8 +634,17 @@ class ModelStore:
             except DuplicateKeyError:  # another activation created the state first
                 replaced = None
         else:
+            # Events of earlier moves still waiting in the pointer (their writer died before
+            # relaying them) are carried into the new one; the token in the filter makes sure
+            # no move came in between, whose events this replace would drop.
+            held = self.state.find_one({"_id": name}) or {}
+            outbox[:0] = held.get(webhooks.OUTBOX) or []
             replaced = self.state.find_one_and_replace(
-                {"_id": name, "active_version": from_version},
+                {
+                    "_id": name,
+                    "active_version": from_version,
+                    pointer_guard.TOKEN: held.get(pointer_guard.TOKEN),
+                },
                 new_state,
                 return_document=ReturnDocument.BEFORE,
             )
@@ -652,6 +678,8 @@ class ModelStore:
         # Commit wait: reads that began before the write expire before we acknowledge.
         wait_ms = lease.commit_wait_ms(self.pointer_lease_ms, int(replaced.get("lease_ms") or 0))
         lease.wait_after(acknowledged_at, wait_ms)
+        # After the commit wait: a receiver that asks the API then gets the new version.
+        webhooks.relay(self.db, STATE, name, outbox)
         return ActiveState.from_document(new_state)
 
     def _keep_only_if_ready(
@@ -739,11 +767,14 @@ class ModelStore:
             RegistryError: NOT_FOUND for an unknown version, CONFLICT for the active one.
         """
         marked = self._mark_deleting(name, version)
+        by = by or current_user()
+        event = webhooks.new_event("delete", name, marked["version"], None, by, None)
         tombstone = {
             **marked,
             "status": DELETED,
             "deleted_at": utcnow(),
-            "deleted_by": by or current_user(),
+            "deleted_by": by,
+            webhooks.OUTBOX: [*(marked.get(webhooks.OUTBOX) or []), event],
         }
         tombstone.pop("publish_key", None)  # the run may be published again
         changed = self.versions.find_one_and_replace(
@@ -756,6 +787,7 @@ class ModelStore:
             raise RegistryError("NOT_FOUND", f"{target.label} was deleted meanwhile")
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("deleted %s (file %s)", target.label, target.artifact_file_id)
+        webhooks.relay(self.db, VERSIONS, marked["_id"], tombstone[webhooks.OUTBOX])
         self.update_mirror(name, "delete")
         return ModelVersion.from_document(changed)
 
@@ -770,6 +802,11 @@ class ModelStore:
         self.versions.delete_one({"_id": marked["_id"], "status": DELETING})
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("unpublished %s", target.label)
+        # Its publish event may have gone out already: say the version is gone.
+        webhooks.emit(
+            self.db,
+            webhooks.new_event("delete", name, version, None, None, "publish undone"),
+        )
         self.update_mirror(name, "unpublish")
 
     def _mark_deleting(self, name: str, version: int) -> dict[str, Any]:
