@@ -139,9 +139,6 @@ def test_the_documented_receiver_accepts_signed_events_and_refuses_others(
     missing one (401), and that the secret is stored nowhere."""
     secret = "s3cr3t-for-the-docs-receiver"
     namespace, printed = documented_receiver(monkeypatch, secret)
-    body = b'{"event":"test"}'
-    assert namespace["verify"](body, signature(secret, body))
-    assert not namespace["verify"](body, signature("other", body))
     docs = start_receiver(namespace["Receiver"])
     try:
         environ = {"HOOK_SECRET": secret, "WRONG_SECRET": "not-the-one"}
@@ -159,7 +156,7 @@ def test_the_documented_receiver_accepts_signed_events_and_refuses_others(
         for d in store.db[webhooks.DELIVERIES].find({})
     }
     assert answers == {"signed": 204, "forged": 401, "unsigned": 401}
-    assert printed == [f"activate {NAME} None -> 1"]
+    assert len(printed) == 1 and "'event': 'activate'" in printed[0], printed
     stored = str(list(store.db[webhooks.HOOKS].find({}))) + str(
         list(store.db[webhooks.DELIVERIES].find({}))
     )
