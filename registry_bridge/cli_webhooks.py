@@ -43,10 +43,10 @@ def _events(ctx: click.Context, param: click.Parameter, value: str) -> list[str]
 
 @click.group("webhooks", context_settings={"help_option_names": ["-h", "--help"]})
 def group() -> None:
-    """Signed JSON POSTs to other systems on every registry change (publish, activate...)."""
+    """Signed JSON POSTs telling other systems of every registry change, and their deliveries."""
 
 
-@group.command("add")
+@group.command("add", short_help="Send chosen events to a URL (signed with --secret-env).")
 @click.argument("url")
 @click.option(
     "--events",
@@ -94,7 +94,7 @@ def list_command(as_json: bool) -> None:
         click.echo(render.table(["name", "url", "events", "secret env", "created"], rows))
 
 
-@group.command("remove")
+@group.command("remove", short_help="Remove a webhook.")
 @click.argument("name")
 def remove_command(name: str) -> None:
     """Remove a webhook; its pending deliveries are dropped (marked failed)."""
@@ -102,7 +102,7 @@ def remove_command(name: str) -> None:
     click.echo(f"removed webhook {name}")
 
 
-@group.command("test")
+@group.command("test", short_help="POST a test event now and print the answer.")
 @click.argument("name")
 def test_command(name: str) -> None:
     """POST a test event to a webhook now and print the answer (exit 1 unless 2xx)."""
@@ -119,7 +119,7 @@ def test_command(name: str) -> None:
     click.echo(f"test delivery {delivery['_id']} to {name}: {said} in {result.ms:.0f} ms")
 
 
-@group.command("deliveries")
+@group.command("deliveries", short_help="List deliveries, newest first, with their last answer.")
 @click.option("--failed", is_flag=True, help="Only deliveries given up or still retrying.")
 @click.option("--webhook", metavar="NAME", help="Only this webhook's.")
 @click.option("--limit", type=click.IntRange(1, webhooks.MAX_LISTED), default=20, show_default=True)
@@ -152,7 +152,7 @@ def deliveries_command(failed: bool, webhook: str | None, limit: int, as_json: b
     click.echo(render.table(headers, rows))
 
 
-@group.command("deliver")
+@group.command("deliver", short_help="Send the deliveries due now (where no API runs).")
 @click.option("--follow", is_flag=True, help="Keep sending as deliveries come due (Ctrl-C stops).")
 def deliver_command(follow: bool) -> None:
     """Send the deliveries due now (where no API runs; each API worker sends on its own)."""

@@ -457,3 +457,19 @@ def test_bridge_monitor_flagging_drift_emits_a_drift_event(bridge, registry_db, 
     payload = __import__("json").loads(doc["body"])
     assert (payload["event"], payload["model"], payload["to_version"]) == ("drift", NAME, 3)
     assert payload["details"]["features"] == ["degree_spondylolisthesis"]
+
+
+def test_the_webhooks_commands_the_docs_show_exist():
+    """Check every `bridge webhooks CMD --option` in the README and docs/webhooks.md is real."""
+    from click.testing import CliRunner
+
+    from registry_bridge.cli_webhooks import group
+
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "webhooks.md").read_text()
+    shown = re.findall(r"bridge webhooks (\w+)([^`\n|]*)", text)
+    assert {c for c, _ in shown} >= {"add", "list", "remove", "test", "deliveries", "deliver"}
+    for command, rest in shown:
+        assert command in group.commands, command
+        help_text = CliRunner().invoke(group, [command, "--help"]).output
+        for option in re.findall(r"--[a-z-]+", rest):
+            assert option in help_text, f"bridge webhooks {command} has no {option}"
