@@ -145,7 +145,7 @@ def deliveries_command(failed: bool, webhook: str | None, limit: int, as_json: b
                 d.get("model"),
                 _status(d),
                 d.get("attempt_count", 0),
-                last.get("status_code") or last.get("error"),
+                _cut(str(last.get("status_code") or last.get("error") or "")),
             )
         )
     headers = ["created", "delivery", "webhook", "event", "model", "status", "attempts", "last"]
@@ -165,6 +165,7 @@ def deliver_command(follow: bool) -> None:
         except KeyboardInterrupt:
             sender.stop()
         return
+    webhooks.prune(store.db, sender.settings.retention_days)
     counts = sender.deliver_due()
     click.echo(
         f"delivered {counts['delivered']}, retrying {counts['retrying']}, failed {counts['failed']}"
@@ -190,6 +191,10 @@ def _status(delivery: dict[str, Any]) -> str:
     if delivery.get("status") == webhooks.PENDING and delivery.get("attempt_count", 0) > 0:
         return f"retrying at {time.strftime('%H:%M:%S', time.gmtime(delivery['due']))}Z"
     return str(delivery.get("status"))
+
+
+def _cut(text: str, limit: int = 60) -> str | None:
+    return (text if len(text) <= limit else text[: limit - 1] + "…") or None
 
 
 def _hook_view(hook: dict[str, Any]) -> dict[str, Any]:

@@ -149,7 +149,8 @@ def add_webhook(
         target = webhook_targets.resolve(url, settings.allow_private)
     except webhook_targets.TargetRefused as exc:
         raise RegistryError("INVALID_INPUT", f"refused {_short(url)}: {exc}") from None
-    name = name if name is not None else target.host
+    if name is None:  # the host, as a name: hooks.example.org (an IPv6 host's colons go)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", target.host).strip("-._")[:64] or "webhook"
     if not _NAME.fullmatch(name):
         raise RegistryError(
             "INVALID_INPUT",

@@ -473,3 +473,33 @@ def test_the_webhooks_commands_the_docs_show_exist():
         help_text = CliRunner().invoke(group, [command, "--help"]).output
         for option in re.findall(r"--[a-z-]+", rest):
             assert option in help_text, f"bridge webhooks {command} has no {option}"
+
+
+def test_events_left_in_version_documents_are_relayed_by_the_next_sender(
+    store, hooked, receiver, monkeypatch
+):
+    """Check a publish and a delete whose relay never ran (the process died after the write)
+    leave their events in the version document, where a sender finds and sends each once."""
+    webhooks.add_webhook(store.db, hooked.webhooks, receiver.url, ["publish", "delete"], "ci")
+    relay = webhooks.relay
+    monkeypatch.setattr(webhooks, "relay", lambda *a, **k: 0)  # dies right after the write
+    publish(store, "run-a")
+    publish(store, "run-b", seed=1)
+    store.delete_model_version(NAME, 2)
+    monkeypatch.setattr(webhooks, "relay", relay)
+    waiting = [len(d.get("outbox") or []) for d in store.db.model_versions.find({})]
+    assert sorted(waiting) == [1, 2]  # v1: its publish; v2: its publish and its delete
+    assert store.db[webhooks.DELIVERIES].count_documents({}) == 0
+    sender = Sender(store.db, hooked.webhooks)
+    sender.deliver_due()
+    sender.deliver_due()
+    got = receiver.wait_for(3)
+    assert sorted(
+        (r.payload["event"], r.payload["from_version"] or r.payload["to_version"]) for r in got
+    ) == [
+        ("delete", 2),
+        ("publish", 1),
+        ("publish", 2),
+    ]
+    assert len(receiver.got) == 3
+    assert all(not d.get("outbox") for d in store.db.model_versions.find({}))
