@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -57,6 +57,7 @@ class Attempt:
     error: str | None
     ms: float
     answer: str = ""
+    status: str = ""  # the delivery's status once the attempt is recorded
 
     @property
     def delivered(self) -> bool:
@@ -90,10 +91,13 @@ def post(url: str, body: bytes, headers: Mapping[str, str], settings: WebhookSet
         watchdog.daemon = True
         watchdog.start()
         sock.settimeout(settings.read_timeout_s)
+        connection: http.client.HTTPConnection
         if target.scheme == "https":
             context = ssl.create_default_context()
             sock = context.wrap_socket(sock, server_hostname=target.host)
-        connection = http.client.HTTPConnection(target.host, target.port)
+            connection = http.client.HTTPSConnection(target.host, target.port, context=context)
+        else:
+            connection = http.client.HTTPConnection(target.host, target.port)
         connection.sock = sock  # already connected to the checked address: no new lookup
         connection.request("POST", target.path, body=body, headers=dict(headers))
         answer = connection.getresponse()
@@ -165,8 +169,7 @@ class Sender:
             final = True
         else:
             result = self._send(delivery, hook)
-        self._record(delivery, token, result, final)
-        return result
+        return replace(result, status=self._record(delivery, token, result, final))
 
     def _send(self, delivery: Mapping[str, Any], hook: Mapping[str, Any]) -> Attempt:
         body = delivery["body"].encode()
@@ -184,9 +187,7 @@ class Sender:
             headers["X-Registry-Signature"] = signature(secret, body)
         return post(hook["url"], body, headers, self.settings)
 
-    def _record(
-        self, delivery: Mapping[str, Any], token: str, result: Attempt, final: bool
-    ) -> None:
+    def _record(self, delivery: Mapping[str, Any], token: str, result: Attempt, final: bool) -> str:
         count = int(delivery.get("attempt_count", 0)) + 1
         attempts = list(delivery.get("attempts") or [])
         attempts.append(
@@ -227,6 +228,7 @@ class Sender:
                 outcome,
                 result.ms,
             )
+        return str(record["status"])
 
     # --- the loop -------------------------------------------------------------------
 
@@ -240,13 +242,9 @@ class Sender:
             if claimed is None:
                 break
             delivery, token = claimed
-            result = self.attempt(delivery, token)
-            if result.delivered:
-                counts["delivered"] += 1
-            elif int(delivery.get("attempt_count", 0)) + 1 >= self.settings.max_attempts:
-                counts["failed"] += 1
-            else:
-                counts["retrying"] += 1
+            status = self.attempt(delivery, token).status
+            key = {webhooks.DELIVERED: "delivered", webhooks.FAILED: "failed"}.get(status)
+            counts[key or "retrying"] += 1
         return counts
 
     def run(self) -> None:

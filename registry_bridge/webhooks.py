@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -143,8 +144,6 @@ def add_webhook(
         RegistryError: INVALID_INPUT for a bad URL, event, name or variable, a refused
             target, or too many webhooks; CONFLICT for a name in use.
     """
-    import os
-
     try:
         target = webhook_targets.resolve(url, settings.allow_private)
     except webhook_targets.TargetRefused as exc:

@@ -503,3 +503,25 @@ def test_events_left_in_version_documents_are_relayed_by_the_next_sender(
     ]
     assert len(receiver.got) == 3
     assert all(not d.get("outbox") for d in store.db.model_versions.find({}))
+
+
+def test_https_receivers_have_their_certificate_checked(store, hooked, tmp_path, monkeypatch):
+    """Check an https receiver gets the event only once its certificate is trusted: the
+    sender verifies it against the name (here the address) it connected to."""
+    from test_api_exposure import self_signed
+
+    cert, key = self_signed(tmp_path)
+    receiver = start_receiver(tls=(cert, key))
+    try:
+        quick = replace(hooked.webhooks, max_attempts=2)
+        webhooks.add_webhook(store.db, quick, receiver.url, ["publish"], "tls")
+        publish(store, "run-a")
+        sender = Sender(store.db, quick)
+        sender.deliver_due()
+        first = store.db[webhooks.DELIVERIES].find_one({})["attempts"][0]
+        assert "CERTIFICATE_VERIFY_FAILED" in first["error"], first
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now this certificate is trusted
+        deliver_until(sender, lambda: receiver.delivered())
+        assert receiver.delivered()[0].payload["event"] == "publish"
+    finally:
+        receiver.close()

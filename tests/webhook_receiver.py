@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -29,6 +31,7 @@ class Receiver:
     """``url`` answers 204, or ``fail_status`` to the next ``failures`` POSTs."""
 
     server: ThreadingHTTPServer
+    scheme: str = "http"
     got: list[Received] = field(default_factory=list)
     failures: int = 0
     fail_status: int = 500
@@ -36,7 +39,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook?team=ml"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/hook?team=ml"
 
     def delivered(self) -> list[Received]:
         """The POSTs answered 2xx."""
@@ -56,8 +59,11 @@ class Receiver:
         self.server.server_close()
 
 
-def start_receiver(handler: type[BaseHTTPRequestHandler] | None = None) -> Receiver:
-    """A receiver on 127.0.0.1:<free port> (``handler``: another one, e.g. the docs')."""
+def start_receiver(
+    handler: type[BaseHTTPRequestHandler] | None = None, tls: tuple[Path, Path] | None = None
+) -> Receiver:
+    """A receiver on 127.0.0.1:<free port> (``handler``: another one, e.g. the docs';
+    ``tls``: HTTPS with this certificate and key)."""
     receiver: Receiver
 
     class Recording(BaseHTTPRequestHandler):
@@ -76,6 +82,10 @@ def start_receiver(handler: type[BaseHTTPRequestHandler] | None = None) -> Recei
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler or Recording)
     server.daemon_threads = True
-    receiver = Receiver(server)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    receiver = Receiver(server, "https" if tls else "http")
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return receiver
