@@ -144,6 +144,7 @@ def add_webhook(
         RegistryError: INVALID_INPUT for a bad URL, event, name or variable, a refused
             target, or too many webhooks; CONFLICT for a name in use.
     """
+    events = parse_events(",".join(events))
     try:
         target = webhook_targets.resolve(url, settings.allow_private)
     except webhook_targets.TargetRefused as exc:
@@ -165,7 +166,8 @@ def add_webhook(
             raise RegistryError(
                 "INVALID_INPUT",
                 f"the environment variable {secret_env} is not set (or empty): export the "
-                "secret there, here and where the senders run",
+                "secret in it, here and where deliveries are sent (the API, bridge webhooks "
+                "deliver)",
             )
     if db[HOOKS].count_documents({}) >= settings.max_webhooks:
         raise RegistryError(
