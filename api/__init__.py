@@ -123,6 +123,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(oip.bp)  # the Open Inference Protocol (/v2)
     if not app.testing:  # a server's worker: report to the fleet (tests drive Heartbeat)
         fleet.Heartbeat(store, served, settings.api.port).start()
+        if settings.webhooks.send_from_api:  # webhook deliveries, off the request path
+            _start_webhook_sender(store, settings)
     check = SiteCheck(settings.api)
     _init_site_check(app, check)
     if not app.testing:
@@ -134,6 +136,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     fast = FastPredict(app.wsgi_app, app.extensions[EXTENSION], capture, check, app.json.dumps)
     app.wsgi_app = fast  # type: ignore[method-assign]
     return app
+
+
+def _start_webhook_sender(store: ModelStore, settings: Settings) -> None:
+    """A daemon thread sending this worker's share of webhook deliveries (stopped on exit)."""
+    from api.exit_hooks import on_exit
+    from registry_bridge.webhook_sender import Sender
+
+    on_exit(Sender(store.db, settings.webhooks).start().stop)
 
 
 def _init_site_check(app: Flask, check: SiteCheck) -> None:

@@ -151,6 +151,21 @@ class CanarySettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    allow_private: bool = False
+    max_webhooks: int = 20
+    max_attempts: int = 10
+    backoff_s: float = 2.0
+    backoff_max_s: float = 600.0
+    connect_timeout_s: float = 2.0
+    read_timeout_s: float = 5.0
+    lease_s: float = 60.0
+    poll_s: float = 0.25
+    send_from_api: bool = True
+    retention_days: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
@@ -161,6 +176,7 @@ class Settings:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
     canary: CanarySettings = field(default_factory=CanarySettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     config_file: Path = DEFAULT_CONFIG
 
 
@@ -464,6 +480,17 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("canary", "max_p99_ratio"): _number(1),
     ("canary", "min_requests"): _int(1),
     ("canary", "window_s"): _number(1, 3600),
+    ("webhooks", "allow_private"): _bool,
+    ("webhooks", "max_webhooks"): _int(1, 1000),
+    ("webhooks", "max_attempts"): _int(1, 50),
+    ("webhooks", "backoff_s"): _number(0, 3600, above=True),
+    ("webhooks", "backoff_max_s"): _number(0, 86400, above=True),
+    ("webhooks", "connect_timeout_s"): _number(0, 60, above=True),
+    ("webhooks", "read_timeout_s"): _number(0, 120, above=True),
+    ("webhooks", "lease_s"): _number(0, 3600, above=True),
+    ("webhooks", "poll_s"): _number(0, 60, above=True),
+    ("webhooks", "send_from_api"): _bool,
+    ("webhooks", "retention_days"): _number(0, 3650, above=True),
 }
 
 # The environment variables of DESIGN.md and the key each overrides.
@@ -575,5 +602,6 @@ def load_settings(
         monitor=section("monitor", MonitorSettings),
         promotion=section("promotion", PromotionSettings),
         canary=section("canary", CanarySettings),
+        webhooks=section("webhooks", WebhookSettings),
         config_file=config_path,
     )

@@ -106,7 +106,9 @@ class Window:
     def figures(self, version: int, now: float) -> WindowFigures:
         """``version``'s figures over the last ``seconds`` before ``now``."""
         cutoff = now - self.seconds
-        recent = [s for s in list(self._samples.get(version, ())) if s[0] >= cutoff]
+        samples = self._samples.get(version)
+        # copy() is one C call under the GIL: the request threads may append meanwhile.
+        recent = [s for s in (samples.copy() if samples else ()) if s[0] >= cutoff]
         return figures(recent)
 
     def clear(self) -> None:

@@ -31,7 +31,7 @@ import click
 from conf.contract import ContractError, check_model_name, cv_mean_key, parse_version
 from conf.settings import Settings, SettingsError, load_settings
 from conf.uris import mask_uri
-from registry_bridge import database
+from registry_bridge import cli_webhooks, database
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ORPHAN_MIN_AGE_S, ModelStore, artifact_filename, checked_reason
 
@@ -603,6 +603,7 @@ def monitor_command(
         if not as_json:
             click.echo(f"wrote {len(written)} plot(s) to {plots}")
     if report["drift"]:
+        cli_webhooks.announce_drift(store, report)
         sys.exit(3)
 
 
@@ -873,6 +874,8 @@ def _say_prepared(active: Any) -> None:
     else:
         click.echo(render.prepared_line(prepared))
 
+
+main.add_command(cli_webhooks.group)  # bridge webhooks ... (registry_bridge/cli_webhooks.py)
 
 if __name__ == "__main__":
     main()

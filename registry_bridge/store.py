@@ -18,6 +18,9 @@ The one store used by the ``bridge`` CLI and the API. Data model (DESIGN.md):
   reference sets (registry_bridge/reference.py, written through this class only).
 - ``counters``: ``_id = "model_versions:<name>"``, the last version number handed out
   (``$inc`` is atomic, so concurrent publishers never share a number).
+- ``outbox``, a field of the version and pointer documents: each change's webhook event,
+  written with the change itself, then relayed to ``webhook_deliveries``
+  (registry_bridge/webhooks.py).
 
 Used by the API (keep these signatures stable):
     ModelStore(client_or_db, settings) / ModelStore.from_settings(settings)
@@ -60,7 +63,15 @@ from pymongo.errors import DuplicateKeyError
 
 from conf.contract import FEATURES, ContractError, check_model_name, parse_version
 from conf.settings import ApiSettings, CanarySettings, GateRule, RegistrySettings, Settings
-from registry_bridge import database, fleet, lease, onnx_check, pointer_guard, promotion
+from registry_bridge import (
+    database,
+    fleet,
+    lease,
+    onnx_check,
+    pointer_guard,
+    promotion,
+    webhooks,
+)
 from registry_bridge.artifacts import FORMAT, ORPHAN_MIN_AGE_S, GridFSArtifacts
 from registry_bridge.artifacts import artifact_filename as artifact_filename  # the CLI's import
 from registry_bridge.entities import (
@@ -194,6 +205,7 @@ class ModelStore:
         )
         self.log.create_index([("name", ASCENDING), ("at", ASCENDING)], name="name_at")
         self.references.ensure_indexes()
+        webhooks.ensure_indexes(self.db)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -383,21 +395,31 @@ class ModelStore:
             artifact,
             {"run_id": draft.run_id, "metrics": dict(draft.metrics)},
         )
+        # The webhook event goes in with the version: one write, so a crash cannot lose it.
+        event = webhooks.new_event(
+            "publish",
+            draft.name,
+            None,
+            version,
+            draft.created_by,
+            None,
+            {"run_id": draft.run_id, "sha256": stored.sha256},
+        )
+        document = {
+            **asdict(draft),
+            "version": version,
+            "created_at": utcnow(),
+            "format": FORMAT,
+            "artifact_file_id": stored.file_id,
+            "filename": stored.filename,
+            "sha256": stored.sha256,
+            "size_bytes": stored.size_bytes,
+            "status": READY,
+            **({} if key is None else {"publish_key": key}),
+            webhooks.OUTBOX: [event],
+        }
         try:
-            self._insert_version(
-                {
-                    **asdict(draft),
-                    "version": version,
-                    "created_at": utcnow(),
-                    "format": FORMAT,
-                    "artifact_file_id": stored.file_id,
-                    "filename": stored.filename,
-                    "sha256": stored.sha256,
-                    "size_bytes": stored.size_bytes,
-                    "status": READY,
-                    **({} if key is None else {"publish_key": key}),
-                }
-            )
+            self._insert_version(document)
         except BaseException:
             self.artifacts.delete(stored.file_id, f"{draft.name} v{version}")
             raise
@@ -409,6 +431,7 @@ class ModelStore:
             stored.file_id,
             stored.sha256,
         )
+        webhooks.relay(self.db, VERSIONS, document["_id"], [event])
         self.update_mirror(draft.name, "publish")
         return PublishResult(self.get_model_version(draft.name, version), created=True)
 
@@ -592,9 +615,18 @@ class ModelStore:
             "started_at": utcnow().isoformat(),
             "started_by": by,
         }
-        moved = self.state.find_one_and_update(
+        event = webhooks.new_event(
+            "canary",
+            name,
+            current.active_version,
+            target.version,
+            by,
+            reason,
+            {"action": "canary-start", "percent": float(percent)},
+        )
+        moved = self.state.find_one_and_update(  # the webhook event in the same write
             {"_id": name, "active_version": current.active_version},
-            {"$set": {"canary": canary}},
+            {"$set": {"canary": canary}, "$push": {webhooks.OUTBOX: event}},
             return_document=ReturnDocument.AFTER,
         )
         acknowledged_at = time.monotonic()
@@ -608,7 +640,8 @@ class ModelStore:
             self.versions.find_one({"name": name, "version": target.version}, {"status": 1})
         ):  # a deletion marked it meanwhile (pointer_guard.py): take the canary back
             self.state.update_one(
-                {"_id": name, "canary.version": target.version}, {"$unset": {"canary": ""}}
+                {"_id": name, "canary.version": target.version},
+                {"$unset": {"canary": ""}, "$pull": {webhooks.OUTBOX: {"id": event["id"]}}},
             )
             raise RegistryError("CONFLICT", f"{target.label} is being deleted; no canary started")
         self._log_canary(
@@ -623,6 +656,7 @@ class ModelStore:
         lease.wait_after(
             acknowledged_at, lease.commit_wait_ms(self.pointer_lease_ms, current.lease_ms)
         )
+        webhooks.relay(self.db, STATE, name, [event])
         return ActiveState.from_document(moved)
 
     @_translated
@@ -645,11 +679,21 @@ class ModelStore:
         current = self.get_active_version(name)
         running = (current.canary or {}) if current is not None else {}
         wanted = version if version is not None else running.get("version")
+        by = by or current_user()
         ended = None
         if wanted is not None:
-            ended = self.state.find_one_and_update(
+            event = webhooks.new_event(
+                "canary",
+                name,
+                wanted,
+                current.active_version if current is not None else None,
+                by,
+                reason,
+                {"action": "canary-abort", **({"figures": dict(figures)} if figures else {})},
+            )
+            ended = self.state.find_one_and_update(  # the webhook event in the same write
                 {"_id": name, "canary.version": wanted},
-                {"$unset": {"canary": ""}},
+                {"$unset": {"canary": ""}, "$push": {webhooks.OUTBOX: event}},
                 return_document=ReturnDocument.AFTER,
             )
         acknowledged_at = time.monotonic()
@@ -662,7 +706,7 @@ class ModelStore:
             "canary-abort",
             wanted,
             ended.get("active_version"),
-            by or current_user(),
+            by,
             reason,
             dict(figures or {}),
         )
@@ -670,6 +714,7 @@ class ModelStore:
             acknowledged_at,
             lease.commit_wait_ms(self.pointer_lease_ms, int(ended.get("lease_ms") or 0)),
         )
+        webhooks.relay(self.db, STATE, name, [event])
         return ActiveState.from_document(ended)
 
     def promote_canary(
@@ -909,6 +954,11 @@ class ModelStore:
         by = by or current_user()
         now = utcnow()
         from_version = current.active_version if current else None
+        # A canary's promotion is an activation to whoever listens to activations.
+        kind, details = (
+            ("activate", {"action": action}) if action == "canary-promote" else (action, None)
+        )
+        outbox = [webhooks.new_event(kind, name, from_version, to_version, by, reason, details)]
         # The whole (small) document is replaced rather than $set: dates then stay BSON
         # dates on every server (the embedded one stores $set dates as text).
         new_state = {
@@ -920,6 +970,7 @@ class ModelStore:
             "reason": reason,
             "lease_ms": self.pointer_lease_ms,
             pointer_guard.TOKEN: uuid.uuid4().hex,  # lets this move be undone, and only it
+            webhooks.OUTBOX: outbox,
         }
         replaced: dict[str, Any] | None
         if current is None:
@@ -929,8 +980,17 @@ class ModelStore:
             except DuplicateKeyError:  # another activation created the state first
                 replaced = None
         else:
+            # Events of earlier moves still waiting in the pointer (their writer died before
+            # relaying them) are carried into the new one; the token in the filter makes sure
+            # no move came in between, whose events this replace would drop.
+            held = self.state.find_one({"_id": name}) or {}
+            outbox[:0] = held.get(webhooks.OUTBOX) or []
             replaced = self.state.find_one_and_replace(
-                {"_id": name, "active_version": from_version},
+                {
+                    "_id": name,
+                    "active_version": from_version,
+                    pointer_guard.TOKEN: held.get(pointer_guard.TOKEN),
+                },
                 new_state,
                 return_document=ReturnDocument.BEFORE,
             )
@@ -965,6 +1025,8 @@ class ModelStore:
         # Commit wait: reads that began before the write expire before we acknowledge.
         wait_ms = lease.commit_wait_ms(self.pointer_lease_ms, int(replaced.get("lease_ms") or 0))
         lease.wait_after(acknowledged_at, wait_ms)
+        # After the commit wait: a receiver that asks the API then gets the new version.
+        webhooks.relay(self.db, STATE, name, outbox)
         return ActiveState.from_document(new_state)
 
     def _keep_only_if_ready(
@@ -1052,11 +1114,14 @@ class ModelStore:
             RegistryError: NOT_FOUND for an unknown version, CONFLICT for the active one.
         """
         marked = self._mark_deleting(name, version)
+        by = by or current_user()
+        event = webhooks.new_event("delete", name, marked["version"], None, by, None)
         tombstone = {
             **marked,
             "status": DELETED,
             "deleted_at": utcnow(),
-            "deleted_by": by or current_user(),
+            "deleted_by": by,
+            webhooks.OUTBOX: [*(marked.get(webhooks.OUTBOX) or []), event],
         }
         tombstone.pop("publish_key", None)  # the run may be published again
         changed = self.versions.find_one_and_replace(
@@ -1069,6 +1134,7 @@ class ModelStore:
             raise RegistryError("NOT_FOUND", f"{target.label} was deleted meanwhile")
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("deleted %s (file %s)", target.label, target.artifact_file_id)
+        webhooks.relay(self.db, VERSIONS, marked["_id"], tombstone[webhooks.OUTBOX])
         self.update_mirror(name, "delete")
         return ModelVersion.from_document(changed)
 
@@ -1083,6 +1149,11 @@ class ModelStore:
         self.versions.delete_one({"_id": marked["_id"], "status": DELETING})
         self.artifacts.delete(target.artifact_file_id, target.label)
         log.info("unpublished %s", target.label)
+        # Its publish event may have gone out already: say the version is gone.
+        webhooks.emit(
+            self.db,
+            webhooks.new_event("delete", name, version, None, None, "publish undone"),
+        )
         self.update_mirror(name, "unpublish")
 
     def _mark_deleting(self, name: str, version: int) -> dict[str, Any]:
