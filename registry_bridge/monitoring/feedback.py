@@ -1,0 +1,724 @@
+"""Feedback: ground-truth labels joined to the requests the API captured.
+
+A label names a request by the id its answer carried (``request_id``, ``X-Request-Id``)
+and, for a request of several records, the record (its index in the request or its row
+in a ``/batch-predict`` upload; default 0). :func:`record_feedback` joins every label of
+a call to its captured record in ``inference_log`` and stores it with the model name,
+the version, the decision the API made, the time of the request and the time of the
+label. A call is all or nothing: an unknown id, a label that is not a class of the
+version, a duplicate (twice in the call, or labelled before) or a malformed row refuses
+the whole call with INVALID_INPUT, one detail per row (``{"row", "request_id", "field",
+"problem"}``, rows counted from 1), and nothing is stored.
+
+The ``feedback`` collection is written here only. Like ``inference_log`` it is
+**columnar**: one document per (call, name, version), so a quality report over 100,000
+labels reads a few documents, not 100,000 (the embedded server's cost goes per element).
+Layout (``format`` 1; little-endian numpy bytes in ``bson.Binary``, read back with
+``np.frombuffer`` only)::
+
+    {name, version, call,                  # call: one id per accepted call
+     labelled_at, by,                      # BSON date of the call, who sent it
+     first_at, last_at,                    # BSON dates: first and last request labelled
+     count, format: 1,
+     classes: [names],                     # the version's classes: codes index them
+     keys: ["<request_id>#<record>", ...], # one per label; unique per name (index)
+     at: <f8 per label (request time, epoch s), label: <i2 (code), decision: <i2 (-1: none)}
+
+Uniqueness: a unique multikey index on ``(name, keys)`` refuses a label stored twice on
+MongoDB; the embedded server does not enforce unique multikey indexes (docs/embedded-
+mongo.md), so a call also looks, after its insert, for another call holding one of its
+keys and withdraws itself if it finds one (of two racing calls at least the later one
+withdraws; neither leaves a duplicate).
+
+Plain numpy: the API's workers import this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from bson.binary import Binary
+from pymongo import ASCENDING
+from pymongo.errors import PyMongoError
+
+from registry_bridge.errors import RegistryError, first_line
+from registry_bridge.monitoring.inference_log import (
+    DECISION_FIELDS,
+    INFERENCE_LOG,
+    MalformedBucket,
+    read_decisions,
+)
+from registry_bridge.scoring.csv_safe import safe_text
+
+log = logging.getLogger(__name__)
+
+FEEDBACK = "feedback"
+FORMAT = 1
+# Labels accepted in one call (JSON or CSV): one call is one database write of at most a
+# few documents, ~0.5 MB, and is answered within the goal of 2 s.
+MAX_LABELS = 10_000
+# The largest feedback body or file: 10,000 rows of a 64-character id and a label.
+MAX_FEEDBACK_BYTES = 2 * 1024 * 1024
+MAX_REQUEST_ID_CHARS = 64  # api/capture.py's request ids: [A-Za-z0-9._:-]{1,64}
+MAX_LABEL_CHARS = 100
+MAX_RECORD = 2**31 - 1  # a record's row is stored as int32
+MAX_DETAILS = 100  # problems listed in one refusal (the message gives the total)
+_PLAIN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+CSV_COLUMNS = ("request_id", "label", "record")  # record: optional
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One label as sent: its row in the call (from 1), the request id, the label, and the
+    record of the request (None: not given, i.e. 0)."""
+
+    row: int
+    request_id: str
+    label: str
+    record: int | None = None
+
+
+@dataclass
+class FeedbackResult:
+    """What a call stored: labels per (name, version), and the unknown ids it skipped."""
+
+    call: str
+    stored: int
+    versions: dict[tuple[str, int], int] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "call": self.call,
+            "stored": self.stored,
+            "versions": [
+                {"name": name, "version": version, "labels": n}
+                for (name, version), n in sorted(self.versions.items())
+            ],
+            "skipped": self.skipped,
+        }
+
+
+# --- echoing what a client sent ------------------------------------------------------
+
+
+def echoed(value: Any, limit: int = MAX_REQUEST_ID_CHARS) -> str:
+    """A client's value as an answer or a terminal may show it: plain ids unchanged, any
+    other text ASCII-escaped (no control, escape or bidirectional character), cut to
+    ``limit`` characters, and never starting like a spreadsheet formula."""
+    text = value if isinstance(value, str) else repr(value)
+    if not _PLAIN_ID.match(text):
+        text = ascii(text)[1:-1]
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} chars)"
+    return safe_text(text)
+
+
+def _problem(row: LabelRow | int, field_name: str, problem: str, request_id: Any = None) -> dict:
+    number = row.row if isinstance(row, LabelRow) else row
+    given = row.request_id if isinstance(row, LabelRow) else request_id
+    detail: dict[str, Any] = {"row": number}
+    if given is not None:
+        detail["request_id"] = echoed(given)
+    detail.update(field=field_name, problem=problem)
+    return detail
+
+
+def refusal(problems: list[dict[str, Any]], rows: int) -> RegistryError:
+    """INVALID_INPUT listing the first MAX_DETAILS problems; nothing was stored."""
+    shown = problems[:MAX_DETAILS]
+    more = f" (the first {MAX_DETAILS} are listed)" if len(problems) > MAX_DETAILS else ""
+    first = shown[0]
+    return RegistryError(
+        "INVALID_INPUT",
+        f"{len(problems)} of {rows} label row(s) refused{more}; nothing was stored. "
+        f"Row {first['row']}: {first['field']} {first['problem']}",
+        shown,
+    )
+
+
+def too_many(count: int | str) -> RegistryError:
+    return RegistryError(
+        "PAYLOAD_TOO_LARGE",
+        f"{count} labels in one call; at most {MAX_LABELS} (send several calls)",
+        [{"field": "labels", "problem": "too many", "limit_records": MAX_LABELS}],
+    )
+
+
+def too_large() -> RegistryError:
+    return RegistryError(
+        "PAYLOAD_TOO_LARGE",
+        f"the feedback is larger than the limit of {MAX_FEEDBACK_BYTES // (1024 * 1024)} MB",
+        [{"field": "body", "problem": "too large", "limit_bytes": MAX_FEEDBACK_BYTES}],
+    )
+
+
+def describe_problem(detail: Mapping[str, Any]) -> str:
+    """One refusal detail as a line: ``row 3 (request abc-1): label ... is not a class``."""
+    where = f"row {detail['row']}" if "row" in detail else f"line {detail.get('line', '?')}"
+    if "request_id" in detail:
+        where += f" (request {detail['request_id']})"
+    return f"{where}: {detail.get('field', '')} {detail.get('problem', '')}"
+
+
+# --- parsing: JSON and CSV -----------------------------------------------------------
+
+
+def parse_json_labels(body: Any) -> list[LabelRow]:
+    """``{"labels": [{"request_id", "label", "record"?}, ...]}`` as rows.
+
+    Raises:
+        RegistryError: INVALID_INPUT naming each malformed row, PAYLOAD_TOO_LARGE beyond
+            MAX_LABELS.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("labels"), list):
+        raise RegistryError(
+            "INVALID_INPUT",
+            'the body must be {"labels": [{"request_id": "...", "label": "..."}, ...]}',
+            [{"field": "labels", "problem": "missing or not a list"}],
+        )
+    items = body["labels"]
+    if len(items) > MAX_LABELS:
+        raise too_many(len(items))
+    rows, problems = [], []
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            problems.append(_problem(number, "labels", "is not an object"))
+            continue
+        unknown = sorted(set(item) - set(CSV_COLUMNS))
+        if unknown:
+            keys = ", ".join(echoed(k, 40) for k in unknown[:5])
+            problems.append(
+                _problem(number, "labels", f"has unknown keys: {keys}", item.get("request_id"))
+            )
+            continue
+        row, problem = _row(number, item.get("request_id"), item.get("label"), item.get("record"))
+        if problem:
+            problems.append(problem)
+        elif row is not None:
+            rows.append(row)
+    if problems:
+        raise refusal(problems, len(items))
+    return rows
+
+
+def parse_csv_labels(text: str) -> list[LabelRow]:
+    """A CSV with the header ``request_id,label`` (and optionally ``record``) as rows.
+
+    Raises:
+        RegistryError: INVALID_INPUT naming the header or each malformed row,
+            PAYLOAD_TOO_LARGE beyond MAX_LABELS rows.
+    """
+    lines = text.lstrip("\ufeff").splitlines()
+    data_lines = sum(1 for line in lines[1:] if line.strip())
+    if data_lines > MAX_LABELS:
+        raise too_many(data_lines)
+    reader = csv.reader(lines)
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+    except csv.Error as exc:
+        raise _bad_csv(1, exc) from None
+    if header[:2] != ["request_id", "label"] or header[2:] not in ([], ["record"]):
+        raise RegistryError(
+            "INVALID_INPUT",
+            "the CSV's header must be request_id,label (or request_id,label,record), got "
+            f"{echoed(','.join(header), 80)!r}",
+            [{"line": 1, "field": "header", "problem": "not request_id,label[,record]"}],
+        )
+    rows, problems, number = [], [], 0
+    try:
+        for cells in reader:
+            if not cells or all(not c.strip() for c in cells):
+                continue  # blank lines
+            number += 1
+            if len(cells) != len(header):
+                problems.append(
+                    _problem(
+                        number,
+                        "row",
+                        f"has {len(cells)} cell(s), not {len(header)} (line {reader.line_num})",
+                        cells[0] if cells else None,
+                    )
+                )
+                continue
+            record = cells[2].strip() if len(cells) > 2 else ""
+            row, problem = _row(number, cells[0].strip(), cells[1].strip(), record or None)
+            if problem:
+                problems.append(problem)
+            elif row is not None:
+                rows.append(row)
+    except csv.Error as exc:
+        raise _bad_csv(reader.line_num, exc) from None
+    if problems:
+        raise refusal(problems, number)
+    return rows
+
+
+def _bad_csv(line: int, exc: Exception) -> RegistryError:
+    return RegistryError(
+        "INVALID_INPUT",
+        f"the CSV is malformed at line {line}: {echoed(str(exc), 120)}",
+        [{"line": line, "field": "body", "problem": "malformed CSV"}],
+    )
+
+
+def parse_labels_file(data: bytes, kind: str | None = None) -> list[LabelRow]:
+    """A feedback file's rows: JSON (``kind`` "json", or text starting with ``{``) or CSV.
+
+    Raises:
+        RegistryError: PAYLOAD_TOO_LARGE beyond MAX_FEEDBACK_BYTES, INVALID_INPUT otherwise.
+    """
+    if len(data) > MAX_FEEDBACK_BYTES:
+        raise too_large()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"the feedback is not UTF-8 text (byte {exc.start})",
+            [{"field": "body", "problem": "not UTF-8"}],
+        ) from None
+    if kind == "json" or (kind is None and text.lstrip("\ufeff \t\r\n").startswith("{")):
+        import json
+
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise RegistryError(
+                "INVALID_INPUT",
+                f"the feedback is not valid JSON: {echoed(str(exc), 120)}",
+                [{"field": "body", "problem": "malformed JSON"}],
+            ) from None
+        return parse_json_labels(body)
+    return parse_csv_labels(text)
+
+
+def _row(
+    number: int, request_id: Any, label: Any, record: Any
+) -> tuple[LabelRow | None, dict[str, Any] | None]:
+    """One row checked: (the row, None) or (None, its first problem)."""
+    if not isinstance(request_id, str) or not request_id.strip():
+        return None, _problem(number, "request_id", "is missing or not a text", request_id)
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not _PLAIN_ID.match(request_id):
+        return None, _problem(
+            number,
+            "request_id",
+            f"is not a request id of this API (1 to {MAX_REQUEST_ID_CHARS} of A-Z a-z 0-9 . _ : -)",
+            request_id,
+        )
+    if not isinstance(label, str) or not label.strip():
+        return None, _problem(number, "label", "is missing or not a text", request_id)
+    if len(label) > MAX_LABEL_CHARS:
+        return None, _problem(
+            number,
+            "label",
+            f"is {len(label)} characters long; at most {MAX_LABEL_CHARS}",
+            request_id,
+        )
+    index = None
+    if record is not None:
+        if isinstance(record, str) and record.isascii() and record.isdigit() and len(record) < 11:
+            record = int(record)
+        if isinstance(record, bool) or not isinstance(record, int) or not 0 <= record <= MAX_RECORD:
+            return None, _problem(
+                number, "record", "must be a whole number from 0 (the record's index)", request_id
+            )
+        index = record
+    return LabelRow(number, request_id, label.strip(), index), None
+
+
+# --- the join and the write ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Captured:
+    """One captured request a label may point to."""
+
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    t: float
+    rows: dict[int, str | None]  # record row -> the decision (None: no prediction)
+
+
+_ensured: set[tuple[int, str]] = set()
+
+
+def ensure_indexes(db: Any) -> None:
+    """The indexes feedback needs (once per process and database; idempotent).
+
+    ``inference_log.request_ids``: the join (a multikey index; MongoDB uses it for
+    ``$in``, the embedded server scans, docs/embedded-mongo.md). ``feedback``: unique
+    ``(name, keys)`` against duplicates, ``(name, last_at)`` for the quality reports.
+    """
+    key = (id(db.client), db.name)
+    if key in _ensured:
+        return
+    db[INFERENCE_LOG].create_index("request_ids", name="request_ids")
+    db[FEEDBACK].create_index(
+        [("name", ASCENDING), ("keys", ASCENDING)], unique=True, name="name_keys_unique"
+    )
+    db[FEEDBACK].create_index([("name", ASCENDING), ("last_at", ASCENDING)], name="name_last_at")
+    _ensured.add(key)
+
+
+def record_feedback(
+    db: Any,
+    rows: Sequence[LabelRow],
+    name: str | None = None,
+    by: str | None = None,
+    skip_unknown: bool = False,
+    now: datetime | None = None,
+) -> FeedbackResult:
+    """Join ``rows`` to their captured requests and store them, all or nothing.
+
+    Args:
+        name: only requests captured for this model name (None: any name).
+        skip_unknown: an id with no captured request is reported in ``skipped`` instead
+            of refusing the call (capture keeps a sample; ``capture.sample_percent``).
+
+    Raises:
+        RegistryError: INVALID_INPUT with one detail per bad row (nothing stored),
+            REGISTRY_UNAVAILABLE when the database fails (nothing stored).
+    """
+    call = uuid.uuid4().hex
+    if not rows:
+        raise RegistryError(
+            "INVALID_INPUT", "no labels to store", [{"field": "labels", "problem": "empty"}]
+        )
+    if len(rows) > MAX_LABELS:
+        raise too_many(len(rows))
+    try:
+        ensure_indexes(db)
+        captured = _captured(db, {r.request_id for r in rows}, name)
+        joined, problems, skipped = _join(rows, captured, name, skip_unknown)
+        if not problems:
+            problems = _already_labelled(db, joined)
+        if problems:
+            raise refusal(problems, len(rows))
+        result = FeedbackResult(call, 0, skipped=skipped)
+        if joined:
+            _write(db, joined, call, by, now or datetime.now(UTC), result)
+        return result
+    except PyMongoError as exc:
+        raise RegistryError(
+            "REGISTRY_UNAVAILABLE",
+            "the registry database refused the feedback; nothing was stored",
+            operator_detail=f"({first_line(exc)})",
+        ) from None
+
+
+def _captured(db: Any, ids: set[str], name: str | None) -> dict[str, list[_Captured]]:
+    """Every captured request carrying one of ``ids``, by id (one query, features left out)."""
+    query: dict[str, Any] = {"request_ids": {"$in": sorted(ids)}}
+    if name is not None:
+        query["name"] = name
+    found: dict[str, list[_Captured]] = {}
+    for doc in db[INFERENCE_LOG].find(query, dict.fromkeys(DECISION_FIELDS, 1)):
+        try:
+            bucket = read_decisions(doc)
+        except MalformedBucket as exc:
+            log.warning("%s document %s skipped: %s", INFERENCE_LOG, doc.get("_id"), exc)
+            continue
+        rows_of: dict[int, dict[int, str | None]] = {}
+        for j, row, label in zip(
+            bucket.request.tolist(), bucket.rows.tolist(), bucket.labels, strict=True
+        ):
+            rows_of.setdefault(j, {})[row] = label
+        for j, rid in enumerate(bucket.request_ids):
+            if rid in ids:
+                found.setdefault(rid, []).append(
+                    _Captured(
+                        bucket.name,
+                        bucket.version,
+                        bucket.classes,
+                        float(bucket.t[j]),
+                        rows_of.get(j, {}),
+                    )
+                )
+    return found
+
+
+@dataclass(frozen=True)
+class _Joined:
+    row: LabelRow
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    t: float
+    record: int
+    decision: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.row.request_id}#{self.record}"
+
+
+def _join(
+    rows: Sequence[LabelRow],
+    captured: Mapping[str, list[_Captured]],
+    name: str | None,
+    skip_unknown: bool,
+) -> tuple[list[_Joined], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(joined rows, problems, skipped unknown ids) — a row has at most one problem."""
+    joined: list[_Joined] = []
+    problems: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    first_row: dict[tuple[str, str, int], int] = {}
+    where = f" for {echoed(name, 100)}" if name else ""
+    for row in rows:
+        matches = captured.get(row.request_id, [])
+        if not matches:
+            problem = _problem(
+                row,
+                "request_id",
+                f"has no captured request{where} (unknown, not sampled by "
+                "capture.sample_percent, or older than capture.retention_days)",
+            )
+            (skipped if skip_unknown else problems).append(problem)
+            continue
+        if len(matches) > 1:
+            problems.append(
+                _problem(
+                    row,
+                    "request_id",
+                    f"names {len(matches)} captured requests (a client reused its X-Request-Id)",
+                )
+            )
+            continue
+        found = matches[0]
+        record = 0 if row.record is None else row.record
+        if row.record is None and len(found.rows) > 1:
+            problems.append(
+                _problem(
+                    row,
+                    "record",
+                    f"is needed: the request has {len(found.rows)} captured records",
+                )
+            )
+            continue
+        if record not in found.rows:
+            kept = sorted(found.rows)[:10]
+            problems.append(
+                _problem(row, "record", f"{record} was not captured (captured: {kept})")
+            )
+            continue
+        decision = found.rows[record]
+        if row.label not in found.classes:
+            problems.append(
+                _problem(
+                    row,
+                    "label",
+                    f"{echoed(row.label, MAX_LABEL_CHARS)!r} is not a class of "
+                    f"{echoed(found.name, 100)} v{found.version} "
+                    f"({', '.join(found.classes)})",
+                )
+            )
+            continue
+        if decision is None:
+            problems.append(
+                _problem(row, "record", "has no prediction to compare with (a bad cell)")
+            )
+            continue
+        key = (found.name, row.request_id, record)
+        if key in first_row:
+            problems.append(
+                _problem(
+                    row, "request_id", f"is labelled twice in this call (row {first_row[key]})"
+                )
+            )
+            continue
+        first_row[key] = row.row
+        joined.append(
+            _Joined(row, found.name, found.version, found.classes, found.t, record, decision)
+        )
+    return joined, problems, skipped
+
+
+def _already_labelled(db: Any, joined: Sequence[_Joined]) -> list[dict[str, Any]]:
+    """A problem per row whose record a stored call labelled already."""
+    by_name: dict[str, dict[str, _Joined]] = {}
+    for j in joined:
+        by_name.setdefault(j.name, {})[j.key] = j
+    problems = []
+    for name, keyed in by_name.items():
+        for doc in _holding(db, name, keyed, {"keys": 1, "labelled_at": 1}):
+            at = doc.get("labelled_at")
+            when = at.strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(at, datetime) else "before"
+            for key in set(doc.get("keys") or ()) & keyed.keys():
+                problems.append(
+                    _problem(keyed[key].row, "request_id", f"is already labelled ({when})")
+                )
+    return sorted(problems, key=lambda p: p["row"])
+
+
+def _holding(
+    db: Any, name: str, keys: Iterable[str], projection: dict[str, int], other_than: str = ""
+) -> Iterator[dict[str, Any]]:
+    query: dict[str, Any] = {"name": name, "keys": {"$in": sorted(keys)}}
+    if other_than:
+        query["call"] = {"$ne": other_than}
+    yield from db[FEEDBACK].find(query, projection)
+
+
+def _write(
+    db: Any,
+    joined: Sequence[_Joined],
+    call: str,
+    by: str | None,
+    now: datetime,
+    result: FeedbackResult,
+) -> None:
+    """One document per (name, version); withdrawn whole on any failure or race."""
+    groups: dict[tuple[str, int], list[_Joined]] = {}
+    for j in joined:
+        groups.setdefault((j.name, j.version), []).append(j)
+    docs = [
+        _document(name, version, items, call, by, now) for (name, version), items in groups.items()
+    ]
+    collection = db[FEEDBACK]
+    try:
+        collection.insert_many(docs, ordered=True)
+        raced = []
+        for name in {j.name for j in joined}:
+            keyed = {j.key: j for j in joined if j.name == name}
+            for doc in _holding(db, name, keyed, {"keys": 1}, other_than=call):
+                raced += [keyed[k] for k in set(doc.get("keys") or ()) & keyed.keys()]
+    except BaseException as exc:
+        _withdraw(collection, call)
+        if type(exc).__name__ == "BulkWriteError":  # the unique index saw a concurrent call
+            raise RegistryError(
+                "INVALID_INPUT",
+                "another call labelled some of these records at the same time; nothing was "
+                "stored (send the call again: the rows already labelled will be named)",
+                [{"field": "labels", "problem": "labelled concurrently"}],
+            ) from None
+        raise
+    if raced:
+        _withdraw(collection, call)
+        problems = [
+            _problem(j.row, "request_id", "was labelled by a concurrent call")
+            for j in sorted(raced, key=lambda j: j.row.row)
+        ]
+        raise refusal(problems, len(joined))
+    result.stored = len(joined)
+    result.versions = {k: len(v) for k, v in groups.items()}
+    log.info("feedback call %s: %d label(s) stored by %s", call, len(joined), by)
+
+
+def _withdraw(collection: Any, call: str) -> None:
+    try:
+        collection.delete_many({"call": call})
+    except PyMongoError as exc:  # reported by the caller's error; the log says what is left
+        log.error("feedback call %s may be partly stored: %s", call, first_line(exc))
+
+
+def _document(
+    name: str, version: int, items: Sequence[_Joined], call: str, by: str | None, now: datetime
+) -> dict[str, Any]:
+    classes = list(items[0].classes)
+    code = {c: i for i, c in enumerate(classes)}
+    at = np.array([j.t for j in items], dtype="<f8")
+    return {
+        "name": name,
+        "version": int(version),
+        "call": call,
+        "labelled_at": now,
+        "by": by,
+        "first_at": datetime.fromtimestamp(float(at.min()), UTC),
+        "last_at": datetime.fromtimestamp(float(at.max()), UTC),
+        "count": len(items),
+        "format": FORMAT,
+        "classes": classes,
+        "keys": [j.key for j in items],
+        "at": Binary(at.tobytes()),
+        "label": Binary(np.array([code[j.row.label] for j in items], dtype="<i2").tobytes()),
+        "decision": Binary(
+            np.array([code.get(j.decision or "", -1) for j in items], dtype="<i2").tobytes()
+        ),
+    }
+
+
+# --- reading back --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One version's labelled records in a window: class codes of the truth and of the
+    decision (into ``classes``; -1: no decision)."""
+
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    truth: np.ndarray
+    decision: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.truth.size)
+
+
+def read_labelled(
+    db: Any, name: str, since: datetime, until: datetime, version: int | None = None
+) -> dict[int, Labelled]:
+    """Per version, the labels of requests made in [since, until) (a few documents read)."""
+    query: dict[str, Any] = {"name": name, "last_at": {"$gte": since}, "first_at": {"$lt": until}}
+    if version is not None:
+        query["version"] = int(version)
+    low, high = since.timestamp(), until.timestamp()
+    parts: dict[int, tuple[tuple[str, ...], list[np.ndarray], list[np.ndarray]]] = {}
+    for doc in db[FEEDBACK].find(query, {"keys": 0}):
+        try:
+            number, classes, truth, decision, at = _columns(doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("%s document %s skipped: %s", FEEDBACK, doc.get("_id"), exc)
+            continue
+        keep = (at >= low) & (at < high)
+        known, truths, decisions = parts.setdefault(number, (classes, [], []))
+        if classes != known:  # the same version lists the same classes; recode if not
+            truth, decision = _recode(truth, classes, known), _recode(decision, classes, known)
+        truths.append(truth[keep])
+        decisions.append(decision[keep])
+    return {
+        number: Labelled(name, number, classes, np.concatenate(truths), np.concatenate(decisions))
+        for number, (classes, truths, decisions) in parts.items()
+    }
+
+
+def _columns(
+    doc: Mapping[str, Any],
+) -> tuple[int, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"format {doc.get('format')!r}, not {FORMAT}")
+    count = int(doc["count"])
+    classes = tuple(str(c) for c in doc["classes"])
+    columns = []
+    for key, dtype in (("label", "<i2"), ("decision", "<i2"), ("at", "<f8")):
+        value = doc[key]
+        if not isinstance(value, bytes) or len(value) != count * np.dtype(dtype).itemsize:
+            raise ValueError(f"{key} does not hold {count} values")
+        columns.append(np.frombuffer(value, dtype=dtype))
+    truth, decision, at = columns
+    if count and (truth.min() < 0 or max(truth.max(), decision.max()) >= len(classes)):
+        raise ValueError("a code is not among classes")
+    return int(doc["version"]), classes, truth.astype(np.int64), decision.astype(np.int64), at
+
+
+def _recode(codes: np.ndarray, classes: Sequence[str], into: Sequence[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(into)}
+    table = np.array([index.get(c, -1) for c in classes] + [-1], dtype=np.int64)
+    return table[codes]  # -1 (no decision) reads the last entry
+
+
+def newest_call(db: Any, name: str) -> Any:
+    """The id of the newest feedback document of ``name`` (None: none), for caches."""
+    doc = db[FEEDBACK].find_one({"name": name}, {"_id": 1}, sort=[("_id", -1)])
+    return None if doc is None else doc["_id"]
