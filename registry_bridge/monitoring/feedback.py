@@ -670,7 +670,8 @@ def read_labelled(
     db: Any, name: str, since: datetime, until: datetime, version: int | None = None
 ) -> dict[int, Labelled]:
     """Per version, the labels of requests made in [since, until) (a few documents read)."""
-    query: dict[str, Any] = {"name": name, "last_at": {"$gte": since}, "first_at": {"$lt": until}}
+    # Documents whose newest request is in the window; each label's own time decides.
+    query: dict[str, Any] = {"name": name, "last_at": {"$gte": since}}
     if version is not None:
         query["version"] = int(version)
     low, high = since.timestamp(), until.timestamp()
