@@ -547,8 +547,8 @@ def _feedback_path() -> dict[str, Any]:
     label = _object(
         ["request_id", "label"],
         {
-            "request_id": {"type": "string", "maxLength": 64},
-            "label": {"type": "string", "maxLength": 100},
+            "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+            "label": {"type": "string", "minLength": 1, "maxLength": 100},
             "record": {"type": "integer", "minimum": 0, "description": "default 0"},
         },
     )

@@ -37,8 +37,13 @@ def label(store: ModelStore, name: str, version: int, matrix, classes, prefix: s
     """Capture one request per (label, decision) pair of ``matrix`` and label them all."""
     pairs = pairs_for(matrix, classes)
     ids = [f"{prefix}-{i}" for i in range(len(pairs))]
-    capture(store.db, name, version, [(rid, [d]) for rid, (_, d) in zip(ids, pairs)], at=at)
-    rows = [LabelRow(n, rid, truth) for n, (rid, (truth, _)) in enumerate(zip(ids, pairs), 1)]
+    capture(
+        store.db, name, version, [(rid, [d]) for rid, (_, d) in zip(ids, pairs, strict=True)], at=at
+    )
+    rows = [
+        LabelRow(n, rid, truth)
+        for n, (rid, (truth, _)) in enumerate(zip(ids, pairs, strict=True), 1)
+    ]
     feedback.record_feedback(store.db, rows, name=name)
 
 
@@ -71,7 +76,7 @@ def test_three_class_figures_match_the_hand_computed_matrix(store):
     assert entry["labelled"] == 15 and entry["captured"] == 20 and entry["coverage"] == 0.75
     assert entry["accuracy"] == pytest.approx(ACCURACY_3C)
     assert entry["f1_macro"] == pytest.approx(F1_3C)
-    truth, decided = zip(*pairs_for(MATRIX_3C, CLASSES))
+    truth, decided = zip(*pairs_for(MATRIX_3C, CLASSES), strict=True)
     assert entry["f1_macro"] == pytest.approx(
         f1_score(truth, decided, average="macro", labels=CLASSES, zero_division=0)
     )
