@@ -20,7 +20,7 @@ from api.body import read_body
 from api.models import bearer_refusal
 from api.validation import parse_json
 from registry_bridge.errors import RegistryError
-from registry_bridge.monitoring import feedback
+from registry_bridge.monitoring import feedback, feedback_rows
 from registry_bridge.store import checked_name
 
 bp = Blueprint("feedback", __name__)
@@ -56,7 +56,7 @@ def post_feedback() -> Response:
     if unknown not in ("refuse", "skip"):
         raise RegistryError(
             "INVALID_INPUT",
-            f"unknown must be refuse or skip, got {feedback.echoed(unknown, 40)!r}",
+            f"unknown must be refuse or skip, got {feedback_rows.echoed(unknown, 40)!r}",
             [{"field": "unknown", "problem": "not refuse or skip"}],
         )
     rows = _rows()
@@ -70,17 +70,21 @@ def post_feedback() -> Response:
     return jsonify(result.to_dict())
 
 
-def _rows() -> list[feedback.LabelRow]:
+def _rows() -> list[feedback_rows.LabelRow]:
     """The call's label rows, from whichever body it sent."""
     media = request.mimetype
     if request.is_json:
-        return feedback.parse_json_labels(parse_json(read_body(feedback.MAX_FEEDBACK_BYTES)))
+        return feedback_rows.parse_json_labels(
+            parse_json(read_body(feedback_rows.MAX_FEEDBACK_BYTES))
+        )
     if media == "text/csv":
-        return feedback.parse_labels_file(bytes(read_body(feedback.MAX_FEEDBACK_BYTES)), "csv")
+        return feedback_rows.parse_labels_file(
+            bytes(read_body(feedback_rows.MAX_FEEDBACK_BYTES)), "csv"
+        )
     if media == "multipart/form-data":
         declared = request.content_length
-        if declared is None or declared > feedback.MAX_FEEDBACK_BYTES + _MULTIPART_OVERHEAD:
-            raise feedback.too_large()
+        if declared is None or declared > feedback_rows.MAX_FEEDBACK_BYTES + _MULTIPART_OVERHEAD:
+            raise feedback_rows.too_large()
         upload = request.files.get("file")
         if upload is None:
             raise RegistryError(
@@ -88,7 +92,9 @@ def _rows() -> list[feedback.LabelRow]:
                 "the multipart form has no field 'file' holding the CSV",
                 [{"field": "file", "problem": "missing"}],
             )
-        return feedback.parse_labels_file(upload.read(feedback.MAX_FEEDBACK_BYTES + 1), "csv")
+        return feedback_rows.parse_labels_file(
+            upload.read(feedback_rows.MAX_FEEDBACK_BYTES + 1), "csv"
+        )
     raise RegistryError(
         "UNSUPPORTED_MEDIA_TYPE",
         f"Content-Type {media or 'none'} is not accepted here; send application/json, "

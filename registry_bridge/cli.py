@@ -706,15 +706,15 @@ def feedback_command(
     """Store the true labels of captured requests (all or nothing; exit 1 naming each bad row)."""
     from registry_bridge import render
     from registry_bridge.entities import current_user
-    from registry_bridge.monitoring import feedback
+    from registry_bridge.monitoring import feedback, feedback_rows
 
     path = Path(data)
-    if path.stat().st_size > feedback.MAX_FEEDBACK_BYTES:
-        raise feedback.too_large()
+    if path.stat().st_size > feedback_rows.MAX_FEEDBACK_BYTES:
+        raise feedback_rows.too_large()
     kind = "json" if path.suffix.lower() == ".json" else None
     store = open_store(state)
     try:
-        rows = feedback.parse_labels_file(path.read_bytes(), kind)
+        rows = feedback_rows.parse_labels_file(path.read_bytes(), kind)
         result = feedback.record_feedback(
             store.db, rows, name=name, by=f"cli:{current_user()}", skip_unknown=skip_unknown
         )
@@ -723,13 +723,13 @@ def feedback_command(
             click.echo(render.as_json(exc.to_dict()))
         else:
             for detail in exc.details:
-                click.echo(feedback.describe_problem(detail), err=True)
+                click.echo(feedback_rows.describe_problem(detail), err=True)
         raise
     if as_json:
         click.echo(render.as_json(result.to_dict()))
         return
     for skipped in result.skipped:
-        click.echo("skipped " + feedback.describe_problem(skipped))
+        click.echo("skipped " + feedback_rows.describe_problem(skipped))
     per_version = ", ".join(f"v{v}: {n}" for (_, v), n in sorted(result.versions.items()))
     click.echo(f"stored {result.stored} label(s) of {name} ({per_version or 'none'})")
 

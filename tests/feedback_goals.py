@@ -29,7 +29,7 @@ from registry_samples import CLASSES  # noqa: E402
 from api.launcher import free_port  # noqa: E402
 from conf.settings import EmbeddedSettings, MonitorSettings, load_settings  # noqa: E402
 from registry_bridge import database  # noqa: E402
-from registry_bridge.monitoring import feedback, quality  # noqa: E402
+from registry_bridge.monitoring import feedback, feedback_rows, quality  # noqa: E402
 from registry_bridge.monitoring.inference_log import INFERENCE_LOG, Entry, bucket  # noqa: E402
 from registry_bridge.store import ModelStore  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> None:
         for call in calls[:-1]:  # 9 calls through the store (CLI's path)
             truth = [(rid, d if rng.random() < 0.8 else CLASSES[0]) for rid, d in call]
             t0 = time.perf_counter()
-            rows = feedback.parse_labels_file(csv_of(truth))
+            rows = feedback_rows.parse_labels_file(csv_of(truth))
             result = feedback.record_feedback(db, rows, name=NAME)
             times.append(time.perf_counter() - t0)
             assert result.stored == LABELS, result

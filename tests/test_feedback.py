@@ -11,8 +11,9 @@ from feedback_samples import BINARY, NAME, capture, publish
 from registry_samples import CLASSES
 
 from registry_bridge.errors import RegistryError
-from registry_bridge.monitoring import feedback
-from registry_bridge.monitoring.feedback import FEEDBACK, LabelRow, read_labelled
+from registry_bridge.monitoring import feedback, feedback_rows
+from registry_bridge.monitoring.feedback import FEEDBACK, read_labelled
+from registry_bridge.monitoring.feedback_rows import LabelRow
 from registry_bridge.store import ModelStore
 
 
@@ -161,7 +162,7 @@ def test_a_request_id_captured_twice_is_ambiguous(store, registry_db):
 def test_csv_rows_are_checked_one_by_one(text, problem):
     """Check a malformed CSV header or row is refused naming it."""
     with pytest.raises(RegistryError) as caught:
-        feedback.parse_labels_file(text.encode())
+        feedback_rows.parse_labels_file(text.encode())
     assert caught.value.code == "INVALID_INPUT"
     found = caught.value.message + json.dumps(caught.value.details)
     assert problem in found, found
@@ -169,19 +170,21 @@ def test_csv_rows_are_checked_one_by_one(text, problem):
 
 def test_feedback_is_bounded():
     """Check the label count, the size and the encoding of a call are bounded (413, 400)."""
-    rows_csv = "request_id,label\n" + "r-1,Hernia\n" * (feedback.MAX_LABELS + 1)
+    rows_csv = "request_id,label\n" + "r-1,Hernia\n" * (feedback_rows.MAX_LABELS + 1)
     with pytest.raises(RegistryError, match="at most 10000") as caught:
-        feedback.parse_labels_file(rows_csv.encode())
+        feedback_rows.parse_labels_file(rows_csv.encode())
     assert caught.value.code == "PAYLOAD_TOO_LARGE"
     with pytest.raises(RegistryError) as caught:
-        feedback.parse_labels_file(b"x" * (feedback.MAX_FEEDBACK_BYTES + 1))
+        feedback_rows.parse_labels_file(b"x" * (feedback_rows.MAX_FEEDBACK_BYTES + 1))
     assert caught.value.code == "PAYLOAD_TOO_LARGE"
     with pytest.raises(RegistryError, match="not UTF-8"):
-        feedback.parse_labels_file(b"request_id,label\n\xff,x\n")
-    body = {"labels": [{"request_id": "r-1", "label": "Hernia"}] * (feedback.MAX_LABELS + 1)}
+        feedback_rows.parse_labels_file(b"request_id,label\n\xff,x\n")
+    body = {"labels": [{"request_id": "r-1", "label": "Hernia"}] * (feedback_rows.MAX_LABELS + 1)}
     with pytest.raises(RegistryError, match="at most 10000"):
-        feedback.parse_json_labels(body)
-    parsed = feedback.parse_labels_file("\ufeffrequest_id,label,record\nr-1,Hernia,2\n".encode())
+        feedback_rows.parse_json_labels(body)
+    parsed = feedback_rows.parse_labels_file(
+        "\ufeffrequest_id,label,record\nr-1,Hernia,2\n".encode()
+    )
     assert parsed == [LabelRow(1, "r-1", "Hernia", 2)]
 
 

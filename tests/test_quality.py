@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score
 
 from conf.settings import MonitorSettings
 from registry_bridge.monitoring import feedback, quality
-from registry_bridge.monitoring.feedback import LabelRow
+from registry_bridge.monitoring.feedback_rows import LabelRow
 from registry_bridge.store import ModelStore
 
 # Rows: the label, columns: the decision (CLASSES: Hernia, Normal, Spondylolisthesis).
