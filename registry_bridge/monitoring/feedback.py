@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from bson.binary import Binary
 from pymongo import ASCENDING
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from registry_bridge.errors import RegistryError, first_line
 from registry_bridge.monitoring.feedback_rows import (
@@ -351,7 +351,7 @@ def _write(
                 raced += [keyed[k] for k in set(doc.get("keys") or ()) & keyed.keys()]
     except BaseException as exc:
         _withdraw(collection, call)
-        if type(exc).__name__ == "BulkWriteError":  # the unique index saw a concurrent call
+        if isinstance(exc, BulkWriteError):  # the unique index saw a concurrent call (MongoDB)
             raise RegistryError(
                 "INVALID_INPUT",
                 "another call labelled some of these records at the same time; nothing was "
