@@ -81,7 +81,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         test_config: Flask config overrides; ``SETTINGS`` (a :class:`Settings`) replaces
             ``load_settings()``, ``MONGO_CLIENT`` an existing client to share.
     """
-    from api import errors, fleet, models, monitoring, oip, ops, predict
+    from api import errors, feedback, fleet, models, monitoring, oip, ops, predict
     from api.capture import EXTENSION as CAPTURE
     from api.capture import Capture
     from api.fast import FastPredict
@@ -120,6 +120,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(fleet.bp)
+    app.register_blueprint(feedback.bp)
     app.register_blueprint(oip.bp)  # the Open Inference Protocol (/v2)
     if not app.testing:  # a server's worker: report to the fleet (tests drive Heartbeat)
         fleet.Heartbeat(store, served, settings.api.port).start()

@@ -191,13 +191,15 @@ class FastPredict:
         check_json_size(body, self.max_records, len(model.schema.features))
         payload = parse_json(body, length)
         answer: Any
+        request_id = None  # the native answer always names its request; OIP's when captured
         if found.oip:
             answer, scored = respond(resolver.name, model, payload, self.max_records)
         else:
             records = extract_records(payload)
             check_count(records, self.max_records)
             scored = score(model, records)
-            answer = scored.body
+            request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID"))
+            answer = {**scored.body, "request_id": request_id}
         payload = f"{self.dumps(answer, separators=(',', ':'))}\n".encode()
         headers = [
             ("Content-Type", JSON_TYPES),
@@ -205,9 +207,11 @@ class FastPredict:
             *answer_headers(resolved),
         ]
         capture = self.capture
-        if capture.sampled():
-            request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        sampled = capture.sampled()
+        if sampled or request_id is not None:
+            request_id = request_id or new_request_id(environ.get("HTTP_X_REQUEST_ID"))
             headers.append((REQUEST_ID_HEADER, request_id))
+        if sampled and request_id is not None:
             capture.record(
                 found.source,
                 model,

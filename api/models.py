@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -23,27 +23,42 @@ from registry_bridge.store import checked_name, checked_version
 bp = Blueprint("models", __name__, url_prefix="/models")
 
 
+def bearer_refusal(
+    tokens: Sequence[str | None], named: str, realm: str, wrong: str
+) -> Response | None:
+    """None when no token is configured or the request's bearer token is one of ``tokens``;
+    else the 401 answer (no token given). A wrong token raises FORBIDDEN saying ``wrong``.
+
+    ``named`` names the tokens in the 401's message (``<API_ADMIN_TOKEN>``).
+    """
+    accepted = [t for t in tokens if t]
+    if not accepted:
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        error = RegistryError(
+            "UNAUTHORIZED", f"this endpoint needs the header 'Authorization: Bearer {named}'"
+        )
+        response = registry_error_response(error)
+        response.headers["WWW-Authenticate"] = f'Bearer realm="{realm}"'
+        return response
+    # Constant-time comparison, against every token: none may leak through timing.
+    sent = given.strip().encode()
+    matches = [hmac.compare_digest(sent, token.encode()) for token in accepted]
+    if not any(matches):
+        raise RegistryError("FORBIDDEN", f"the bearer token is not {wrong}")
+    return None
+
+
 def admin_required(view: Callable[..., Response]) -> Callable[..., Response]:
     """Require ``Authorization: Bearer <API_ADMIN_TOKEN>`` when a token is configured."""
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Response:
-        token = registry().settings.api.admin_token
-        if token:
-            header = request.headers.get("Authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not given.strip():
-                error = RegistryError(
-                    "UNAUTHORIZED",
-                    "this endpoint needs the header 'Authorization: Bearer <API_ADMIN_TOKEN>'",
-                )
-                response = registry_error_response(error)
-                response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
-                return response
-            # Constant-time comparison: the token must not leak through timing.
-            if not hmac.compare_digest(given.strip().encode(), token.encode()):
-                raise RegistryError("FORBIDDEN", "the bearer token is not the admin token")
-        return view(*args, **kwargs)
+        api = registry().settings.api
+        refused = bearer_refusal([api.admin_token], "<API_ADMIN_TOKEN>", "admin", "the admin token")
+        return refused if refused is not None else view(*args, **kwargs)
 
     return wrapped
 

@@ -19,7 +19,7 @@ from api.report_cache import EXTENSION as REPORTS
 from registry_bridge import render
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
-from registry_bridge.monitoring import drift, inference_log
+from registry_bridge.monitoring import drift, inference_log, quality
 from registry_bridge.monitoring import plots as drift_plots
 
 bp = Blueprint("monitoring", __name__)
@@ -73,11 +73,29 @@ def _since() -> str:
     return since
 
 
+def _quality(report: dict[str, Any], since: str, asked: str | None) -> dict[str, Any]:
+    """The live quality part of the report (``quality``, ``quality_drop``…), over the window
+    ending now (not cached: labels come without new captures, and it reads few documents)."""
+    until = datetime.now(UTC)
+    return quality.quality_section(
+        registry().store,
+        registry().settings.monitor,
+        report["name"],
+        until - drift.parse_since(since),
+        until,
+        report["version"] if asked is not None else None,
+        report["version"],
+    )
+
+
 @bp.get("/models/<name>/monitoring")
 def monitoring(name: str) -> Response:
-    """Drift of one version (``?version=``, default the active one) over ``?since=`` (24h)."""
+    """Drift of one version (``?version=``, default the active one) over ``?since=`` (24h),
+    and the live quality (labels sent as feedback) of every version labelled in it."""
     store = registry().store
-    report = _drift_report(name, request.args.get("version"), _since())
+    since = _since()
+    report = _drift_report(name, request.args.get("version"), since)
+    report.update(_quality(report, since, request.args.get("version")))
     report["captured_total"] = inference_log.count_captured(store.db, name, report["version"])
     report["capture"] = {
         "sample_percent": registry().settings.capture.sample_percent,
@@ -143,6 +161,7 @@ def _console_data(name: str) -> dict[str, Any]:
         "captured_total": None,
         "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "features": [],
+        "quality": None,
     }
     try:
         versions = store.search_model_versions(name)
@@ -166,6 +185,7 @@ def _console_data(name: str) -> dict[str, Any]:
             data["features"] = shown.input_schema
             data["captured_total"] = inference_log.count_captured(store.db, name)
             data["report"] = _drift_report(name, shown.version, drift.DEFAULT_SINCE)
+            data["quality"] = _quality(data["report"], drift.DEFAULT_SINCE, None)
     except RegistryError as exc:
         data["error"] = exc.message
     return data

@@ -166,7 +166,11 @@ def spec() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "API_ADMIN_TOKEN"}
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "API_ADMIN_TOKEN (or, for /feedback, API_FEEDBACK_TOKEN)",
+                }
             },
             "schemas": {
                 "Error": {
@@ -186,6 +190,8 @@ def spec() -> dict[str, Any]:
                                         "properties": {
                                             "record": {"type": "integer"},
                                             "line": {"type": "integer"},
+                                            "row": {"type": "integer"},
+                                            "request_id": {"type": "string"},
                                             "field": {"type": "string"},
                                             "problem": {"type": "string"},
                                         },
@@ -205,6 +211,11 @@ def spec() -> dict[str, Any]:
                                 "version": {"type": "integer"},
                                 "run_id": {"type": ["string", "null"]},
                             },
+                        },
+                        "request_id": {
+                            "type": "string",
+                            "description": "this request's id (also X-Request-Id): what "
+                            "POST /feedback labels",
                         },
                         "predictions": {
                             "type": "array",
@@ -413,6 +424,7 @@ def spec() -> dict[str, Any]:
                 }
             },
             **_monitoring_paths(version_path[:1]),
+            "/feedback": _feedback_path(),
             **openapi_oip.paths(version_path[0], version_path[1]),
             "/health": {
                 "get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"})}}
@@ -531,4 +543,66 @@ def _monitoring_paths(name_path: list[dict[str, Any]]) -> dict[str, Any]:
                 "responses": {"200": {"description": "text"}, **_errors("NOT_FOUND")},
             }
         },
+    }
+
+
+def _feedback_path() -> dict[str, Any]:
+    """POST /feedback (api/feedback.py): labels of captured requests, all or nothing."""
+    label = _object(
+        ["request_id", "label"],
+        {
+            "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+            "label": {"type": "string", "minLength": 1, "maxLength": 100},
+            "record": {"type": "integer", "minimum": 0, "description": "default 0"},
+        },
+    )
+    body = _object(["labels"], {"labels": {"type": "array", "maxItems": 10000, "items": label}})
+    return {
+        "post": {
+            "summary": "Labels (ground truth) of captured requests, joined and stored all or "
+            "none; a bad row (unknown id, not a class, duplicate) refuses the call (400, one "
+            "detail per row)",
+            "security": _ADMIN,
+            "parameters": [
+                {"name": "name", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "unknown",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["refuse", "skip"]},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": body},
+                    "text/csv": {"schema": {"type": "string"}},
+                    "multipart/form-data": {
+                        "schema": _object(
+                            ["file"], {"file": {"type": "string", "format": "binary"}}
+                        )
+                    },
+                },
+            },
+            "responses": {
+                "200": _json(
+                    _object(
+                        ["call", "stored"],
+                        {
+                            "call": {"type": "string"},
+                            "stored": {"type": "integer"},
+                            "versions": {"type": "array", "items": {"type": "object"}},
+                            "skipped": {"type": "array", "items": {"type": "object"}},
+                        },
+                    )
+                ),
+                **_errors(
+                    "INVALID_INPUT",
+                    "UNAUTHORIZED",
+                    "FORBIDDEN",
+                    "PAYLOAD_TOO_LARGE",
+                    "UNSUPPORTED_MEDIA_TYPE",
+                    "REGISTRY_UNAVAILABLE",
+                ),
+            },
+        }
     }

@@ -194,7 +194,8 @@ def _predict(accept_csv: bool, name: str | None = None, version: str | None = No
     scored = score(routed(body, version), records, from_text)
     # predict or invocations: the endpoint, whatever the name's path
     captured(scored, request.path.rstrip("/").rpartition("/")[2])
-    return jsonify(scored.body)
+    # Every answer names its request, captured or not: the id feedback labels (POST /feedback).
+    return jsonify({**scored.body, "request_id": flask_request_id()})
 
 
 def captured(scored: Scored, source: str) -> None:

@@ -90,6 +90,7 @@ class ApiSettings:
     port: int = 8000
     workers: int = 2
     admin_token: str | None = None
+    feedback_token: str | None = None
     max_records: int = 10000
     max_upload_mb: int = 512
     max_request_mb: int = 16
@@ -122,6 +123,8 @@ class MonitorSettings:
     psi_threshold: float = 0.2
     ks_threshold: float = 0.2
     min_samples: int = 50
+    max_quality_drop: float = 0.10
+    min_labelled: int = 50
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,19 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+# The least length of a bearer token that only sends feedback: long enough not to guess.
+FEEDBACK_TOKEN_MIN_CHARS = 16
+
+
+def _feedback_token(value: Any) -> str | None:
+    token = _optional_text(value)
+    if token is not None and len(token) < FEEDBACK_TOKEN_MIN_CHARS:
+        raise ValueError(
+            f"expected at least {FEEDBACK_TOKEN_MIN_CHARS} characters, got {len(token)}"
+        )
+    return token
+
+
 def _alias(value: Any) -> str:
     text = _text(value)
     # MLflow's alias rule: letters, digits, _ and -, not a version-like "v<number>"/"latest".
@@ -449,6 +465,7 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("api", "port"): _port,
     ("api", "workers"): _int(1, 64),
     ("api", "admin_token"): _optional_text,
+    ("api", "feedback_token"): _feedback_token,
     ("api", "max_records"): _int(1),
     ("api", "max_upload_mb"): _int(1),
     ("api", "max_request_mb"): _int(1),
@@ -474,6 +491,8 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("monitor", "psi_threshold"): _number(0, above=True),
     ("monitor", "ks_threshold"): _number(0, 1, above=True),
     ("monitor", "min_samples"): _int(1),
+    ("monitor", "max_quality_drop"): _number(0, 1),
+    ("monitor", "min_labelled"): _int(1),
     # A mapping, read whole (not walked into as sections).
     ("promotion", "rules"): _gate_rules,
     ("canary", "max_error_rate_increase"): _number(0, 1),
@@ -504,6 +523,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "API_PORT": ("api", "port"),
     "API_WORKERS": ("api", "workers"),
     "API_ADMIN_TOKEN": ("api", "admin_token"),
+    "API_FEEDBACK_TOKEN": ("api", "feedback_token"),
     "API_TLS_CERT": ("api", "tls_cert"),
     "API_TLS_KEY": ("api", "tls_key"),
     "API_ALLOWED_HOSTS": ("api", "allowed_hosts"),

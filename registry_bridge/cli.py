@@ -585,25 +585,29 @@ def _backfill_baseline(state: CliState, name: str, version: int) -> None:
 def monitor_command(
     state: CliState, name: str, version: int | None, since: str, as_json: bool, plots: str | None
 ) -> None:
-    """Compare captured requests with the version's training baseline (exit 3 on drift)."""
+    """Compare captured requests with the version's training baseline, and the decisions
+    with the labels sent as feedback (exit 3 on drift or on a drop of live accuracy)."""
     from pathlib import Path
 
     from registry_bridge import render
-    from registry_bridge.monitoring import drift
+    from registry_bridge.monitoring import drift, quality
     from registry_bridge.monitoring import plots as drift_plots
 
     store = open_store(state)
     report = drift.drift_report(store, state.settings, name, version, since)
+    quality.add_quality(report, store, state.settings.monitor, version)
     if as_json:
         click.echo(render.as_json(report))
     else:
         click.echo(render.drift_table(report))
+        click.echo(quality.quality_table(report))
     if plots and report["features"]:
         written = drift_plots.write_plots(store, name, report["version"], Path(plots), since)
         if not as_json:
             click.echo(f"wrote {len(written)} plot(s) to {plots}")
     if report["drift"]:
         cli_webhooks.announce_drift(store, report)
+    if report["drift"] or report["quality_drop"]:
         sys.exit(3)
 
 
@@ -699,6 +703,56 @@ def sync_command(state: CliState, name: str | None, dry_run: bool, as_json: bool
             click.echo("no published versions: nothing to mirror")
     if any(r.problem for r in reports):
         sys.exit(1)
+
+
+@main.command("feedback")
+@model_name()
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help='CSV with the header request_id,label[,record], or JSON {"labels": [...]}.',
+)
+@click.option(
+    "--skip-unknown",
+    is_flag=True,
+    help="Report ids with no captured request instead of refusing the whole file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def feedback_command(
+    state: CliState, name: str, data: str, skip_unknown: bool, as_json: bool
+) -> None:
+    """Store the true labels of captured requests (all or nothing; exit 1 naming each bad row)."""
+    from registry_bridge import render
+    from registry_bridge.entities import current_user
+    from registry_bridge.monitoring import feedback, feedback_rows
+
+    path = Path(data)
+    if path.stat().st_size > feedback_rows.MAX_FEEDBACK_BYTES:
+        raise feedback_rows.too_large()
+    kind = "json" if path.suffix.lower() == ".json" else None
+    store = open_store(state)
+    try:
+        rows = feedback_rows.parse_labels_file(path.read_bytes(), kind)
+        result = feedback.record_feedback(
+            store.db, rows, name=name, by=f"cli:{current_user()}", skip_unknown=skip_unknown
+        )
+    except RegistryError as exc:
+        if as_json:
+            click.echo(render.as_json(exc.to_dict()))
+        else:
+            for detail in exc.details:
+                click.echo(feedback_rows.describe_problem(detail), err=True)
+        raise
+    if as_json:
+        click.echo(render.as_json(result.to_dict()))
+        return
+    for skipped in result.skipped:
+        click.echo("skipped " + feedback_rows.describe_problem(skipped))
+    per_version = ", ".join(f"v{v}: {n}" for (_, v), n in sorted(result.versions.items()))
+    click.echo(f"stored {result.stored} label(s) of {name} ({per_version or 'none'})")
 
 
 def _mirror_status(store: ModelStore, names: set[str]) -> dict[str, Any]:

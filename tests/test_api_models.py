@@ -63,7 +63,9 @@ def test_activate_switches_predictions_then_rollback(client, published):
     ]
     back = client.post("/models/rollback", json={"name": MODEL})
     assert back.status_code == 200 and back.json["active_version"] == v1
-    assert client.post("/predict", json=row).json == before
+    again = client.post("/predict", json=row).json
+    assert again.pop("request_id") != before.pop("request_id")  # each answer names its own
+    assert again == before
     events = client.get(f"/models/{MODEL}/history").json["events"]
     assert [(e["action"], e["to_version"]) for e in events][-2:] == [
         ("activate", v2),

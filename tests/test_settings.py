@@ -51,6 +51,7 @@ def test_environment_wins_over_file(tmp_path):
         "API_PORT": "9000",
         "API_WORKERS": "4",
         "API_ADMIN_TOKEN": "s3cret",
+        "API_FEEDBACK_TOKEN": "feedback-0123456789",
         "OUTPUT_DIR": str(tmp_path / "out"),
         "CAPTURE_SAMPLE_PERCENT": "100",
         "API_TLS_CERT": str(data),
@@ -66,6 +67,7 @@ def test_environment_wins_over_file(tmp_path):
     assert s.api.model_name == "my-model"
     assert (s.api.host, s.api.port, s.api.workers) == ("0.0.0.0", 9000, 4)
     assert s.api.admin_token == "s3cret"
+    assert s.api.feedback_token == "feedback-0123456789"
     assert (s.api.tls_cert, s.api.tls_key) == (data, data)
     assert s.api.output_dir == tmp_path / "out"
     assert s.capture.sample_percent == 100

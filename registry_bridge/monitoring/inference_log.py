@@ -22,7 +22,8 @@ layout cost it ~60 µs per record). Layout (``format`` 1; little-endian numpy by
      y: <i2 per record (index into label_names; -1: no prediction)}
 
 :func:`bucket` is the only writer, :func:`read_bucket` the only reader (a document that
-is not such a bucket raises :class:`MalformedBucket`; the reports log and skip it).
+is not such a bucket raises :class:`MalformedBucket`; the reports log and skip it), and
+:func:`read_decisions` its lighter twin for feedback (no features, no probabilities).
 
 The API imports this module only (for capture): no scipy, no matplotlib.
 """
@@ -266,6 +267,72 @@ def _read_bucket(doc: Mapping[str, Any]) -> Bucket:
         sources=[source_names[code] for code in source.tolist()],
         latency_ms=latency,
     )
+
+
+# What :func:`read_decisions` needs of a bucket (a projection: no features, no probabilities).
+DECISION_FIELDS = (
+    "name",
+    "version",
+    "format",
+    "count",
+    "classes",
+    "label_names",
+    "request_ids",
+    "t",
+    "request",
+    "row",
+    "y",
+)
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """A bucket's decisions without its features: per request its id and time, per record
+    its request, its row in the request and the label the API answered (None: none)."""
+
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    request_ids: list[str]
+    t: np.ndarray  # float64 epoch seconds, per request
+    request: np.ndarray  # per record: its index into request_ids and t
+    rows: np.ndarray  # per record: its row in its request or upload
+    labels: list[str | None]
+
+
+def read_decisions(doc: Mapping[str, Any]) -> Decisions:
+    """A bucket's decisions (``DECISION_FIELDS`` are enough): what feedback joins labels to.
+
+    Raises:
+        MalformedBucket: not a bucket of this format, or its columns do not fit together.
+    """
+    try:
+        if doc.get("format") != BUCKET_FORMAT:
+            raise MalformedBucket(f"format {doc.get('format')!r}, not {BUCKET_FORMAT}")
+        count = int(doc["count"])
+        request_ids = _names(doc, "request_ids")
+        label_names = _names(doc, "label_names")
+        request = _binary(doc, "request", "<i4", count)
+        y = _binary(doc, "y", "<i2", count)
+        if request.size and (request.min() < 0 or request.max() >= len(request_ids)):
+            raise MalformedBucket("a record points to no request")
+        if y.size and (y.min() < -1 or y.max() >= len(label_names)):
+            raise MalformedBucket("a record's label is not among label_names")
+        names: list[str | None] = [*label_names, None]
+        return Decisions(
+            name=str(doc["name"]),
+            version=int(doc["version"]),
+            classes=_names(doc, "classes"),
+            request_ids=list(request_ids),
+            t=_binary(doc, "t", "<f8", len(request_ids)),
+            request=request,
+            rows=_binary(doc, "row", "<i4", count),
+            labels=[names[code] for code in y.tolist()],
+        )
+    except MalformedBucket:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise MalformedBucket(f"{type(exc).__name__}: {exc}") from None
 
 
 def _names(doc: Mapping[str, Any], field: str) -> tuple[str, ...]:
