@@ -45,6 +45,8 @@ from registry_bridge.store import ModelStore
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
 
+    from api.shadow import ShadowQueue
+
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 0.25
@@ -204,6 +206,9 @@ class ActiveModel:
         # window of answers its guardrails judge (a canary answer counts for its version).
         self.canary: dict[str, Any] | None = None
         self.window = Window(store.canary_rules.window_s)
+        # Shadow traffic as last read with the pointer, and its queue (api/shadow.py).
+        self.shadow: dict[str, Any] | None = None
+        self._shadow_queue: ShadowQueue | None = None
 
     @property
     def serving_version(self) -> int | None:
@@ -248,8 +253,9 @@ class ActiveModel:
             log.info("registry database reachable again")
             self.registry_reachable = True
         if state is None:
-            self.canary = None
+            self.canary = self.shadow = None
             return None
+        self.shadow = state.shadow
         if state.canary != self.canary:
             if (state.canary or {}).get("version") != (self.canary or {}).get("version"):
                 self.window.clear()  # another canary (or none): its figures start afresh
@@ -351,7 +357,8 @@ class ActiveModel:
                 )
                 return Resolved(current, stale=True, reason=exc.message)
         self._current = model
-        return Resolved(model, stale=False, router=self if self.canary else None)
+        routed = self.canary is not None or self.shadow is not None
+        return Resolved(model, stale=False, router=self if routed else None)
 
     def route(self, resolved: Resolved, key: bytes | bytearray) -> Resolved:
         """``resolved``, or the canary's version for the requests whose ``key`` falls in its
@@ -369,6 +376,20 @@ class ActiveModel:
             self.prepare_errors.setdefault(version, first_line(exc))
             return resolved
         return Resolved(model, stale=False, canary=True, router=self)
+
+    def shadow_queue(self) -> ShadowQueue:
+        """This name's shadow queue and scorer thread, started on first use."""
+        queue = self._shadow_queue
+        if queue is None:
+            from api.shadow import ShadowQueue
+
+            with self._lock:
+                if self._shadow_queue is None:
+                    self._shadow_queue = ShadowQueue(
+                        self, self.store.shadow_queue_records, self.store.capture_retention_days
+                    )
+                queue = self._shadow_queue
+        return queue
 
     def canary_report(self) -> dict[str, Any] | None:
         """What this worker routes to the canary, for ``bridge fleet``: its version and share,

@@ -40,6 +40,7 @@ from api.hosts import SiteCheck
 from api.observe import answer_headers, observe, predicted
 from api.oip import respond
 from api.predict import JSON_TYPES, RESOLVED, score
+from api.shadow import offer as shadow_offer
 from api.validation import check_count, check_json_size, extract_records, parse_json
 
 # The JSON scoring routes this path answers: (Flask's rule, the endpoint label of the
@@ -220,6 +221,14 @@ class FastPredict:
                 scored.decision.probabilities,
                 request_id=request_id,
                 latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        if resolved.router is not None:  # shadow traffic: a copy, scored off the request path
+            shadow_offer(
+                resolved,
+                scored.checked.matrix,
+                scored.labels,
+                request_id or new_request_id(None),
+                (time.perf_counter() - started) * 1000,
             )
         predicted(model, len(scored.labels))
         observe(

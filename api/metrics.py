@@ -63,3 +63,15 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+SHADOW_SCORED = Counter(
+    "api_shadow_scored_total",
+    "Records of answered requests scored by the shadow version",
+    ["model"],
+)
+SHADOW_DROPPED = Counter(
+    "api_shadow_dropped_total",
+    "Copies for the shadow version dropped: its queue was full",
+    ["model"],
+)

@@ -19,7 +19,7 @@ from api.report_cache import EXTENSION as REPORTS
 from registry_bridge import render
 from registry_bridge.entities import ModelVersion
 from registry_bridge.errors import RegistryError
-from registry_bridge.monitoring import drift, inference_log, quality
+from registry_bridge.monitoring import drift, inference_log, quality, shadow_log
 from registry_bridge.monitoring import plots as drift_plots
 
 bp = Blueprint("monitoring", __name__)
@@ -162,6 +162,8 @@ def _console_data(name: str) -> dict[str, Any]:
         "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "features": [],
         "quality": None,
+        "shadow": None,  # bridge compare's report (registry_bridge/monitoring/shadow_log.py)
+        "canary": None,
     }
     try:
         versions = store.search_model_versions(name)
@@ -186,6 +188,8 @@ def _console_data(name: str) -> dict[str, Any]:
             data["captured_total"] = inference_log.count_captured(store.db, name)
             data["report"] = _drift_report(name, shown.version, drift.DEFAULT_SINCE)
             data["quality"] = _quality(data["report"], drift.DEFAULT_SINCE, None)
+            data["shadow"] = shadow_log.compare_report(store, settings, name, drift.DEFAULT_SINCE)
+            data["canary"] = state.canary if state else None
     except RegistryError as exc:
         data["error"] = exc.message
     return data

@@ -20,6 +20,7 @@ from api.capture import current as capture_of_app
 from api.capture import flask_request_id
 from api.metrics import BATCH_ROWS
 from api.observe import predicted
+from api.shadow import offer as shadow_offer
 from api.validation import (
     check_count,
     check_json_size,
@@ -203,8 +204,9 @@ def captured(scored: Scored, source: str) -> None:
     model = scored.model
     # Off the request path: records only enter a bounded queue (api/capture.py).
     capture = capture_of_app()
+    started = g.get("started")
+    latency_ms = (time.perf_counter() - started) * 1000 if started else None
     if capture.sampled():
-        started = g.get("started")
         capture.record(
             source,
             model,
@@ -212,7 +214,12 @@ def captured(scored: Scored, source: str) -> None:
             scored.labels,
             scored.decision.probabilities,
             request_id=flask_request_id(),
-            latency_ms=(time.perf_counter() - started) * 1000 if started else None,
+            latency_ms=latency_ms,
+        )
+    served = g.get("served")
+    if served is not None and served.router is not None:  # shadow traffic (api/shadow.py)
+        shadow_offer(
+            served, scored.checked.matrix, scored.labels, flask_request_id(), latency_ms or 0.0
         )
     predicted(model, len(scored.labels))
 

@@ -169,6 +169,11 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class ShadowSettings:
+    queue_records: int = 20_000  # per worker: copies beyond it are dropped, never requests
+
+
+@dataclass(frozen=True)
 class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
@@ -179,6 +184,7 @@ class Settings:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     promotion: PromotionSettings = field(default_factory=PromotionSettings)
     canary: CanarySettings = field(default_factory=CanarySettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     config_file: Path = DEFAULT_CONFIG
 
@@ -499,6 +505,7 @@ _SCHEMA: dict[tuple[str, str], Callable[[Any], Any]] = {
     ("canary", "max_p99_ratio"): _number(1),
     ("canary", "min_requests"): _int(1),
     ("canary", "window_s"): _number(1, 3600),
+    ("shadow", "queue_records"): _int(1, 10_000_000),
     ("webhooks", "allow_private"): _bool,
     ("webhooks", "max_webhooks"): _int(1, 1000),
     ("webhooks", "max_attempts"): _int(1, 50),
@@ -622,6 +629,7 @@ def load_settings(
         monitor=section("monitor", MonitorSettings),
         promotion=section("promotion", PromotionSettings),
         canary=section("canary", CanarySettings),
+        shadow=section("shadow", ShadowSettings),
         webhooks=section("webhooks", WebhookSettings),
         config_file=config_path,
     )

@@ -852,6 +852,72 @@ def canary_command(
             )
 
 
+@main.command("shadow")
+@model_name()
+@click.argument("version", required=False, metavar="[VERSION]")
+@click.option(
+    "--percent",
+    type=click.FloatRange(0, 100, min_open=True),
+    help="The share of answered requests VERSION scores a copy of (after the answer).",
+)
+@click.option("--off", is_flag=True, help="Stop the shadow traffic.")
+@click.option("--reason", help="Why, recorded in the activation log.")
+@pass_state
+def shadow_command(
+    state: CliState,
+    name: str,
+    version: str | None,
+    percent: float | None,
+    off: bool,
+    reason: str | None,
+) -> None:
+    """Have VERSION score a copy of P % of NAME's requests after they are answered
+    (--percent P), or stop it (--off); alone, say what runs. `bridge compare` shows how
+    the two versions agree (docs/promotion.md)."""
+    if version is None and percent is not None and name.isdigit():  # `bridge shadow 3 --percent 5`
+        name, version = state.settings.api.model_name, name
+    if off and percent is not None:
+        raise click.UsageError("--percent and --off do not go together")
+    if not off and (version is None) != (percent is None):
+        raise click.UsageError("starting shadow traffic takes both VERSION and --percent P")
+    store = open_store(state)
+    if percent is not None:
+        number = _checked_value(parse_version, version, "VERSION")
+        started = store.start_shadow(name, number, percent, reason=reason)
+        click.echo(
+            f"shadow: {name} v{number} scores a copy of {percent:g}% of the requests answered "
+            f"by v{started.active_version}; `bridge compare {name}` shows the comparison"
+        )
+    elif off:
+        store.end_shadow(name, reason=reason or "stopped by hand")
+        click.echo(f"shadow traffic of {name} stopped")
+    else:
+        current = store.get_active_version(name)
+        if current is None or not current.shadow:
+            click.echo(f"no shadow traffic of {name!r} is running")
+        else:
+            s = current.shadow
+            click.echo(
+                f"shadow: {name} v{s['version']} scores {s['percent']:g}% beside "
+                f"v{current.active_version}, since {s['started_at']} (by {s['started_by']})"
+            )
+
+
+@main.command("compare")
+@model_name()
+@click.option("--since", default="24h", show_default=True, help="Window: 30m, 24h, 7d...")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def compare_command(state: CliState, name: str, since: str, as_json: bool) -> None:
+    """Compare the shadow version's answers with the active version's on the requests it
+    was copied: agreement, the disagreement matrix, latencies, drift, live accuracy."""
+    from registry_bridge import render
+    from registry_bridge.monitoring.shadow_log import compare_report
+
+    report = compare_report(open_store(state), state.settings, name, since)
+    click.echo(render.as_json(report) if as_json else render.compare_table(report))
+
+
 @main.group(cls=BridgeGroup)
 def reference() -> None:
     """The labelled data set a model name's versions are compared on (the promotion gate)."""

@@ -143,6 +143,8 @@ class ActiveState(_Entity):
     gate: dict[str, Any] | None = None  # the promotion gate's report (kept in the log entry)
     # A canary running beside the active version: {version, percent, started_at, started_by}.
     canary: dict[str, Any] | None = None
+    # A version scoring a copy of the requests after they are answered (same fields).
+    shadow: dict[str, Any] | None = None
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> ActiveState:
@@ -157,13 +159,15 @@ class ActiveState(_Entity):
             lease_ms=int(doc.get("lease_ms") or 0),
             staged_version=doc.get("staged_version"),
             canary=doc.get("canary"),
+            shadow=doc.get("shadow"),
         )
 
 
 @dataclass(frozen=True)
 class ActivationEvent(_Entity):
     """One ``activation_log`` entry (append-only); ``action``: activate, rollback, deactivate,
-    canary-start, canary-abort (by hand or by a guardrail) or canary-promote."""
+    canary-start, canary-abort (by hand or by a guardrail), canary-promote, shadow-start or
+    shadow-stop."""
 
     name: str
     from_version: int | None
@@ -175,8 +179,9 @@ class ActivationEvent(_Entity):
     # The promotion gate's report (registry_bridge/promotion.py), when it ran: forced or
     # not, the reference set, and each rule's values for both versions.
     gate: dict[str, Any] | None = None
-    # A canary entry's figures: its share when started, a guardrail's figures when aborted.
-    canary: dict[str, Any] | None = None
+    # A canary or shadow entry's figures: its share when started, a guardrail's figures
+    # when a canary is aborted by one.
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -35,15 +35,16 @@ TOKEN = "change"  # field of the pointer document: who wrote it (an activation's
 
 def holder(state: Mapping[str, Any] | None, version: int) -> str | None:
     """How the pointer document ``state`` holds ``version``: "active", "staged", "canary"
-    (answering a share of requests, registry_bridge/canary.py) or None."""
+    (answering a share of requests), "shadow" (scoring a copy of them) or None."""
     if state is None:
         return None
     if state.get("active_version") == version:
         return "active"
     if state.get("staged_version") == version:
         return "staged"
-    if (state.get("canary") or {}).get("version") == version:
-        return "canary"
+    for side in ("canary", "shadow"):
+        if (state.get(side) or {}).get("version") == version:
+            return side
     return None
 
 

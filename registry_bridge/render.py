@@ -326,3 +326,50 @@ def prepared_line(prepared: dict[str, Any]) -> str:
         f"preparation timed out after {prepared['prepare_s']:.2f} s: {loaded} had loaded "
         f"{version}; {late} load it on their first request"
     )
+
+
+def compare_table(report: dict[str, Any]) -> str:
+    """``bridge compare``: per shadow version, agreement, matrix, latencies, drift, accuracy."""
+    running = report.get("running")
+    lines = [
+        f"{report['name']}, last {report['window']}: {report['compared']} record(s) compared"
+        + (f"; shadow v{running['version']} at {running['percent']:g}% now" if running else "")
+    ]
+    for pair in report["pairs"]:
+        active, shadow = pair["active_version"], pair["shadow_version"]
+        agreement = pair["agreement"]
+        lines.append(
+            f"\nv{shadow} (shadow) vs v{active} (active): {pair['compared']} records, "
+            f"agreement {MISSING if agreement is None else f'{agreement:.1%}'}"
+        )
+        classes = pair["matrix"]["classes"]
+        rows = [
+            (f"v{active}: {c}", *counts)
+            for c, counts in zip(classes, pair["matrix"]["counts"], strict=True)
+        ]
+        lines.append(table(["active \\ shadow", *classes], rows))
+        latency = pair["latency"]
+        lines.append(
+            f"latency: active request p50 {_ms(latency['active']['p50_ms'])}, "
+            f"p99 {_ms(latency['active']['p99_ms'])}; shadow scoring per record p50 "
+            f"{_ms(latency['shadow']['p50_ms'])}, p99 {_ms(latency['shadow']['p99_ms'])}"
+        )
+        accuracy = pair["live_accuracy"]
+        if accuracy["labelled"]:
+            lines.append(
+                f"live accuracy on {accuracy['labelled']} labelled record(s): "
+                f"v{active} {accuracy['active']:.1%}, v{shadow} {accuracy['shadow']:.1%}"
+            )
+        else:
+            lines.append("live accuracy: no labelled record yet (POST /feedback)")
+        drift = pair.get("drift")
+        if drift is None:
+            lines.append(f"drift: v{shadow} has no baseline")
+        else:
+            flagged = ", ".join(drift["drifted_features"]) or "none"
+            lines.append(f"drift of the shadowed records: {drift['status']} (drifting: {flagged})")
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f} ms"

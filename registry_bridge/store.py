@@ -141,6 +141,14 @@ class ModelStore:
         )
         # The canary's guardrails, applied by each API worker (registry_bridge/canary.py).
         self.canary_rules = settings.canary if isinstance(settings, Settings) else CanarySettings()
+        # What an API worker's shadow queue holds at most (records), and how long its
+        # comparisons are kept (capture's retention: they hold patients' measurements too).
+        self.shadow_queue_records = (
+            settings.shadow.queue_records if isinstance(settings, Settings) else 20_000
+        )
+        self.capture_retention_days = (
+            settings.capture.retention_days if isinstance(settings, Settings) else 30.0
+        )
         if isinstance(client_or_db, Database):
             self.db = client_or_db
         else:
@@ -574,6 +582,9 @@ class ModelStore:
 
     # --- canary ----------------------------------------------------------------------
 
+    # A canary (registry_bridge/canary.py) and shadow traffic (registry_bridge/shadow.py)
+    # are one mechanism: a second version attached to the pointer document with a share of
+    # the requests, read by every worker with the pointer, written and acknowledged here.
     @_translated
     def start_canary(
         self,
@@ -591,73 +602,36 @@ class ModelStore:
                 version; CONFLICT when nothing is active, the version is the active one, it
                 does not validate, or the pointer changed meanwhile.
         """
-        reason = checked_reason(reason)
         if not 0 < percent < 100:
             raise RegistryError(
                 "INVALID_INPUT",
                 f"percent must be above 0 and below 100, got {percent:g}",
                 [{"field": "percent", "problem": "out of range"}],
             )
-        target = self.get_model_version(name, version)
-        current = self.get_active_version(name)
-        if current is None or current.active_version is None:
+        return self._attach("canary", name, version, percent, by, reason)
+
+    @_translated
+    def start_shadow(
+        self,
+        name: str,
+        version: int,
+        percent: float,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> ActiveState:
+        """Have ``version`` score a copy of ``percent`` % of the requests of ``name`` after
+        they are answered (registry_bridge/shadow.py); acknowledged after the lease.
+
+        Raises:
+            RegistryError: as :meth:`start_canary`; a share may be 100.
+        """
+        if not 0 < percent <= 100:
             raise RegistryError(
-                "CONFLICT", f"{name!r} has no active version for a canary to run beside"
+                "INVALID_INPUT",
+                f"percent must be above 0 and at most 100, got {percent:g}",
+                [{"field": "percent", "problem": "out of range"}],
             )
-        if current.active_version == target.version:
-            raise RegistryError("CONFLICT", f"{target.label} is the active version already")
-        self.validate_model_version(target, refusing=f"cannot start a canary of {target.label}")
-        by = by or current_user()
-        canary = {
-            "version": target.version,
-            "percent": float(percent),
-            # Text, not a date: the embedded server stores $set dates as text anyway.
-            "started_at": utcnow().isoformat(),
-            "started_by": by,
-        }
-        event = webhooks.new_event(
-            "canary",
-            name,
-            current.active_version,
-            target.version,
-            by,
-            reason,
-            {"action": "canary-start", "percent": float(percent)},
-        )
-        moved = self.state.find_one_and_update(  # the webhook event in the same write
-            {"_id": name, "active_version": current.active_version},
-            {"$set": {"canary": canary}, "$push": {webhooks.OUTBOX: event}},
-            return_document=ReturnDocument.AFTER,
-        )
-        acknowledged_at = time.monotonic()
-        if moved is None:
-            raise RegistryError(
-                "CONFLICT",
-                f"the active version of {name!r} changed while the canary started; "
-                "nothing changed, retry",
-            )
-        if not pointer_guard.activation_stands(
-            self.versions.find_one({"name": name, "version": target.version}, {"status": 1})
-        ):  # a deletion marked it meanwhile (pointer_guard.py): take the canary back
-            self.state.update_one(
-                {"_id": name, "canary.version": target.version},
-                {"$unset": {"canary": ""}, "$pull": {webhooks.OUTBOX: {"id": event["id"]}}},
-            )
-            raise RegistryError("CONFLICT", f"{target.label} is being deleted; no canary started")
-        self._log_canary(
-            name,
-            "canary-start",
-            current.active_version,
-            target.version,
-            by,
-            reason,
-            {"percent": float(percent)},
-        )
-        lease.wait_after(
-            acknowledged_at, lease.commit_wait_ms(self.pointer_lease_ms, current.lease_ms)
-        )
-        webhooks.relay(self.db, STATE, name, [event])
-        return ActiveState.from_document(moved)
+        return self._attach("shadow", name, version, percent, by, reason)
 
     @_translated
     def end_canary(
@@ -675,40 +649,131 @@ class ModelStore:
         Raises:
             RegistryError: CONFLICT when no canary runs and ``version`` was not given.
         """
+        return self._detach("canary", "canary-abort", name, by, reason, version, figures)
+
+    @_translated
+    def end_shadow(
+        self, name: str, by: str | None = None, reason: str | None = None
+    ) -> ActiveState | None:
+        """Stop the shadow traffic of ``name``, logged as ``shadow-stop``.
+
+        Raises:
+            RegistryError: CONFLICT when no shadow runs.
+        """
+        return self._detach("shadow", "shadow-stop", name, by, reason, None, None)
+
+    def _attach(
+        self,
+        kind: str,
+        name: str,
+        version: int,
+        percent: float,
+        by: str | None,
+        reason: str | None,
+    ) -> ActiveState:
+        """Attach ``version`` to the pointer as its ``kind`` with a share of the requests."""
+        reason = checked_reason(reason)
+        target = self.get_model_version(name, version)
+        current = self.get_active_version(name)
+        if current is None or current.active_version is None:
+            raise RegistryError(
+                "CONFLICT", f"{name!r} has no active version for a {kind} to run beside"
+            )
+        if current.active_version == target.version:
+            raise RegistryError("CONFLICT", f"{target.label} is the active version already")
+        self.validate_model_version(target, refusing=f"cannot start a {kind} of {target.label}")
+        by = by or current_user()
+        side = {
+            "version": target.version,
+            "percent": float(percent),
+            # Text, not a date: the embedded server stores $set dates as text anyway.
+            "started_at": utcnow().isoformat(),
+            "started_by": by,
+        }
+        action = f"{kind}-start"
+        event = webhooks.new_event(
+            kind,
+            name,
+            current.active_version,
+            target.version,
+            by,
+            reason,
+            {"action": action, "percent": float(percent)},
+        )
+        moved = self.state.find_one_and_update(  # the webhook event in the same write
+            {"_id": name, "active_version": current.active_version},
+            {"$set": {kind: side}, "$push": {webhooks.OUTBOX: event}},
+            return_document=ReturnDocument.AFTER,
+        )
+        acknowledged_at = time.monotonic()
+        if moved is None:
+            raise RegistryError(
+                "CONFLICT",
+                f"the active version of {name!r} changed while the {kind} started; "
+                "nothing changed, retry",
+            )
+        if not pointer_guard.activation_stands(
+            self.versions.find_one({"name": name, "version": target.version}, {"status": 1})
+        ):  # a deletion marked it meanwhile (pointer_guard.py): take it back
+            self.state.update_one(
+                {"_id": name, f"{kind}.version": target.version},
+                {"$unset": {kind: ""}, "$pull": {webhooks.OUTBOX: {"id": event["id"]}}},
+            )
+            raise RegistryError("CONFLICT", f"{target.label} is being deleted; no {kind} started")
+        self._log_side(
+            name,
+            action,
+            current.active_version,
+            target.version,
+            by,
+            reason,
+            {"percent": float(percent)},
+        )
+        lease.wait_after(
+            acknowledged_at, lease.commit_wait_ms(self.pointer_lease_ms, current.lease_ms)
+        )
+        webhooks.relay(self.db, STATE, name, [event])
+        return ActiveState.from_document(moved)
+
+    def _detach(
+        self,
+        kind: str,
+        action: str,
+        name: str,
+        by: str | None,
+        reason: str | None,
+        version: int | None,
+        figures: Mapping[str, Any] | None,
+    ) -> ActiveState | None:
+        """Remove the pointer's ``kind`` (only ``version``'s, when given)."""
         reason = checked_reason(reason)
         current = self.get_active_version(name)
-        running = (current.canary or {}) if current is not None else {}
+        running = (getattr(current, kind) or {}) if current is not None else {}
         wanted = version if version is not None else running.get("version")
         by = by or current_user()
         ended = None
         if wanted is not None:
             event = webhooks.new_event(
-                "canary",
+                kind,
                 name,
                 wanted,
                 current.active_version if current is not None else None,
                 by,
                 reason,
-                {"action": "canary-abort", **({"figures": dict(figures)} if figures else {})},
+                {"action": action, **({"figures": dict(figures)} if figures else {})},
             )
             ended = self.state.find_one_and_update(  # the webhook event in the same write
-                {"_id": name, "canary.version": wanted},
-                {"$unset": {"canary": ""}, "$push": {webhooks.OUTBOX: event}},
+                {"_id": name, f"{kind}.version": wanted},
+                {"$unset": {kind: ""}, "$push": {webhooks.OUTBOX: event}},
                 return_document=ReturnDocument.AFTER,
             )
         acknowledged_at = time.monotonic()
         if ended is None:
             if version is not None:
                 return None
-            raise RegistryError("CONFLICT", f"no canary of {name!r} is running")
-        self._log_canary(
-            name,
-            "canary-abort",
-            wanted,
-            ended.get("active_version"),
-            by,
-            reason,
-            dict(figures or {}),
+            raise RegistryError("CONFLICT", f"no {kind} of {name!r} is running")
+        self._log_side(
+            name, action, wanted, ended.get("active_version"), by, reason, dict(figures or {})
         )
         lease.wait_after(
             acknowledged_at,
@@ -744,7 +809,7 @@ class ModelStore:
             action="canary-promote",
         )
 
-    def _log_canary(
+    def _log_side(
         self,
         name: str,
         action: str,
@@ -752,7 +817,7 @@ class ModelStore:
         to_version: int | None,
         by: str,
         reason: str | None,
-        canary: dict[str, Any],
+        details: dict[str, Any],
     ) -> None:
         self.log.insert_one(
             {
@@ -763,7 +828,7 @@ class ModelStore:
                 "by": by,
                 "reason": reason,
                 "action": action,
-                "canary": canary,
+                "details": details,
             }
         )
         log.info("%s %s: v%s -> v%s by %s", action, name, from_version, to_version, by)
@@ -1204,6 +1269,12 @@ class ModelStore:
                 "CONFLICT",
                 f"{label} answers a canary share of {name!r}; end it first "
                 f"(`bridge canary {name} --abort`)",
+            )
+        if held == "shadow":
+            raise RegistryError(
+                "CONFLICT",
+                f"{label} scores the shadow traffic of {name!r}; stop it first "
+                f"(`bridge shadow {name} --off`)",
             )
 
     @_translated

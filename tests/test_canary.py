@@ -128,7 +128,7 @@ def test_start_end_and_the_audit_log(published):
         store.delete_model_version(MODEL, v2, by="tests")
     entry = store.list_activation_log(MODEL)[-1]
     assert (entry.action, entry.from_version, entry.to_version) == ("canary-start", v1, v2)
-    assert entry.canary == {"percent": 10.0} and entry.reason == "try kNN"
+    assert entry.details == {"percent": 10.0} and entry.reason == "try kNN"
     ended = store.end_canary(MODEL, by="tests", reason="enough")
     assert ended.canary is None and store.get_active_version(MODEL).canary is None
     assert store.list_activation_log(MODEL)[-1].action == "canary-abort"
@@ -255,8 +255,9 @@ def test_a_failing_canary_is_ended_by_its_guardrail_on_every_worker_of_two_insta
         assert entry.reason.startswith("guardrail: error rate") and entry.by.startswith(
             "guardrail on"
         )
-        assert entry.canary["canary"]["version"] == broken and entry.canary["canary"]["errors"] >= 5
-        assert entry.canary["active"]["version"] == v1
+        assert entry.details["canary"]["version"] == broken
+        assert entry.details["canary"]["errors"] >= 5
+        assert entry.details["active"]["version"] == v1
         # The entry is written before the abort's commit wait (one lease, 50 ms): past it,
         # no worker may still route by a pointer read from before the abort.
         time.sleep(0.1)

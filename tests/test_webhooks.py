@@ -132,25 +132,30 @@ def documented_receiver(monkeypatch, secret: str):
     return namespace, printed
 
 
-def test_a_canary_start_abort_and_promotion_are_posted(store, hooked, receiver):
-    """Check the canary's events: start and abort as `canary` (with the share, and the
-    action), and a promotion as an `activate` (action canary-promote)."""
-    webhooks.add_webhook(store.db, hooked.webhooks, receiver.url, ["canary", "activate"], "ci")
+def test_shadow_and_canary_changes_are_posted(store, hooked, receiver):
+    """Check the shadow's and the canary's events: start and stop/abort as `shadow` and
+    `canary` (with the share, and the action), and a promotion as an `activate`."""
+    hooked_events = ["canary", "shadow", "activate"]
+    webhooks.add_webhook(store.db, hooked.webhooks, receiver.url, hooked_events, "ci")
     publish(store, "run-a")
     publish(store, "run-b", seed=1)
     store.set_active_version(NAME, 1, by="alice")
+    store.start_shadow(NAME, 2, 100, by="erin")
+    store.end_shadow(NAME, by="erin")
     store.start_canary(NAME, 2, 10, by="bob", reason="try b")
     store.end_canary(NAME, by="carol", reason="enough")
     store.start_canary(NAME, 2, 25, by="bob")
     store.promote_canary(NAME, by="dave", reason="b is fine")
     Sender(store.db, hooked.webhooks).deliver_due()
-    got = receiver.wait_for(5)
+    got = receiver.wait_for(7)
     seen = [
         (p["event"], p["from_version"], p["to_version"], p["actor"], (p.get("details") or {}))
         for p in (r.payload for r in got)
     ]
     assert seen == [
         ("activate", None, 1, "alice", {}),
+        ("shadow", 1, 2, "erin", {"action": "shadow-start", "percent": 100.0}),
+        ("shadow", 2, 1, "erin", {"action": "shadow-stop"}),
         ("canary", 1, 2, "bob", {"action": "canary-start", "percent": 10.0}),
         ("canary", 2, 1, "carol", {"action": "canary-abort"}),
         ("canary", 1, 2, "bob", {"action": "canary-start", "percent": 25.0}),

@@ -451,6 +451,21 @@ def read_labelled(
     }
 
 
+def labels_by_key(db: Any, name: str, since: datetime) -> dict[str, str]:
+    """The true label of each labelled record of ``name`` requested since ``since``, by
+    key (``<request_id>#<record>``): what the shadow comparison scores both versions on."""
+    found: dict[str, str] = {}
+    for doc in db[FEEDBACK].find({"name": name, "last_at": {"$gte": since}}):
+        try:
+            _, classes, truth, _, _ = _columns(doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("%s document %s skipped: %s", FEEDBACK, doc.get("_id"), exc)
+            continue
+        for key, code in zip(doc.get("keys") or (), truth.tolist(), strict=False):
+            found[str(key)] = classes[code]
+    return found
+
+
 def _columns(
     doc: Mapping[str, Any],
 ) -> tuple[int, tuple[str, ...], np.ndarray, np.ndarray, np.ndarray]:
