@@ -1,7 +1,9 @@
-"""``python -m bench`` / ``make bench``: online, batch, activation, capture and Spark benchmarks.
+"""``python -m bench`` / ``make bench``: online, batch, activation, capture, promotion and Spark
+benchmarks.
 
 One workspace and one model serve every part (Spark adds a random forest); the results go to
-``online.json``, ``batch.json``, ``activation.json``, ``capture.json``, ``spark.json`` and the
+``online.json``, ``batch.json``, ``activation.json``, ``capture.json``, ``promotion.json``,
+``spark.json`` and the
 markdown table ``README-table.md``, all from this run (``--out``, default ``bench/results``;
 ``--quick`` writes to
 ``outputs/bench-quick`` unless ``--out`` says otherwise).
@@ -16,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from bench import activation, batch, capture, online, spark
+from bench import activation, batch, capture, online, promotion, spark
 from bench.common import (
     add_common_arguments,
     configure_logging,
@@ -34,6 +36,7 @@ PARTS: dict[str, BenchPart] = {
     "batch": batch.run,
     "activation": activation.run,
     "capture": capture.run,
+    "promotion": promotion.run,
     "spark": spark.run,
 }
 TABLE = "README-table.md"

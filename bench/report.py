@@ -403,6 +403,9 @@ def goal_lines(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
             "running the batch) "
             f"| {_num(peak)} MB | {_mark(batch['goal_api_peak_under_300mb'])} |"
         )
+    promotion = docs.get("promotion")
+    if promotion:
+        lines += promotion_goal_lines(promotion)
     spark = docs.get("spark")
     if spark:
         for family, entry in spark["families"].items():
@@ -593,6 +596,57 @@ def capture_lines(doc: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def promotion_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The safe-promotion table: the gate's time, shadow traffic's cost, the canary's share."""
+    plan, gate, shadow, canary = doc["plan"], doc["gate"], doc["shadow"], doc["canary"]
+    rows = [
+        f"### Safe promotion: gate, shadow at 100 %, canary at {plan['canary_percent']:g} % "
+        f"({plan['workers']} workers; shadow: `/predict` at {plan['connections']} clients, "
+        f"median of {plan['rounds']} rounds of {plan['duration_s']} s, off and on alternated)",
+        "",
+        "| shadow | req/s | p50 ms | p99 ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for mode in ("off", "on"):
+        r = shadow["results"][mode]
+        rows.append(
+            f"| {mode} | {r['rps']['median']} | {r['p50_ms']['median']} | "
+            f"{r['p99_ms']['median']} | {r['errors']} |"
+        )
+    cost = shadow["throughput_cost"]
+    cold = gate["cold_process"]
+    rows += [
+        "",
+        f"Shadow at 100 %: throughput cost {'–' if cost is None else f'{100 * cost:.1f} %'}, "
+        f"p50 {shadow['p50_delta_ms']:+.2f} ms; {shadow['records_scored_by_the_shadow']:.0f} "
+        f"records scored by the shadow ({shadow['share_of_on_requests_scored']} of the "
+        'requests of the "on" rounds). '
+        f"Gate on {gate['reference_rows']} reference rows: {gate['warm_s']['median']} s "
+        f"(max {gate['warm_s']['max']} s) in a running process, {cold['gate_s']} s in a fresh "
+        f"`bridge activate` (whole command {cold['command_wall_s']} s). "
+        f"Canary: {canary['answered_by_canary']} of {canary['requests']:,} keyed requests "
+        f"answered by it ({canary['share_percent']} %), {canary['failed']} failed.",
+    ]
+    return rows
+
+
+def promotion_goal_lines(doc: Mapping[str, Any]) -> list[str]:
+    """The safe-promotion goals with their measured values."""
+    gate, shadow, canary = doc["gate"], doc["shadow"], doc["canary"]
+    worst = max(gate["warm_s"]["max"] or 0, gate["cold_process"]["gate_s"] or 0)
+    cost = shadow["throughput_cost"]
+    return [
+        f"| promotion gate ≤ 1 s ({gate['reference_rows']} rows, worst of warm and cold) "
+        f"| {_num(worst, 3)} s | {_mark(gate['goal_at_most_1_s'])} |",
+        f"| shadow at 100 % costs ≤ 10 % of `/predict` throughput "
+        f"| {'–' if cost is None else f'{100 * cost:.1f} %'} "
+        f"| {_mark(shadow['goal_cost_at_most_10_percent'])} |",
+        f"| canary share within ±2 points ({canary['requests']:,} requests at "
+        f"{doc['plan']['canary_percent']:g} %) | {canary['share_percent']} % "
+        f"| {_mark(canary['goal_within_2_points'])} |",
+    ]
+
+
 def render(docs: Mapping[str, Mapping[str, Any]], command: str) -> str:
     """The whole markdown section for ``docs`` (keys online, batch, activation; any subset)."""
     first = next(iter(docs.values()))
@@ -611,6 +665,7 @@ def render(docs: Mapping[str, Mapping[str, Any]], command: str) -> str:
         ("batch", batch_lines),
         ("activation", activation_lines),
         ("capture", capture_lines),
+        ("promotion", promotion_lines),
         ("spark", spark_lines),
     ):
         if name in docs:

@@ -158,7 +158,7 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr[-3000:]
     docs = {
         name: json.loads((out / f"{name}.json").read_text())
-        for name in ("online", "batch", "activation", "capture", "spark")
+        for name in ("online", "batch", "activation", "capture", "promotion", "spark")
     }
     return {"docs": docs, "table": (out / "README-table.md").read_text(), "out": out}
 
@@ -315,6 +315,25 @@ def test_quick_capture_compares_0_and_100_percent(quick_results):
 
 
 @pytest.mark.slow
+def test_quick_promotion_measures_gate_shadow_and_canary(quick_results):
+    """Check the promotion part: the gate timed warm and in a fresh `bridge activate`, both
+    shadow modes answered without error and the shadow scored the "on" rounds' records,
+    and the canary's share counted over every keyed request."""
+    doc = quick_results["docs"]["promotion"]
+    gate, shadow, canary = doc["gate"], doc["shadow"], doc["canary"]
+    assert gate["reference_rows"] == 310 and _stat_ok(gate["warm_s"])
+    assert gate["cold_process"]["exit_code"] == 0 and gate["cold_process"]["gate_s"] > 0
+    for mode in ("off", "on"):
+        assert _stat_ok(shadow["results"][mode]["rps"]) and shadow["results"][mode]["errors"] == 0
+    # wrk counts the requests answered within its duration; the server may answer a few
+    # more (in flight at the end), all of them copied to the shadow.
+    assert shadow["records_scored_by_the_shadow"] > 0
+    assert shadow["share_of_on_requests_scored"] <= 1.05
+    assert canary["failed"] == 0 and canary["requests"] == doc["plan"]["canary_requests"]
+    assert 0 < canary["answered_by_canary"] < canary["requests"]
+    assert "### Safe promotion" in quick_results["table"]
+
+
 def test_quick_results_record_machine_and_load(quick_results):
     """Check that each result says which machine, libraries and load it was measured under."""
     for doc in quick_results["docs"].values():
