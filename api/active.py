@@ -276,7 +276,11 @@ class ActiveModel:
         if not fresh:
             return False
         version = None if state is None else state.active_version
-        return version is None or self.cache.holds(self.name, version)
+        if version is not None and not self.cache.holds(self.name, version):
+            return False
+        canary = None if state is None else state.canary
+        # A canary's share would load its version on the event loop: not before it is loaded.
+        return canary is None or self.cache.holds(self.name, int(canary["version"]))
 
     def _reuse_window(self, state: ActiveState | None) -> float:
         return reuse_window_s(self.lease_ms, state.lease_ms) if state is not None else 0.0

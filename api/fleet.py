@@ -98,6 +98,13 @@ class Heartbeat:
             active.guard_canary(by=f"guardrail on {self.host} pid {self.pid}")
         except RegistryError as exc:  # the database: judged again at the next beat
             log.warning("cannot end the canary of %s: %s", active.name, exc)
+        canary = active.canary
+        if (
+            canary is not None
+            and int(canary["version"]) not in active.loaded_versions()
+            and int(canary["version"]) not in active.prepare_errors
+        ):
+            active.prepare(int(canary["version"]))  # off the request path, like a staged one
         staged = active.staged_version
         if (
             staged is not None
