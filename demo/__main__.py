@@ -5,8 +5,12 @@ MONGODB_URI); run a demo-sized Optuna study tracked in MLflow; publish the two b
 candidate runs with the ``bridge`` CLI and activate the best; start the API under
 granian; over HTTP list /models, predict sample patients; ask the promotion gate to
 activate the other version (refused, then forced with a reason) and show the answers
-change version, roll back, send the held-out patients (without
-labels) to /batch-predict, which writes ``outputs/predicciones.csv``. Then it stops
+change version, roll back; the runner-up in shadow on the held-out patients (``bridge
+compare``); their true diagnoses sent as feedback (live accuracy beside the test
+accuracy); a deliberately broken canary ended by its guardrail, then a healthy one
+promoted and rolled back; the held-out patients (without labels) to /batch-predict,
+which writes ``outputs/predicciones.csv``; drift; and the signed webhook events a local
+receiver got for every change (registered before the promotion steps). Then it stops
 what it started, writes ``reports/demo/index.html`` and exits 0 — or exits 1 at the
 first failure, naming it.
 """
@@ -33,15 +37,21 @@ from conf.settings import DEFAULT_CONFIG, Settings, SettingsError, load_settings
 from conf.uris import mask_uri
 from demo import lab as demo_lab
 from demo import monitoring as demo_monitoring
+from demo.broken_model import broken_artifact
 from demo.http import ApiClient, Exchange
 from demo.report import write_report
 from demo.run import DemoRun
+from demo.webhook_receiver import WebhookReceiver
 from pipelines.data import DataError
 from pipelines.results import StudyResult
 from pipelines.study import run_study
 from pipelines.train import ProgressPrinter, candidate_printer, format_report
-from registry_bridge import database
+from registry_bridge import database, webhooks
+from registry_bridge.canary import routes_to_canary
+from registry_bridge.entities import ModelVersionDraft
 from registry_bridge.errors import RegistryError
+from registry_bridge.monitoring.shadow_log import compare_report
+from registry_bridge.store import ModelStore
 
 BRIDGE = str(Path(sys.executable).with_name("bridge"))
 READY_TIMEOUT_S = 90
@@ -160,11 +170,18 @@ class Started:
     embedded_db: bool = False
     api: Server | None = None
     client: ApiClient | None = None
+    store: ModelStore | None = None
+    receiver: WebhookReceiver | None = None
 
     def stop(self, settings: Settings) -> None:
-        """Stop the API and the embedded database if the demo started them."""
+        """Stop the API, the webhook receiver and the embedded database if the demo
+        started them."""
         if self.api is not None:
             self.api.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.store is not None:
+            self.store.close()
         if self.embedded_db:
             database.stop_embedded(settings.registry.embedded)
 
@@ -185,10 +202,13 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "API_ADMIN_TOKEN": token,  # the demo's API shows the admin token at work
-        "CAPTURE_SAMPLE_PERCENT": "100",  # every request is kept: step 9 watches them
+        "CAPTURE_SAMPLE_PERCENT": "100",  # every request kept: feedback and drift use them
         "MODEL_NAME": settings.api.model_name,  # the API and bridge work on the run's model
+        # The webhook's secret: `bridge webhooks add --secret-env` stores only its name, the
+        # API's senders read it to sign each POST, the demo's receiver checks with it.
+        WEBHOOK_SECRET_ENV: secrets.token_urlsafe(24),
     }
-    gate_rule = with_promotion_rules(settings, env, report_dir)
+    gate_rule = write_demo_config(settings, env, report_dir)
     started = Started()
     try:
         with step(run, 1, "Registry database"):
@@ -200,21 +220,34 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
         with step(run, 4, "Start the API under granian"):
             started.api, client = serve(run, env, token, report_dir)
             started.client = client
+        store = started.store = ModelStore.from_settings(settings)
         patients = sample_patients(study)
         with step(run, 5, "List models and predict sample patients"):
             predict_samples(run, client, patients, versions.best)
+        with step(run, 6, "Webhooks: a local receiver that checks the signature"):
+            started.receiver = register_webhook(run, env, store)
+            changes_before = len(store.list_activation_log(settings.api.model_name))
         with step(
-            run, 6, f"Activate version {versions.other} through the promotion gate, roll back"
+            run, 7, f"Activate version {versions.other} through the promotion gate, roll back"
         ):
             activate_and_roll_back(run, client, patients, versions, env, gate_rule)
-        with step(run, 7, "Batch prediction of the held-out patients (POST /batch-predict)"):
+        held_out = held_out_patients(study)
+        with step(run, 8, f"Shadow traffic: version {versions.other} scores a copy, compare"):
+            request_id = shadow_compare(run, client, env, store, versions, held_out)
+        with step(run, 9, "Feedback: the held-out patients' diagnoses, live accuracy"):
+            send_feedback(run, client, env, store, request_id, held_out, versions.best)
+        with step(run, 10, "Canaries: a broken one ended by its guardrail, a healthy one promoted"):
+            canaries(run, client, env, store, versions, held_out)
+        with step(run, 11, "Batch prediction of the held-out patients (POST /batch-predict)"):
             batch_predict(run, study, client)
-        with step(run, 8, "Versions and activation history from the registry"):
+        with step(run, 12, "Versions and activation history from the registry"):
             record_history(run, client, env, versions)
-        with step(run, 9, f"Monitoring: a batch with {demo_monitoring.SHIFTED_FEATURE} shifted"):
+        with step(run, 13, f"Monitoring: a batch with {demo_monitoring.SHIFTED_FEATURE} shifted"):
             watch_drift(run, study, client, env, report_dir)
+        with step(run, 14, "Webhook events the receiver got, signed"):
+            show_webhook_events(run, env, store, started.receiver, changes_before)
         if settings.data.variant == "2C":
-            with step(run, 10, "The lab's model against ours, on the same test rows"):
+            with step(run, 15, "The lab's model against ours, on the same test rows"):
                 compare_with_lab(run)
     finally:
         started.stop(settings)
@@ -320,24 +353,51 @@ def predict_samples(
 # The demo's promotion rule (docs/promotion.md): a version must beat the one in production
 # by 5 points of macro F1 on the reference set (the first version's test split).
 DEMO_RULE = {"f1_macro": {"min_absolute_change": 0.05}}
+# The canary's guardrail judges from 5 canary answers in a worker's window (default 20):
+# the broken canary is ended after a handful of requests.
+DEMO_CANARY = {"min_requests": 5}
+# The demo's receiver listens on 127.0.0.1, a target refused unless this is set.
+DEMO_WEBHOOKS = {"allow_private": True}
+WEBHOOK_SECRET_ENV = "DEMO_WEBHOOK_SECRET"
+WEBHOOK_EVENTS = "activate,rollback,canary,shadow"
+BROKEN_FEATURE = "degree_spondylolisthesis"  # the broken candidate fails above 1000
+BROKEN_ABOVE = 1000.0
+WAIT_S = 30  # the longest any condition is waited for
 
 
-def with_promotion_rules(settings: Settings, env: dict[str, str], report_dir: Path) -> str | None:
-    """Give the demo's API and ``bridge`` the DEMO_RULE (unless rules are configured): the
-    config file in use plus the rule, written beside the report. The rule, as shown."""
-    if settings.promotion.rules:
-        return None
+def write_demo_config(settings: Settings, env: dict[str, str], report_dir: Path) -> str | None:
+    """Give the demo's API and ``bridge`` the config file in use plus the DEMO_RULE (unless
+    rules are configured), DEMO_CANARY and DEMO_WEBHOOKS, written beside the report.
+    The rule added, as shown, or None."""
     import yaml
 
     tree: dict[str, Any] = {}
     if settings.config_file.resolve() != DEFAULT_CONFIG.resolve():
         tree = yaml.safe_load(settings.config_file.read_text(encoding="utf-8")) or {}
-    tree["promotion"] = {"rules": DEMO_RULE}
+    rule = None
+    if not settings.promotion.rules:
+        tree["promotion"] = {**(tree.get("promotion") or {}), "rules": DEMO_RULE}
+        rule = "f1_macro: {min_absolute_change: 0.05}"
+    tree["canary"] = {**(tree.get("canary") or {}), **DEMO_CANARY}
+    tree["webhooks"] = {**(tree.get("webhooks") or {}), **DEMO_WEBHOOKS}
     report_dir.mkdir(parents=True, exist_ok=True)
     config = report_dir / "demo-config.yaml"
     config.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
     env["VERTEBRAL_CONFIG"] = str(config.resolve())
-    return "f1_macro: {min_absolute_change: 0.05}"
+    return rule
+
+
+def wait_until(condition: Any, what: str, timeout: float = WAIT_S) -> Any:
+    """Poll ``condition`` until it returns something true (returned); DemoFailure naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise DemoFailure(f"{what}: not seen within {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def activate_and_roll_back(
@@ -362,6 +422,7 @@ def activate_and_roll_back(
         expected_exit=(0, 1),
     )
     if "the promotion gate refused" in said:
+        run.gate_refusal = said.splitlines()
         forced = expect(
             client.call(
                 f"Activate version {versions.other} anyway (POST /models/activate, forced)",
@@ -409,6 +470,344 @@ def activate_and_roll_back(
         "after rollback",
     )
     click.echo(f"after rollback /predict answers with version {versions.best} again")
+
+
+def register_webhook(run: DemoRun, env: dict[str, str], store: ModelStore) -> WebhookReceiver:
+    """A receiver on 127.0.0.1 (docs/webhooks.md's, in a thread) subscribed to the changes
+    the next steps make, signed with the secret in DEMO_WEBHOOK_SECRET."""
+    receiver = WebhookReceiver(env[WEBHOOK_SECRET_ENV].encode()).start()
+    click.echo(f"receiver at {receiver.url}, checking X-Registry-Signature (docs/webhooks.md)")
+    if any(hook.get("name") == "demo" for hook in webhooks.list_webhooks(store.db)):
+        webhooks.remove_webhook(store.db, "demo")  # an earlier demo's, its receiver gone
+        click.echo("removed the webhook 'demo' an earlier demo added")
+    bridge(
+        run,
+        *("webhooks", "add", receiver.url, "--events", WEBHOOK_EVENTS),
+        *("--name", "demo", "--secret-env", WEBHOOK_SECRET_ENV),
+        env=env,
+    )
+    return receiver
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The study's test split: records as /predict takes them, and their true diagnoses."""
+
+    records: list[dict[str, float]]
+    labels: list[str]
+
+
+def held_out_patients(study: StudyResult) -> HeldOut:
+    x_test, y_test = study.split.x_test, study.split.y_test
+    return HeldOut(x_test.round(4).to_dict(orient="records"), [str(y) for y in y_test])
+
+
+def shadow_compare(
+    run: DemoRun,
+    client: ApiClient,
+    env: dict[str, str],
+    store: ModelStore,
+    versions: Published,
+    held_out: HeldOut,
+) -> str:
+    """The runner-up scores a copy of every request after its answer; ``bridge compare``
+    says how often it agrees with the best. The request's id, for the feedback step."""
+    name = run.settings.api.model_name
+    count = len(held_out.records)
+    compared_before = compare_report(store, run.settings, name, "1h")["compared"]
+    captured_before = _captured(client, name)
+    bridge(
+        run,
+        *("shadow", name, str(versions.other), "--percent", "100"),
+        *("--reason", "demo: would the runner-up agree?"),
+        env=env,
+    )
+    answer = _predict(client, f"The {count} held-out patients (POST /predict)", held_out.records)
+    _answered_by(answer, versions.best, "with the shadow on")
+    click.echo(
+        f"{count} held-out patients answered by version {versions.best} "
+        f"(request {answer['request_id']}); version {versions.other} scores a copy after it"
+    )
+    report = wait_until(
+        lambda: (
+            found
+            if (found := compare_report(store, run.settings, name, "1h"))["compared"]
+            >= compared_before + count
+            else None
+        ),
+        f"{count} shadow comparisons of version {versions.other}",
+    )
+    bridge(run, "compare", name, "--since", "1h", env=env)
+    run.shadow = report
+    bridge(run, "shadow", name, "--off", "--reason", "demo: compared", env=env)
+    _wait_captured(client, name, captured_before + count)  # the feedback step labels them
+    return str(answer["request_id"])
+
+
+def send_feedback(
+    run: DemoRun,
+    client: ApiClient,
+    env: dict[str, str],
+    store: ModelStore,
+    request_id: str,
+    held_out: HeldOut,
+    best: int,
+) -> None:
+    """The held-out patients' true diagnoses, joined to the request that predicted them;
+    ``bridge monitor`` then gives the active version's live accuracy beside its test one."""
+    name = run.settings.api.model_name
+    labels = [
+        {"request_id": request_id, "label": label, "record": index}
+        for index, label in enumerate(held_out.labels)
+    ]
+    stored = client.call(
+        f"Feedback: {len(labels)} true diagnoses (POST /feedback)",
+        "POST",
+        f"/feedback?name={name}",
+        admin=True,
+        json_body={"labels": labels},
+    )
+    if stored.status not in (200, 201):
+        expect(stored)
+    click.echo(f"stored {stored.json()['stored']} label(s): {stored.json()['versions']}")
+    # Exit 3 flags drift or a quality drop: 62 records of one split are few for the drift
+    # tests (it may flag them); the quality of the answers is what this step reads.
+    said = bridge(run, "monitor", name, "--since", "1h", "--json", env=env, expected_exit=(0, 3))
+    report = json.loads(said[said.index("{") : said.rindex("}") + 1])
+    if report.get("quality_drop"):
+        raise DemoFailure("bridge monitor flags a quality drop on the held-out patients")
+    run.quality = report.get("quality") or []
+    quality = next((q for q in run.quality if q["version"] == best), None)
+    if quality is None or quality.get("accuracy") is None:
+        raise DemoFailure(f"bridge monitor gives no live accuracy of version {best}")
+    test = (quality.get("test_metrics") or {}).get("accuracy")
+    click.echo(
+        f"live quality of version {best}: {quality['labelled']} labelled, "
+        f"live accuracy {quality['accuracy']:.3f} (test accuracy "
+        f"{'?' if test is None else f'{test:.3f}'}), macro F1 {quality['f1_macro']:.3f}, "
+        f"{quality['status']}"
+    )
+    # The shadow comparison joins the same labels: both versions' live accuracy.
+    run.shadow = compare_report(store, run.settings, name, "1h")
+    for pair in run.shadow["pairs"]:
+        live = pair["live_accuracy"]
+        if live["labelled"]:
+            click.echo(
+                f"on the {live['labelled']} shadowed records: live accuracy of version "
+                f"{pair['active_version']} {live['active']:.3f}, of version "
+                f"{pair['shadow_version']} (shadow) {live['shadow']:.3f}"
+            )
+
+
+def _publish_broken(run: DemoRun, store: ModelStore, other: int) -> int:
+    """The runner-up's graph made to fail on BROKEN_FEATURE above BROKEN_ABOVE, published
+    with the store as a new version, its document the runner-up's (source says why)."""
+    name = run.settings.api.model_name
+    runner_up = store.get_model_version(name, other)
+    columns = [column["name"] for column in runner_up.input_schema]
+    artifact = broken_artifact(
+        store.read_artifact(runner_up),
+        feature=columns.index(BROKEN_FEATURE),
+        above=BROKEN_ABOVE,
+        output=runner_up.onnx_io.get("probabilities_output", "probabilities"),
+    )
+    draft = ModelVersionDraft.from_document(
+        {
+            **runner_up.to_dict(),
+            "source": f"demo: v{other} made to fail on {BROKEN_FEATURE} > {BROKEN_ABOVE:g}",
+        }
+    )
+    published = store.publish_model_version(draft, artifact, new_version=True)
+    broken = published.version.version
+    click.echo(
+        f"published version {broken}: version {other}'s graph, failing (onnxruntime raises) "
+        f"on {BROKEN_FEATURE} > {BROKEN_ABOVE:g}"
+    )
+    return broken
+
+
+def _keyed_predict(
+    client: ApiClient, title: str, record: dict[str, float], key: str, keep: bool = False
+) -> Exchange:
+    return client.call(
+        title,
+        "POST",
+        "/predict",
+        json_body={"records": [record]},
+        headers={"X-Request-Key": key},
+        record=keep,
+    )
+
+
+def canaries(
+    run: DemoRun,
+    client: ApiClient,
+    env: dict[str, str],
+    store: ModelStore,
+    versions: Published,
+    held_out: HeldOut,
+) -> None:
+    """A broken candidate as a 50 % canary answers 5xx on some records: its guardrail ends
+    it and the best answers everything again. Then the runner-up as a healthy 20 % canary,
+    promoted (forced past the gate when it refuses), and a rollback to the best."""
+    name = run.settings.api.model_name
+    broken = _publish_broken(run, store, versions.other)
+    bridge(
+        run,
+        *("canary", name, str(broken), "--percent", "50"),
+        *("--reason", "demo: a candidate that fails on some inputs"),
+        env=env,
+    )
+    keys = [f"patient-{i}" for i in range(400)]
+    to_canary = [k for k in keys if routes_to_canary(k.encode(), 50)]
+    failing = {**held_out.records[0], BROKEN_FEATURE: 2000.0}
+    failures = sent = 0
+
+    def ended() -> bool:
+        state = store.get_active_version(name)
+        return state is not None and state.canary is None
+
+    # Rounds of requests whose X-Request-Key routes them to the canary, until a worker's
+    # heartbeat (every 2 s) sees its window breach the guardrail and ends the canary.
+    deadline = time.monotonic() + WAIT_S
+    while not ended():
+        if time.monotonic() > deadline:
+            raise DemoFailure(f"the guardrail did not end the canary of version {broken}")
+        for key in to_canary[sent % len(to_canary) :][:12]:
+            answer = _keyed_predict(
+                client,
+                f"A record the canary fails on (X-Request-Key: {key})",
+                failing,
+                key,
+                keep=sent == 0,
+            )
+            sent += 1
+            failures += answer.status >= 500
+        wait_until_quietly(ended, 2.5)
+    click.echo(
+        f"sent {sent} requests routed to the canary with {BROKEN_FEATURE}=2000: "
+        f"{failures} answered 5xx by version {broken}"
+    )
+    entry = next(e for e in reversed(store.list_activation_log(name)) if e.action == "canary-abort")
+    run.canary_abort = entry.to_dict()
+    click.echo(f"audit entry: {entry.action} by {entry.by}: {entry.reason}")
+    for side in ("canary", "active"):
+        click.echo(f"   {side}: {guardrail_figures((entry.details or {}).get(side))}")
+    back = wait_until(
+        lambda: (
+            a
+            if (a := _keyed_predict(client, "After the abort", failing, to_canary[0])).status == 200
+            else None
+        ),
+        "a 200 answer to a canary key after the abort",
+    )
+    _answered_by(back.json(), versions.best, "after the canary's abort")
+    click.echo(f"after the abort the same keys are answered by version {versions.best} (HTTP 200)")
+
+    bridge(
+        run,
+        *("canary", name, str(versions.other), "--percent", "20"),
+        *("--reason", "demo: the runner-up, healthy"),
+        env=env,
+    )
+    to_healthy = [k for k in keys if routes_to_canary(k.encode(), 20)][:3]
+    to_best = [k for k in keys if not routes_to_canary(k.encode(), 20)][:5]
+    answered = []
+    for number, key in enumerate(to_healthy + to_best):  # fewer than min_requests a worker
+        exchange = _keyed_predict(
+            client, f"Canary at 20 % (X-Request-Key: {key})", held_out.records[number], key
+        )
+        answered.append(expect(exchange)["model"]["version"])
+    click.echo(
+        f"{len(answered)} requests: version {versions.other} answered "
+        f"{answered.count(versions.other)}, version {versions.best} "
+        f"{answered.count(versions.best)} (sticky by X-Request-Key)"
+    )
+    if run.gate_refusal:  # step 7's gate refused this version: forced, with the reason
+        bridge(
+            run,
+            *("canary", name, "--promote", "--force"),
+            *("--reason", "demo: healthy canary; the gate refused it in step 7"),
+            env=env,
+        )
+    else:
+        bridge(run, "canary", name, "--promote", "--reason", "demo: healthy canary", env=env)
+    run.canary_promote = next(
+        e for e in reversed(store.list_activation_log(name)) if e.action == "canary-promote"
+    ).to_dict()
+    show_alias(run, name, versions.other)
+    rolled = expect(
+        client.call(
+            "Roll back after the canary's promotion (POST /models/rollback)",
+            "POST",
+            "/models/rollback",
+            admin=True,
+            json_body={"name": name, "reason": "demo: back to the best for the next steps"},
+        )
+    )
+    click.echo(f"rolled back: active version {rolled['active_version']}")
+    show_alias(run, name, versions.best)
+    _answered_by(
+        _predict(client, "Predict after the canary's rollback", held_out.records[:1]),
+        versions.best,
+        "after the canary's rollback",
+    )
+    click.echo(f"rolled back: version {versions.best} answers again")
+
+
+def guardrail_figures(figures: dict[str, Any] | None) -> str:
+    """One version's figures in a canary-abort entry: requests, failures, p99."""
+    figures = figures or {}
+    p99 = figures.get("p99_ms")
+    return (
+        f"version {figures.get('version')}, {figures.get('requests')} request(s) in the window, "
+        f"{figures.get('errors')} failed, p99 {'-' if p99 is None else f'{p99:.1f} ms'}"
+    )
+
+
+def wait_until_quietly(condition: Any, timeout: float) -> bool:
+    """Poll ``condition`` for up to ``timeout`` seconds; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def show_webhook_events(
+    run: DemoRun,
+    env: dict[str, str],
+    store: ModelStore,
+    receiver: WebhookReceiver | None,
+    changes_before: int,
+) -> None:
+    """Every change since the webhook was added (one audit entry each, all subscribed
+    events) reached the receiver, signed: wait for them, list them, and the deliveries."""
+    assert receiver is not None
+    name = run.settings.api.model_name
+    expected = len(store.list_activation_log(name)) - changes_before
+    if not receiver.wait_for(lambda got: sum(r.verified for r in got) >= expected, WAIT_S):
+        raise DemoFailure(
+            f"the receiver got {sum(r.verified for r in receiver.got)} signed event(s) of "
+            f"the {expected} changes within {WAIT_S}s"
+        )
+    for received in receiver.got:
+        event = received.event
+        details = event.get("details") or {}
+        action = f" ({details['action']})" if details.get("action") else ""
+        click.echo(
+            f"   {event.get('event')}{action}: v{event.get('from_version')} -> "
+            f"v{event.get('to_version')} by {event.get('actor')}, "
+            f"signature verified: {'yes' if received.verified else 'NO'}"
+        )
+    run.webhook_events = [
+        {**r.event, "verified": r.verified, "delivery": r.delivery} for r in receiver.got
+    ]
+    kinds = {str(r.event.get("event")) for r in receiver.got if r.verified}
+    if not {"activate", "rollback"} <= kinds:
+        raise DemoFailure(f"no signed activate and rollback events received: {sorted(kinds)}")
+    bridge(run, "webhooks", "deliveries", "--webhook", "demo", "--limit", "30", env=env)
 
 
 def batch_predict(run: DemoRun, study: StudyResult, client: ApiClient) -> None:

@@ -43,12 +43,16 @@ class ApiClient:
         csv_file: str | None = None,
         admin: bool = False,
         record: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> Exchange:
-        """Send one request; returns the exchange (raises nothing on 4xx/5xx)."""
+        """Send one request; returns the exchange (raises nothing on 4xx/5xx). ``headers``:
+        extra ones (``X-Request-Key``...), shown in the curl command."""
         url = f"{self.base_url}{path}"
-        headers: dict[str, str] = {}
-        data: bytes | None = None
         curl = ["curl", "-s"]
+        for key, value in (headers or {}).items():
+            curl += ["-H", f"{key}: {value}"]
+        headers = dict(headers or {})
+        data: bytes | None = None
         if method != "GET":
             curl += ["-X", method]
         if json_body is not None:

@@ -25,6 +25,11 @@ SECTIONS = (
     ("plots", "Training plots"),
     ("versions", "Registered versions"),
     ("history", "Activation history"),
+    ("gate", "Promotion gate"),
+    ("shadow", "Shadow comparison"),
+    ("feedback", "Feedback and live quality"),
+    ("canary", "Canaries"),
+    ("webhooks", "Webhook events"),
     ("requests", "API requests"),
     ("batch", "Batch prediction"),
     ("monitoring", "Monitoring"),
@@ -65,6 +70,8 @@ def csv_head(path: Path | None, rows: int = 6) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
@@ -199,6 +206,188 @@ def history_section(run: DemoRun) -> str:
     )
 
 
+def _history_entries(run: DemoRun, action: str) -> list[dict[str, Any]]:
+    return [e for e in run.history if e.get("action") == action]
+
+
+def gate_section(run: DemoRun) -> str:
+    """The gate's refusal (or none), and each gated activation's report from the history."""
+    refusal = (
+        f"<p>The gate refused the runner-up:</p><pre>{_e(chr(10).join(run.gate_refusal))}</pre>"
+        if run.gate_refusal
+        else "<p class='muted'>The gate did not refuse the runner-up in this run.</p>"
+    )
+    rows = []
+    for entry in run.history:
+        gate = (entry.get("details") or {}).get("gate") or entry.get("gate")
+        if not isinstance(gate, dict):
+            continue
+        for rule in gate.get("rules") or []:
+            shown = ("metric", "candidate", "active", "passed", "failures", "skipped")
+            bounds = {k: v for k, v in rule.items() if k not in shown}
+            rows.append(
+                (
+                    entry.get("at"),
+                    entry.get("action"),
+                    f"v{entry.get('from_version')} → v{entry.get('to_version')}",
+                    rule.get("metric"),
+                    _fmt(rule.get("candidate")),
+                    _fmt(rule.get("active")),
+                    ", ".join(f"{k} {v}" for k, v in bounds.items()),
+                    "passed" if rule.get("passed") else "FAILED",
+                    "FORCED" if gate.get("forced") else ("passed" if gate.get("passed") else ""),
+                    entry.get("reason"),
+                )
+            )
+    header = ["at", "action", "versions", "metric", "candidate", "active", "bounds", "rule"]
+    return refusal + (table([*header, "gate", "reason"], rows) if rows else "")
+
+
+def shadow_section(run: DemoRun) -> str:
+    """Agreement, the disagreement matrix, latencies and live accuracy per shadow pair."""
+    report = run.shadow
+    if not report or not report.get("pairs"):
+        return "<p class='muted'>not produced</p>"
+    parts = [
+        f"<p><code>bridge shadow</code> at 100 %: the held-out patients were answered by the "
+        f"active version while the shadow scored a copy after each answer; "
+        f"<code>bridge compare</code> over the last {_e(report.get('window'))}.</p>"
+    ]
+    for pair in report["pairs"]:
+        matrix = pair["matrix"]
+        latency = pair.get("latency") or {}
+        live = pair.get("live_accuracy") or {}
+        parts.append(
+            f"<h3>v{_e(pair['shadow_version'])} (shadow) vs v{_e(pair['active_version'])} "
+            f"(active): {_e(pair['compared'])} records, agreement "
+            f"{100 * (pair['agreement'] or 0):.1f} %</h3>"
+            + table(
+                ["active \\ shadow", *matrix["classes"]],
+                [
+                    (f"v{pair['active_version']}: {c}", *row)
+                    for c, row in zip(matrix["classes"], matrix["counts"], strict=True)
+                ],
+            )
+            + table(
+                ["", "p50 ms", "p99 ms", "live accuracy"],
+                [
+                    (
+                        f"active v{pair['active_version']} (request)",
+                        _fmt(latency.get("active", {}).get("p50_ms")),
+                        _fmt(latency.get("active", {}).get("p99_ms")),
+                        _fmt(live.get("active")),
+                    ),
+                    (
+                        f"shadow v{pair['shadow_version']} (per record)",
+                        _fmt(latency.get("shadow", {}).get("p50_ms")),
+                        _fmt(latency.get("shadow", {}).get("p99_ms")),
+                        _fmt(live.get("shadow")),
+                    ),
+                ],
+            )
+            + f"<p class='muted'>{_e(live.get('labelled', 0))} of the compared records "
+            "labelled through POST /feedback.</p>"
+        )
+    return "".join(parts)
+
+
+def feedback_section(run: DemoRun) -> str:
+    """Live quality per version from bridge monitor, beside the test metrics at publish."""
+    if not run.quality:
+        return "<p class='muted'>not produced</p>"
+    parts = [
+        "<p>The held-out patients' true diagnoses were sent to <code>POST /feedback</code> "
+        "with the request id of their answer; <code>bridge monitor --json</code> joined them "
+        "to the captured requests.</p>"
+    ]
+    for q in run.quality:
+        test = q.get("test_metrics") or {}
+        delta = q.get("test_metrics_delta") or {}
+        confusion = q.get("confusion") or {}
+        parts.append(
+            f"<h3>v{_e(q['version'])}: {_e(q.get('labelled'))} labelled of "
+            f"{_e(q.get('captured'))} captured — {_e(q.get('status'))}</h3>"
+            + table(
+                ["metric", "live", "test at publish", "change"],
+                [
+                    (m, _fmt(q.get(m)), _fmt(test.get(m)), _fmt(delta.get(m)))
+                    for m in ("accuracy", "f1_macro", "sensitivity", "specificity")
+                    if q.get(m) is not None
+                ],
+            )
+        )
+        if confusion.get("matrix"):
+            parts.append(
+                table(
+                    ["label \\ decision", *confusion["labels"]],
+                    [
+                        (label, *row)
+                        for label, row in zip(confusion["labels"], confusion["matrix"], strict=True)
+                    ],
+                )
+            )
+    return "".join(parts)
+
+
+def canary_section(run: DemoRun) -> str:
+    """The guardrail's abort with both versions' figures, then the promoted canary."""
+    abort = run.canary_abort
+    if not abort:
+        return "<p class='muted'>not produced</p>"
+    details = abort.get("details") or {}
+    rows = [
+        (
+            side,
+            (details.get(side) or {}).get("version"),
+            (details.get(side) or {}).get("requests"),
+            (details.get(side) or {}).get("errors"),
+            _fmt((details.get(side) or {}).get("p99_ms")),
+        )
+        for side in ("canary", "active")
+    ]
+    promote = run.canary_promote or {}
+    return (
+        "<p>A deliberately broken candidate (the runner-up's ONNX graph, failing on "
+        "degree_spondylolisthesis above 1000; <code>demo/broken_model.py</code>) answered "
+        "50 % of requests as a canary. Records with degree_spondylolisthesis 2000 sent with "
+        "<code>X-Request-Key</code>s routed to it failed with 5xx, and the guardrail ended it:</p>"
+        f"<pre>{_e(abort.get('action'))} at {_e(abort.get('at'))} by {_e(abort.get('by'))}\n"
+        f"{_e(abort.get('reason'))}</pre>"
+        + table(["side", "version", "requests in window", "failed", "p99 ms"], rows)
+        + "<p>Then the runner-up as a healthy 20 % canary, promoted: "
+        f"<code>{_e(promote.get('action'))}</code> v{_e(promote.get('from_version'))} → "
+        f"v{_e(promote.get('to_version'))} ({_e(promote.get('reason'))}); a rollback brought "
+        "the best version back for the next steps.</p>"
+    )
+
+
+def webhooks_section(run: DemoRun) -> str:
+    """Each POST the demo's receiver got, with whether its signature verified."""
+    if not run.webhook_events:
+        return "<p class='muted'>not produced</p>"
+    return (
+        "<p>A receiver on 127.0.0.1 (the code of docs/webhooks.md) was registered with "
+        "<code>bridge webhooks add … --secret-env DEMO_WEBHOOK_SECRET</code> before the "
+        "promotion steps; the API's workers sent it every change, signed.</p>"
+        + table(
+            ["event", "action", "from", "to", "actor", "reason", "time", "signature verified"],
+            [
+                (
+                    e.get("event"),
+                    (e.get("details") or {}).get("action", ""),
+                    e.get("from_version"),
+                    e.get("to_version"),
+                    e.get("actor"),
+                    e.get("reason") or "",
+                    e.get("time"),
+                    "yes" if e.get("verified") else "NO",
+                )
+                for e in run.webhook_events
+            ],
+        )
+    )
+
+
 def requests_section(run: DemoRun) -> str:
     parts = []
     for exchange in run.exchanges:
@@ -310,6 +499,11 @@ def write_report(run: DemoRun, directory: Path, total_seconds: float) -> Path:
         "plots": plots_section(run),
         "versions": versions_section(run),
         "history": history_section(run),
+        "gate": gate_section(run),
+        "shadow": shadow_section(run),
+        "feedback": feedback_section(run),
+        "canary": canary_section(run),
+        "webhooks": webhooks_section(run),
         "requests": requests_section(run),
         "batch": "<h3>Input: new patients (held-out split, no labels)</h3>"
         + csv_head(run.batch_input)

@@ -29,4 +29,10 @@ class DemoRun:
     monitoring_plots: list[Path] = field(default_factory=list)
     console_url: str | None = None
     aliases: list[str] = field(default_factory=list)  # where MLflow's alias pointed, in order
+    gate_refusal: list[str] = field(default_factory=list)  # the gate's lines, when it refused
+    shadow: dict[str, Any] | None = None  # bridge compare's JSON after the shadow traffic
+    canary_abort: dict[str, Any] | None = None  # the guardrail's canary-abort audit entry
+    canary_promote: dict[str, Any] | None = None  # the healthy canary's promotion entry
+    quality: list[dict[str, Any]] = field(default_factory=list)  # bridge monitor's quality
+    webhook_events: list[dict[str, Any]] = field(default_factory=list)  # what the receiver got
     lab: Any = None  # 2C: the lab's model (pipelines.lab.LabBaseline) on the same test rows

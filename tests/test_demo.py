@@ -21,6 +21,11 @@ SECTION_IDS = (
     "plots",
     "versions",
     "history",
+    "gate",
+    "shadow",
+    "feedback",
+    "canary",
+    "webhooks",
     "requests",
     "batch",
     "monitoring",
@@ -74,12 +79,17 @@ def test_demo_runs_the_whole_flow(demo_run):
         "Publish the two best runs",
         "Start the API",
         "List models and predict",
+        "Webhooks: a local receiver",
         "Activate version",
+        "Shadow traffic",
+        "Feedback",
+        "Canaries",
         "Batch prediction",
         "Versions and activation history",
         "Monitoring",
+        "Webhook events the receiver got",
     ):
-        assert re.search(rf"== \d\. {re.escape(step)}", out), f"step missing: {step}"
+        assert re.search(rf"== \d+\. {re.escape(step)}", out), f"step missing: {step}"
     assert "after rollback /predict answers with version" in out
     # The promotion gate judged the runner-up: refused then forced with a reason, or (when
     # the runner-up won by the margin) refusing the way back.
@@ -89,9 +99,32 @@ def test_demo_runs_the_whole_flow(demo_run):
     assert refused_then_forced or "the gate refuses the way back" in out, out[-4000:]
     assert "drifting: degree_spondylolisthesis" in out  # bridge monitor flagged it, alone
     assert re.search(r"console \(drift shown with its plots\): http://127\.0\.0\.1:\d+/", out)
-    # MLflow's alias follows publish --activate, the activation and the rollback.
+    # The shadow comparison of the 62 held-out patients.
+    assert re.search(r"v\d+ \(shadow\) vs v\d+ \(active\): 62 records, agreement \d+\.\d%", out)
+    # Their diagnoses as feedback: live accuracy beside the test accuracy.
+    assert re.search(
+        r"live quality of version \d+: 62 labelled, live accuracy \d\.\d{3} "
+        r"\(test accuracy \d\.\d{3}\)",
+        out,
+    ), out[-4000:]
+    # The broken canary ended by its guardrail, with its figures; the best answers again.
+    assert re.search(r"audit entry: canary-abort by guardrail on .*: guardrail: error rate", out), (
+        out[-4000:]
+    )
+    assert re.search(r"canary: version \d+, \d+ request\(s\) in the window, [1-9]\d* failed", out)
+    assert "after the abort the same keys are answered by version" in out
+    assert re.search(r"promoted: vertebral-column v\d+ is active", out)
+    # The receiver got signed activate and rollback events (and none badly signed).
+    for event in ("activate", "rollback", r"canary \(canary-abort\)"):
+        assert re.search(
+            rf"^\s+{event}: v\d+ -> v\d+ .*signature verified: yes$", out, re.MULTILINE
+        ), f"no signed {event} event received"
+    assert "signature verified: NO" not in out
+    # MLflow's alias follows publish --activate, the activation and the rollback, then the
+    # canary's promotion and the rollback after it (a canary itself moves no alias).
     moves = re.findall(r"@production -> MLflow version \d+ \(registry v(\d+)\)", out)
-    assert len(moves) == 3 and moves[0] == moves[2] != moves[1], moves
+    best, other = moves[0], moves[1]
+    assert moves == [best, other, best, other, best] and best != other, moves
     with open(workdir / "outputs" / "predicciones.csv", newline="") as handle:
         predictions = list(csv.reader(handle))
     with open(workdir / "outputs" / "demo" / "new_patients.csv", newline="") as handle:
