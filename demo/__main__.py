@@ -808,6 +808,10 @@ def show_webhook_events(
     if not {"activate", "rollback"} <= kinds:
         raise DemoFailure(f"no signed activate and rollback events received: {sorted(kinds)}")
     bridge(run, "webhooks", "deliveries", "--webhook", "demo", "--limit", "30", env=env)
+    # Its receiver stops with the demo: later changes (make serve, bridge activate) would
+    # be retried against a closed port for ~17 minutes. The deliveries above are kept.
+    webhooks.remove_webhook(store.db, "demo")
+    click.echo("removed the webhook 'demo' (its receiver stops with the demo)")
 
 
 def batch_predict(run: DemoRun, study: StudyResult, client: ApiClient) -> None:
