@@ -433,7 +433,8 @@ def run(
                 "url": url,
                 "server": target.server,
                 "ready_s": server.ready_s,
-                "answer": answer.decode()[:300],
+                # The whole (one-record) answer, bounded: the report quotes it as JSON.
+                "answer": answer.decode()[:4000],
                 "server_header": server_header,
                 "rss_idle_mb": tree_rss_mb(server.pid),
             }

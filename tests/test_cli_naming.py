@@ -24,6 +24,8 @@ NAMELESS = {"runs", "gc", "db start", "db stop", "db status"}
 # Listing commands: no NAME means every name.
 EVERY_NAME = {"list", "sync", "fleet"}
 WITH_VERSION = {"show", "activate", "download", "verify", "delete"}
+# VERSION only to start one (`bridge canary NAME V --percent P`); not to promote, end or show.
+OPTIONAL_VERSION = {"canary", "shadow"}
 
 
 def every_command(group: click.Group = main, prefix: str = "") -> dict[str, click.Command]:
@@ -37,6 +39,9 @@ def every_command(group: click.Group = main, prefix: str = "") -> dict[str, clic
 
 
 COMMANDS = every_command()
+# `bridge webhooks ...` act on the registry's webhooks, not on a model: their `--name` is
+# the webhook's name (DESIGN.md's `bridge webhooks add URL --events E1,E2 [--name NAME]`).
+WEBHOOKS = {path for path in COMMANDS if path.startswith("webhooks ")}
 
 
 def test_the_rule_covers_every_command():
@@ -45,7 +50,7 @@ def test_the_rule_covers_every_command():
     assert {"publish", "monitor", "score", "rollback", "history"} <= set(COMMANDS) - NAMELESS
 
 
-@pytest.mark.parametrize("path", sorted(set(COMMANDS) - NAMELESS))
+@pytest.mark.parametrize("path", sorted(set(COMMANDS) - NAMELESS - WEBHOOKS))
 def test_every_model_command_takes_a_positional_name_and_the_name_alias(path):
     """Check NAME is the first positional, optional, and --name is the same parameter's alias."""
     command = COMMANDS[path]
@@ -53,13 +58,26 @@ def test_every_model_command_takes_a_positional_name_and_the_name_alias(path):
     options = {o: p for p in command.params if isinstance(p, click.Option) for o in p.opts}
     assert arguments[0].name == "name" and not arguments[0].required, path
     assert [a.name for a in arguments] == (
-        ["name", "version"] if path in WITH_VERSION else ["name"]
+        ["name", "version"] if path in WITH_VERSION | OPTIONAL_VERSION else ["name"]
     ), path
+    if path in OPTIONAL_VERSION:
+        assert not arguments[1].required, path
     assert "--name" in options, f"bridge {path} lost --name"
     default = "every name" if path in EVERY_NAME else "MODEL_NAME"
     assert f"(default {default})" in (options["--name"].help or ""), path
     usage = CliRunner().invoke(main, [*path.split(), "--help"]).output
-    assert f"[NAME]{' VERSION' if path in WITH_VERSION else ''}" in usage, usage
+    version = (
+        " VERSION" if path in WITH_VERSION else " [VERSION]" if path in OPTIONAL_VERSION else ""
+    )
+    assert f"[NAME]{version}" in usage, usage
+
+
+@pytest.mark.parametrize("path", sorted(WEBHOOKS))
+def test_webhook_commands_take_no_model_name(path):
+    """Check `bridge webhooks` commands take no model NAME: their --name is a webhook's."""
+    arguments = [p.name for p in COMMANDS[path].params if isinstance(p, click.Argument)]
+    assert "name_alias" not in {p.name for p in COMMANDS[path].params}, path
+    assert arguments[:1] != ["name"] or path in ("webhooks remove", "webhooks test"), path
 
 
 @pytest.mark.parametrize("path", sorted(NAMELESS))

@@ -752,8 +752,11 @@ def test_fuzzing_from_the_openapi_spec_finds_no_5xx_and_no_spec_violation(server
         "--request-timeout",
         "60",
         "--no-color",
+        # One worker: with two, schemathesis's threads race in CPython 3.11's ast module
+        # ("AST constructor recursion depth mismatch"), a crash inside the fuzzer that failed
+        # a clean-clone CI run (2026-12-07) and an earlier one; it says nothing of the API.
         "--workers",
-        "2",
+        "1",
         "--suppress-health-check",
         "all",
     ]
