@@ -113,28 +113,27 @@ class ShadowQueue:
         started = time.perf_counter()
         decision = decide(model, model.predict(matrix))
         per_record_ms = (time.perf_counter() - started) * 1000 / max(len(matrix), 1)
-        keys, active_labels, active_ms, versions = [], [], [], set()
-        for version, _rows, labels, request_id, latency_ms in taken:
-            versions.add(version)
-            keys += [f"{request_id}#{i}" for i in range(len(labels))]
-            active_labels += list(labels)
-            active_ms += [latency_ms] * len(labels)
+        classes = model.classes
         batch = shadow_log.ShadowBatch(
             name=self.active.name,
-            active_version=max(versions),
+            active_version=max(item[0] for item in taken),
             shadow_version=model.version,
             features=tuple(model.schema.features),
-            keys=keys,
-            active_labels=[str(label) for label in active_labels],
-            shadow_labels=[str(label) for label in decision.labels.tolist()],
-            active_ms=active_ms,
-            shadow_ms=[per_record_ms] * len(keys),
+            classes=classes,
+            request_ids=[item[3] for item in taken],
+            counts=np.array([len(item[2]) for item in taken], dtype=np.int32),
+            active_ms=np.array([item[4] for item in taken], dtype=np.float32),
+            active_codes=shadow_log.encode_labels(
+                [label for item in taken for label in item[2]], classes
+            ),
+            shadow_codes=shadow_log.encode_labels(decision.labels.tolist(), classes),
+            shadow_ms=per_record_ms,
             matrix=matrix,
         )
         now = datetime.now(UTC)
         shadow_log.write(self.active.store.db, batch, now)
-        self.scored += len(keys)
-        SHADOW_SCORED.labels(self.active.name).inc(len(keys))
+        self.scored += len(matrix)
+        SHADOW_SCORED.labels(self.active.name).inc(len(matrix))
         if time.monotonic() - self._purged_at > PURGE_INTERVAL_S:
             self._purged_at = time.monotonic()
             shadow_log.purge(self.active.store.db, now - self.retention)
