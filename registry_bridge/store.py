@@ -700,9 +700,14 @@ class ModelStore:
             reason,
             {"action": action, "percent": float(percent)},
         )
+        held = self.state.find_one({"_id": name}) or {}
         moved = self.state.find_one_and_update(  # the webhook event in the same write
-            {"_id": name, "active_version": current.active_version},
-            {"$set": {kind: side}, "$push": {webhooks.OUTBOX: event}},
+            {
+                "_id": name,
+                "active_version": current.active_version,
+                pointer_guard.TOKEN: held.get(pointer_guard.TOKEN),
+            },
+            {"$set": {kind: side, webhooks.OUTBOX: [*_waiting(held), event]}},
             return_document=ReturnDocument.AFTER,
         )
         acknowledged_at = time.monotonic()
@@ -762,9 +767,14 @@ class ModelStore:
                 reason,
                 {"action": action, **({"figures": dict(figures)} if figures else {})},
             )
+            held = self.state.find_one({"_id": name}) or {}
             ended = self.state.find_one_and_update(  # the webhook event in the same write
-                {"_id": name, f"{kind}.version": wanted},
-                {"$unset": {kind: ""}, "$push": {webhooks.OUTBOX: event}},
+                {
+                    "_id": name,
+                    f"{kind}.version": wanted,
+                    pointer_guard.TOKEN: held.get(pointer_guard.TOKEN),
+                },
+                {"$unset": {kind: ""}, "$set": {webhooks.OUTBOX: [*_waiting(held), event]}},
                 return_document=ReturnDocument.AFTER,
             )
         acknowledged_at = time.monotonic()
@@ -1049,7 +1059,7 @@ class ModelStore:
             # relaying them) are carried into the new one; the token in the filter makes sure
             # no move came in between, whose events this replace would drop.
             held = self.state.find_one({"_id": name}) or {}
-            outbox[:0] = held.get(webhooks.OUTBOX) or []
+            outbox[:0] = _waiting(held)
             replaced = self.state.find_one_and_replace(
                 {
                     "_id": name,
@@ -1313,6 +1323,16 @@ class ModelStore:
                 "version", ASCENDING
             )
         ]
+
+
+def _waiting(pointer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The events still waiting in a pointer document's outbox, to write back with a new one.
+
+    The whole list is written with ``$set``, never ``$push``: the embedded server stores a
+    document given to ``$push`` as its JSON text (docs/embedded-mongo.md), which no sender
+    can read back as an event.
+    """
+    return [dict(e) for e in pointer.get(webhooks.OUTBOX) or () if isinstance(e, Mapping)]
 
 
 def _model_kind(classes: Any, input_schema: Any, variant: Any) -> dict[str, Any]:

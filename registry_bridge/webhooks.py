@@ -240,7 +240,9 @@ def relay(db: Database, collection: str, doc_id: Any, events: Iterable[Mapping[s
     """
     created = 0
     try:
-        events = list(events)
+        # Only documents are events: one element of another type (the embedded server
+        # stores a document given to $push as its JSON text) must not block the others.
+        events = [e for e in events if isinstance(e, Mapping)]
         if not events:
             return 0
         for event in events:

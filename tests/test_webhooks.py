@@ -163,6 +163,21 @@ def test_shadow_and_canary_changes_are_posted(store, hooked, receiver):
     ]
 
 
+
+def test_an_element_that_is_not_an_event_does_not_block_the_outbox(store, hooked, receiver):
+    """Check a sender relays the events of a pointer whose outbox also holds text (what the
+    embedded server made of a document given to $push, which the store no longer uses)."""
+    webhooks.add_webhook(store.db, hooked.webhooks, receiver.url, ["activate"], "ci")
+    event = webhooks.new_event("activate", NAME, 1, 2, "alice", "left by a crash")
+    store.state.insert_one(
+        {"_id": NAME, "active_version": 2, webhooks.OUTBOX: ['{"id":"x"}', event]}
+    )
+    assert webhooks.relay_pending(store.db) == 1
+    Sender(store.db, hooked.webhooks).deliver_due()
+    (got,) = receiver.wait_for(1)
+    assert got.payload["reason"] == "left by a crash"
+
+
 def test_the_documented_receiver_accepts_signed_events_and_refuses_others(
     store, hooked, monkeypatch
 ):
