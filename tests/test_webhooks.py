@@ -163,7 +163,6 @@ def test_shadow_and_canary_changes_are_posted(store, hooked, receiver):
     ]
 
 
-
 def test_an_element_that_is_not_an_event_does_not_block_the_outbox(store, hooked, receiver):
     """Check a sender relays the events of a pointer whose outbox also holds text (what the
     embedded server made of a document given to $push, which the store no longer uses)."""
