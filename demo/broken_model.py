@@ -25,9 +25,7 @@ def broken_artifact(
         node.output[:] = [raw if name == source.name else name for name in node.output]
     graph.initializer.extend(
         [
-            helper.make_tensor("broken_starts", TensorProto.INT64, [1], [feature]),
-            helper.make_tensor("broken_ends", TensorProto.INT64, [1], [feature + 1]),
-            helper.make_tensor("broken_axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("broken_column", TensorProto.INT64, [1], [feature]),
             helper.make_tensor("broken_above", TensorProto.FLOAT, [], [above]),
             helper.make_tensor("broken_far", TensorProto.INT64, [], [1000]),
             helper.make_tensor("broken_data", TensorProto.FLOAT, [1], [1.0]),
@@ -37,9 +35,10 @@ def broken_artifact(
     x = graph.input[0].name
     graph.node.extend(
         [
-            helper.make_node(
-                "Slice", [x, "broken_starts", "broken_ends", "broken_axes"], ["b_col"]
-            ),
+            # Gather along axis 1, not Slice: Slice's inputs form needs opset 10, and some
+            # families' graphs (skl2onnx) declare an older one. Every op here exists, with
+            # this signature, from opset 9 on.
+            helper.make_node("Gather", [x, "broken_column"], ["b_col"], axis=1),
             helper.make_node("Greater", ["b_col", "broken_above"], ["b_high"]),
             helper.make_node("Cast", ["b_high"], ["b_flag"], to=TensorProto.INT64),
             helper.make_node("Mul", ["b_flag", "broken_far"], ["b_index"]),

@@ -15,9 +15,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import requests
-from api_fixtures import FAMILIES, MODEL, make_app, record, with_api
+from api_fixtures import FAMILIES, MODEL, fitted_draft, make_app, record, with_api
 from servers import ApiServer, wait_until
 
+from conf.contract import FAMILIES as FAMILIES_ALL
 from conf.settings import CanarySettings, GateRule, PromotionSettings
 from demo.broken_model import broken_artifact
 from registry_bridge import fleet
@@ -255,3 +256,30 @@ def test_the_cli_starts_shows_and_aborts_a_canary(published, bridge):
     assert again.exit_code == 1 and "no canary of" in again.output
     history = bridge("history", MODEL).output
     assert "canary-start" in history and "canary-abort" in history
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES_ALL)
+def test_the_broken_candidate_loads_for_every_family_and_fails_only_where_meant(family):
+    """Check demo/broken_model.py on each family's real graph (their opsets differ: SVC's
+    is 9, where a Slice with inputs does not exist): it loads, answers as before on
+    ordinary rows, and fails on a row whose degree_spondylolisthesis is above 1000."""
+    from conf.settings import load_settings
+    from pipelines.candidate import split_dataset
+    from pipelines.data import load_dataset
+    from registry_bridge.onnx_check import load_session
+
+    settings = load_settings()
+    dataset = load_dataset(settings.data)
+    split = split_dataset(dataset, settings.training.test_size, settings.training.seed)
+    draft, artifact, _ = fitted_draft("m", family, dataset, split, settings.training.seed)
+    broken = load_session(
+        broken_artifact(artifact, output=draft.onnx_io["probabilities_output"]), family
+    )
+    healthy = load_session(artifact, family)
+    rows = split.x_test.to_numpy(dtype=np.float32)[:5]
+    name = healthy.get_inputs()[0].name
+    assert np.allclose(broken.run(None, {name: rows})[1], healthy.run(None, {name: rows})[1])
+    rows[2, 5] = 2000.0
+    with pytest.raises(Exception, match="Gather"):
+        broken.run(None, {name: rows})
