@@ -209,6 +209,7 @@ class ActiveModel:
         # Shadow traffic as last read with the pointer, and its queue (api/shadow.py).
         self.shadow: dict[str, Any] | None = None
         self._shadow_queue: ShadowQueue | None = None
+        self._seen: Any = object()  # the pointer read last taken in (_take_sides)
 
     @property
     def serving_version(self) -> int | None:
@@ -252,19 +253,24 @@ class ActiveModel:
         if not self.registry_reachable:
             log.info("registry database reachable again")
             self.registry_reachable = True
-        if state is None:
-            self.canary = self.shadow = None
-            return None
-        self.shadow = state.shadow
-        if state.canary != self.canary:
-            if (state.canary or {}).get("version") != (self.canary or {}).get("version"):
-                self.window.clear()  # another canary (or none): its figures start afresh
-            self.canary = state.canary
-        if state.staged_version != self.staged_version:
-            self.staged_version = state.staged_version
-            if state.staged_version is not None:
+        if state is not self._seen:  # a new read: what it says beside the active version
+            self._seen = state
+            self._take_sides(state)
+        return None if state is None else state.active_version
+
+    def _take_sides(self, state: ActiveState | None) -> None:
+        """Keep what a new pointer read says beside the active version: the staged version,
+        the canary and the shadow (once per read, not per request)."""
+        canary = None if state is None else state.canary
+        if (canary or {}).get("version") != (self.canary or {}).get("version"):
+            self.window.clear()  # another canary (or none): its figures start afresh
+        self.canary = canary
+        self.shadow = None if state is None else state.shadow
+        staged = None if state is None else state.staged_version
+        if staged != self.staged_version:
+            self.staged_version = staged
+            if staged is not None:
                 self.report_soon()  # the heartbeat thread loads it, off the request path
-        return state.active_version
 
     def resolves_now(self) -> bool:
         """Whether :meth:`resolve` would answer without I/O: the pointer's lease runs and its

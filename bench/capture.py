@@ -20,7 +20,7 @@ import urllib.request
 from typing import Any
 
 from api.launcher import start_all
-from bench.common import load_average, ratio, summarize
+from bench.common import load_average, ratio, wait_until_still, wrk_summary
 from bench.online import run_wrk, wrk_post
 from bench.workspace import BenchModel, Workspace, run_single_part
 
@@ -45,17 +45,7 @@ def capture_counters(base_url: str) -> dict[str, float]:
 
 def wait_drained(base_url: str, timeout_s: float = 60.0) -> dict[str, float]:
     """Wait until the capture counters stop moving for 1.5 s (the queues are empty)."""
-    deadline = time.monotonic() + timeout_s
-    last = capture_counters(base_url)
-    still_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = capture_counters(base_url)
-        if now != last:
-            last, still_since = now, time.monotonic()
-        elif time.monotonic() - still_since >= 1.5:
-            break
-    return last
+    return wait_until_still(lambda: capture_counters(base_url), 1.5, 0.5, timeout_s)
 
 
 def run(
@@ -125,16 +115,7 @@ def _document(
     load_before: list[float],
     load_after: list[float],
 ) -> dict[str, Any]:
-    results = {
-        name: {
-            "rps": summarize([r["rps"] for r in runs], 1),
-            **{f"p{p}_ms": summarize([r[f"p{p}_ms"] for r in runs], 2) for p in (50, 99)},
-            "errors": sum(r["errors"] for r in runs),
-            "requests": sum(r["requests"] for r in runs),
-            "runs": runs,
-        }
-        for name, runs in rounds.items()
-    }
+    results = {name: wrk_summary(runs) for name, runs in rounds.items()}
     kept = ratio(results["capture_100"]["rps"]["median"], results["capture_0"]["rps"]["median"], 3)
     cost = None if kept is None else round(1 - kept, 3)
     captured = {k: after[k] - before[k] for k in after}

@@ -357,6 +357,37 @@ def summarize(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
     }
 
 
+def wrk_summary(
+    runs: Sequence[Mapping[str, Any]], percentiles: Sequence[int] = (50, 99)
+) -> dict[str, Any]:
+    """One server's wrk rounds: req/s and latency percentiles summarized, errors and
+    requests added up, and the rounds themselves."""
+    return {
+        "rps": summarize([r["rps"] for r in runs], 1),
+        **{f"p{p}_ms": summarize([r[f"p{p}_ms"] for r in runs], 2) for p in percentiles},
+        "errors": sum(r["errors"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "runs": list(runs),
+    }
+
+
+def wait_until_still(
+    read: Callable[[], Any], still_s: float, poll_s: float, timeout_s: float = 60.0
+) -> Any:
+    """Poll ``read`` every ``poll_s`` until its value has not moved for ``still_s`` (a
+    server's background queues are empty) or ``timeout_s`` pass; its last value."""
+    deadline = time.monotonic() + timeout_s
+    last, still_since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        now = read()
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= still_s:
+            break
+    return last
+
+
 def ratio(numerator: float | None, denominator: float | None, digits: int = 2) -> float | None:
     """``numerator / denominator`` rounded, None when either is missing or not positive."""
     if numerator is None or denominator is None or numerator <= 0 or denominator <= 0:

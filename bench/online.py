@@ -63,6 +63,7 @@ from bench.common import (
     summarize,
     tree_cpu_s,
     tree_rss_mb,
+    wrk_summary,
 )
 from bench.peers import (
     BASELINE_REV,
@@ -655,12 +656,8 @@ def _document(
         for connections, runs in by_c.items():
             row = {
                 "clients": runs[0]["clients"],
-                "rps": summarize([r["rps"] for r in runs], 1),
-                **{f"p{p}_ms": summarize([r[f"p{p}_ms"] for r in runs], 2) for p in (50, 95, 99)},
-                "errors": sum(r["errors"] for r in runs),
-                "requests": sum(r["requests"] for r in runs),
+                **wrk_summary(runs, (50, 95, 99)),
                 "cpu_ms_per_request": summarize([r["cpu_ms_per_request"] for r in runs], 4),
-                "runs": runs,
             }
             if all("registry_reads_per_request" in r for r in runs):
                 row["registry_reads_per_request"] = summarize(

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from bench.common import load_average, ratio, summarize
+from bench.common import load_average, ratio, summarize, wait_until_still, wrk_summary
 from bench.online import run_wrk, wrk_post
 from bench.workspace import BenchModel, Workspace, run_single_part
 
@@ -155,18 +155,10 @@ def _scored(base_url: str) -> float:
         return sum(float(v) for v in _SCORED.findall(answer.read().decode()))
 
 
-def _drained(base_url: str, timeout_s: float = 60.0) -> float:
+def _drained(base_url: str) -> float:
     """Wait until the shadow's scored counter stops moving for 1 s; the seconds waited."""
-    started = deadline = time.monotonic()
-    deadline += timeout_s
-    last, still = _scored(base_url), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = _scored(base_url)
-        if now != last:
-            last, still = now, time.monotonic()
-        elif time.monotonic() - still >= 1.0:
-            break
+    started = time.monotonic()
+    wait_until_still(lambda: _scored(base_url), 1.0, 0.25)
     return round(time.monotonic() - started, 1)
 
 
@@ -194,17 +186,7 @@ def _shadow(ws: Workspace, base: str, second: BenchModel, plan: dict[str, Any]) 
                 result["errors"],
             )
     scored = _scored(base) - before
-    results = {
-        mode: {
-            "rps": summarize([r["rps"] for r in runs], 1),
-            "p50_ms": summarize([r["p50_ms"] for r in runs], 2),
-            "p99_ms": summarize([r["p99_ms"] for r in runs], 2),
-            "errors": sum(r["errors"] for r in runs),
-            "requests": sum(r["requests"] for r in runs),
-            "runs": runs,
-        }
-        for mode, runs in rounds.items()
-    }
+    results = {mode: wrk_summary(runs) for mode, runs in rounds.items()}
     kept = ratio(results["on"]["rps"]["median"], results["off"]["rps"]["median"], 3)
     cost = None if kept is None else round(1 - kept, 3)
     on_requests = results["on"]["requests"]

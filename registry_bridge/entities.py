@@ -98,8 +98,19 @@ class ModelVersionDraft(_VersionDescription):
     """
 
 
+class _StoredBytes:
+    """An entity whose bytes are a GridFS file: its id is kept as text."""
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> Any:
+        """Build from its document (file id as text)."""
+        doc = dict(doc)
+        doc["artifact_file_id"] = str(doc.get("artifact_file_id"))
+        return super().from_document(doc)  # type: ignore[misc]
+
+
 @dataclass(frozen=True, kw_only=True)
-class ModelVersion(_VersionDescription):
+class ModelVersion(_StoredBytes, _VersionDescription):
     """One published version: the ``model_versions`` document of DESIGN.md."""
 
     version: int
@@ -117,13 +128,6 @@ class ModelVersion(_VersionDescription):
     def label(self) -> str:
         """``name vN``, how messages name a version."""
         return f"{self.name} v{self.version}"
-
-    @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> ModelVersion:
-        """Build from a ``model_versions`` document (file id as text)."""
-        doc = dict(doc)
-        doc["artifact_file_id"] = str(doc.get("artifact_file_id"))
-        return super().from_document(doc)
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class PublishResult(_Entity):
 
 
 @dataclass(frozen=True)
-class ReferenceSet(_Entity):
+class ReferenceSet(_StoredBytes, _Entity):
     """A labelled data set a model name's versions are compared on (registry_bridge/reference.py).
 
     Immutable and numbered per name like versions; the newest is the name's reference.
@@ -223,13 +227,6 @@ class ReferenceSet(_Entity):
     def label(self) -> str:
         """``reference set <name> r<version>``: how messages name it."""
         return f"reference set {self.name} r{self.version}"
-
-    @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> ReferenceSet:
-        """Build from a ``reference_sets`` document (file id as text)."""
-        doc = dict(doc)
-        doc["artifact_file_id"] = str(doc.get("artifact_file_id"))
-        return super().from_document(doc)
 
 
 @dataclass(frozen=True)

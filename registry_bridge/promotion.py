@@ -232,11 +232,12 @@ def run_gate(
     ours = reference_metrics(session_of(candidate), candidate, rows)
     outcomes = check_rules(rules, ours, theirs, f"{candidate.label}", f"active {active.label}")
     summary = {"version": ref.version, "rows": ref.rows, "sha256": ref.sha256, "source": ref.source}
-    report = GateReport(
-        candidate.version, active.version, summary, outcomes, time.monotonic() - started
+    passed = all(outcome.passed for outcome in outcomes)
+    return GateReport(
+        candidate.version,
+        active.version,
+        summary,
+        outcomes,
+        time.monotonic() - started,
+        forced=forced and not passed,  # forced only when it overrode a refusal
     )
-    if forced and not report.passed:
-        report = GateReport(
-            candidate.version, active.version, summary, outcomes, report.seconds, forced=True
-        )
-    return report

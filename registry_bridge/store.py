@@ -602,12 +602,6 @@ class ModelStore:
                 version; CONFLICT when nothing is active, the version is the active one, it
                 does not validate, or the pointer changed meanwhile.
         """
-        if not 0 < percent < 100:
-            raise RegistryError(
-                "INVALID_INPUT",
-                f"percent must be above 0 and below 100, got {percent:g}",
-                [{"field": "percent", "problem": "out of range"}],
-            )
         return self._attach("canary", name, version, percent, by, reason)
 
     @_translated
@@ -625,12 +619,6 @@ class ModelStore:
         Raises:
             RegistryError: as :meth:`start_canary`; a share may be 100.
         """
-        if not 0 < percent <= 100:
-            raise RegistryError(
-                "INVALID_INPUT",
-                f"percent must be above 0 and at most 100, got {percent:g}",
-                [{"field": "percent", "problem": "out of range"}],
-            )
         return self._attach("shadow", name, version, percent, by, reason)
 
     @_translated
@@ -671,7 +659,17 @@ class ModelStore:
         by: str | None,
         reason: str | None,
     ) -> ActiveState:
-        """Attach ``version`` to the pointer as its ``kind`` with a share of the requests."""
+        """Attach ``version`` to the pointer as its ``kind`` with a share of the requests
+        (a canary's below 100 %: at 100 % it would be an activation; a shadow's up to 100 %)."""
+        below, most = (
+            ("below 100", percent < 100) if kind == "canary" else ("at most 100", percent <= 100)
+        )
+        if not (0 < percent and most):
+            raise RegistryError(
+                "INVALID_INPUT",
+                f"percent must be above 0 and {below}, got {percent:g}",
+                [{"field": "percent", "problem": "out of range"}],
+            )
         reason = checked_reason(reason)
         target = self.get_model_version(name, version)
         current = self.get_active_version(name)
@@ -1332,7 +1330,7 @@ def _waiting(pointer: Mapping[str, Any]) -> list[dict[str, Any]]:
     document given to ``$push`` as its JSON text (docs/embedded-mongo.md), which no sender
     can read back as an event.
     """
-    return [dict(e) for e in pointer.get(webhooks.OUTBOX) or () if isinstance(e, Mapping)]
+    return webhooks.events_in(pointer.get(webhooks.OUTBOX))
 
 
 def _model_kind(classes: Any, input_schema: Any, variant: Any) -> dict[str, Any]:

@@ -240,9 +240,7 @@ def relay(db: Database, collection: str, doc_id: Any, events: Iterable[Mapping[s
     """
     created = 0
     try:
-        # Only documents are events: one element of another type (the embedded server
-        # stores a document given to $push as its JSON text) must not block the others.
-        events = [e for e in events if isinstance(e, Mapping)]
+        events = events_in(events)
         if not events:
             return 0
         for event in events:
@@ -253,6 +251,13 @@ def relay(db: Database, collection: str, doc_id: Any, events: Iterable[Mapping[s
     except Exception as exc:  # the change is made: never fail it for its announcement
         log.warning("events left in the outbox of %s %s: %s", collection, doc_id, exc)
     return created
+
+
+def events_in(outbox: Iterable[Any] | None) -> list[dict[str, Any]]:
+    """The events of an outbox list. Only documents are events: an element of another type
+    (the embedded server stores a document given to ``$push`` as its JSON text) must not
+    block the others."""
+    return [dict(e) for e in outbox or () if isinstance(e, Mapping)]
 
 
 def relay_pending(db: Database) -> int:
