@@ -141,10 +141,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def _start_webhook_sender(store: ModelStore, settings: Settings) -> None:
     """A daemon thread sending this worker's share of webhook deliveries (stopped on exit)."""
-    from api.exit_hooks import on_exit
+    from api.exit_hooks import on_exit, time_left
     from registry_bridge.webhook_sender import Sender
 
-    on_exit(Sender(store.db, settings.webhooks).start().stop)
+    sender = Sender(store.db, settings.webhooks).start()
+    # A POST under way is not waited for past the worker's exit budget: its delivery is
+    # sent again by another sender once its lease ends (at least once, docs/webhooks.md).
+    on_exit(lambda: sender.stop(time_left(2.0)), signal=sender.signal_stop)
 
 
 def _init_site_check(app: Flask, check: SiteCheck) -> None:

@@ -52,7 +52,7 @@ import pyarrow as pa
 from flask import after_this_request, current_app, g, request
 from pymongo import ASCENDING
 
-from api.exit_hooks import on_exit
+from api.exit_hooks import on_exit, time_left
 from api.metrics import CAPTURE_DROPPED, CAPTURE_FAILED, CAPTURE_WRITTEN
 from conf.settings import CaptureSettings
 from registry_bridge.monitoring.inference_log import INFERENCE_LOG, Entry, bucket
@@ -216,7 +216,7 @@ class Capture:
                 )
                 self._thread.start()
                 # A worker stopping normally writes what is queued (bounded wait).
-                on_exit(functools.partial(self.flush, EXIT_FLUSH_S))
+                on_exit(lambda: self.flush(time_left(EXIT_FLUSH_S)))
 
     def _run(self) -> None:
         self._prepare()

@@ -14,11 +14,12 @@ import logging
 import os
 import threading
 
+import pymongo
 from flask import Blueprint, Response, jsonify, request
 
 from api import registry
 from api.active import ActiveModel
-from api.exit_hooks import on_exit
+from api.exit_hooks import on_exit, time_left
 from api.served import ActiveModels
 from registry_bridge import fleet
 from registry_bridge.entities import utcnow
@@ -28,6 +29,10 @@ from registry_bridge.store import ModelStore
 log = logging.getLogger(__name__)
 
 bp = Blueprint("fleet", __name__)
+
+# The longest a stopping worker waits to remove its document (pymongo's per-operation
+# timeout, so a database that does not answer costs this, not its server selection).
+FORGET_TIMEOUT_S = 1.0
 
 
 @bp.get("/fleet")
@@ -58,16 +63,25 @@ class Heartbeat:
     def start(self) -> Heartbeat:
         """Start beating; the document is removed when the process exits normally."""
         self._thread.start()
-        on_exit(self.stop)
+        on_exit(self.stop, signal=self.signal_stop)
         return self
 
-    def stop(self) -> None:
-        """Stop and remove this worker's document (best effort)."""
+    def signal_stop(self) -> None:
+        """Tell the thread to stop after its current beat (does not wait)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+
+    def stop(self) -> None:
+        """Stop and remove this worker's document (best effort, within the worker's exit
+        budget: a database that does not answer must not keep the worker from exiting)."""
+        self.signal_stop()
+        self._thread.join(timeout=time_left(5.0))
+        left = time_left(FORGET_TIMEOUT_S)
+        if left <= 0:
+            return  # readers mark the document gone after GONE_AFTER_INTERVALS anyway
         try:
-            fleet.forget(self.store.db, self.host, self.pid)
+            with pymongo.timeout(left):
+                fleet.forget(self.store.db, self.host, self.pid)
         except Exception as exc:  # the database may be gone at shutdown: it expires anyway
             log.debug("could not remove the heartbeat of %s: %s", self.pid, exc)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from api.exit_hooks import on_exit
+from api.exit_hooks import on_exit, time_left
 from api.metrics import SHADOW_DROPPED, SHADOW_SCORED
 from registry_bridge.errors import first_line
 from registry_bridge.monitoring import shadow_log
@@ -54,7 +54,7 @@ class ShadowQueue:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"shadow-{active.name}", daemon=True)
         self._thread.start()
-        on_exit(self.stop)
+        on_exit(self.stop, signal=self._stop.set)
         try:
             shadow_log.ensure_indexes(active.store.db)
         except Exception as exc:  # the reports' index only; the thread retries nothing
@@ -80,9 +80,10 @@ class ShadowQueue:
         self.queued.append((version, matrix, labels, request_id, latency_ms))
 
     def stop(self) -> None:
-        """Score what is queued, then stop (the worker is exiting)."""
+        """Score what is queued, then stop (the worker is exiting; at most 5 s, or what is
+        left of the worker's exit budget)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=time_left(5.0))
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):

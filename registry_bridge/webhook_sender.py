@@ -284,10 +284,14 @@ class Sender:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the loop; an attempt under way ends by its own deadline (or is re-sent by
-        another sender once its lease ends)."""
+    def signal_stop(self) -> None:
+        """Tell the loop to stop after the attempt under way (does not wait)."""
         self._stop.set()
         webhooks.deliveries_created.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the loop, waiting up to ``timeout`` s; an attempt under way ends by its own
+        deadline (or is re-sent by another sender once its lease ends)."""
+        self.signal_stop()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -11,7 +11,6 @@ import threading
 
 import pytest
 
-from api import exit_hooks
 from api.front_body import BodyReader, BodyTimeout, Budget, StreamedBody
 
 MB = 1024 * 1024
@@ -104,15 +103,3 @@ def test_a_streamed_body_that_stops_arriving_is_a_408():
 
     with pytest.raises(RequestTimeout):
         StreamedBody(b"", late, loop).read()
-
-
-def test_exit_hooks_run_once_last_first_and_past_a_failure(monkeypatch):
-    """Check that the hooks run in reverse order, once, and a failing one stops none."""
-    monkeypatch.setattr(exit_hooks, "_hooks", [])
-    ran: list[str] = []
-    exit_hooks.on_exit(lambda: ran.append("first"))
-    exit_hooks.on_exit(lambda: 1 / 0)
-    exit_hooks.on_exit(lambda: ran.append("last"))
-    exit_hooks.run_exit_hooks()
-    exit_hooks.run_exit_hooks()
-    assert ran == ["last", "first"]
