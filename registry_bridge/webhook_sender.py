@@ -102,14 +102,24 @@ def post(url: str, body: bytes, headers: Mapping[str, str], settings: WebhookSet
         connection.request("POST", target.path, body=body, headers=dict(headers))
         answer = connection.getresponse()
         text = answer.read(MAX_ANSWER_BYTES).decode("utf-8", "replace")[:KEPT_ANSWER_CHARS]
-        return done(answer.status, None if 200 <= answer.status < 300 else "not 2xx", text)
+        if 200 <= answer.status < 300:
+            return done(answer.status, None, text)
+        return done(answer.status, f"HTTP {answer.status} {answer.reason}".strip(), text)
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        return done(None, first_line(exc) or type(exc).__name__)
+        return done(None, failure(exc))
     finally:
         if watchdog is not None:
             watchdog.cancel()
         if sock is not None:
             sock.close()
+
+
+def failure(exc: BaseException) -> str:
+    """Why an attempt failed, for its record and the log: the exception's class and first
+    line (``TimeoutError: timed out``, ``RemoteDisconnected: Remote end closed ...``)."""
+    name = type(exc).__name__
+    text = first_line(exc)
+    return name if text == name else f"{name}: {text}"
 
 
 def _connect(target: webhook_targets.Target, timeout: float) -> socket.socket:
@@ -215,9 +225,24 @@ class Sender:
         kept = self.db[webhooks.DELIVERIES].find_one_and_replace(
             {"_id": delivery["_id"], "lease_owner": token}, record
         )
-        outcome = result.status_code or result.error
+        outcome = result.error or result.status_code
         if kept is None:  # cannot happen while the lease outlasts an attempt
             log.warning("delivery %s: lease lost before recording (%s)", delivery["_id"], outcome)
+        elif not result.delivered:
+            # Its reason (status or exception, never the secret or the signature), for whoever
+            # debugs the receiver: `bridge webhooks deliveries --failed` lists it too.
+            log.warning(
+                "webhook %s %s delivery %s attempt %d failed: %s (%s ms); %s",
+                delivery["webhook"],
+                delivery["event"],
+                delivery["_id"],
+                count,
+                outcome,
+                result.ms,
+                "retried in %.1f s" % (record["due"] - time.time())
+                if record["status"] == webhooks.PENDING
+                else "given up",
+            )
         else:
             log.info(
                 "webhook %s %s delivery %s attempt %d: %s (%s ms)",

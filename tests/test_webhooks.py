@@ -570,3 +570,43 @@ def test_https_receivers_have_their_certificate_checked(store, hooked, tmp_path,
         assert receiver.delivered()[0].payload["event"] == "publish"
     finally:
         receiver.close()
+
+
+def test_a_failed_attempt_logs_and_records_its_reason(store, hooked, receiver, caplog):
+    """Check that each failed attempt is logged (WARNING) and recorded with why: the HTTP
+    status and reason, or the exception's class and message; never the secret or the
+    signature (a CI run logged deliveries at attempts 2, 4 and 5 and no reason for the
+    attempts before them)."""
+    secret = "s3cret-value-for-the-log-test"
+    environ = {"HOOK_SECRET": secret}
+    webhooks.add_webhook(
+        store.db, hooked.webhooks, receiver.url, ["activate"], "flaky", "HOOK_SECRET", environ
+    )
+    receiver.failures = 1
+    publish(store, "run-a")
+    store.set_active_version(NAME, 1)
+    sender = Sender(store.db, hooked.webhooks, environ)
+    with caplog.at_level("INFO", logger="registry_bridge.webhook_sender"):
+        deliver_until(sender, lambda: receiver.delivered())
+    doc = store.db[webhooks.DELIVERIES].find_one({})
+    assert [a["error"] for a in doc["attempts"]] == ["HTTP 500 Internal Server Error", None]
+    failed = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(failed) == 1 and "attempt 1 failed: HTTP 500 Internal Server Error" in (
+        failed[0].getMessage()
+    )
+    assert "retried in" in failed[0].getMessage()
+    logged = caplog.text
+    assert secret not in logged and "sha256=" not in logged
+
+
+def test_an_attempt_without_an_answer_names_the_exception():
+    """Check that an attempt cut short names the exception's class with its message."""
+    from http.client import RemoteDisconnected
+
+    from registry_bridge.webhook_sender import failure
+
+    assert failure(TimeoutError("timed out")) == "TimeoutError: timed out"
+    assert failure(RemoteDisconnected("Remote end closed connection without response")) == (
+        "RemoteDisconnected: Remote end closed connection without response"
+    )
+    assert failure(ConnectionResetError()) == "ConnectionResetError"
