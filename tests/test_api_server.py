@@ -216,9 +216,12 @@ def _past_crash_loop_window(started: float) -> None:
 # A worker granian stops gracefully closes, unanswered, a connection it had accepted but
 # not read yet (hyper's graceful shutdown takes it for idle: granian src/workers.rs): a
 # request arriving at that instant sees "connection closed without response", which a
-# client may retry. Seen 0 or 1 time per run of this test (seven runs alone); at most one
-# per stopped worker (HUP stops two, TERM one) is allowed, and never an error answer.
+# client may retry. Each client thread below holds one connection at a time, so a stopping
+# worker can hold at most one such connection per thread: that is the bound (HUP stops two
+# workers, TERM one), and never an error answer. Seen 0 or 1 time per run alone (eleven
+# runs), 4 once in a loaded clean-clone CI run (2026-12-07), 3 in six stops in another.
 STOPPED_WORKERS = 3
+CLIENT_THREADS = 3
 CLOSED_UNANSWERED = "RemoteDisconnected"
 
 
@@ -226,8 +229,8 @@ def test_workers_come_and_go_and_the_api_stays(published, tmp_path):
     """Check that after HUP to the master, TERM to one worker and KILL of another, /predict
     is answered by a new worker within 5 s each time, and every request sent during the
     graceful ones (HUP's reload, TERM) is answered 200, but for at most one connection per
-    stopped worker closed before it was read (issue 21, item 1: each exiting worker removed
-    the metrics directory, and the next ones failed to boot)."""
+    client thread and stopped worker closed before it was read (issue 21, item 1: each
+    exiting worker removed the metrics directory, and the next ones failed to boot)."""
     body = {"records": [record(r) for r in published.inputs[:3]]}
     with ApiServer(published.settings, tmp_path) as server:
         assert server.process is not None
@@ -248,7 +251,7 @@ def test_workers_come_and_go_and_the_api_stays(published, tmp_path):
                     results.append(-1)
                     failures.append(repr(exc)[:300])
 
-        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        threads = [threading.Thread(target=hammer) for _ in range(CLIENT_THREADS)]
         for thread in threads:
             thread.start()
         try:
@@ -281,7 +284,7 @@ def test_workers_come_and_go_and_the_api_stays(published, tmp_path):
     assert graceful and not failed, (
         f"{len(failed)} of {len(graceful)} failed during HUP and TERM: {failed[:3]}"
     )
-    assert len(unanswered) <= STOPPED_WORKERS, unanswered
+    assert len(unanswered) <= STOPPED_WORKERS * CLIENT_THREADS, unanswered
     assert all(seconds <= 5 for seconds in timings.values()), timings
     assert metrics.status_code == 200 and "api_predictions_total" in metrics.text
     assert "Worker failed to boot" not in log and "Traceback" not in log, log[-3000:]
