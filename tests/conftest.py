@@ -167,7 +167,6 @@ LONGEST_FIRST = (
     "test_bench.py",  # 183
     "test_train_study.py",  # 65
     "reliability/test_load_during_activation.py",  # 67
-    "test_demo.py",  # 60
     "reliability/test_hostile_input.py",  # 50
     "test_binary_versions.py",  # 50
     "test_compose.py",  # 40

@@ -33,7 +33,7 @@ from conftest import ROOT, free_port, throwaway_settings
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from registry_samples import tamper_first_chunk
-from test_demo import CHROMIUM_FLAGS
+from test_readme_walkthrough import CHROMIUM_FLAGS
 
 from bench.common import venv_env
 from conf.contract import FEATURES
