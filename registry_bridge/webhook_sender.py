@@ -156,6 +156,7 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._recovered_at = float("-inf")
         self._pruned_at = time.monotonic()
+        self._warned_unsignable: set[str] = set()
 
     # --- one delivery ---------------------------------------------------------------
 
@@ -164,12 +165,38 @@ class Sender:
         now = time.time()
         token = uuid.uuid4().hex
         found = self.db[webhooks.DELIVERIES].find_one_and_update(
-            {"status": webhooks.PENDING, "due": {"$lte": now}},
+            self._due(now),
             {"$set": {"due": now + self.lease_s, "lease_owner": token}},
             sort=[("due", 1)],
             return_document=ReturnDocument.AFTER,
         )
         return None if found is None else (found, token)
+
+    def _due(self, now: float) -> dict[str, Any]:
+        """The filter of the deliveries due at ``now`` that this sender can sign.
+
+        A webhook whose secret variable is not set in this process is left to a sender that
+        has it, without an attempt spent: a second API on the same database started without
+        the variable (``make serve`` beside ``make demo``) used up the demo's attempts with
+        "not set here" before, and the demo's receiver got its events late or never.
+        """
+        query: dict[str, Any] = {"status": webhooks.PENDING, "due": {"$lte": now}}
+        unsignable = []
+        for hook in self.db[webhooks.HOOKS].find({}, {"name": 1, "secret_env": 1}):
+            variable = hook.get("secret_env")
+            if variable and not self.environ.get(variable):
+                unsignable.append(hook["_id"])
+                if hook["_id"] not in self._warned_unsignable:  # once per sender and webhook
+                    self._warned_unsignable.add(hook["_id"])
+                    log.warning(
+                        "webhook %s: its secret variable %s is not set in this process; its "
+                        "deliveries are left to senders that have it",
+                        hook.get("name"),
+                        variable,
+                    )
+        if unsignable:
+            query["webhook_id"] = {"$nin": unsignable}
+        return query
 
     def attempt(self, delivery: Mapping[str, Any], token: str, final: bool = False) -> Attempt:
         """POST a claimed delivery once and record the attempt (``final``: no retry)."""
@@ -295,9 +322,7 @@ class Sender:
             self._pruned_at = now
         deliveries = self.db[webhooks.DELIVERIES]
         # A read first: most polls find nothing due, and a read is cheaper than a claim.
-        while not self._stop.is_set() and deliveries.find_one(
-            {"status": webhooks.PENDING, "due": {"$lte": time.time()}}, {"_id": 1}
-        ):
+        while not self._stop.is_set() and deliveries.find_one(self._due(time.time()), {"_id": 1}):
             claimed = self.claim()
             if claimed is None:
                 return
