@@ -91,11 +91,18 @@ class ShadowQueue:
         self._drain()
 
     def _drain(self) -> None:
-        while self.queued:
+        # What is queued now, in batches of at most BATCH_ROWS records; what arrives
+        # meanwhile waits for the next poll. Draining until the queue was empty scored
+        # batches of ~32 records back to back under load, one insert each (2 ms of CPU in
+        # the worker and the database together): 18-21 % of /predict's throughput at 100 %
+        # shadow, against ~0 with the scoring left out (bench.promotion, 2026-12-07).
+        waiting = len(self.queued)
+        while waiting:
             taken: list[tuple[Any, ...]] = []
             rows = 0
-            while self.queued and rows < BATCH_ROWS:
+            while waiting and rows < BATCH_ROWS:
                 item = self.queued.popleft()
+                waiting -= 1
                 taken.append(item)
                 rows += len(item[2])
             with self._lock:
