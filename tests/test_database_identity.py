@@ -62,29 +62,43 @@ def test_another_clones_server_is_refused_and_status_names_the_one_answering(clo
     assert not clone_b.data_dir.exists()  # nothing of clone B was written anywhere
 
 
+def _foreign_server(data_dir: Path) -> tuple[subprocess.Popen, EmbeddedSettings]:
+    """nx-27017 started by hand on a free port, once it answers; a failure quotes its
+    output (a CI run said only "the server did not start": another nx-27017, started
+    by hand without ``--data-dir``, held the default pid file, which the new one read)."""
+    settings = EmbeddedSettings(port=free_port(), data_dir=data_dir)
+    log = data_dir.parent / "foreign-server.log"
+    with open(log, "wb") as output:
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("nx-27017")),
+                "--data-dir",
+                str(settings.data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.port),
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 15
+    while not database.embedded_status(settings).running:
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            server.wait(10)
+            pytest.fail(f"the server did not start: {log.read_text()[-1000:]}")
+        time.sleep(0.1)
+    return server, settings
+
+
 def test_a_server_this_clone_did_not_start_and_that_has_no_record_is_refused(tmp_path):
     """Check a server with no identity record (started by older code, or by hand) is refused
     unless this clone's pid file names it."""
-    settings = EmbeddedSettings(port=free_port(), data_dir=tmp_path / "elsewhere")
-    settings.data_dir.mkdir()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("nx-27017")),
-            "--data-dir",
-            str(settings.data_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(settings.port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    data_dir = tmp_path / "elsewhere"
+    data_dir.mkdir()
+    server, settings = _foreign_server(data_dir)
     try:
-        deadline = time.monotonic() + 15
-        while not database.embedded_status(settings).running:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
         mine = EmbeddedSettings(port=settings.port, data_dir=tmp_path / "mine")
         with pytest.raises(RegistryError, match="a server this clone did not start"):
             database.start_embedded(mine)

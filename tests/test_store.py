@@ -326,6 +326,14 @@ def test_activation_racing_a_delete_never_leaves_the_pointer_on_a_deleted_versio
             sessions[version.sha256] = onnx_check.load_session(data, version.label)
         return sessions[version.sha256]
 
+    # The delays span the time one move takes here, measured, so both orders are reached
+    # on a slow machine too: a CI run whose moves took over 40 ms never saw the move win
+    # with fixed head starts of -40 to +35 ms.
+    probe = publish(activating, "run-probe", seed=3).version.version
+    started = time.monotonic()
+    activating.set_active_version(name, probe, load=load)
+    activating.set_active_version(name, keep, load=load)
+    span = max(0.04, 0.75 * (time.monotonic() - started))  # 1.5x one move's time
     seen = set()
     for round_ in range(16):
         target = publish(activating, f"run-{round_}", seed=round_ % 3).version.version
@@ -335,9 +343,9 @@ def test_activation_racing_a_delete_never_leaves_the_pointer_on_a_deleted_versio
             move = functools.partial(activating.rollback, name)
         else:
             move = functools.partial(activating.set_active_version, name, target)
-        # Head starts of -40 to +35 ms: the delete well before, during, and well after the
-        # activation's validation and move.
-        lead = 0.005 * round_ - 0.04
+        # Head starts of -span to +span: the delete well before, during, and well after
+        # the activation's validation and move.
+        lead = span * (round_ / 7.5 - 1)
         delays = (max(lead, 0.0), max(-lead, 0.0))
         delete = functools.partial(deleting.delete_model_version, name, target)
         outcome = _race(move, delete, delays)
@@ -346,7 +354,6 @@ def test_activation_racing_a_delete_never_leaves_the_pointer_on_a_deleted_versio
         assert set(outcome) <= {"ok", "CONFLICT", "NOT_FOUND"}
         if _pointer_names_a_verified_version(activating) != keep:
             activating.set_active_version(name, keep, load=load)
-    # The delays reached both orders: each side won at least once.
     # The delays reached both orders: each side won at least once.
     assert any(o[0] == "ok" for o in seen) and any(o[1] == "ok" for o in seen), seen
 
