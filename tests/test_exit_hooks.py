@@ -62,9 +62,13 @@ def test_a_worker_exits_within_its_budget_while_the_database_hangs(
     EXIT_BUDGET_S, under granian's kill timeout, while each thread is stuck in a database
     call (a CI run saw granian kill a worker that "refused to gracefully stop": the hooks'
     own bounds ran one after another, ~20 s in all against granian's 10)."""
-    from api import create_app
+    from api import create_app, observe
 
     monkeypatch.setattr(exit_hooks, "_hooks", [])
+    # A server's app writes the access log from a thread for the rest of its process: this
+    # process's later tests read the log as each request ends (a CI run's test_fast_path
+    # found no line once this test had run before it in the same xdist worker).
+    monkeypatch.setattr(observe, "_lines", None)
     settings = throwaway_settings(silent_database, "exit_budget", tmp_path)
     create_app({"SETTINGS": settings})  # not TESTING: the heartbeat and the sender run
     names = {t.name for t in threading.enumerate()}
