@@ -650,6 +650,31 @@ class ModelStore:
         """
         return self._detach("shadow", "shadow-stop", name, by, reason, None, None)
 
+    def _update_pointer(
+        self,
+        name: str,
+        match: Mapping[str, Any],
+        update: dict[str, Any],
+        event: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        """Apply ``update`` to ``name``'s pointer where it still ``match``es, with ``event``
+        in its outbox in the same write; the pointer after, or None when it did not match.
+
+        The outbox is written whole (see :func:`_waiting`), so the filter also holds the
+        token read with it: a move in between, whose events this write would drop, makes
+        it match nothing.
+        """
+        held = self.state.find_one({"_id": name}) or {}
+        update = {
+            **update,
+            "$set": {**update.get("$set", {}), webhooks.OUTBOX: [*_waiting(held), event]},
+        }
+        return self.state.find_one_and_update(
+            {"_id": name, **match, pointer_guard.TOKEN: held.get(pointer_guard.TOKEN)},
+            update,
+            return_document=ReturnDocument.AFTER,
+        )
+
     def _attach(
         self,
         kind: str,
@@ -698,15 +723,8 @@ class ModelStore:
             reason,
             {"action": action, "percent": float(percent)},
         )
-        held = self.state.find_one({"_id": name}) or {}
-        moved = self.state.find_one_and_update(  # the webhook event in the same write
-            {
-                "_id": name,
-                "active_version": current.active_version,
-                pointer_guard.TOKEN: held.get(pointer_guard.TOKEN),
-            },
-            {"$set": {kind: side, webhooks.OUTBOX: [*_waiting(held), event]}},
-            return_document=ReturnDocument.AFTER,
+        moved = self._update_pointer(
+            name, {"active_version": current.active_version}, {"$set": {kind: side}}, event
         )
         acknowledged_at = time.monotonic()
         if moved is None:
@@ -765,15 +783,8 @@ class ModelStore:
                 reason,
                 {"action": action, **({"figures": dict(figures)} if figures else {})},
             )
-            held = self.state.find_one({"_id": name}) or {}
-            ended = self.state.find_one_and_update(  # the webhook event in the same write
-                {
-                    "_id": name,
-                    f"{kind}.version": wanted,
-                    pointer_guard.TOKEN: held.get(pointer_guard.TOKEN),
-                },
-                {"$unset": {kind: ""}, "$set": {webhooks.OUTBOX: [*_waiting(held), event]}},
-                return_document=ReturnDocument.AFTER,
+            ended = self._update_pointer(
+                name, {f"{kind}.version": wanted}, {"$unset": {kind: ""}}, event
             )
         acknowledged_at = time.monotonic()
         if ended is None:

@@ -255,30 +255,27 @@ class Sender:
         outcome = result.error or result.status_code
         if kept is None:  # cannot happen while the lease outlasts an attempt
             log.warning("delivery %s: lease lost before recording (%s)", delivery["_id"], outcome)
-        elif not result.delivered:
-            # Its reason (status or exception, never the secret or the signature), for whoever
-            # debugs the receiver: `bridge webhooks deliveries --failed` lists it too.
-            log.warning(
-                "webhook %s %s delivery %s attempt %d failed: %s (%s ms); %s",
-                delivery["webhook"],
-                delivery["event"],
-                delivery["_id"],
-                count,
-                outcome,
-                result.ms,
-                "retried in %.1f s" % (record["due"] - time.time())
-                if record["status"] == webhooks.PENDING
-                else "given up",
-            )
         else:
-            log.info(
-                "webhook %s %s delivery %s attempt %d: %s (%s ms)",
+            # A failure with its reason (status or exception, never the secret or the
+            # signature) at WARNING, for whoever debugs the receiver; `bridge webhooks
+            # deliveries --failed` lists it too.
+            failed = not result.delivered
+            then = ""
+            if failed and record["status"] == webhooks.PENDING:
+                then = "; retried in %.1f s" % (record["due"] - time.time())
+            elif failed:
+                then = "; given up"
+            log.log(
+                logging.WARNING if failed else logging.INFO,
+                "webhook %s %s delivery %s attempt %d%s: %s (%s ms)%s",
                 delivery["webhook"],
                 delivery["event"],
                 delivery["_id"],
                 count,
+                " failed" if failed else "",
                 outcome,
                 result.ms,
+                then,
             )
         return str(record["status"])
 
