@@ -397,13 +397,20 @@ def write_demo_config(settings: Settings, env: dict[str, str], report_dir: Path)
 def wait_until(condition: Any, what: str, timeout: float = WAIT_S) -> Any:
     """Poll ``condition`` until it returns something true (returned); DemoFailure naming
     ``what`` after ``timeout`` seconds."""
+    found = poll_until(condition, timeout)
+    if not found:
+        raise DemoFailure(f"{what}: not seen within {timeout:.0f}s")
+    return found
+
+
+def poll_until(condition: Any, timeout: float) -> Any:
+    """Poll ``condition`` every 0.2 s for up to ``timeout`` seconds; its first true value,
+    or its last (false) one."""
     deadline = time.monotonic() + timeout
     while True:
         found = condition()
-        if found:
+        if found or time.monotonic() > deadline:
             return found
-        if time.monotonic() > deadline:
-            raise DemoFailure(f"{what}: not seen within {timeout:.0f}s")
         time.sleep(0.2)
 
 
@@ -690,7 +697,7 @@ def canaries(
             )
             sent += 1
             failures += answer.status >= 500
-        wait_until_quietly(ended, 2.5)
+        poll_until(ended, 2.5)
     click.echo(
         f"sent {sent} requests routed to the canary with {BROKEN_FEATURE}=2000: "
         f"{failures} answered 5xx by version {broken}"
@@ -770,16 +777,6 @@ def guardrail_figures(figures: dict[str, Any] | None) -> str:
         f"version {figures.get('version')}, {figures.get('requests')} request(s) in the window, "
         f"{figures.get('errors')} failed, p99 {'-' if p99 is None else f'{p99:.1f} ms'}"
     )
-
-
-def wait_until_quietly(condition: Any, timeout: float) -> bool:
-    """Poll ``condition`` for up to ``timeout`` seconds; whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def show_webhook_events(
