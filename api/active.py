@@ -11,7 +11,8 @@ and every API instance; no request fails during the switch: until the new sessio
 loaded the request that loads it simply waits. With a lease of 0 every request reads.
 
 Concurrent requests of one worker share a read: when the lease has run out a request
-waits for the first read that *started after it arrived* (single-flight). Past half its
+waits for the read in flight if that one began within one lease before the request
+arrived, else for the first read that *started after it arrived* (single-flight). Past half its
 lease, a request still served from the read wakes a read-ahead thread that renews it,
 so under steady traffic requests never wait for the database: a worker issues about
 two reads per lease instead of one per request.
@@ -77,14 +78,15 @@ class SharedRead:
         self._ahead: threading.Event | None = None  # wakes the read-ahead thread
 
     def __call__(self) -> Any:
+        called = self._clock()
         fresh = self._fresh  # one attribute read: no lock on the hot path
         if fresh is not None:
-            age, window = self._clock() - fresh[0], self._window(fresh[1])
+            age, window = called - fresh[0], self._window(fresh[1])
             if age <= window:
                 if age > window * READ_AHEAD_AT and not self._in_flight:
                     self._read_ahead()  # so that requests do not wait when the lease runs out
                 return fresh[1]
-        return self._shared()
+        return self._shared(called)
 
     def peek(self) -> tuple[bool, Any]:
         """Whether a call now would return without reading (the last read's lease runs),
@@ -111,11 +113,12 @@ class SharedRead:
             self._ahead.wait()
             self._ahead.clear()
             try:
-                self._shared()
+                self._shared(None)
             except Exception:  # the request path meets and reports read failures itself
                 pass
 
-    def _shared(self) -> Any:
+    def _shared(self, called: float | None) -> Any:
+        """A read for a caller that came at ``called`` (None: a new read, the read-ahead's)."""
         with self._cond:
             wanted = self._started + 1  # the first read to begin after this call
             while True:
@@ -124,6 +127,13 @@ class SharedRead:
                     if error is not None:
                         raise error
                     return value
+                fresh = self._fresh
+                if called is not None and fresh is not None:
+                    # A read in flight when the caller came, begun within its window before
+                    # (the lease's rule): under load the read-ahead may end after the lease
+                    # ran out, and its callers then wait for it, not for one more read.
+                    if called - fresh[0] <= self._window(fresh[1]):
+                        return fresh[1]
                 if not self._in_flight:
                     self._started += 1
                     number = self._started

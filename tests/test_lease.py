@@ -132,3 +132,38 @@ def test_a_read_past_half_its_lease_is_renewed_without_making_the_request_wait()
     assert read.calls == 2
     now[0] = 1.05  # the first read has expired; the one made ahead began at 0.6
     assert shared() == 2 and read.calls == 2
+
+
+def test_a_request_past_the_lease_waits_for_the_read_in_flight_not_for_another():
+    """Check that a request arriving after the lease ran out, while the read made ahead is in
+    flight and began within one lease before it, is served by that read (no third read),
+    and that one arriving later than a lease after that read began waits for a new one."""
+    now = [0.0]
+    release = threading.Event()
+    calls = []
+
+    def read() -> int:
+        calls.append(now[0])
+        if len(calls) == 2:  # the read made ahead: slow, it ends after the lease ran out
+            release.wait(10)
+        return len(calls)
+
+    shared = SharedRead(read, window=lambda value: 1.0, clock=lambda: now[0])
+    assert shared() == 1
+    now[0] = 0.6  # past half the lease: wakes the read ahead, which begins at 0.6
+    assert shared() == 1
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [0.0, 0.6]
+    now[0] = 1.05  # the first read expired; the one in flight began 0.45 before this call
+    answers: list[int] = []
+    waiting = threading.Thread(target=lambda: answers.append(shared()))
+    waiting.start()
+    time.sleep(0.05)
+    assert answers == []  # it waits: the read in flight has not answered yet
+    release.set()
+    waiting.join(10)
+    assert answers == [2] and len(calls) == 2
+    now[0] = 1.7  # 1.1 after the last read began: too old, a new read
+    assert shared() == 3 and calls == [0.0, 0.6, 1.7]
