@@ -18,7 +18,6 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from conf.settings import Settings
@@ -32,7 +31,7 @@ from pipelines.candidate import (
 )
 from pipelines.data import Dataset, load_dataset
 from pipelines.families import build_pipeline
-from pipelines.metrics import cross_validate, summarise_folds
+from pipelines.metrics import cross_validate, roc_auc, summarise_folds
 from pipelines.tracking import ensure_experiment, experiment_for
 
 PRESET = "aws-lab"
@@ -92,11 +91,9 @@ def train_lab_baseline(settings: Settings) -> LabBaseline:
     if split.x_val is not None and split.y_val is not None and dataset.positive_class:
         # The notebook's eval_metric: AUC on the validation rows, reported, not tuned on.
         column = list(pipeline.classes_).index(dataset.positive_class)
-        validation_auc = float(
-            roc_auc_score(
-                np.asarray(split.y_val) == dataset.positive_class,
-                pipeline.predict_proba(split.x_val)[:, column],
-            )
+        validation_auc = roc_auc(
+            np.asarray(split.y_val) == dataset.positive_class,
+            pipeline.predict_proba(split.x_val)[:, column],
         )
     run_id = log_candidate(
         pipeline,

@@ -15,6 +15,8 @@ the two agree on every bound, both directions and a zero baseline.
 
 The metrics are training's own (pipelines.metrics.evaluation_metrics), so a version's
 gate figures read like its test metrics; binary ones are at the version's threshold.
+They are numpy only: scikit-learn's metrics cost a fresh ``bridge activate`` about 1 s
+to import, most of the gate's time in a new process (issue 24).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from conf.contract import GATE_METRICS
 from conf.settings import GateRule
+from pipelines.metrics import evaluation_metrics
 from registry_bridge import onnx_check
 from registry_bridge.entities import ModelVersion, ReferenceSet
 from registry_bridge.errors import RegistryError
@@ -126,8 +129,6 @@ def reference_metrics(session: Any, version: ModelVersion, rows: ReferenceRows) 
     Raises:
         RegistryError: CONFLICT naming the version when its graph cannot score the rows.
     """
-    from pipelines.metrics import evaluation_metrics  # scikit-learn: only when gating
-
     what = f"cannot score the reference set with {version.label}"
     scores = onnx_check.score(session, rows.features, version.onnx_io, what)
     classes = [str(c) for c in version.classes]
@@ -138,7 +139,7 @@ def reference_metrics(session: Any, version: ModelVersion, rows: ReferenceRows) 
         labels = [
             str(c) for c in decide(scores.probabilities, classes, version.threshold, positive)[0]
         ]
-    # onnxruntime's float32 rows sum to 1 within ~1e-7; log_loss would warn on each.
+    # onnxruntime's float32 rows sum to 1 only within ~1e-7: scored renormalised.
     probabilities = scores.probabilities / scores.probabilities.sum(axis=1, keepdims=True)
     computed = evaluation_metrics(rows.labels, labels, probabilities, classes, positive)
     computed["roc_auc"] = computed["roc_auc_ovr"]

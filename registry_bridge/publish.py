@@ -21,6 +21,7 @@ import yaml
 
 from conf.contract import cv_mean_key
 from conf.settings import Settings
+from pipelines.metrics import evaluation_metrics
 from registry_bridge import onnx_check
 from registry_bridge import runs as mlflow_runs
 from registry_bridge.entities import (
@@ -276,8 +277,6 @@ def _with_threshold(card: dict[str, Any], threshold: float, run_id: str) -> dict
     rescored: dict[str, float] = {}
     truth = evaluation.get("true_labels")
     if truth:
-        from pipelines.metrics import evaluation_metrics  # scikit-learn: only here
-
         rescored = {
             f"test_{k}": v
             for k, v in evaluation_metrics(

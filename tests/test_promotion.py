@@ -7,7 +7,11 @@ of api_fixtures (v1 logistic regression, active; v2 kNN); the rules are MLflow's
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -348,3 +352,48 @@ def test_the_cli_gate_reference_and_history(published, bridge, data_path, tmp_pa
     assert "FORCED" in forced.output and "accuracy: v" in forced.output
     history = bridge("history", MODEL, env_changes=env)
     assert "FORCED" in history.output and "promotion gate" in history.output
+
+
+def test_a_fresh_bridge_activate_gates_without_importing_scikit_learn(
+    published, data_path, tmp_path
+):
+    """Check the cold gate's premise (issue 24): `bridge activate` in a new process runs
+    the gate on the reference set, and nothing it does imports scikit-learn (about 1 s
+    of a fresh process, against the gate's 1 s budget)."""
+    store = gated(published)
+    reference_from(data_path, store)
+    config = tmp_path / "rules.yaml"
+    config.write_text("promotion:\n  rules:\n    accuracy: {threshold: 0.0}\n")
+    report = tmp_path / "modules.json"
+    settings = published.settings
+    env = {
+        **os.environ,
+        "VERTEBRAL_CONFIG": str(config),
+        "MONGODB_URI": settings.registry.mongodb_uri or "",
+        "REGISTRY_DB": settings.registry.database,
+        "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri,
+        "MODEL_NAME": MODEL,
+        "MODULES_REPORT": str(report),
+    }
+    # The scikit-learn modules loaded when the process ends (after the gate, the pointer
+    # move and the MLflow mirror's update).
+    script = (
+        "import atexit, json, os, sys\n"
+        "atexit.register(lambda: open(os.environ['MODULES_REPORT'], 'w').write(json.dumps(\n"
+        "    sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))))\n"
+        "from registry_bridge.cli import main\n"
+        "main()\n"
+    )
+    v2 = str(published.versions[FAMILIES[1]])
+    done = subprocess.run(
+        [sys.executable, "-c", script, "activate", MODEL, v2, "--reason", "cold"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "promotion gate passed" in done.stdout
+    entry = store.list_activation_log(MODEL)[-1]
+    assert entry.to_version == int(v2) and entry.gate["passed"]
+    assert json.loads(report.read_text()) == []
