@@ -14,6 +14,8 @@ of the machine hit all of them alike. The targets:
 - ``api-named``: the same server, ``POST /models/<name>/predict`` (the path of the
   two-model round, asked alone: what the path costs apart from a second name);
 - ``api-lease0``: the API with ``api.pointer_lease_ms: 0`` (a pointer read per request);
+- ``api-lease50``: the API with ``api.pointer_lease_ms: 50``, the default before
+  2026-12-07 (the lease's length measured, not assumed);
 - ``api-baseline``: today's API, ``python -m api`` from a ``git worktree`` of
   ``--baseline-api`` (default ``bed3445``, main before issue 23), ``/predict``;
 - ``mlflow``: ``mlflow models serve`` of the same run's sklearn model, ``/invocations``;
@@ -83,6 +85,7 @@ FULL: dict[str, Any] = {
     "duration_s": 5,
     "baseline_rev": BASELINE_REV,
     "mlserver": True,
+    "lease50": True,
 }
 QUICK: dict[str, Any] = {
     "concurrencies": (8,),
@@ -90,6 +93,7 @@ QUICK: dict[str, Any] = {
     "duration_s": 1,
     "baseline_rev": BASELINE_REV,
     "mlserver": False,
+    "lease50": False,  # one API server fewer to start in the suite's quick run
 }
 TWO_MODEL_CLIENTS = 8
 WRK_TIMEOUT_S = 10
@@ -98,6 +102,7 @@ START_TIMEOUT_S = 180
 READY = {
     "api": "/ready",
     "api-lease0": "/ready",
+    "api-lease50": "/ready",
     "api-baseline": "/ready",
     "mlflow": "/ping",
     "mlserver": "/v2/models/{name}/ready",
@@ -105,7 +110,7 @@ READY = {
     "constant-granian": "/health",
 }
 # Servers the run goes on without (reported as not measured, with the reason).
-OPTIONAL = {"api-baseline", "mlserver", "constant-granian"}
+OPTIONAL = {"api-baseline", "api-lease50", "mlserver", "constant-granian"}
 # Targets whose failure to answer the benchmark body stops the run (any other target is
 # reported as not measured, with the answer: e.g. an API without one of the paths).
 REQUIRED = {"api", "api-lease0", "mlflow", "constant-gthread"}
@@ -325,6 +330,12 @@ def make_servers(
     servers["api-lease0"] = ws.api_server(
         workers, name="api-lease0", config={"api": {"pointer_lease_ms": 0}}
     )
+    if plan.get("lease50"):
+        servers["api-lease50"] = ws.api_server(
+            workers, name="api-lease50", config={"api": {"pointer_lease_ms": 50}}
+        )
+    else:
+        missing["api-lease50"] = "left out of this run (--quick)"
     rev = plan.get("baseline_rev")
     if rev:
         try:
@@ -386,6 +397,7 @@ def plan_targets(servers: dict[str, Server], model_name: str, second: str) -> li
         Target("api-oip", "api", oip, OIP),
         Target("api-named", "api", f"/models/{model_name}/predict"),
         Target("api-lease0", "api-lease0", "/predict"),
+        Target("api-lease50", "api-lease50", "/predict"),
         Target("api-baseline", "api-baseline", "/predict"),
         Target("mlflow", "mlflow", "/invocations"),
         Target("mlserver-invocations", "mlserver", "/invocations"),
@@ -557,6 +569,8 @@ def _comparison(results: dict[str, Any], key: str) -> dict[str, Any]:
         "p99_mlflow_over_api": ratio(p99.get("mlflow"), p99.get("api")),
         "p50_mlflow_over_api": ratio(p50.get("mlflow"), p50.get("api")),
         "rps_lease_over_lease0": ratio(api, rps.get("api-lease0")),
+        "rps_lease_over_lease50": ratio(api, rps.get("api-lease50")),
+        "p99_lease50_over_lease": ratio(p99.get("api-lease50"), p99.get("api")),
         "predict_over_baseline": ratio(api, rps.get("api-baseline")),
         "predict_over_constant_gthread": ratio(api, rps.get("constant-gthread")),
         "predict_over_constant_granian": ratio(api, rps.get("constant-granian")),
@@ -624,6 +638,7 @@ DESCRIPTIONS = {
     "api-oip": "the same server, OIP POST /v2/models/<name>/infer, the same record",
     "api-named": "the same server, POST /models/<name>/predict (the two-model round's path)",
     "api-lease0": "the same API with api.pointer_lease_ms 0 (a pointer read per request)",
+    "api-lease50": "the same API with api.pointer_lease_ms 50 (the default before 2026-12-07)",
     "api-baseline": "today's API: python -m api from a git worktree at {rev} (/predict)",
     "mlflow": "mlflow models serve --env-manager local (uvicorn, FastAPI, pyfunc sklearn)",
     "mlserver-invocations": f"MLServer {MLSERVER_VERSION}, MLflow runtime, /invocations",

@@ -97,7 +97,7 @@ class ApiSettings:
     output_retention: OutputRetention = field(default_factory=OutputRetention)
     batch_chunk_rows: int = 50000
     output_dir: Path = Path("outputs")
-    pointer_lease_ms: int = 50
+    pointer_lease_ms: int = 250
     prepare_timeout_s: float = 10.0
     tls_cert: Path | None = None
     tls_key: Path | None = None

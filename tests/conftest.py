@@ -123,6 +123,9 @@ def throwaway_settings(uri: str, db_name: str, tmp_path: Path) -> Settings:
     loaded = load_settings(env=env)
     return replace(
         loaded,
+        # Every activation waits the lease: the tests keep the 50 ms they were written
+        # with (the lease's own tests set theirs; the README walk runs the default).
+        api=replace(loaded.api, pointer_lease_ms=50),
         mlflow=replace(loaded.mlflow, artifact_root=tmp_path / "mlruns" / "artifacts"),
         training=replace(loaded.training, reports_dir=tmp_path / "reports" / "training"),
     )

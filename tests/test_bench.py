@@ -125,7 +125,7 @@ def test_online_table_rows_are_formatted_as_documented():
         "| 8 | constant Flask endpoint, stock gunicorn gthread | 1,500 | 2.50 | 5.00 | 6.00 | 0 "
         "| ±5 % | – |" in lines
     )
-    assert lines[-1] == "| 8 | – | 0.81× | – | – | 3.46× | – | – | – | 7.50 |"
+    assert lines[-1] == "| 8 | – | 0.81× | – | – | 3.46× | – | – | – | – | 7.50 |"
     # A peer that could not run reads "not measured" with the reason, never a figure.
     assert (
         "| – | MLServer 1.7.1 (MLflow runtime), `/v2/models/<name>/infer` | not measured: "
