@@ -12,10 +12,10 @@ loaded the request that loads it simply waits. With a lease of 0 every request r
 
 Concurrent requests of one worker share a read: when the lease has run out a request
 waits for the read in flight if that one began within one lease before the request
-arrived, else for the first read that *started after it arrived* (single-flight). Past half its
-lease, a request still served from the read wakes a read-ahead thread that renews it,
-so under steady traffic requests never wait for the database: a worker issues about
-two reads per lease instead of one per request.
+arrived, else for the first read that *started after it arrived* (single-flight). Past
+half its lease, a request still served from the read wakes a read-ahead thread that
+renews it, so under steady traffic requests rarely wait for the database: a worker
+issues about two reads per lease instead of one per request.
 
 When the database does not answer within ``CHECK_TIMEOUT_S`` the loaded version keeps
 serving, marked stale, and the database is not asked again for ``BACKOFF_S`` so an
