@@ -332,3 +332,27 @@ def test_a_flood_is_capped_per_window_in_the_database(registry_db):
     written = captured_records(registry_db, "m")
     assert len(written) == 5
     assert len({(r["request_id"], r["row"]) for r in written}) == 5
+
+
+def test_one_row_requests_are_sampled_as_the_general_path_samples_them():
+    """Check the window's one-row path against its general one: the same random stream and
+    the same requests (one row and many, below and past the cap) give the same sample."""
+    from api.capture import WindowSample
+
+    for seed in range(20):
+        sizes = np.random.default_rng(100 + seed).choice([1, 1, 1, 3, 40], size=300)
+        offered = [_entry(int(n), f"r{i}") for i, n in enumerate(sizes)]
+        fast = WindowSample(60, np.random.default_rng(seed))
+        general = WindowSample(60, np.random.default_rng(seed))
+        for entry in offered:
+            fast.add(Model, entry)
+            general._add_rows(Model, entry)
+        assert fast.seen == general.seen
+        picked = [(e.request_id, _kept_rows(e)) for _, e in fast.take()]
+        assert picked == [(e.request_id, _kept_rows(e)) for _, e in general.take()]
+        assert sum(len(rows) for _, rows in picked) == 60
+
+
+def _kept_rows(entry) -> list[int]:
+    """The rows of the request an entry of a window's sample holds (None: all of them)."""
+    return list(range(len(entry.labels))) if entry.rows is None else [int(r) for r in entry.rows]
