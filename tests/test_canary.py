@@ -220,8 +220,9 @@ def test_a_failing_canary_is_ended_by_its_guardrail_on_every_worker_of_two_insta
         assert entry.details["canary"]["version"] == broken
         assert entry.details["canary"]["errors"] >= 5
         assert entry.details["active"]["version"] == v1
-        # The entry is written before the abort's commit wait (one lease, 50 ms): past it,
-        # no worker may still route by a pointer read from before the abort.
+        # The entry is written before the abort's commit wait. The reads from before the
+        # abort hold the 50 ms lease the test's store stored with the pointer: past it, no
+        # worker may still route by one of them.
         time.sleep(0.1)
         for server in (first, second):
             for key in canary_keys[:40]:
