@@ -4,7 +4,8 @@ It reads the request body (as any endpoint must) and returns a fixed answer shap
 like ``/predict``'s, so the difference to the API is the cost of validation, the
 model and the registry check, not of HTTP, WSGI or JSON framing. The online benchmark
 runs it under stock gunicorn ``-k gthread`` and under granian ``--interface wsgi``
-(``Workspace.constant_server``).
+(``Workspace.constant_server``); ``bench.constant_rsgi`` answers the same bytes with no
+Flask, under granian's RSGI.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from flask import Flask, Response, request
 
 app = Flask(__name__)
 
-_ANSWER = json.dumps(
+ANSWER = json.dumps(
     {
         "model": {"name": "vertebral-column", "version": 1, "run_id": "constant"},
         "predictions": [
@@ -34,7 +35,7 @@ _ANSWER = json.dumps(
 def predict() -> Response:
     """Drain the body, answer the constant."""
     request.get_data(cache=False)
-    return Response(_ANSWER, mimetype="application/json")
+    return Response(ANSWER, mimetype="application/json")
 
 
 @app.get("/health")

@@ -26,6 +26,9 @@ of the machine hit all of them alike. The targets:
 - ``constant-gthread`` and ``constant-granian``: a constant Flask endpoint
   (``constant_app.py``) under stock gunicorn ``gthread`` and under granian's WSGI
   interface, 2 workers x 8 threads each;
+- ``constant-rsgi``: the same answer with no Flask under granian's RSGI, the body read
+  under a deadline and its JSON parsed (``constant_rsgi.py``): the floor of the server the
+  API runs on, which the API's figures (its p99 above all) are read against;
 - the two-model round (at 8 clients): the ``api`` server driven on
   ``/models/<name>/predict`` and ``/models/<name>-b/predict`` at once (two wrk
   processes of 4 clients each; ``<name>-b`` is the same run published under a second
@@ -108,9 +111,10 @@ READY = {
     "mlserver": "/v2/models/{name}/ready",
     "constant-gthread": "/health",
     "constant-granian": "/health",
+    "constant-rsgi": "/health",
 }
 # Servers the run goes on without (reported as not measured, with the reason).
-OPTIONAL = {"api-baseline", "api-lease50", "mlserver", "constant-granian"}
+OPTIONAL = {"api-baseline", "api-lease50", "mlserver", "constant-granian", "constant-rsgi"}
 # Targets whose failure to answer the benchmark body stops the run (any other target is
 # reported as not measured, with the answer: e.g. an API without one of the paths).
 REQUIRED = {"api", "api-lease0", "mlflow", "constant-gthread"}
@@ -347,10 +351,12 @@ def make_servers(
     else:
         missing["api-baseline"] = "left out of this run (--baseline-api none)"
     servers["constant-gthread"] = ws.constant_server(workers, "gthread")
-    if Path(sys.executable).with_name("granian").exists():
-        servers["constant-granian"] = ws.constant_server(workers, "granian")
-    else:
-        missing["constant-granian"] = "granian is not installed in this environment"
+    has_granian = Path(sys.executable).with_name("granian").exists()
+    for kind in ("granian", "rsgi"):
+        if has_granian:
+            servers[f"constant-{kind}"] = ws.constant_server(workers, kind)
+        else:
+            missing[f"constant-{kind}"] = "granian is not installed in this environment"
     return servers, missing, facts
 
 
@@ -404,6 +410,7 @@ def plan_targets(servers: dict[str, Server], model_name: str, second: str) -> li
         Target("mlserver-v2", "mlserver", oip, OIP),
         Target("constant-gthread", "constant-gthread", "/predict"),
         Target("constant-granian", "constant-granian", "/predict"),
+        Target("constant-rsgi", "constant-rsgi", "/predict"),
         Target("two-model-a", "api", f"/models/{model_name}/predict", model=model_name),
         Target("two-model-b", "api", f"/models/{second}/predict", model=second),
     ]
@@ -565,6 +572,7 @@ def _comparison(results: dict[str, Any], key: str) -> dict[str, Any]:
     api = rps.get("api")
     comparison: dict[str, Any] = {
         "api_p99_ms": p99.get("api"),
+        "constant_rsgi_p99_ms": p99.get("constant-rsgi"),
         "rps_ratio_vs_mlflow": ratio(api, rps.get("mlflow")),
         "p99_mlflow_over_api": ratio(p99.get("mlflow"), p99.get("api")),
         "p50_mlflow_over_api": ratio(p50.get("mlflow"), p50.get("api")),
@@ -574,6 +582,7 @@ def _comparison(results: dict[str, Any], key: str) -> dict[str, Any]:
         "predict_over_baseline": ratio(api, rps.get("api-baseline")),
         "predict_over_constant_gthread": ratio(api, rps.get("constant-gthread")),
         "predict_over_constant_granian": ratio(api, rps.get("constant-granian")),
+        "predict_over_constant_rsgi": ratio(api, rps.get("constant-rsgi")),
         "predict_over_mlserver_v2": ratio(api, rps.get("mlserver-v2")),
         "predict_over_mlserver_invocations": ratio(api, rps.get("mlserver-invocations")),
         "oip_over_mlserver_v2": ratio(rps.get("api-oip"), rps.get("mlserver-v2")),
@@ -588,10 +597,13 @@ def _comparison(results: dict[str, Any], key: str) -> dict[str, Any]:
     if key == str(TWO_MODEL_CLIENTS):
         # Issue 23's goals, at 8 clients.
         api_p99 = p99.get("api")
+        floor_p99 = p99.get("constant-rsgi")
         comparison.update(
             goal_2_5x_baseline=meets(comparison["predict_over_baseline"], 2.5),
             goal_1_6x_constant_gthread=meets(comparison["predict_over_constant_gthread"], 1.6),
             goal_p99_3ms=None if api_p99 is None else api_p99 <= 3.0,
+            # Whether the server's floor itself (no Flask, no model) is within 3 ms here.
+            floor_p99_within_3ms=None if floor_p99 is None else floor_p99 <= 3.0,
             goal_20x_mlserver_v2=meets(comparison["predict_over_mlserver_v2"], 20.0),
             goal_60x_mlflow=meets(comparison["rps_ratio_vs_mlflow"], 60.0),
             goal_oip_0_8_of_predict=meets(comparison["oip_over_predict"], 0.8),
@@ -645,6 +657,8 @@ DESCRIPTIONS = {
     "mlserver-v2": f"MLServer {MLSERVER_VERSION}, MLflow runtime, /v2/models/<name>/infer",
     "constant-gthread": "bench.constant_app under stock gunicorn -k gthread, 8 threads/worker",
     "constant-granian": "bench.constant_app under granian --interface wsgi, 8 blocking threads",
+    "constant-rsgi": "bench.constant_rsgi under granian --interface rsgi: body read under a "
+    "10 s deadline, JSON parsed, the same constant (no Flask): the API server's floor",
     "two-model-a": "the api server, /models/<name>/predict, half the clients, at once with -b",
     "two-model-b": "the api server, /models/<name>-b/predict (the same run, a second name)",
 }

@@ -300,7 +300,9 @@ class Workspace:
     def constant_server(self, workers: int, server: str = "gthread") -> Server:
         """A constant answer (``bench.constant_app``) under stock gunicorn ``gthread``
         (``server="gthread"``) or granian's WSGI interface (``"granian"``), ``workers``
-        processes of ``CONSTANT_THREADS`` threads each: what the HTTP stack alone costs."""
+        processes of ``CONSTANT_THREADS`` threads each: what the HTTP stack alone costs;
+        or with no Flask under granian's RSGI (``"rsgi"``, ``bench.constant_rsgi``: the
+        chosen server's floor)."""
         port = free_port()
         bin_dir = Path(sys.executable).parent
         if server == "gthread":
@@ -337,8 +339,23 @@ class Workspace:
                 "warning",
                 "bench.constant_app:app",
             ]
+        elif server == "rsgi":
+            command = [
+                str(bin_dir / "granian"),
+                "--interface",
+                "rsgi",
+                "--workers",
+                str(workers),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "bench.constant_rsgi:app",
+            ]
         else:
-            raise ValueError(f"unknown server {server!r} (gthread or granian)")
+            raise ValueError(f"unknown server {server!r} (gthread, granian or rsgi)")
         name = f"constant-{server}"
         return Server(name, command, port, self.dir / "logs" / f"{name}.log", venv_env())
 

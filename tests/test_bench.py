@@ -103,13 +103,16 @@ def test_online_table_rows_are_formatted_as_documented():
             "api": _server(1234.56, 3.14159, 7.5, reads=0.0213),
             "mlflow": _server(321.04, 20.0, 61.25),
             "constant-gthread": _server(1500.0, 2.5, 6.0),
+            "constant-rsgi": _server(3012.3, 0.4, 2.875),
         },
         "comparison": {
             "8": {
                 "rps_ratio_vs_mlflow": 3.456,
                 "p99_mlflow_over_api": 8.1666,
                 "predict_over_constant_gthread": 0.8123,
+                "predict_over_constant_rsgi": 0.4098,
                 "api_p99_ms": 7.5,
+                "constant_rsgi_p99_ms": 2.875,
             }
         },
         "not_measured": {"mlserver": "left out of this run (--quick, or --no-mlserver)"},
@@ -125,7 +128,11 @@ def test_online_table_rows_are_formatted_as_documented():
         "| 8 | constant Flask endpoint, stock gunicorn gthread | 1,500 | 2.50 | 5.00 | 6.00 | 0 "
         "| ±5 % | – |" in lines
     )
-    assert lines[-1] == "| 8 | – | 0.81× | – | – | 3.46× | – | – | – | – | 7.50 |"
+    assert (
+        "| 8 | constant answer, no Flask, granian `--interface rsgi` (the floor) | 3,012 | 0.40 "
+        "| 0.80 | 2.88 | 0 | ±5 % | – |" in lines
+    )
+    assert lines[-1] == "| 8 | – | 0.81× | – | 0.41× | – | 3.46× | – | – | – | – | 7.50 | 2.88 |"
     # A peer that could not run reads "not measured" with the reason, never a figure.
     assert (
         "| – | MLServer 1.7.1 (MLflow runtime), `/v2/models/<name>/infer` | not measured: "
@@ -199,12 +206,20 @@ def test_quick_online_results_are_complete(quick_results):
 
 @pytest.mark.slow
 def test_quick_online_new_rows_are_present_and_consistent(quick_results):
-    """Check issue 23's rows in the quick run: OIP infer, the named path, today's API, both
-    constant endpoints and the two-model round measured, their ratios the quotients of
-    their medians; MLServer left out of --quick with the reason, in the table too."""
+    """Check issue 23's rows in the quick run: OIP infer, the named path, today's API, the
+    constant endpoints (the floor too) and the two-model round measured, their ratios the
+    quotients of their medians; MLServer left out of --quick with the reason, in the table
+    too."""
     doc = quick_results["docs"]["online"]
     results = doc["results"]
-    targets = ("api-oip", "api-named", "api-baseline", "constant-gthread", "constant-granian")
+    targets = (
+        "api-oip",
+        "api-named",
+        "api-baseline",
+        "constant-gthread",
+        "constant-granian",
+        "constant-rsgi",
+    )
     for name in (*targets, "two-model-a", "two-model-b"):
         row = results[name]["by_concurrency"]["8"]
         assert row["errors"] == 0 and row["requests"] > 0, (name, row["runs"])
@@ -220,11 +235,21 @@ def test_quick_online_new_rows_are_present_and_consistent(quick_results):
         ("predict_over_baseline", "api-baseline"),
         ("predict_over_constant_gthread", "constant-gthread"),
         ("predict_over_constant_granian", "constant-granian"),
+        ("predict_over_constant_rsgi", "constant-rsgi"),
     ):
         assert c8[key] == pytest.approx(median("api") / median(name), abs=0.01), key
     assert c8["oip_over_predict"] == pytest.approx(median("api-oip") / median("api"), abs=0.01)
-    for goal in ("goal_2_5x_baseline", "goal_1_6x_constant_gthread", "goal_oip_0_8_of_predict"):
+    for goal in (
+        "goal_2_5x_baseline",
+        "goal_1_6x_constant_gthread",
+        "goal_oip_0_8_of_predict",
+        "floor_p99_within_3ms",
+    ):
         assert isinstance(c8[goal], bool), goal
+    assert (
+        c8["constant_rsgi_p99_ms"]
+        == results["constant-rsgi"]["by_concurrency"]["8"]["p99_ms"]["median"]
+    )
     assert c8["goal_20x_mlserver_v2"] is None  # not measured in --quick
     two = doc["two_model"]
     assert two["clients"] == 8 and two["clients_per_name"] == 4
