@@ -252,13 +252,17 @@ def run_measured(
 # --- machine, load, statistics, results ----------------------------------------------
 
 
-def last_json_line(log_path: Path, start: int) -> dict[str, Any]:
-    """The last JSON object line a child wrote to ``log_path`` after byte offset ``start``."""
+def json_lines(log_path: Path, start: int) -> list[dict[str, Any]]:
+    """The JSON object lines a child wrote to ``log_path`` after byte offset ``start``."""
     with open(log_path, "rb") as handle:
         handle.seek(start)
-        line = [ln for ln in handle.read().decode().splitlines() if ln.startswith("{")][-1]
-    parsed: dict[str, Any] = json.loads(line)
-    return parsed
+        lines = [ln for ln in handle.read().decode().splitlines() if ln.startswith("{")]
+    return [json.loads(line) for line in lines]
+
+
+def last_json_line(log_path: Path, start: int) -> dict[str, Any]:
+    """The last JSON object line a child wrote to ``log_path`` after byte offset ``start``."""
+    return json_lines(log_path, start)[-1]
 
 
 def require_wrk() -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.batch import NOISE, export_model, noisy_rows
 from bench.common import (
-    last_json_line,
+    json_lines,
     load_average,
     load_exported_model,
     meets,
@@ -52,7 +52,10 @@ log = logging.getLogger("bench")
 MASTER = "local[2]"
 FAMILIES = ("logistic_regression", "random_forest")
 FULL = {"sizes": (1_000_000, 10_000_000), "rounds": {1_000_000: 3, 10_000_000: 2}}
-QUICK = {"sizes": (50_000,), "rounds": {50_000: 1}}
+# shared_session: the quick run's Spark ways share one child process and session. Each
+# child spent ~15 s starting its JVM and ~5 s on its first read, of ~40 s, on the loaded
+# 2-core machine; full runs keep a process per way, so each way's warm-up and peaks are its own.
+QUICK = {"sizes": (50_000,), "rounds": {50_000: 1}, "shared_session": True}
 # After this many minutes no further measurement starts (what was not run is missing
 # from the results): 10M rows through spark_udf on a random forest take minutes each.
 MAX_MINUTES = 20.0  # one full bench run stays under an hour on 2 cores
@@ -113,8 +116,9 @@ def _session() -> Any:
     return spark_session(MASTER, app_name="bench-spark")
 
 
-def _child(way: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one way on one input; seconds of the job and memory peaks.
+def _child(way: str, spec: dict[str, Any], spark: Any) -> dict[str, Any]:
+    """Run one way on one input in ``spark`` (None for ``single``); seconds of the job and
+    memory peaks (the process's so far: in a shared session, those of the ways before too).
 
     Before the timed job, the same way scores 20 rows in 2 partitions into Parquet, so
     both Python workers have started and imported what they need and the JVM has loaded
@@ -124,7 +128,6 @@ def _child(way: str, spec: dict[str, Any]) -> dict[str, Any]:
     source, target = spec["source"], spec["target"]
     if way == "single":
         return _single_process(spec, source, target)
-    spark = _session()
     frame = spark.read.parquet(source)
     started = time.perf_counter()
     warm = _scored(way, spec, frame.limit(20).repartition(2))
@@ -134,7 +137,6 @@ def _child(way: str, spec: dict[str, Any]) -> dict[str, Any]:
     _scored(way, spec, frame).write.mode("overwrite").parquet(target)
     seconds = time.perf_counter() - started
     peaks = _role_peaks()
-    spark.stop()
     return {
         "job_s": round(seconds, 3),
         "warmup_s": round(warmup, 3),
@@ -213,10 +215,15 @@ def _single_process(spec: dict[str, Any], source: str, target: str) -> dict[str,
 
 
 def child_main(argv: list[str]) -> int:
-    """``python -m bench.spark --child WAY SPEC_JSON``: print one JSON line."""
-    way, spec = argv[0], json.loads(argv[1])
+    """``python -m bench.spark --child WAY SPEC_JSON [WAY SPEC_JSON ...]``: run the ways in
+    order, in one Spark session (none for ``single`` alone); print one JSON line each."""
+    jobs = [(way, json.loads(spec)) for way, spec in zip(argv[::2], argv[1::2], strict=True)]
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(_child(way, spec)), flush=True)
+    spark = _session() if any(way != "single" for way, _ in jobs) else None
+    for way, spec in jobs:
+        print(json.dumps(_child(way, spec, spark)), flush=True)
+    if spark is not None:
+        spark.stop()
     return 0
 
 
@@ -230,8 +237,9 @@ def gridfs_plugin_available() -> bool:
     return any(ep.name == "gridfs" for ep in entry_points(group="mlflow.artifact_repository"))
 
 
-def _measure(ws: Workspace, way: str, spec: dict[str, Any]) -> dict[str, Any]:
-    log_path = ws.dir / "logs" / f"spark-{way}.log"
+def _measure(ws: Workspace, jobs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run ``jobs`` (way, spec) in one child process; one result each, in order."""
+    log_path = ws.dir / "logs" / f"spark-{'+'.join(way for way, _ in jobs)}.log"
     start = log_path.stat().st_size if log_path.exists() else 0
     env = venv_env(
         {
@@ -241,13 +249,27 @@ def _measure(ws: Workspace, way: str, spec: dict[str, Any]) -> dict[str, Any]:
             "PYSPARK_PYTHON": sys.executable,
         }
     )
+    arguments = [text for way, spec in jobs for text in (way, json.dumps(spec))]
     measured = run_measured(
-        [sys.executable, "-m", "bench.spark", "--child", way, json.dumps(spec)],
+        [sys.executable, "-m", "bench.spark", "--child", *arguments],
         log_path,
         env,
         timeout_s=3600,
     )
-    return {**last_json_line(log_path, start), "process_wall_s": measured["wall_s"]}
+    results = json_lines(log_path, start)
+    if len(results) != len(jobs):
+        raise RuntimeError(
+            f"{len(jobs)} Spark ways ran but {len(results)} reported; see {log_path}"
+        )
+    return [{**result, "process_wall_s": measured["wall_s"]} for result in results]
+
+
+def _process_groups(ways: list[str], shared_session: bool) -> list[list[str]]:
+    """The ways each child process runs: one each, or (``shared_session``) ``single`` alone
+    and every Spark way in one process, so that only one JVM starts."""
+    if not shared_session:
+        return [[way] for way in ways]
+    return [[way] for way in ways if way == "single"] + [[w for w in ways if w != "single"]]
 
 
 def run(
@@ -295,33 +317,44 @@ def run(
                     "spark_udf_gridfs": f"models:/{ws.model_name}@production",
                 }
                 order = ways if number % 2 == 0 else list(reversed(ways))
-                for way in order:
+                for group in _process_groups(order, plan.get("shared_session", False)):
                     if deadline and time.monotonic() > deadline:
-                        log.info("time budget spent: %s %d rows %s not run", family, rows, way)
+                        log.info(
+                            "time budget spent: %s %d rows %s not run",
+                            family,
+                            rows,
+                            ", ".join(group),
+                        )
                         continue
-                    spec = {
-                        "source": str(source),
-                        "target": str(ws.dir / "spark-out" / f"{way}-{rows}"),
-                        "name": ws.model_name,
-                        "version": chosen.version,
-                        "uri": uris.get(way),
-                        "onnx": str(onnx_path),
-                        "meta": str(meta_path),
-                    }
-                    result = _measure(ws, way, spec)
-                    result["load_1m"] = load_average()[0]
-                    runs[family][rows][way].append(result)
-                    write_json(ws.dir / "spark-partial.json", runs)  # kept if the run stops
-                    log.info(
-                        "%s %8d rows round %d: %-16s %7.2fs  %8.0f rows/s  (load %.1f)",
-                        family,
-                        rows,
-                        number + 1,
-                        way,
-                        result["job_s"],
-                        rows / result["job_s"],
-                        result["load_1m"],
-                    )
+                    jobs = [
+                        (
+                            way,
+                            {
+                                "source": str(source),
+                                "target": str(ws.dir / "spark-out" / f"{way}-{rows}"),
+                                "name": ws.model_name,
+                                "version": chosen.version,
+                                "uri": uris.get(way),
+                                "onnx": str(onnx_path),
+                                "meta": str(meta_path),
+                            },
+                        )
+                        for way in group
+                    ]
+                    for way, result in zip(group, _measure(ws, jobs), strict=True):
+                        result["load_1m"] = load_average()[0]
+                        runs[family][rows][way].append(result)
+                        write_json(ws.dir / "spark-partial.json", runs)  # kept if the run stops
+                        log.info(
+                            "%s %8d rows round %d: %-16s %7.2fs  %8.0f rows/s  (load %.1f)",
+                            family,
+                            rows,
+                            number + 1,
+                            way,
+                            result["job_s"],
+                            rows / result["job_s"],
+                            result["load_1m"],
+                        )
     results = {
         family: {"model": models[family].__dict__, "by_rows": _by_rows(runs[family])}
         for family in families
@@ -330,7 +363,13 @@ def run(
         "benchmark": "spark",
         "plan": {
             **{
-                k: (list(v) if isinstance(v, tuple) else {str(r): n for r, n in v.items()})
+                k: (
+                    list(v)
+                    if isinstance(v, tuple)
+                    else {str(r): n for r, n in v.items()}
+                    if isinstance(v, dict)
+                    else v
+                )
                 for k, v in plan.items()
             },
             "master": MASTER,
