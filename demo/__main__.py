@@ -301,13 +301,28 @@ def train(run: DemoRun, trials: int) -> StudyResult:
 
 
 def publish_two_best(run: DemoRun, study: StudyResult, env: dict[str, str]) -> Published:
-    """Publish the two best candidates with the ``bridge`` CLI and activate the best."""
+    """Publish the two best candidates with the ``bridge`` CLI and activate the best.
+
+    Run again on the same registry, the demo finds the best of its earlier run in
+    production, as good as this run's (same data, same seed), and its own gate rule would
+    refuse the switch ("needs +0.05"): this run's best then replaces it with ``--force``
+    and a reason saying so, as an operator would (step 7 shows the gate at work)."""
     name = run.settings.api.model_name
     best, second = study.candidates[:2]
+    store = ModelStore.from_settings(run.settings)
+    try:
+        active = store.get_active_version(name)
+    finally:
+        store.close()
+    reason = "demo: best cross-validated run"
+    force: tuple[str, ...] = ()
+    if active is not None:
+        force = ("--force",)
+        reason = f"demo run again: this run's best replaces v{active.active_version}"
     bridge(
         run,
-        *("publish", name, "--run-id", best.run_id, "--activate"),
-        *("--reason", "demo: best cross-validated run"),
+        *("publish", name, "--run-id", best.run_id, "--activate", *force),
+        *("--reason", reason),
         env=env,
     )
     bridge(run, "publish", name, "--run-id", second.run_id, env=env)

@@ -264,6 +264,11 @@ def runs_command(state: CliState, experiment: str | None, as_json: bool) -> None
 )
 @click.option("--reason", help="Reason recorded in the activation log (with --activate).")
 @click.option(
+    "--force",
+    is_flag=True,
+    help="With --activate: activate even if the promotion gate refuses it (needs --reason).",
+)
+@click.option(
     "--threshold",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="2-class runs: publish with this decision threshold on P(Abnormal) instead of "
@@ -280,6 +285,7 @@ def publish_command(
     activate: bool,
     new_version: bool,
     reason: str | None,
+    force: bool,
     threshold: float | None,
     as_json: bool,
 ) -> None:
@@ -294,6 +300,10 @@ def publish_command(
         raise click.UsageError("give exactly one of --run-id ID or --best")
     if experiment and not best:
         raise click.UsageError("--experiment only applies with --best")
+    if force and not activate:
+        raise click.UsageError("--force only applies with --activate")
+    if force and not (reason or "").strip():
+        raise click.UsageError("--force needs --reason TEXT (kept in the activation log)")
     checked_reason(reason)  # before publishing: not a version published, then a refusal
     store = open_store(state)
     chosen = run_id or publish.best_candidate_run_id(state.settings, experiment)
@@ -301,14 +311,12 @@ def publish_command(
         store, state.settings, chosen, name, new_version=new_version, threshold=threshold
     )
     version = result.version
-    activated = None
-    if activate:
-        activated = store.set_active_version(
-            version.name, version.version, reason=reason or f"published from run {chosen}"
-        )
     if as_json:
+        if activate:
+            _activate_published(store, version, chosen, reason, force)
         click.echo(render.as_json(result))
         return
+    # Said before activating: when the gate refuses the switch, the version stays published.
     if result.created:
         click.echo(
             f"published {version.label} from run {chosen} "
@@ -320,11 +328,23 @@ def publish_command(
             f"run {chosen} is already published as {version.label}; nothing uploaded "
             "(use --new-version to publish it again)"
         )
-    if activated is not None:
+    if activate:
+        activated = _activate_published(store, version, chosen, reason, force)
+        if activated.gate and not activated.gate["passed"]:
+            click.echo("promotion gate refused it: FORCED with the reason given")
         click.echo(
             f"activated {version.label} (previous: "
             f"{'v' + str(activated.previous_version) if activated.previous_version else 'none'})"
         )
+
+
+def _activate_published(
+    store: ModelStore, version: Any, run_id: str, reason: str | None, force: bool
+) -> Any:
+    """``publish --activate``: the switch, through the gate (or forced, with the reason)."""
+    return store.set_active_version(
+        version.name, version.version, reason=reason or f"published from run {run_id}", force=force
+    )
 
 
 @main.command("list")

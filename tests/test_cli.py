@@ -27,8 +27,10 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_publish_list_show_activate_rollback_history(bridge, settings):
-    """Check the main flow: publish two runs, list them, activate, roll back, read the log."""
+def test_publish_list_show_activate_rollback_history(bridge, settings, tmp_path):
+    """Check the main flow: publish two runs, list them, activate, roll back, read the log;
+    then `publish --activate` refused by the promotion gate (the version stays published,
+    and says so first) and forced past it with a reason."""
     first = quick_candidate_run(settings, family="logistic_regression")
     second = quick_candidate_run(settings, family="knn")
 
@@ -96,6 +98,21 @@ def test_publish_list_show_activate_rollback_history(bridge, settings):
     runs = bridge("runs")
     assert runs.exit_code == 0 and first in runs.output and "v1" in runs.output
 
+    config = tmp_path / "rules.yaml"  # a rule, and no reference set: the gate refuses
+    config.write_text("promotion:\n  rules:\n    accuracy: {min_absolute_change: 0.5}\n")
+    gated = {"VERTEBRAL_CONFIG": str(config)}
+    refused = bridge("publish", "--run-id", first, "--activate", env_changes=gated)
+    assert refused.exit_code == 1, refused.output
+    assert refused.stdout.startswith(f"run {first} is already published as {NAME} v1")
+    assert "the promotion gate refused" in refused.stderr
+    forced = bridge(
+        "publish",
+        *("--run-id", first, "--activate", "--force", "--reason", "demo run again"),
+        env_changes=gated,
+    )
+    assert forced.exit_code == 0, forced.output
+    assert "FORCED" in forced.output and f"activated {NAME} v1 (previous: v2)" in forced.output
+
 
 def test_download_verify_and_tampering(bridge, settings, registry_db, mongo_server, tmp_path):
     """Check that download writes bytes matching the sha256, and a tampered file fails verify."""
@@ -156,6 +173,8 @@ def test_failures_are_one_line(bridge, args, expected):
         (("publish",), "give exactly one of --run-id ID or --best"),
         (("publish", "--run-id", "abc", "--best"), "give exactly one of --run-id ID or --best"),
         (("publish", "--run-id", "abc", "--experiment", "x"), "--experiment only applies"),
+        (("publish", "--run-id", "abc", "--force", "--reason", "x"), "--force only applies"),
+        (("publish", "--run-id", "abc", "--activate", "--force"), "--force needs --reason"),
     ],
 )
 def test_option_conflicts_are_usage_errors(bridge, args, expected):
