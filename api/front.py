@@ -26,17 +26,10 @@ headers are those of every other path.
 Deadlines: a request head must arrive within ``api.client_timeout_s`` (granian's header
 read timeout), and so must a body of up to :data:`BODY_BUFFER_LIMIT`; a larger body's
 deadline starts there and grows by 1 s per ``MIN_BODY_RATE`` bytes received. A late body
-is answered 408. A buffered body's deadline is kept by one task of the loop that ends the
-late ones every :data:`EXPIRY_STEP_S` (``Budget.expire``), not by a timer per request:
-in process, on uvloop (the loop granian runs), an inline ``/predict`` took a median of
-139 µs of CPU this way against 165 µs with an ``asyncio.timeout`` per body (five
-alternated pairs of runs of 32,000 calls: 20-41 µs less in each; 0.5-15 µs less on
-asyncio's own loop). A cancelled timer stays in the loop until its 10 s have passed.
-
-Buffered bodies count against ``api.max_buffered_mb`` per worker (a declared length is
-reserved before reading), a quarter of it per client address; at the cap the body that
-has waited longest is answered 408 and dropped, so a flood of slow bodies evicts itself,
-not the ordinary client.
+is answered 408. Buffered bodies count against ``api.max_buffered_mb`` per worker (a
+declared length is reserved before reading), a quarter of it per client address; at the
+cap the body that has waited longest is answered 408 and dropped, so a flood of slow
+bodies evicts itself, not the ordinary client.
 """
 
 from __future__ import annotations
@@ -79,9 +72,6 @@ Pull = Callable[[], Coroutine[Any, Any, bytes]]
 THREADS = 8
 # Bodies up to this size are read by the loop before the app sees the request.
 BODY_BUFFER_LIMIT = 1 << 20
-# How often the loop ends the buffered bodies past their deadline: a late body is
-# answered within this much after it.
-EXPIRY_STEP_S = 0.1
 # Answers of the threads are sent in pieces of about this size.
 SEND_CHUNK = 256 * 1024
 # A streamed body reaches the app's thread in pieces of up to this size.
@@ -104,7 +94,6 @@ class Front:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="api")
         self.stream_slots = max(1, int(threads * STREAM_SHARE))
         self._streams: asyncio.Semaphore | None = None  # made in the worker's loop
-        self._expiry: asyncio.Task[None] | None = None  # started by the first body
         fix_mmap_threshold()
 
     # --- RSGI ------------------------------------------------------------------------
@@ -113,8 +102,6 @@ class Front:
         """A worker stops: its exit hooks (flush captured records and access lines, leave
         the fleet), which granian's ``os._exit`` of the worker would skip."""
         run_exit_hooks()
-        if self._expiry is not None:
-            self._expiry.cancel()
         self.pool.shutdown(wait=False)
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
@@ -165,37 +152,30 @@ class Front:
             return b"", None  # no body (a GET): nothing to wait for
         if declared is not None and declared > BODY_BUFFER_LIMIT:
             return b"", self._puller(aiter(proto), 0)
-        loop = asyncio.get_running_loop()
-        if self._expiry is None:
-            self._expiry = loop.create_task(self._expire_late_bodies())
-        reader = BodyReader(client, asyncio.current_task(), loop.time() + self.timeout)
+        reader = BodyReader(client, asyncio.current_task())
         self.budget.join(reader)
         try:
             return await self._read(proto, reader, declared)
         except asyncio.CancelledError:
-            if not (reader.evicted or reader.expired):  # a shutdown: let it through
+            if not reader.evicted:  # a shutdown, not the budget: let it through
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            raise BodyTimeout("evicted" if reader.evicted else "late") from None
+            raise BodyTimeout("evicted") from None
         finally:
             self.budget.leave(reader)
-
-    async def _expire_late_bodies(self) -> None:
-        """The loop's one timer for buffered bodies: end those past their deadline."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(EXPIRY_STEP_S)
-            self.budget.expire(loop.time())
 
     async def _read(
         self, proto: Any, reader: BodyReader, declared: int | None
     ) -> tuple[bytes, Pull | None]:
-        """:meth:`_buffer`'s reading, its bytes counted in the budget as they come (its
-        deadline is the reader's, kept by :meth:`_expire_late_bodies`)."""
+        """:meth:`_buffer`'s reading, its bytes counted in the budget as they come."""
+        deadline = _loop_deadline(self.timeout)
         if declared is not None:
             self.budget.add(reader, declared)  # reserved: hyper reads no more than this
             try:
-                body = await proto()
+                async with asyncio.timeout_at(deadline):
+                    body = await proto()
+            except TimeoutError:
+                raise BodyTimeout from None
             except (ProtocolClosed, ProtocolError):
                 raise ClientGone(_ended(None, declared)) from None
             if len(body) < declared:
@@ -206,7 +186,10 @@ class Front:
         pieces = aiter(proto)
         while True:
             try:
-                chunk = await anext(pieces)
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(pieces)
+            except TimeoutError:
+                raise BodyTimeout from None
             except StopAsyncIteration:
                 return b"".join(chunks), None
             except (ProtocolClosed, ProtocolError):
@@ -305,6 +288,10 @@ class Front:
 
     def _late(self) -> str:
         return f"the request did not arrive within {self.timeout:g} s"
+
+
+def _loop_deadline(seconds: float) -> float:
+    return asyncio.get_running_loop().time() + seconds
 
 
 def _ended(received: int | None, declared: int | None) -> str:

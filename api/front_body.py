@@ -1,9 +1,8 @@
 """Request bodies as a worker's event loop receives them (api/front.py reads them).
 
-:class:`Budget` keeps the bodies one worker is buffering: it bounds their bytes, the
-longest-waiting body first evicted at a cap, and ends those past their deadline;
-:class:`StreamedBody` is the ``wsgi.input`` a thread reads a body too large to buffer
-from, each piece pulled from the loop under the body's deadline.
+:class:`Budget` bounds the bytes buffered by one worker, the longest-waiting body first
+evicted at a cap; :class:`StreamedBody` is the ``wsgi.input`` a thread reads a body too
+large to buffer from, each piece pulled from the loop under the body's deadline.
 """
 
 from __future__ import annotations
@@ -41,10 +40,8 @@ class BodyReader:
 
     client: str
     task: asyncio.Task[Any] | None
-    deadline: float = float("inf")  # the loop's clock: the whole body is due by then
     held: int = 0
-    evicted: bool = False  # its bytes were dropped at a cap
-    expired: bool = False  # its deadline passed
+    evicted: bool = False
 
 
 @dataclass
@@ -53,9 +50,7 @@ class Budget:
 
     Invariant: ``total`` is the sum of the live readers' ``held``, and after :meth:`add`
     returns it is within ``limit`` and each client's within ``per_client`` (unless one
-    reader alone is over: it is then the one evicted). Readers join in the order of their
-    deadlines (one worker gives each body the same time from its start), so the readers
-    past theirs are always the oldest: :meth:`expire` stops at the first one still in time.
+    reader alone is over: it is then the one evicted).
     """
 
     limit: int
@@ -89,17 +84,6 @@ class Budget:
         else:
             self._by_client.pop(reader.client, None)
         reader.held = 0
-
-    def expire(self, now: float) -> None:
-        """End the readers whose deadline is past: each is answered 408 (woken by a cancel)."""
-        while self._readers:
-            oldest = next(iter(self._readers.values()))
-            if oldest.deadline > now:
-                return
-            self.leave(oldest)
-            oldest.expired = True
-            if oldest.task is not None:
-                oldest.task.cancel()
 
     def _evict(self, victim: BodyReader, adding: BodyReader) -> None:
         """Drop ``victim``'s bytes: it is answered 408 (its task is woken by a cancel)."""

@@ -67,33 +67,6 @@ def test_leaving_gives_the_bytes_back_once():
     assert budget.total == MB == b.held
 
 
-def test_readers_past_their_deadline_are_ended_and_the_others_kept():
-    """Check that expire() ends exactly the readers whose deadline passed (their bytes given
-    back, their task woken by a cancel) and leaves the later ones reading."""
-
-    async def scenario() -> tuple[list[bool], list[bool], int]:
-        budget = Budget(limit=8 * MB, per_client=8 * MB)
-        tasks = [asyncio.ensure_future(asyncio.sleep(60)) for _ in range(3)]
-        made = [
-            BodyReader("a", task, deadline=deadline)
-            for task, deadline in zip(tasks, (1.0, 2.0, 3.0), strict=True)
-        ]
-        for reader in made:
-            budget.join(reader)
-            budget.add(reader, MB)
-        budget.expire(2.0)
-        await asyncio.sleep(0)  # the cancels are delivered
-        total = budget.total
-        for task in tasks:
-            task.cancel()
-        return [r.expired for r in made], [t.cancelled() for t in tasks[:2]], total
-
-    expired, cancelled, total = asyncio.run(scenario())
-    assert expired == [True, True, False]
-    assert cancelled == [True, True]
-    assert total == MB
-
-
 def streamed(pieces: list[bytes], prefix: bytes = b"") -> tuple[StreamedBody, threading.Thread]:
     """A StreamedBody fed from a loop on another thread, as the server's worker does."""
     loop = asyncio.new_event_loop()
