@@ -322,37 +322,16 @@ class Workspace:
                 "--no-control-socket",
                 "bench.constant_app:app",
             ]
-        elif server == "granian":
+        elif server in ("granian", "rsgi"):
+            wsgi = server == "granian"  # else RSGI, no Flask: bench.constant_rsgi
             command = [
                 str(bin_dir / "granian"),
-                "--interface",
-                "wsgi",
-                "--workers",
-                str(workers),
-                "--blocking-threads",
-                str(CONSTANT_THREADS),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "bench.constant_app:app",
-            ]
-        elif server == "rsgi":
-            command = [
-                str(bin_dir / "granian"),
-                "--interface",
-                "rsgi",
-                "--workers",
-                str(workers),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "bench.constant_rsgi:app",
+                *("--interface", "wsgi" if wsgi else "rsgi"),
+                *("--workers", str(workers)),
+                *(("--blocking-threads", str(CONSTANT_THREADS)) if wsgi else ()),
+                *("--host", "127.0.0.1", "--port", str(port)),
+                *("--log-level", "warning"),
+                "bench.constant_app:app" if wsgi else "bench.constant_rsgi:app",
             ]
         else:
             raise ValueError(f"unknown server {server!r} (gthread, granian or rsgi)")

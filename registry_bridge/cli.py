@@ -32,6 +32,7 @@ from conf.contract import ContractError, check_model_name, cv_mean_key, parse_ve
 from conf.settings import Settings, SettingsError, load_settings
 from conf.uris import mask_uri
 from registry_bridge import cli_webhooks, database
+from registry_bridge.entities import ActiveState, ModelVersion
 from registry_bridge.errors import RegistryError
 from registry_bridge.store import ORPHAN_MIN_AGE_S, ModelStore, artifact_filename, checked_reason
 
@@ -339,8 +340,8 @@ def publish_command(
 
 
 def _activate_published(
-    store: ModelStore, version: Any, run_id: str, reason: str | None, force: bool
-) -> Any:
+    store: ModelStore, version: ModelVersion, run_id: str, reason: str | None, force: bool
+) -> ActiveState:
     """``publish --activate``: the switch, through the gate (or forced, with the reason)."""
     return store.set_active_version(
         version.name, version.version, reason=reason or f"published from run {run_id}", force=force
