@@ -16,8 +16,9 @@ import json
 from typing import Any
 
 from bench.constant_app import ANSWER
+from conf.settings import ApiSettings
 
-DEADLINE_S = 10.0
+DEADLINE_S = ApiSettings().client_timeout_s  # the API's default, not a copy of it
 _JSON = [("content-type", "application/json")]
 
 

@@ -222,12 +222,12 @@ def run_demo(settings: Settings, trials: int, report_dir: Path) -> DemoRun:
             started.embedded_db = reach_registry(settings)
         with step(run, 2, f"Train: Optuna study, {trials} trials, tracked in MLflow"):
             study = train(run, trials)
+        store = started.store = ModelStore.from_settings(settings)
         with step(run, 3, "Publish the two best runs to MongoDB GridFS; activate the best"):
-            versions = publish_two_best(run, study, env)
+            versions = publish_two_best(run, study, env, store)
         with step(run, 4, "Start the API under granian"):
             started.api, client = serve(run, env, token, report_dir)
             started.client = client
-        store = started.store = ModelStore.from_settings(settings)
         patients = sample_patients(study)
         with step(run, 5, "List models and predict sample patients"):
             predict_samples(run, client, patients, versions.best)
@@ -300,7 +300,9 @@ def train(run: DemoRun, trials: int) -> StudyResult:
     return study
 
 
-def publish_two_best(run: DemoRun, study: StudyResult, env: dict[str, str]) -> Published:
+def publish_two_best(
+    run: DemoRun, study: StudyResult, env: dict[str, str], store: ModelStore
+) -> Published:
     """Publish the two best candidates with the ``bridge`` CLI and activate the best.
 
     Run again on the same registry, the demo finds the best of its earlier run in
@@ -309,11 +311,7 @@ def publish_two_best(run: DemoRun, study: StudyResult, env: dict[str, str]) -> P
     and a reason saying so, as an operator would (step 7 shows the gate at work)."""
     name = run.settings.api.model_name
     best, second = study.candidates[:2]
-    store = ModelStore.from_settings(run.settings)
-    try:
-        active = store.get_active_version(name)
-    finally:
-        store.close()
+    active = store.get_active_version(name)
     reason = "demo: best cross-validated run"
     force: tuple[str, ...] = ()
     if active is not None:

@@ -303,8 +303,7 @@ def publish_command(
         raise click.UsageError("--experiment only applies with --best")
     if force and not activate:
         raise click.UsageError("--force only applies with --activate")
-    if force and not (reason or "").strip():
-        raise click.UsageError("--force needs --reason TEXT (kept in the activation log)")
+    _check_forced_reason(force, reason)
     checked_reason(reason)  # before publishing: not a version published, then a refusal
     store = open_store(state)
     chosen = run_id or publish.best_candidate_run_id(state.settings, experiment)
@@ -331,8 +330,7 @@ def publish_command(
         )
     if activate:
         activated = _activate_published(store, version, chosen, reason, force)
-        if activated.gate and not activated.gate["passed"]:
-            click.echo("promotion gate refused it: FORCED with the reason given")
+        _say_gate(activated)
         click.echo(
             f"activated {version.label} (previous: "
             f"{'v' + str(activated.previous_version) if activated.previous_version else 'none'})"
@@ -421,20 +419,14 @@ def activate_command(
 ) -> None:
     """Make a version the one served, after checking its sha256, re-scoring its example and
     passing the promotion gate (setting promotion.rules) against the active version."""
-    from registry_bridge import render
-
-    if force and not (reason or "").strip():
-        raise click.UsageError("--force needs --reason TEXT (kept in the activation log)")
+    _check_forced_reason(force, reason)
     store = open_store(state)
     before = store.get_active_version(name)
     now = store.set_active_version(name, version, reason=reason, force=force)
     if before is not None and before.active_version == now.active_version:
         click.echo(f"{name} v{now.active_version} is already active; nothing changed")
         return
-    if now.gate:
-        verdict = "passed" if now.gate["passed"] else "refused it: FORCED with the reason given"
-        click.echo(f"promotion gate {verdict}")
-        click.echo("\n".join(f"  {line}" for line in render.gate_lines(now.gate)))
+    _say_gate(now)
     click.echo(
         f"activated {name} v{now.active_version} (previous: "
         f"{'v' + str(now.previous_version) if now.previous_version else 'none'})"
@@ -819,7 +811,6 @@ def canary_command(
     """Send a share of NAME's requests to VERSION (--percent P), --promote it or --abort it;
     alone, say what runs. Guardrails (settings canary.*) end it when it fails more, or is
     slower, than the active version (docs/promotion.md)."""
-    from registry_bridge import render
 
     if version is None and percent is not None and name.isdigit():  # `bridge canary 3 --percent 5`
         name, version = state.settings.api.model_name, name
@@ -848,11 +839,7 @@ def canary_command(
         )
     elif promote:
         now = store.promote_canary(name, reason=reason, force=force)
-        if now.gate:
-            click.echo(
-                "promotion gate " + ("passed" if now.gate["passed"] else "refused it: FORCED")
-            )
-            click.echo("\n".join(f"  {line}" for line in render.gate_lines(now.gate)))
+        _say_gate(now)
         click.echo(f"promoted: {name} v{now.active_version} is active; the canary has ended")
         _say_prepared(now)
     elif abort:
@@ -1000,6 +987,23 @@ def reference_show_command(state: CliState, name: str, as_json: bool) -> None:
         )
     else:
         click.echo(render.reference_table(sets))
+
+
+def _check_forced_reason(force: bool, reason: str | None) -> None:
+    """``--force`` passes a refusing gate only with a reason, kept in the activation log."""
+    if force and not (reason or "").strip():
+        raise click.UsageError("--force needs --reason TEXT (kept in the activation log)")
+
+
+def _say_gate(active: ActiveState) -> None:
+    """The promotion gate's verdict on a switch and each rule's values, when it ran."""
+    from registry_bridge import render
+
+    if not active.gate:
+        return
+    verdict = "passed" if active.gate["passed"] else "refused it: FORCED with the reason given"
+    click.echo(f"promotion gate {verdict}")
+    click.echo("\n".join(f"  {line}" for line in render.gate_lines(active.gate)))
 
 
 def _say_prepared(active: Any) -> None:

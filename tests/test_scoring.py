@@ -62,6 +62,20 @@ def test_importable_without_flask():
     assert result.returncode == 0, result.stderr.decode()
 
 
+def test_every_public_name_resolves_and_the_lazy_table_lists_them():
+    """Check the package's three lists of its names (``__all__`` for the linters, the
+    TYPE_CHECKING imports for mypy, ``_HOMES`` for the first use): each public name resolves
+    to its module's object, and the lazy table holds every one not imported at the top."""
+    import registry_bridge.scoring as scoring
+
+    lazy = set(scoring.__all__) - {"csv_safe", "safe_text"}
+    assert set(scoring._HOMES) == lazy
+    for name in scoring.__all__:
+        home = scoring._HOMES.get(name, "csv_safe")
+        module = __import__(f"registry_bridge.scoring.{home}", fromlist=[name])
+        assert getattr(scoring, name) is getattr(module, name), name
+
+
 def test_one_record_decides_as_the_batch_does(model, candidate):
     """Check that /predict's single-record path gives each row what the batch gives it,
     a non-finite row included."""
