@@ -204,16 +204,14 @@ def test_a_failing_canary_is_ended_by_its_guardrail_on_every_worker_of_two_insta
             if published.store.get_active_version(MODEL).canary is None:
                 break
         assert failures >= 5
-        wait_until(
-            lambda: published.store.get_active_version(MODEL).canary is None,
-            15,
-            "the guardrail did not end the canary",
-        )
-        entry = next(
-            e
-            for e in reversed(published.store.list_activation_log(MODEL))
-            if e.action == "canary-abort"
-        )
+
+        def abort_entry():  # written just after the pointer's update, not in the same write
+            log = published.store.list_activation_log(MODEL)
+            return next((e for e in reversed(log) if e.action == "canary-abort"), None)
+
+        wait_until(lambda: abort_entry() is not None, 15, "the guardrail did not end the canary")
+        assert published.store.get_active_version(MODEL).canary is None
+        entry = abort_entry()
         assert entry.reason.startswith("guardrail: error rate") and entry.by.startswith(
             "guardrail on"
         )
