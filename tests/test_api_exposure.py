@@ -108,7 +108,15 @@ class SlowClient(threading.Thread):
                 except OSError:
                     return  # the server closed the connection
                 self.sent += 1
-                answered, _, _ = select.select([sock], [], [], BYTE_EVERY_S)
+                # The next byte in 2 s, unless the server answers or the test stops first (a
+                # single 2 s select made each stop wait up to 2 s for the clients to join).
+                answered: list = []
+                deadline = time.monotonic() + BYTE_EVERY_S
+                while not answered and not self.stop.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    answered, _, _ = select.select([sock], [], [], min(left, 0.05))
                 if answered:  # the server answered (or closed) before the head was complete
                     try:
                         self.answer = sock.recv(200)
@@ -130,7 +138,7 @@ def test_slow_header_clients_do_not_hold_the_workers(published, tmp_path):
             client.start()
         deadline = time.monotonic() + 30
         while any(c.sent < 2 for c in clients) and time.monotonic() < deadline:
-            time.sleep(0.2)  # every slow client is connected and has sent bytes
+            time.sleep(0.05)  # every slow client is connected and has sent bytes
         assert all(c.sent >= 2 for c in clients)
         try:
             for _ in range(10):

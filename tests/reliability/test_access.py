@@ -8,13 +8,12 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 from api_fixtures import FAMILIES, MODEL, record
 from conftest import ROOT, data_path, free_port
-from servers import ApiServer
+from servers import ApiServer, wait_until
 
 from conf.settings import load_settings
 
@@ -39,7 +38,11 @@ def test_admin_calls_need_the_token_which_never_leaks(published, tmp_path, figur
     }
     seen: dict[str, list[int]] = {}
     bodies = []
-    with ApiServer(published.settings, tmp_path, env={"API_ADMIN_TOKEN": token}) as server:
+    # Lease 0: the lease is not what is tested here (each 200 waited the default 250 ms).
+    lease = {"api": {"pointer_lease_ms": 0}}
+    with ApiServer(
+        published.settings, tmp_path, env={"API_ADMIN_TOKEN": token}, config=lease
+    ) as server:
         for path, body in calls.items():
             for label, headers in (
                 ("none", {}),
@@ -68,7 +71,8 @@ def test_admin_calls_need_the_token_which_never_leaks(published, tmp_path, figur
             timeout=30,
         )
         assert predicted.status_code == 200
-        time.sleep(0.5)  # let the workers flush their last log lines
+        # The workers flush their last log lines: wait for the /predict just answered.
+        wait_until(lambda: '"path": "/predict"' in server.log(), 10, "the /predict logged")
         log = server.log()
     figure(
         "admin calls: no / wrong / Basic / right token",
@@ -101,7 +105,12 @@ def test_database_password_never_appears_in_logs_or_answers(tmp_path, figure):
         }
     )
     answers = []
-    with ApiServer(settings, tmp_path, env={"API_ADMIN_TOKEN": token}).start(
+    # Nothing listens on the port: each try is refused at once, then retried until
+    # registry.timeout_ms. With the default 3 s the test waited 15 of its 19 s (the master's
+    # and each worker's start, /models, activate, the workers' exit hooks), 2026-12-07;
+    # the answers and log lines it checks are the same after 0.3 s.
+    unreachable = {"registry": {"timeout_ms": 300}}
+    with ApiServer(settings, tmp_path, env={"API_ADMIN_TOKEN": token}, config=unreachable).start(
         wait_for="/health"
     ) as server:
         for method, path, body in (
