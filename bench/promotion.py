@@ -49,7 +49,15 @@ FULL = {
 }
 # One shadow round in quick mode: a second one checked nothing new and cost ~3-4 s (a wrk
 # second off and on, the drain's 1 s of stillness) on the loaded 2-core machine.
-QUICK = {"connections": 8, "rounds": 1, "duration_s": 1, "gate_rounds": 2, "canary_requests": 500}
+# No warm-up either (a wrk second).
+QUICK = {
+    "connections": 8,
+    "rounds": 1,
+    "duration_s": 1,
+    "gate_rounds": 2,
+    "canary_requests": 500,
+    "warmup": False,
+}
 GOAL_GATE_S = 1.0
 GOAL_SHADOW_COST = 0.10
 GOAL_CANARY_POINTS = 2.0
@@ -167,7 +175,8 @@ def _drained(base_url: str) -> float:
 
 def _shadow(ws: Workspace, base: str, second: BenchModel, plan: dict[str, Any]) -> dict[str, Any]:
     _, script = wrk_post(ws, "post-promotion.lua")
-    run_wrk(base + "/predict", script, plan["connections"], 1)  # warm-up, not recorded
+    if plan.get("warmup", True):
+        run_wrk(base + "/predict", script, plan["connections"], 1)  # not recorded
     rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     before = _scored(base)
     for number in range(plan["rounds"]):
