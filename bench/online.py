@@ -106,11 +106,6 @@ QUICK: dict[str, Any] = {
     # part on the loaded 2-core machine): the quick run checks the harness, not figures,
     # and the benchmark body's first POST to each target has started its server's paths.
     "warmup": False,
-    # The targets of different servers driven at once, in waves (a round: the six
-    # servers' /predict, then api-oip, then api-named, then the two-model pair), not one
-    # after the other: a round took ~10 s of wrk, now ~4 s. The figures are not the
-    # alternated ones (the servers share the cores), which the quick run does not need.
-    "servers_at_once": True,
 }
 TWO_MODEL_CLIENTS = 8
 WRK_TIMEOUT_S = 10
@@ -531,14 +526,34 @@ def measure(
             if len(pair) == 2 and connections == TWO_MODEL_CLIENTS:
                 units.append(pair)
             for number in range(plan["rounds"]):
-                for wave in waves(units, plan.get("servers_at_once", False)):
-                    measured = _at_once(
-                        [(unit, servers[unit[0].server]) for unit in wave],
-                        scripts,
-                        connections,
-                        plan["duration_s"],
-                    )
-                    for target, result in measured:
+                for unit in units:
+                    server = servers[unit[0].server]
+                    is_api = unit[0].server.startswith("api")
+                    reads = registry_reads(server.port) if is_api else None
+                    cpu = tree_cpu_s(server.pid)
+                    if len(unit) == 1:
+                        url = server.base_url + unit[0].path
+                        results = [
+                            run_wrk(url, scripts[unit[0].body], connections, plan["duration_s"])
+                        ]
+                    else:
+                        results = run_wrk_together(
+                            [(server.base_url + t.path, scripts[t.body]) for t in unit],
+                            connections // len(unit),
+                            plan["duration_s"],
+                        )
+                    requests = max(1, sum(r["requests"] for r in results))
+                    # What a request costs the server's processes (not wrk, not the
+                    # registry's database): where a throughput gap comes from.
+                    cpu_ms = round((tree_cpu_s(server.pid) - cpu) * 1000 / requests, 4)
+                    after = registry_reads(server.port) if reads is not None else None
+                    for target, result in zip(unit, results, strict=True):
+                        result["cpu_ms_per_request"] = cpu_ms
+                        result["clients"] = connections // len(unit)
+                        if reads is not None and after is not None:
+                            result["registry_reads_per_request"] = round(
+                                (after - reads) / requests, 4
+                            )
                         rounds[target.name].setdefault(connections, []).append(result)
                         log.info(
                             "c=%-3d round %d %-20s %8.1f req/s  p99 %7.2f ms  errors %d",
@@ -554,89 +569,6 @@ def measure(
             sampler.__exit__(None)
     rounds["__memory__"] = {n: s.result() for n, s in samplers.items()}
     return rounds
-
-
-def waves(units: list[list[Target]], servers_at_once: bool) -> list[list[list[Target]]]:
-    """The units of a round, in waves measured at once: one unit each (servers alternated),
-    or (``servers_at_once``) as few waves as hold at most one unit per server, in order."""
-    if not servers_at_once:
-        return [[unit] for unit in units]
-    grouped: list[list[list[Target]]] = []
-    for unit in units:
-        wave = next((w for w in grouped if all(u[0].server != unit[0].server for u in w)), None)
-        if wave is None:
-            grouped.append([unit])
-        else:
-            wave.append(unit)
-    return grouped
-
-
-def _at_once(
-    wave: list[tuple[list[Target], Server]],
-    scripts: dict[str, Path],
-    connections: int,
-    duration_s: float,
-) -> list[tuple[Target, dict[str, Any]]]:
-    """Measure each unit of ``wave`` (each on its own server) at once, a thread each; the
-    results by target, in order."""
-    found: list[list[tuple[Target, dict[str, Any]]] | BaseException] = [[] for _ in wave]
-
-    def one(index: int, unit: list[Target], server: Server) -> None:
-        try:
-            found[index] = _measure_unit(unit, server, scripts, connections, duration_s)
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            found[index] = exc
-
-    if len(wave) == 1:
-        return _measure_unit(*wave[0], scripts, connections, duration_s)
-    threads = [
-        threading.Thread(target=one, args=(i, unit, server), daemon=True)
-        for i, (unit, server) in enumerate(wave)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    measured: list[tuple[Target, dict[str, Any]]] = []
-    for entry in found:
-        if isinstance(entry, BaseException):
-            raise entry
-        measured.extend(entry)
-    return measured
-
-
-def _measure_unit(
-    unit: list[Target],
-    server: Server,
-    scripts: dict[str, Path],
-    connections: int,
-    duration_s: float,
-) -> list[tuple[Target, dict[str, Any]]]:
-    """One wrk run of a target (or the two-model pair at once) on ``server``, with the
-    server's CPU and registry reads per request over it."""
-    is_api = unit[0].server.startswith("api")
-    reads = registry_reads(server.port) if is_api else None
-    cpu = tree_cpu_s(server.pid)
-    if len(unit) == 1:
-        url = server.base_url + unit[0].path
-        results = [run_wrk(url, scripts[unit[0].body], connections, duration_s)]
-    else:
-        results = run_wrk_together(
-            [(server.base_url + t.path, scripts[t.body]) for t in unit],
-            connections // len(unit),
-            duration_s,
-        )
-    requests = max(1, sum(r["requests"] for r in results))
-    # What a request costs the server's processes (not wrk, not the registry's
-    # database): where a throughput gap comes from.
-    cpu_ms = round((tree_cpu_s(server.pid) - cpu) * 1000 / requests, 4)
-    after = registry_reads(server.port) if reads is not None else None
-    for result in results:
-        result["cpu_ms_per_request"] = cpu_ms
-        result["clients"] = connections // len(unit)
-        if reads is not None and after is not None:
-            result["registry_reads_per_request"] = round((after - reads) / requests, 4)
-    return list(zip(unit, results, strict=True))
 
 
 def _median(results: dict[str, Any], name: str, key: str, field: str = "rps") -> float | None:
@@ -791,7 +723,9 @@ def _document(
             **plan,
             "workers": workers,
             "load_generator": "wrk (closed loop, keep-alive)",
-            "order": _order(rounds, samples, plan.get("servers_at_once", False)),
+            "order": "per concurrency, per round: "
+            + " -> ".join(n for n in rounds if not n.startswith("two-model"))
+            + " -> two-model-a + two-model-b at once",
             "body": bodies[NATIVE].decode(),
             "oip_body": bodies[OIP].decode(),
             "model_names": [context["first_name"], context["second_name"]],
@@ -806,28 +740,6 @@ def _document(
         "comparison": comparison,
         "two_model": two_model,
     }
-
-
-def _order(rounds: dict[str, Any], samples: dict[str, Any], servers_at_once: bool) -> str:
-    """The order of a round, as the plan records it."""
-    if not servers_at_once:
-        return (
-            "per concurrency, per round: "
-            + " -> ".join(n for n in rounds if not n.startswith("two-model"))
-            + " -> two-model-a + two-model-b at once"
-        )
-    grouped: list[list[tuple[str, str]]] = []  # waves of (target, server)
-    for name in (n for n in rounds if not n.startswith("two-model-b")):
-        server = samples[name]["server"]
-        wave = next((w for w in grouped if all(s != server for _, s in w)), None)
-        if wave is None:
-            grouped.append([(name, server)])
-        else:
-            wave.append((name, server))
-    return "per concurrency, per round, in waves of one target per server at once: " + " -> ".join(
-        " + ".join(name + (" + two-model-b" if name == "two-model-a" else "") for name, _ in w)
-        for w in grouped
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

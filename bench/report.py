@@ -92,8 +92,7 @@ def online_lines(doc: Mapping[str, Any]) -> list[str]:
     labels = _labels(doc)
     lines = [
         f"### Online: one record per request ({plan['workers']} workers each, wrk, "
-        f"median of {plan['rounds']} rounds of {plan['duration_s']} s, servers "
-        f"{'at once' if plan.get('servers_at_once') else 'alternated'})",
+        f"median of {plan['rounds']} rounds of {plan['duration_s']} s, servers alternated)",
         "",
         "| clients | server | req/s | p50 ms | p95 ms | p99 ms | errors | req/s spread "
         "| pointer reads / request |",
