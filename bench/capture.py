@@ -18,9 +18,10 @@ import logging
 import re
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from api.launcher import start_all
+from api.launcher import Server, start_all
 from bench.common import load_average, ratio, wrk_summary
 from bench.online import run_wrk, wrk_post
 from bench.workspace import BenchModel, Workspace, run_single_part
@@ -29,7 +30,7 @@ log = logging.getLogger("bench")
 
 FULL = {"connections": 8, "rounds": 5, "duration_s": 5}
 # One round in quick mode: a second one checked nothing new and cost ~4 s (a wrk second
-# per server and the drain's 1.5 s of stillness) on the loaded 2-core machine.
+# per server and the drain) on the loaded 2-core machine.
 # The warm-up stays in quick mode too: without it the 100 % server's capture counters
 # had not moved when the round's drain ended (0 records written of 2,361 and 3,813
 # requests, two runs), so the part checked nothing.
@@ -88,19 +89,12 @@ def run(
     try:
         start_all(servers, dict.fromkeys(servers, "/ready"), timeout_s=180)
         capturing = servers["capture_100"].base_url
-        for name, server in servers.items():  # warm-up, not recorded
-            since = capture_counters(capturing)
-            warm = run_wrk(server.base_url + "/predict", script, plan["connections"], 1)
-            if name == "capture_100":
-                before = wait_drained(capturing, since, warm["requests"])
+        for name in servers:  # warm-up, not recorded
+            _round(servers, name, script, plan["connections"], 1)
+        before = capture_counters(capturing)
         for number in range(plan["rounds"]):
-            for name, server in servers.items():
-                since = capture_counters(capturing)
-                result = run_wrk(
-                    server.base_url + "/predict", script, plan["connections"], plan["duration_s"]
-                )
-                if name == "capture_100":
-                    result["drain_s"] = _timed_drain(capturing, since, result["requests"])
+            for name in servers:
+                result = _round(servers, name, script, plan["connections"], plan["duration_s"])
                 rounds[name].append(result)
                 log.info(
                     "capture round %d %-12s %8.1f req/s  p99 %7.2f ms  errors %d",
@@ -121,10 +115,19 @@ def run(
     )
 
 
-def _timed_drain(base_url: str, since: dict[str, float], requests: int) -> float:
-    started = time.monotonic()
-    wait_drained(base_url, since, requests)
-    return round(time.monotonic() - started, 1)
+def _round(
+    servers: dict[str, Server], name: str, script: Path, connections: int, seconds: float
+) -> dict[str, Any]:
+    """wrk on ``name``'s ``/predict``; after the capturing server's, the wait until its
+    records are written (``drain_s``)."""
+    capturing = servers["capture_100"].base_url
+    since = capture_counters(capturing)
+    result = run_wrk(servers[name].base_url + "/predict", script, connections, seconds)
+    if name == "capture_100":
+        started = time.monotonic()
+        wait_drained(capturing, since, result["requests"])
+        result["drain_s"] = round(time.monotonic() - started, 1)
+    return result
 
 
 def _document(

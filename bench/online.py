@@ -340,7 +340,7 @@ def make_servers(
         missing["mlserver"] = "left out of this run (--quick, or --no-mlserver)"
     servers["mlflow"] = ws.mlflow_server(model, workers)
     servers["api"] = ws.api_server(workers)
-    if plan.get("lease0", True):
+    if plan.get("lease0"):
         servers["api-lease0"] = ws.api_server(
             workers, name="api-lease0", config={"api": {"pointer_lease_ms": 0}}
         )
@@ -470,7 +470,7 @@ def run(
                 "server_header": server_header,
                 "rss_idle_mb": tree_rss_mb(server.pid),
             }
-            if plan.get("warmup", True):
+            if plan.get("warmup"):
                 run_wrk(url, scripts[target.body], max(plan["concurrencies"]), 1)  # not recorded
             if target.model is None:
                 samples[target.name]["sequential_latency"] = sequential_latency_ms(

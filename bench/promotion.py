@@ -46,6 +46,7 @@ FULL = {
     "duration_s": 5,
     "gate_rounds": 10,
     "canary_requests": 10_000,
+    "warmup": True,
 }
 # One shadow round in quick mode: a second one checked nothing new and cost ~3-4 s (a wrk
 # second off and on, the drain's 1 s of stillness) on the loaded 2-core machine.
@@ -175,7 +176,7 @@ def _drained(base_url: str) -> float:
 
 def _shadow(ws: Workspace, base: str, second: BenchModel, plan: dict[str, Any]) -> dict[str, Any]:
     _, script = wrk_post(ws, "post-promotion.lua")
-    if plan.get("warmup", True):
+    if plan.get("warmup"):
         run_wrk(base + "/predict", script, plan["connections"], 1)  # not recorded
     rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     before = _scored(base)

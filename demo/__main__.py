@@ -119,18 +119,17 @@ def run_bridge(args: Sequence[str], env: Mapping[str, str]) -> tuple[int, str, s
     root.handlers.clear()
     os.environ.clear()
     os.environ.update(env)
+    code = 0
     try:
         with redirect_stdout(stdout), redirect_stderr(stderr):
-            bridge_cli.main.main(list(args), prog_name="bridge")
-        status: Any = 0  # standalone mode always ends in SystemExit; kept for the type
+            bridge_cli.main.main(list(args), prog_name="bridge")  # ends in SystemExit
     except SystemExit as exc:
-        status = exc.code
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
         root.handlers[:] = handlers
         root.setLevel(level)
-    code = status if isinstance(status, int) else (0 if status is None else 1)
     return code, stdout.getvalue(), stderr.getvalue()
 
 

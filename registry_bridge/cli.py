@@ -1006,7 +1006,7 @@ def _say_gate(active: ActiveState) -> None:
     click.echo("\n".join(f"  {line}" for line in render.gate_lines(active.gate)))
 
 
-def _say_prepared(active: Any) -> None:
+def _say_prepared(active: ActiveState) -> None:
     """One line on the preparation (prepare, then switch) when there was one."""
     from registry_bridge import render
 
