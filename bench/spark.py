@@ -33,6 +33,7 @@ import numpy as np
 
 from bench.batch import NOISE, export_model, noisy_rows
 from bench.common import (
+    SHORT_JOB_SUBMIT_ARGS,
     json_lines,
     load_average,
     load_exported_model,
@@ -56,17 +57,14 @@ FULL = {"sizes": (1_000_000, 10_000_000), "rounds": {1_000_000: 3, 10_000_000: 2
 # child spent ~15 s starting its JVM and ~5 s on its first read, of ~40 s, on the loaded
 # 2-core machine; full runs keep a process per way, so each way's warm-up and peaks are its own.
 #
-# submit_args: the quick run's JVM compiles with C1 only and collects with one GC thread,
-# its UI off. Its ~35 s is start-up and first use, where the C2 compiler and parallel GC
-# threads cost CPU that the short jobs never pay back: the Spark part took 40 s of CPU
-# against 53 s (wall 36 s against 40 s) on the shared 2-core machine. Full runs keep
-# Spark's defaults, the JVM a job would run with.
+# submit_args: the quick run's JVM is a short job's (bench.common.SHORT_JOB_SUBMIT_ARGS):
+# the Spark part took 40 s of CPU against 53 s (wall 36 s against 40 s) on the shared
+# 2-core machine. Full runs keep Spark's defaults, the JVM a job would run with.
 QUICK = {
     "sizes": (50_000,),
     "rounds": {50_000: 1},
     "shared_session": True,
-    "submit_args": '--conf spark.ui.enabled=false --driver-java-options "-XX:TieredStopAtLevel=1 '
-    '-XX:+UseSerialGC" pyspark-shell',
+    "submit_args": SHORT_JOB_SUBMIT_ARGS,
 }
 # After this many minutes no further measurement starts (what was not run is missing
 # from the results): 10M rows through spark_udf on a random forest take minutes each.

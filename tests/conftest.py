@@ -23,8 +23,14 @@ import pytest
 from pymongo import MongoClient
 
 from api.launcher import free_port
+from bench.common import SHORT_JOB_SUBMIT_ARGS
 from conf.settings import EmbeddedSettings, Settings, load_settings
 from registry_bridge import database
+
+# The suite's Spark sessions (test_spark, test_binary_versions) are short local jobs: their
+# JVM compiles with C1 only and starts no UI (bench/common.py says what that saves). A
+# value the caller exported wins.
+os.environ.setdefault("PYSPARK_SUBMIT_ARGS", SHORT_JOB_SUBMIT_ARGS)
 
 # The API fixtures (published, app, client) for every test, without star imports.
 pytest_plugins = ["api_fixtures"]

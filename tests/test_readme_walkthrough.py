@@ -8,8 +8,9 @@ What it adapts, and why, is listed below; what cannot run here is skipped by nam
 
 Speed: the clone reuses this checkout's ``.venv`` (a symlink; its ``pyproject.toml`` is
 made older than the venv's stamp so ``make`` does not reinstall), the studies are small
-(``--trials 3``, ``DEMO_TRIALS=3``), and the registry is a throwaway database on the
-suite's server (two embedded servers on one port are refused: issue 26, point 3).
+(``--trials 3``, ``DEMO_TRIALS=3``), Spark's JVM is a short job's (``PYSPARK_SUBMIT_ARGS``,
+tests/conftest.py), and the registry is a throwaway database on the suite's server (two
+embedded servers on one port are refused: issue 26, point 3).
 
 The walk runs once per module (fixture ``readme_walk``), and the checks of its first
 ``make demo`` (the whole flow's output, its API stopped, its report in headless Chromium)
@@ -300,6 +301,8 @@ def walk_the_readme(clone, mongo_server, db_name, demo_copy, result: WalkResult)
         "API_PORT": str(ports["api"]),
         "DEMO_TRIALS": "3",
         "MPLBACKEND": "Agg",
+        # `make score` and `bridge score` are short local jobs here (tests/conftest.py).
+        "PYSPARK_SUBMIT_ARGS": os.environ["PYSPARK_SUBMIT_ARGS"],
         # Online, the first command downloads the UCI zip into data/; this machine is
         # offline, so the test gives the data from the start (the README's export, further
         # down, then names the same file).
