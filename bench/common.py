@@ -33,8 +33,9 @@ RESULTS_DIR = ROOT / "bench" / "results"
 # driver JVM compiles with C1 only, collects with one GC thread and starts no UI. Their
 # ~30 s are start-up and first use, where the C2 compiler and parallel GC threads cost CPU
 # a short job never pays back: tests/test_spark.py kept the machine busy for 40-47 CPU-s
-# against 65-68 with Spark's defaults (alone, rounds alternated). Full bench runs and
-# `bridge score` keep Spark's defaults, the JVM a real job runs with.
+# against 65-68 with Spark's defaults (alone, rounds alternated), and the README walk's
+# `make score` and `bridge score` took 11-12 s instead of 16-18 s. Full bench runs and
+# `bridge score` itself keep Spark's defaults, the JVM a real job runs with.
 SHORT_JOB_SUBMIT_ARGS = (
     '--conf spark.ui.enabled=false --driver-java-options "-XX:TieredStopAtLevel=1 '
     '-XX:+UseSerialGC" pyspark-shell'
