@@ -39,13 +39,6 @@ from bench.workspace import BenchModel, Workspace, run_single_part
 
 log = logging.getLogger("bench")
 
-# ~30 MB of ONNX (measured: 5.3 MB per 10 trees on 40k rows); quick mode keeps it small,
-# and one round: every switch is checked the same in each round, and a round of the two
-# models took 4-9 s per server on the loaded 2-core machine.
-FULL = {"rounds": 3, "large_rows": 40_000, "large_trees": 58, "pollers": 4}
-QUICK = {"rounds": 1, "large_rows": 4_000, "large_trees": 3, "pollers": 4}
-SWITCH_TIMEOUT_S = 30.0
-STEADY_S = 1.0  # traffic before the switch: the steady p99 it is compared with
 # One API server each, by (name, settings over conf/default.yaml): the defaults; a
 # pointer read per request (what the lease buys); MLflow's mirror off (what moving the
 # @production alias costs the switch).
@@ -54,6 +47,22 @@ SERVERS: dict[str, tuple[str, dict[str, Any] | None]] = {
     "zero": ("api-activation-lease0", {"api": {"pointer_lease_ms": 0}}),
     "no_mirror": ("api-activation-no-mirror", {"mlflow": {"mirror": False}}),
 }
+# ~30 MB of ONNX (measured: 5.3 MB per 10 trees on 40k rows); quick mode keeps it small,
+# and one round: every switch is checked the same in each round, and a round of the two
+# models took 4-9 s per server on the loaded 2-core machine. The lease-0 and mirror-off
+# servers are diagnostics of the full run; quick mode checks the harness on the defaults
+# (the lease-0 server cost ~12 s of its ~25 s on the loaded 2-core machine: a server
+# start and two switches).
+FULL = {
+    "rounds": 3,
+    "large_rows": 40_000,
+    "large_trees": 58,
+    "pollers": 4,
+    "servers": tuple(SERVERS),
+}
+QUICK = {"rounds": 1, "large_rows": 4_000, "large_trees": 3, "pollers": 4, "servers": ("default",)}
+SWITCH_TIMEOUT_S = 30.0
+STEADY_S = 1.0  # traffic before the switch: the steady p99 it is compared with
 # Each client pauses this long between requests: steady traffic (~100 req/s per client),
 # not a saturating load that would measure the machine's queue instead of the switch.
 POLL_PAUSE_S = 0.01
@@ -348,10 +357,7 @@ def run(
     large_run = ws.large_model_run(plan["large_rows"], plan["large_trees"])
     by_server: dict[str, dict[str, Any]] = {}
     versions: dict[str, int] = {}
-    # The lease-0 and mirror-off servers are diagnostics of the full run; --quick checks
-    # the harness on the defaults (the lease-0 server cost ~12 s of its ~25 s on the
-    # loaded 2-core machine: a server start and two switches).
-    for server_name in [n for n in SERVERS if not (quick and n != "default")]:
+    for server_name in plan["servers"]:
         runs, sizes, versions = _switches(ws, model, large_run, plan, workers, server_name)
         by_server[server_name] = {
             kind: _summary(results, sizes[kind]) for kind, results in runs.items()

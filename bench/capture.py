@@ -88,13 +88,14 @@ def run(
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     try:
         start_all(servers, dict.fromkeys(servers, "/ready"), timeout_s=180)
-        capturing = servers["capture_100"].base_url
-        for name in servers:  # warm-up, not recorded
-            _round(servers, name, script, plan["connections"], 1)
-        before = capture_counters(capturing)
+        for name, server in servers.items():  # warm-up, not recorded
+            _round(server, script, plan["connections"], 1, drain=name == "capture_100")
+        before = capture_counters(servers["capture_100"].base_url)
         for number in range(plan["rounds"]):
-            for name in servers:
-                result = _round(servers, name, script, plan["connections"], plan["duration_s"])
+            for name, server in servers.items():
+                result = _round(
+                    server, script, plan["connections"], plan["duration_s"], name == "capture_100"
+                )
                 rounds[name].append(result)
                 log.info(
                     "capture round %d %-12s %8.1f req/s  p99 %7.2f ms  errors %d",
@@ -116,16 +117,15 @@ def run(
 
 
 def _round(
-    servers: dict[str, Server], name: str, script: Path, connections: int, seconds: float
+    server: Server, script: Path, connections: int, seconds: float, drain: bool
 ) -> dict[str, Any]:
-    """wrk on ``name``'s ``/predict``; after the capturing server's, the wait until its
-    records are written (``drain_s``)."""
-    capturing = servers["capture_100"].base_url
-    since = capture_counters(capturing)
-    result = run_wrk(servers[name].base_url + "/predict", script, connections, seconds)
-    if name == "capture_100":
+    """wrk on ``server``'s ``/predict``; with ``drain`` (the capturing server), then the
+    wait until the round's records are written (``drain_s``)."""
+    since = capture_counters(server.base_url) if drain else {}
+    result = run_wrk(server.base_url + "/predict", script, connections, seconds)
+    if drain:
         started = time.monotonic()
-        wait_drained(capturing, since, result["requests"])
+        wait_drained(server.base_url, since, result["requests"])
         result["drain_s"] = round(time.monotonic() - started, 1)
     return result
 

@@ -6,13 +6,9 @@ acknowledgement by one must hold for the workers of the other (issue 13, point 1
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
-
 import pytest
 from api_fixtures import FAMILIES
-from servers import ApiServer
+from servers import ApiServer, started_together
 
 from reliability.load import (
     Load,
@@ -34,19 +30,6 @@ TOKEN = "load-test-admin-token"
 pytestmark = pytest.mark.slow
 
 
-@contextmanager
-def _started_together(*servers: ApiServer) -> Iterator[tuple[ApiServer, ...]]:
-    """Start the instances at the same time and stop them all afterwards: two starts took
-    3.3-8.2 s one after the other, 2.2-2.9 s together (3 rounds each, 2026-12-07, shared
-    2-core machine at load average 5-8)."""
-    with ExitStack() as stack:
-        for server in servers:
-            stack.callback(server.stop)
-        with ThreadPoolExecutor(len(servers)) as pool:
-            list(pool.map(ApiServer.start, servers))
-        yield servers
-
-
 def test_no_failed_or_mixed_answer_while_the_version_flips(published, tmp_path, figure):
     """Check that under load every answer succeeds and matches the version it names,
     while another client flips the active version between two versions 100+ times."""
@@ -55,7 +38,7 @@ def test_no_failed_or_mixed_answer_while_the_version_flips(published, tmp_path, 
     assert len(rows) >= 10, "the two versions must disagree on enough rows to show mixing"
     v1, v2 = published.versions[FAMILIES[0]], published.versions[FAMILIES[1]]
     env = {"API_ADMIN_TOKEN": TOKEN}
-    with _started_together(
+    with started_together(
         ApiServer(published.settings, tmp_path, workers=2, env=env),
         ApiServer(published.settings, tmp_path, workers=2, env=env),
     ) as servers:
